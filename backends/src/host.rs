@@ -1,0 +1,144 @@
+//! Host side effects that belong to port mapping but not to any firewall:
+//! `route_localnet` (so 127.0.0.1:hostPort can be DNATed) and flushing
+//! stale UDP conntrack entries. Both backends share them.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::plan::Plan;
+use crate::{Family, Protocol};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("failed to set {path}: {source}")]
+    Sysctl {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Sets `net.ipv4.conf.<dev>.route_localnet=1` on the interface that routes
+/// to `container` (falling back to `all`), as upstream does with snat.
+pub fn enable_route_localnet(container: Ipv4Addr) -> Result<(), HostError> {
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let dev = route_interface(&routes, container).unwrap_or_else(|| "all".to_string());
+    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{dev}/route_localnet"));
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(&path, "1").map_err(|source| HostError::Sysctl { path, source })
+}
+
+/// Longest-prefix match over `/proc/net/route` (hex, host byte order).
+fn route_interface(table: &str, dst: Ipv4Addr) -> Option<String> {
+    let dst = u32::from(dst);
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let dest = u32::from_str_radix(cols.get(1)?, 16).ok()?.swap_bytes();
+            let mask = u32::from_str_radix(cols.get(7)?, 16).ok()?.swap_bytes();
+            (dst & mask == dest).then(|| (mask.count_ones(), cols[0].to_string()))
+        })
+        .max_by_key(|(bits, _)| *bits)
+        .map(|(_, dev)| dev)
+}
+
+/// Deletes UDP conntrack entries towards each (family, UDP host port), so
+/// a flow does not keep going to a container that is gone. Best effort:
+/// a host without the `conntrack` tool or without entries is fine.
+pub fn flush_udp_conntrack(udp_ports: impl IntoIterator<Item = (Family, u16)>) {
+    let mut ports: Vec<(Family, u16)> = udp_ports.into_iter().collect();
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.is_empty() {
+        return;
+    }
+    let Ok(conntrack) = which::which("conntrack") else {
+        return;
+    };
+    for (family, port) in ports {
+        let family = match family {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        };
+        {
+            // Exit status 1 only means "0 entries deleted".
+            let _ = Command::new(&conntrack)
+                .args(["-D", "-f", family, "-p", "udp", "--orig-port-dst"])
+                .arg(port.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Applies the host side effects of an ADD.
+pub fn after_add(plan: &Plan) -> Result<(), HostError> {
+    if plan.snat {
+        for fam in &plan.families {
+            if let IpAddr::V4(v4) = fam.container.addr {
+                if !fam.dnats.is_empty() {
+                    enable_route_localnet(v4)?;
+                }
+            }
+        }
+    }
+    flush_udp_conntrack(plan.families.iter().flat_map(|f| {
+        f.dnats
+            .iter()
+            .filter(|d| d.protocol == Protocol::Udp)
+            .map(move |d| (f.family, d.host_port))
+    }));
+    Ok(())
+}
+
+/// The host side effects of a DEL: flush conntrack of removed UDP mappings.
+pub fn after_del(removed: &[crate::InstalledMapping]) {
+    flush_udp_conntrack(
+        removed
+            .iter()
+            .filter(|m| m.protocol == Protocol::Udp)
+            .map(|m| (m.family, m.host_port)),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str =
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t00000000\t0102A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0
+cni0\t0000580A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0
+vh1\t0500580A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
+";
+
+    #[test]
+    fn longest_prefix_wins() {
+        assert_eq!(
+            route_interface(TABLE, "10.88.0.5".parse().expect("ip")).as_deref(),
+            Some("vh1")
+        );
+        assert_eq!(
+            route_interface(TABLE, "10.88.0.6".parse().expect("ip")).as_deref(),
+            Some("cni0")
+        );
+        assert_eq!(
+            route_interface(TABLE, "8.8.8.8".parse().expect("ip")).as_deref(),
+            Some("eth0")
+        );
+    }
+
+    #[test]
+    fn no_route_means_none() {
+        let only_header = TABLE.lines().next().expect("header");
+        assert_eq!(
+            route_interface(only_header, "10.0.0.1".parse().expect("ip")),
+            None
+        );
+    }
+}

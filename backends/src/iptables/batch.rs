@@ -1,0 +1,225 @@
+//! iptables-restore batches (pure): from a plan and what iptables-save
+//! read, the one batch that turns the table into the wanted state.
+//!
+//! With `--noflush`, declaring `:CHAIN` flushes an existing chain, so only
+//! missing shared chains and the container's own chain are declared.
+
+use super::rules::{self, SavedTable, DNAT_CHAIN, MASQ_CHAIN, SETMARK_CHAIN};
+use crate::plan::{FamilyPlan, Plan};
+use crate::{ContainerKey, MasqMark};
+
+fn masq_jump() -> String {
+    format!("-A POSTROUTING {}", rules::masq_jump_spec())
+}
+
+/// The ADD batch: shared chains and jumps where missing, the container
+/// chain rewritten, old entry rules replaced by new ones at the top.
+pub fn add(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> String {
+    let chain = rules::container_chain(&plan.key.network, &plan.key.container_id);
+    let mut decls = Vec::new();
+    let mut lines = Vec::new();
+    if !saved.has_chain(DNAT_CHAIN) {
+        decls.push(DNAT_CHAIN.to_string());
+    }
+    for jump in rules::dnat_jumps() {
+        if !saved.has_rule(&jump) {
+            lines.push(jump);
+        }
+    }
+    if let (MasqMark::Bit(bit), false) = (&plan.mark, fam.masquerade.is_empty()) {
+        for (name, rule) in [
+            (SETMARK_CHAIN, rules::setmark_rule(*bit)),
+            (MASQ_CHAIN, rules::masq_rule(*bit)),
+        ] {
+            if !saved.has_chain(name) {
+                decls.push(name.to_string());
+            }
+            if !saved.has_rule(&rule) {
+                lines.push(rule);
+            }
+        }
+        if !saved.has_rule(&masq_jump()) {
+            lines.push(format!("-I POSTROUTING 1 {}", rules::masq_jump_spec()));
+        }
+    }
+    decls.push(chain.clone());
+    for (from, spec) in saved.jumps_to(&chain) {
+        lines.push(format!("-D {from} {spec}"));
+    }
+    lines.extend(rules::container_rules(plan, fam));
+    for spec in rules::entry_specs(plan, fam).iter().rev() {
+        lines.push(format!("-I {DNAT_CHAIN} 1 {spec}"));
+    }
+    render(&decls, &lines)
+}
+
+/// The DEL batch, or `None` when the container has nothing here. When the
+/// container was the last one, the shared chains go too, so a host left
+/// without containers is left without our chains.
+pub fn del(key: &ContainerKey, saved: &SavedTable) -> Option<String> {
+    let chain = rules::container_chain(&key.network, &key.container_id);
+    let old_snat = rules::old_snat_chain(&key.network, &key.container_id);
+    let mut lines = Vec::new();
+    for own in [&chain, &old_snat] {
+        for (from, spec) in saved.jumps_to(own) {
+            lines.push(format!("-D {from} {spec}"));
+        }
+        if saved.has_chain(own) {
+            lines.push(format!("-F {own}"));
+            lines.push(format!("-X {own}"));
+        }
+    }
+    if lines.is_empty() {
+        return None;
+    }
+    let others_left = saved
+        .chains
+        .iter()
+        .any(|c| c.starts_with("CNI-DN-") && *c != chain);
+    if !others_left {
+        for shared in [DNAT_CHAIN, MASQ_CHAIN, SETMARK_CHAIN] {
+            if !saved.has_chain(shared) {
+                continue;
+            }
+            for (from, spec) in saved.jumps_to(shared) {
+                if !from.starts_with("CNI-DN-") {
+                    lines.push(format!("-D {from} {spec}"));
+                }
+            }
+            lines.push(format!("-F {shared}"));
+            lines.push(format!("-X {shared}"));
+        }
+    }
+    Some(render(&[], &lines))
+}
+
+/// What CHECK finds missing, or `None` when everything is there.
+pub fn check(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> Option<String> {
+    let chain = rules::container_chain(&plan.key.network, &plan.key.container_id);
+    if !saved.has_chain(&chain) {
+        return Some(format!("chain {chain} is missing"));
+    }
+    for jump in rules::dnat_jumps() {
+        if !saved.has_rule(&jump) {
+            return Some(format!("rule `{jump}` is missing"));
+        }
+    }
+    if let (MasqMark::Bit(bit), false) = (&plan.mark, fam.masquerade.is_empty()) {
+        for rule in [
+            rules::setmark_rule(*bit),
+            rules::masq_rule(*bit),
+            masq_jump(),
+        ] {
+            if !saved.has_rule(&rule) {
+                return Some(format!("rule `{rule}` is missing"));
+            }
+        }
+    }
+    let installed = saved.rules_of(&chain);
+    let expected = rules::container_rules(plan, fam);
+    for (i, line) in expected.iter().enumerate() {
+        let (_, spec) = rules::split_rule(line)?;
+        if installed.get(i).map(|s| rules::canonical(s)) != Some(rules::canonical(spec)) {
+            return Some(format!("chain {chain} is missing rule {} `{spec}`", i + 1));
+        }
+    }
+    if installed.len() > expected.len() {
+        return Some(format!(
+            "chain {chain} has {} unexpected rule(s), first `{}`",
+            installed.len() - expected.len(),
+            installed[expected.len()]
+        ));
+    }
+    let entries: Vec<Vec<String>> = saved
+        .jumps_to(&chain)
+        .map(|(_, spec)| rules::canonical(spec))
+        .collect();
+    for spec in rules::entry_specs(plan, fam) {
+        if !entries.contains(&rules::canonical(&spec)) {
+            return Some(format!("chain {DNAT_CHAIN} is missing entry rule `{spec}`"));
+        }
+    }
+    None
+}
+
+fn render(decls: &[String], lines: &[String]) -> String {
+    let mut out = String::from("*nat\n");
+    for d in decls {
+        out.push_str(&format!(":{d} - [0:0]\n"));
+    }
+    for l in lines {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::tests::golden_request;
+    use crate::Family;
+
+    fn golden_plan() -> Plan {
+        Plan::new(&golden_request())
+    }
+
+    #[test]
+    fn add_on_empty_table_declares_everything() {
+        let plan = golden_plan();
+        let fam = plan.family(Family::V4).expect("v4");
+        let b = add(&plan, fam, &SavedTable::default());
+        assert!(b.starts_with("*nat\n:CNI-HOSTPORT-DNAT - [0:0]\n:CNI-HOSTPORT-SETMARK - [0:0]\n:CNI-HOSTPORT-MASQ - [0:0]\n:CNI-DN-734e1f1c3c9c8b2b7b8e7 - [0:0]\n"), "{b}");
+        assert!(b.contains("-I POSTROUTING 1 -m comment --comment \"CNI portfwd requiring masquerade\" -j CNI-HOSTPORT-MASQ\n"));
+        assert!(b.ends_with("-j CNI-DN-734e1f1c3c9c8b2b7b8e7\nCOMMIT\n"));
+        // udp entry inserted first so tcp ends on top, as upstream's save shows.
+        let udp = b.find("-I CNI-HOSTPORT-DNAT 1 -p udp").expect("udp entry");
+        let tcp = b.find("-I CNI-HOSTPORT-DNAT 1 -p tcp").expect("tcp entry");
+        assert!(udp < tcp);
+    }
+
+    #[test]
+    fn re_add_replaces_entry_rules_and_keeps_shared_chains() {
+        let plan = golden_plan();
+        let fam = plan.family(Family::V4).expect("v4");
+        let saved_text = "*nat\n:CNI-HOSTPORT-DNAT - [0:0]\n:CNI-HOSTPORT-SETMARK - [0:0]\n:CNI-HOSTPORT-MASQ - [0:0]\n:CNI-DN-734e1f1c3c9c8b2b7b8e7 - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n-A POSTROUTING -m comment --comment \"CNI portfwd requiring masquerade\" -j CNI-HOSTPORT-MASQ\n-A CNI-HOSTPORT-DNAT -p tcp -m multiport --dports 1 -j CNI-DN-734e1f1c3c9c8b2b7b8e7\n-A CNI-HOSTPORT-MASQ -m mark --mark 0x2000/0x2000 -j MASQUERADE\n-A CNI-HOSTPORT-SETMARK -m comment --comment \"CNI portfwd masquerade mark\" -j MARK --set-xmark 0x2000/0x2000\nCOMMIT\n";
+        let b = add(&plan, fam, &SavedTable::parse(saved_text));
+        assert!(b.starts_with("*nat\n:CNI-DN-734e1f1c3c9c8b2b7b8e7 - [0:0]\n-D CNI-HOSTPORT-DNAT -p tcp -m multiport --dports 1 -j CNI-DN-734e1f1c3c9c8b2b7b8e7\n"), "{b}");
+        assert!(!b.contains("POSTROUTING"));
+        assert!(!b.contains("PREROUTING"));
+    }
+
+    #[test]
+    fn del_of_unknown_container_is_none_and_last_one_out_removes_shared_chains() {
+        let key = ContainerKey {
+            network: "goldennet".into(),
+            container_id: "golden-1".into(),
+        };
+        assert_eq!(del(&key, &SavedTable::default()), None);
+        let saved = SavedTable::parse("*nat\n:CNI-HOSTPORT-DNAT - [0:0]\n:CNI-DN-734e1f1c3c9c8b2b7b8e7 - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n-A CNI-HOSTPORT-DNAT -p tcp -j CNI-DN-734e1f1c3c9c8b2b7b8e7\nCOMMIT\n");
+        let b = del(&key, &saved).expect("batch");
+        assert_eq!(b, "*nat\n-D CNI-HOSTPORT-DNAT -p tcp -j CNI-DN-734e1f1c3c9c8b2b7b8e7\n-F CNI-DN-734e1f1c3c9c8b2b7b8e7\n-X CNI-DN-734e1f1c3c9c8b2b7b8e7\n-D PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n-F CNI-HOSTPORT-DNAT\n-X CNI-HOSTPORT-DNAT\nCOMMIT\n");
+    }
+
+    #[test]
+    fn del_keeps_shared_chains_while_other_containers_remain() {
+        let key = ContainerKey {
+            network: "goldennet".into(),
+            container_id: "golden-1".into(),
+        };
+        let saved = SavedTable::parse("*nat\n:CNI-HOSTPORT-DNAT - [0:0]\n:CNI-DN-734e1f1c3c9c8b2b7b8e7 - [0:0]\n:CNI-DN-other - [0:0]\n-A CNI-HOSTPORT-DNAT -p tcp -j CNI-DN-734e1f1c3c9c8b2b7b8e7\nCOMMIT\n");
+        let b = del(&key, &saved).expect("batch");
+        assert!(!b.contains("-X CNI-HOSTPORT-DNAT"), "{b}");
+    }
+
+    #[test]
+    fn check_names_the_missing_rule() {
+        let plan = golden_plan();
+        let fam = plan.family(Family::V4).expect("v4");
+        assert_eq!(
+            check(&plan, fam, &SavedTable::default()),
+            Some("chain CNI-DN-734e1f1c3c9c8b2b7b8e7 is missing".into())
+        );
+    }
+}

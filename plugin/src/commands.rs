@@ -1,0 +1,454 @@
+//! ADD / CHECK / DEL / STATUS / GC over the backend seam. Backend-blind:
+//! which firewall runs comes from a [`Host`], so unit tests use a fake.
+
+use portmap_backends::host::HostError;
+use portmap_backends::select::{self, Choice, SelectError, Selected};
+use portmap_backends::{host, Backend, BackendError, InstalledMapping, Plan};
+use serde_json::Value;
+
+use crate::cni::result::convert;
+use crate::cni::{CniError, Code, Command, Env};
+use crate::config::{self, Config};
+
+/// What the commands need from the machine.
+pub trait Host {
+    /// The backend for ADD/CHECK/STATUS.
+    fn select(
+        &self,
+        choice: Option<Choice>,
+        iptables_specific: bool,
+    ) -> Result<Selected, SelectError>;
+    /// Every backend that may hold our rules (DEL, GC, CHECK fallback).
+    fn all_backends(&self) -> Vec<Box<dyn Backend>>;
+    fn after_add(&self, plan: &Plan) -> Result<(), HostError>;
+    fn after_del(&self, removed: &[InstalledMapping]);
+}
+
+/// The real machine.
+pub struct RealHost;
+
+impl Host for RealHost {
+    fn select(
+        &self,
+        choice: Option<Choice>,
+        iptables_specific: bool,
+    ) -> Result<Selected, SelectError> {
+        match (choice, iptables_specific) {
+            // markMasqBit / externalSetMarkChain only mean something to iptables.
+            (None, true) => {
+                let mut s = select::select(Some(Choice::Iptables))?;
+                s.reason = format!("auto: config has iptables-specific options; {}", s.reason);
+                Ok(s)
+            }
+            (choice, _) => select::select(choice),
+        }
+    }
+
+    fn all_backends(&self) -> Vec<Box<dyn Backend>> {
+        select::cleanup_backends()
+    }
+
+    fn after_add(&self, plan: &Plan) -> Result<(), HostError> {
+        host::after_add(plan)
+    }
+
+    fn after_del(&self, removed: &[InstalledMapping]) {
+        host::after_del(removed)
+    }
+}
+
+fn backend_error(e: &BackendError, backend: &str, reason: &str) -> CniError {
+    let details = match e.details() {
+        d if d.is_empty() => format!("backend: {backend} ({reason})"),
+        d => format!("{d}\nbackend: {backend} ({reason})"),
+    };
+    CniError::new(Code::Internal, e.to_string()).with_details(details)
+}
+
+fn select_error(e: &SelectError) -> CniError {
+    CniError::new(Code::Internal, e.to_string()).with_details(e.details())
+}
+
+fn requires_version(cfg: &Config, min: &str, what: &str) -> Result<(), CniError> {
+    let order = |v: &str| crate::cni::SUPPORTED_VERSIONS.iter().position(|s| *s == v);
+    if order(&cfg.cni_version) < order(min) {
+        return Err(CniError::new(
+            Code::IncompatibleVersion,
+            format!("config version does not allow {what}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Upstream refuses to run against its own namespace: the rules would be
+/// installed where the container is supposed to be.
+fn check_netns(env: &Env) -> Result<(), CniError> {
+    use std::os::unix::fs::MetadataExt;
+    if env.netns.is_empty() {
+        return Ok(());
+    }
+    let (Ok(target), Ok(own)) = (
+        std::fs::metadata(&env.netns),
+        std::fs::metadata("/proc/self/ns/net"),
+    ) else {
+        return Ok(());
+    };
+    if (target.dev(), target.ino()) == (own.dev(), own.ino()) {
+        return Err(CniError::new(
+            Code::InvalidEnv,
+            format!(
+                "CNI_NETNS {:?} is the plugin's own network namespace",
+                env.netns
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs one CNI command; `Ok(Some(json))` is printed on stdout.
+pub fn run(
+    command: Command,
+    env: &Env,
+    stdin: &[u8],
+    host: &dyn Host,
+) -> Result<Option<Value>, CniError> {
+    let cfg = config::parse(stdin)?;
+    match command {
+        Command::Add => add(&cfg, env, host).map(Some),
+        Command::Check => check(&cfg, env, host).map(|()| None),
+        Command::Del => del(&cfg, env, host).map(|()| None),
+        Command::Status => status(&cfg, host).map(|()| None),
+        Command::Gc => gc(&cfg, host).map(|()| None),
+        Command::Version => Ok(Some(crate::cni::version_info(&cfg.cni_version))),
+    }
+}
+
+fn add(cfg: &Config, env: &Env, host: &dyn Host) -> Result<Value, CniError> {
+    let prev = cfg
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| CniError::new(Code::InvalidConfig, "must be called as chained plugin"))?;
+    let out = convert(prev, &cfg.cni_version);
+    let plan = Plan::new(&cfg.request(env));
+    if plan.is_empty() {
+        return Ok(out);
+    }
+    check_netns(env)?;
+    let selected = host
+        .select(cfg.backend, cfg.iptables_specific)
+        .map_err(|e| select_error(&e))?;
+    selected
+        .backend
+        .add(&plan)
+        .map_err(|e| backend_error(&e, selected.backend.name(), &selected.reason))?;
+    host.after_add(&plan)
+        .map_err(|e| CniError::new(Code::Internal, e.to_string()))?;
+    Ok(out)
+}
+
+fn check(cfg: &Config, env: &Env, host: &dyn Host) -> Result<(), CniError> {
+    requires_version(cfg, "0.4.0", "CHECK")?;
+    if cfg.prev_result.is_none() {
+        return Err(CniError::new(
+            Code::InvalidConfig,
+            "Required prevResult missing",
+        ));
+    }
+    let plan = Plan::new(&cfg.request(env));
+    if plan.is_empty() {
+        return Ok(());
+    }
+    let selected = host
+        .select(cfg.backend, cfg.iptables_specific)
+        .map_err(|e| select_error(&e))?;
+    let Err(first) = selected.backend.check(&plan) else {
+        return Ok(());
+    };
+    // Without an explicit backend, rules made before a switch of default
+    // (or by another binary) count wherever they are.
+    if cfg.backend.is_none() {
+        let others = host.all_backends();
+        if others
+            .iter()
+            .filter(|b| b.name() != selected.backend.name())
+            .any(|b| b.check(&plan).is_ok())
+        {
+            return Ok(());
+        }
+    }
+    Err(backend_error(
+        &first,
+        selected.backend.name(),
+        &selected.reason,
+    ))
+}
+
+fn del(cfg: &Config, env: &Env, host: &dyn Host) -> Result<(), CniError> {
+    let key = cfg.key(env);
+    let mut removed = Vec::new();
+    let mut first_error = None;
+    for backend in host.all_backends() {
+        match backend.del(&key) {
+            Ok(r) => removed.extend(r),
+            Err(e) => {
+                first_error.get_or_insert_with(|| backend_error(&e, backend.name(), "cleanup"));
+            }
+        }
+    }
+    host.after_del(&removed);
+    first_error.map_or(Ok(()), Err)
+}
+
+fn status(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
+    requires_version(cfg, "1.1.0", "STATUS")?;
+    host.select(cfg.backend, cfg.iptables_specific)
+        .map(|_| ())
+        .map_err(|e| {
+            CniError::new(Code::PluginNotAvailable, e.to_string()).with_details(e.details())
+        })
+}
+
+fn gc(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
+    requires_version(cfg, "1.1.0", "GC")?;
+    for backend in host.all_backends() {
+        backend
+            .gc(&cfg.name, &cfg.valid_attachments)
+            .map_err(|e| backend_error(&e, backend.name(), "gc"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portmap_backends::{ContainerKey, InstalledContainer};
+    use serde_json::json;
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+    use std::rc::Rc;
+
+    /// Records what the commands asked of the firewall.
+    #[derive(Default)]
+    struct Calls(RefCell<Vec<String>>);
+
+    struct FakeBackend {
+        name: &'static str,
+        calls: Rc<Calls>,
+        check_ok: bool,
+    }
+
+    impl Backend for FakeBackend {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn add(&self, plan: &Plan) -> Result<(), BackendError> {
+            self.calls
+                .0
+                .borrow_mut()
+                .push(format!("{} add {}", self.name, plan.key.container_id));
+            Ok(())
+        }
+        fn check(&self, plan: &Plan) -> Result<(), BackendError> {
+            self.calls
+                .0
+                .borrow_mut()
+                .push(format!("{} check {}", self.name, plan.key.container_id));
+            if self.check_ok {
+                Ok(())
+            } else {
+                Err(BackendError::CheckFailed {
+                    backend: self.name,
+                    what: "rule missing".into(),
+                })
+            }
+        }
+        fn del(&self, key: &ContainerKey) -> Result<Vec<InstalledMapping>, BackendError> {
+            self.calls
+                .0
+                .borrow_mut()
+                .push(format!("{} del {}", self.name, key.container_id));
+            Ok(vec![])
+        }
+        fn list(&self) -> Result<Vec<InstalledContainer>, BackendError> {
+            Ok(vec![])
+        }
+        fn gc(&self, network: &str, keep: &BTreeSet<String>) -> Result<Vec<String>, BackendError> {
+            self.calls
+                .0
+                .borrow_mut()
+                .push(format!("{} gc {network} keep {keep:?}", self.name));
+            Ok(vec![])
+        }
+    }
+
+    struct FakeHost {
+        calls: Rc<Calls>,
+        /// (name, check passes) of every backend; the first is selected.
+        backends: Vec<(&'static str, bool)>,
+    }
+
+    impl FakeHost {
+        fn new(backends: Vec<(&'static str, bool)>) -> FakeHost {
+            FakeHost {
+                calls: Rc::new(Calls::default()),
+                backends,
+            }
+        }
+        fn backend(&self, (name, check_ok): (&'static str, bool)) -> Box<dyn Backend> {
+            Box::new(FakeBackend {
+                name,
+                calls: self.calls.clone(),
+                check_ok,
+            })
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.0.borrow().clone()
+        }
+    }
+
+    impl Host for FakeHost {
+        fn select(&self, _: Option<Choice>, _: bool) -> Result<Selected, SelectError> {
+            Ok(Selected {
+                backend: self.backend(self.backends[0]),
+                reason: "fake".into(),
+            })
+        }
+        fn all_backends(&self) -> Vec<Box<dyn Backend>> {
+            self.backends.iter().map(|b| self.backend(*b)).collect()
+        }
+        fn after_add(&self, plan: &Plan) -> Result<(), HostError> {
+            self.calls
+                .0
+                .borrow_mut()
+                .push(format!("after_add {}", plan.key.container_id));
+            Ok(())
+        }
+        fn after_del(&self, _: &[InstalledMapping]) {
+            self.calls.0.borrow_mut().push("after_del".into());
+        }
+    }
+
+    fn env() -> Env {
+        Env {
+            container_id: "c1".into(),
+            netns: String::new(),
+            ifname: "eth0".into(),
+            path: "/opt/cni/bin".into(),
+            args: String::new(),
+        }
+    }
+
+    fn config(mappings: Value, version: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "cniVersion": version, "name": "net", "type": "portmap",
+            "runtimeConfig": {"portMappings": mappings},
+            "prevResult": {"cniVersion": version, "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+                           "ips": [{"address": "10.0.0.2/24", "interface": 0}]}
+        }))
+        .expect("json")
+    }
+
+    fn one_mapping() -> Value {
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])
+    }
+
+    #[test]
+    fn add_without_mappings_touches_no_firewall() {
+        let host = FakeHost::new(vec![("fake", true)]);
+        let out = run(Command::Add, &env(), &config(json!([]), "1.0.0"), &host)
+            .expect("ok")
+            .expect("json");
+        assert_eq!(out["ips"][0]["address"], "10.0.0.2/24");
+        assert!(host.calls().is_empty(), "{:?}", host.calls());
+    }
+
+    #[test]
+    fn add_installs_then_applies_host_side_effects() {
+        let host = FakeHost::new(vec![("fake", true)]);
+        let out = run(Command::Add, &env(), &config(one_mapping(), "0.4.0"), &host)
+            .expect("ok")
+            .expect("json");
+        assert_eq!(out["cniVersion"], "0.4.0");
+        assert_eq!(out["ips"][0]["version"], "4");
+        assert_eq!(host.calls(), vec!["fake add c1", "after_add c1"]);
+    }
+
+    #[test]
+    fn add_without_prev_result_is_an_error() {
+        let host = FakeHost::new(vec![("fake", true)]);
+        let stdin = br#"{"cniVersion":"1.0.0","name":"net","runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":1}]}}"#;
+        let e = run(Command::Add, &env(), stdin, &host).expect_err("error");
+        assert_eq!(e.msg, "must be called as chained plugin");
+        let e = run(Command::Check, &env(), stdin, &host).expect_err("error");
+        assert_eq!(e.msg, "Required prevResult missing");
+    }
+
+    #[test]
+    fn del_sweeps_every_backend_even_without_mappings() {
+        let host = FakeHost::new(vec![("a", true), ("b", true)]);
+        run(
+            Command::Del,
+            &env(),
+            br#"{"cniVersion":"1.0.0","name":"net"}"#,
+            &host,
+        )
+        .expect("ok");
+        assert_eq!(host.calls(), vec!["a del c1", "b del c1", "after_del"]);
+    }
+
+    #[test]
+    fn check_falls_back_to_the_backend_holding_the_rules() {
+        let host = FakeHost::new(vec![
+            ("selected", false),
+            ("selected", false),
+            ("other", true),
+        ]);
+        run(
+            Command::Check,
+            &env(),
+            &config(one_mapping(), "1.0.0"),
+            &host,
+        )
+        .expect("ok");
+        assert_eq!(host.calls(), vec!["selected check c1", "other check c1"]);
+        let host = FakeHost::new(vec![("only", false)]);
+        let e = run(
+            Command::Check,
+            &env(),
+            &config(one_mapping(), "1.0.0"),
+            &host,
+        )
+        .expect_err("fails");
+        assert_eq!(e.msg, "only: rule missing");
+    }
+
+    #[test]
+    fn check_needs_0_4_0_and_status_gc_need_1_1_0() {
+        let host = FakeHost::new(vec![("fake", true)]);
+        let e = run(
+            Command::Check,
+            &env(),
+            &config(one_mapping(), "0.3.1"),
+            &host,
+        )
+        .expect_err("old");
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (
+                Code::IncompatibleVersion,
+                "config version does not allow CHECK"
+            )
+        );
+        let e = run(Command::Status, &env(), &config(json!([]), "1.0.0"), &host).expect_err("old");
+        assert_eq!(e.msg, "config version does not allow STATUS");
+        run(Command::Status, &env(), &config(json!([]), "1.1.0"), &host).expect("ok");
+    }
+
+    #[test]
+    fn gc_passes_network_and_valid_attachments() {
+        let host = FakeHost::new(vec![("a", true)]);
+        let stdin = br#"{"cniVersion":"1.1.0","name":"net","cni.dev/valid-attachments":[{"containerID":"keep","ifname":"eth0"}]}"#;
+        run(Command::Gc, &env(), stdin, &host).expect("ok");
+        assert_eq!(host.calls(), vec![r#"a gc net keep {"keep"}"#]);
+    }
+}

@@ -1,0 +1,397 @@
+//! The portmap network configuration: parsing with upstream's defaults and
+//! error texts, plus the stricter checks upstream lacks.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use portmap_backends::select::Choice;
+use portmap_backends::{ContainerKey, MasqMark, PortMapping, Protocol, Request};
+
+use crate::cni::result::{self, container_addrs};
+use crate::cni::{self, CniError, Code, Env};
+
+const DEFAULT_MARK_BIT: u8 = 13;
+
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    backend: Option<String>,
+    #[serde(default)]
+    snat: Option<bool>,
+    #[serde(rename = "masqAll", default)]
+    masq_all: Option<bool>,
+    #[serde(rename = "markMasqBit", default)]
+    mark_masq_bit: Option<i64>,
+    #[serde(rename = "externalSetMarkChain", default)]
+    external_set_mark_chain: Option<String>,
+    #[serde(rename = "conditionsV4", default)]
+    conditions_v4: Option<Vec<String>>,
+    #[serde(rename = "conditionsV6", default)]
+    conditions_v6: Option<Vec<String>>,
+    #[serde(rename = "runtimeConfig", default)]
+    runtime_config: Option<RawRuntimeConfig>,
+    #[serde(rename = "prevResult", default)]
+    prev_result: Option<Value>,
+    #[serde(rename = "cni.dev/valid-attachments", default)]
+    valid_attachments: Option<Vec<RawAttachment>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RawRuntimeConfig {
+    #[serde(rename = "portMappings", default)]
+    port_mappings: Option<Vec<RawMapping>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawMapping {
+    #[serde(rename = "hostPort")]
+    host_port: i64,
+    #[serde(rename = "containerPort")]
+    container_port: i64,
+    /// Kubernetes and the runtimes default a missing protocol to tcp.
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(rename = "hostIP", default)]
+    host_ip: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawAttachment {
+    #[serde(rename = "containerID")]
+    container_id: String,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub cni_version: String,
+    pub name: String,
+    pub backend: Option<Choice>,
+    /// markMasqBit or externalSetMarkChain given: only iptables honours them.
+    pub iptables_specific: bool,
+    pub snat: bool,
+    pub masq_all: bool,
+    pub mark: MasqMark,
+    pub conditions_v4: Vec<String>,
+    pub conditions_v6: Vec<String>,
+    pub mappings: Vec<PortMapping>,
+    /// Normalised to the 1.0 shape.
+    pub prev_result: Option<Map<String, Value>>,
+    pub valid_attachments: BTreeSet<String>,
+}
+
+fn invalid(msg: impl Into<String>) -> CniError {
+    CniError::new(Code::InvalidConfig, msg)
+}
+
+/// The config's `cniVersion`, read before anything else so errors about the
+/// rest can still be reported in the caller's version.
+pub fn peek_version(stdin: &[u8]) -> String {
+    serde_json::from_slice::<Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+pub fn parse(stdin: &[u8]) -> Result<Config, CniError> {
+    let decode = |e: serde_json::Error| {
+        CniError::new(
+            Code::DecodeFailure,
+            format!("failed to parse network configuration: {e}"),
+        )
+    };
+    let value: Value = serde_json::from_slice(stdin).map_err(decode)?;
+    let cni_version = cni::check_version(
+        value
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+    )?
+    .to_string();
+    let raw: RawConfig = serde_json::from_value(value).map_err(decode)?;
+
+    if !cni::valid_network_name(&raw.name) {
+        return Err(invalid("invalid characters found in network name")
+            .with_details(raw.name.escape_debug().to_string()));
+    }
+    let backend = match raw.backend.as_deref() {
+        None | Some("") => None,
+        Some(b) => {
+            Some(Choice::parse(b).ok_or_else(|| invalid(format!("unrecognized backend {b:?}")))?)
+        }
+    };
+    let mut iptables_options = Vec::new();
+    if raw.external_set_mark_chain.is_some() {
+        iptables_options.push("externalSetMarkChain");
+    }
+    if raw.mark_masq_bit.is_some() {
+        iptables_options.push("markMasqBit");
+    }
+    let mark = match (raw.mark_masq_bit, raw.external_set_mark_chain) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "Cannot specify externalSetMarkChain and markMasqBit",
+            ))
+        }
+        (Some(bit), None) => match u8::try_from(bit) {
+            Ok(b) if b <= 31 => MasqMark::Bit(b),
+            _ => return Err(invalid("MasqMarkBit must be between 0 and 31")),
+        },
+        (None, Some(chain)) => {
+            if !valid_chain_name(&chain) {
+                return Err(invalid(format!("Invalid externalSetMarkChain: {chain:?}")));
+            }
+            MasqMark::ExternalChain(chain)
+        }
+        (None, None) => MasqMark::Bit(DEFAULT_MARK_BIT),
+    };
+    if backend == Some(Choice::Nftables) && !iptables_options.is_empty() {
+        return Err(invalid(format!(
+            "nftables backend was requested but configuration contains iptables-specific options [{}]",
+            iptables_options.join(" ")
+        )));
+    }
+    let conditions_v4 = conditions("conditionsV4", raw.conditions_v4)?;
+    let conditions_v6 = conditions("conditionsV6", raw.conditions_v6)?;
+    let mappings = raw
+        .runtime_config
+        .unwrap_or_default()
+        .port_mappings
+        .unwrap_or_default()
+        .into_iter()
+        .map(mapping)
+        .collect::<Result<Vec<_>, _>>()?;
+    let prev_result = match raw.prev_result {
+        None | Some(Value::Null) => None,
+        Some(prev) => Some(result::normalize(&prev)?),
+    };
+    let valid_attachments = raw
+        .valid_attachments
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| a.container_id)
+        .collect();
+    Ok(Config {
+        cni_version,
+        name: raw.name,
+        backend,
+        iptables_specific: !iptables_options.is_empty(),
+        snat: raw.snat.unwrap_or(true),
+        masq_all: raw.masq_all.unwrap_or(false),
+        mark,
+        conditions_v4,
+        conditions_v6,
+        mappings,
+        prev_result,
+        valid_attachments,
+    })
+}
+
+fn mapping(raw: RawMapping) -> Result<PortMapping, CniError> {
+    let port = |n: i64, what: &str| {
+        u16::try_from(n)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| invalid(format!("Invalid {what} port number: {n}")))
+    };
+    let container_port = port(raw.container_port, "container")?;
+    let host_port = port(raw.host_port, "host")?;
+    let proto_text = raw.protocol.unwrap_or_else(|| "tcp".to_string());
+    let protocol = Protocol::parse(&proto_text)
+        .ok_or_else(|| invalid(format!("Invalid protocol: {proto_text:?}")))?;
+    let host_ip = match raw.host_ip.as_deref() {
+        None | Some("") => None,
+        Some(ip) => Some(
+            ip.parse::<IpAddr>()
+                .map_err(|_| invalid(format!("Invalid host IP: {ip:?}")))?,
+        ),
+    };
+    Ok(PortMapping {
+        host_port,
+        container_port,
+        protocol,
+        host_ip,
+    })
+}
+
+/// Conditions end up inside iptables-restore lines and nft rules: a quote,
+/// newline, `;` or `#` there would change what the batch means.
+fn conditions(key: &str, raw: Option<Vec<String>>) -> Result<Vec<String>, CniError> {
+    let list = raw.unwrap_or_default();
+    for c in &list {
+        if c.chars()
+            .any(|ch| matches!(ch, '"' | '\'' | ';' | '#' | '\\') || ch.is_control())
+        {
+            return Err(invalid(format!(
+                "Invalid {key} entry {c:?}: quotes, backslashes, newlines, ';' and '#' are not allowed"
+            )));
+        }
+    }
+    Ok(list)
+}
+
+fn valid_chain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 28
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Config {
+    pub fn key(&self, env: &Env) -> ContainerKey {
+        ContainerKey {
+            network: self.name.clone(),
+            container_id: env.container_id.clone(),
+        }
+    }
+
+    /// The backend request for this container; addresses from prevResult.
+    pub fn request(&self, env: &Env) -> Request {
+        let (v4, v6) = self
+            .prev_result
+            .as_ref()
+            .map(|p| container_addrs(p, &env.ifname))
+            .unwrap_or((None, None));
+        Request {
+            key: self.key(env),
+            v4,
+            v6,
+            mappings: self.mappings.clone(),
+            snat: self.snat,
+            masq_all: self.masq_all,
+            mark: self.mark.clone(),
+            conditions_v4: self.conditions_v4.clone(),
+            conditions_v6: self.conditions_v6.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+    use serde_json::json;
+
+    fn base() -> Value {
+        json!({
+            "cniVersion": "1.0.0", "name": "net", "type": "portmap",
+            "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+            "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2/24"}]}
+        })
+    }
+
+    fn with(patch: Value) -> Vec<u8> {
+        let mut v = base();
+        if let (Some(o), Some(p)) = (v.as_object_mut(), patch.as_object()) {
+            for (k, val) in p {
+                o.insert(k.clone(), val.clone());
+            }
+        }
+        serde_json::to_vec(&v).expect("json")
+    }
+
+    fn mapping_cfg(m: Value) -> Vec<u8> {
+        with(json!({"runtimeConfig": {"portMappings": [m]}}))
+    }
+
+    #[test]
+    fn defaults_are_upstreams() {
+        let c = parse(&with(json!({}))).expect("valid");
+        assert!(c.snat);
+        assert!(!c.masq_all);
+        assert_eq!(c.mark, MasqMark::Bit(13));
+        assert_eq!(c.backend, None);
+        assert!(!c.iptables_specific);
+        assert_eq!(c.mappings[0].protocol, Protocol::Tcp);
+    }
+
+    #[rstest]
+    #[case::mark_bit_32(json!({"markMasqBit": 32}), "MasqMarkBit must be between 0 and 31")]
+    #[case::mark_bit_negative(json!({"markMasqBit": -1}), "MasqMarkBit must be between 0 and 31")]
+    #[case::mark_and_external(json!({"markMasqBit": 5, "externalSetMarkChain": "KUBE-MARK-MASQ"}), "Cannot specify externalSetMarkChain and markMasqBit")]
+    #[case::unknown_backend(json!({"backend": "pf"}), "unrecognized backend \"pf\"")]
+    #[case::nft_with_external_chain(json!({"backend": "nftables", "externalSetMarkChain": "X"}), "nftables backend was requested but configuration contains iptables-specific options [externalSetMarkChain]")]
+    #[case::condition_with_quote(json!({"conditionsV4": ["-m", "comment", "--comment", "\"x\""]}), "Invalid conditionsV4 entry \"\\\"x\\\"\": quotes, backslashes, newlines, ';' and '#' are not allowed")]
+    #[case::condition_with_newline(json!({"conditionsV6": ["-s ::1\n-A X"]}), "Invalid conditionsV6 entry \"-s ::1\\n-A X\": quotes, backslashes, newlines, ';' and '#' are not allowed")]
+    #[case::condition_with_semicolon(json!({"conditionsV4": ["ip saddr 1.2.3.4; flush ruleset"]}), "Invalid conditionsV4 entry \"ip saddr 1.2.3.4; flush ruleset\": quotes, backslashes, newlines, ';' and '#' are not allowed")]
+    #[case::bad_network_name(json!({"name": "a b"}), "invalid characters found in network name")]
+    #[case::bad_external_chain(json!({"externalSetMarkChain": "A B"}), "Invalid externalSetMarkChain: \"A B\"")]
+    fn invalid_configs(#[case] patch: Value, #[case] msg: &str) {
+        let e = parse(&with(patch)).expect_err("rejected");
+        assert_eq!(e.msg, msg);
+        assert_eq!(e.code, Code::InvalidConfig);
+    }
+
+    #[rstest]
+    #[case::host_port_zero(json!({"hostPort": 0, "containerPort": 80}), "Invalid host port number: 0")]
+    #[case::host_port_too_big(json!({"hostPort": 70000, "containerPort": 80}), "Invalid host port number: 70000")]
+    #[case::container_port_negative(json!({"hostPort": 80, "containerPort": -5}), "Invalid container port number: -5")]
+    #[case::protocol_icmp(json!({"hostPort": 80, "containerPort": 80, "protocol": "icmp"}), "Invalid protocol: \"icmp\"")]
+    #[case::protocol_empty(json!({"hostPort": 80, "containerPort": 80, "protocol": ""}), "Invalid protocol: \"\"")]
+    #[case::host_ip_garbage(json!({"hostPort": 80, "containerPort": 80, "hostIP": "not-an-ip"}), "Invalid host IP: \"not-an-ip\"")]
+    fn invalid_mappings(#[case] m: Value, #[case] msg: &str) {
+        let e = parse(&mapping_cfg(m)).expect_err("rejected");
+        assert_eq!(e.msg, msg);
+    }
+
+    #[test]
+    fn protocol_is_case_insensitive_and_stored_lowercase() {
+        let c = parse(&mapping_cfg(
+            json!({"hostPort": 53, "containerPort": 53, "protocol": "UDP"}),
+        ))
+        .expect("valid");
+        assert_eq!(c.mappings[0].protocol, Protocol::Udp);
+        assert_eq!(c.mappings[0].protocol.as_str(), "udp");
+    }
+
+    #[rstest]
+    #[case::not_json(b"{".to_vec(), Code::DecodeFailure, "failed to parse network configuration: ")]
+    #[case::wrong_type(br#"{"cniVersion":"1.0.0","name":"n","snat":"yes"}"#.to_vec(), Code::DecodeFailure, "failed to parse network configuration: ")]
+    #[case::port_as_string(br#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":"80","containerPort":80}]}}"#.to_vec(), Code::DecodeFailure, "failed to parse network configuration: ")]
+    #[case::unsupported_version(br#"{"cniVersion":"9.0.0","name":"n"}"#.to_vec(), Code::IncompatibleVersion, "incompatible CNI versions")]
+    #[case::bad_prev_result(br#"{"cniVersion":"1.0.0","name":"n","prevResult":{"ips":[{"address":"x"}]}}"#.to_vec(), Code::DecodeFailure, "could not parse prevResult: ")]
+    fn decode_errors(#[case] input: Vec<u8>, #[case] code: Code, #[case] prefix: &str) {
+        let e = parse(&input).expect_err("rejected");
+        assert_eq!(e.code, code);
+        assert!(e.msg.starts_with(prefix), "{}", e.msg);
+    }
+
+    #[test]
+    fn iptables_options_are_noticed_and_unknown_keys_ignored() {
+        let c = parse(&with(json!({"markMasqBit": 5, "somethingNew": [1, 2]}))).expect("valid");
+        assert!(c.iptables_specific);
+        assert_eq!(c.mark, MasqMark::Bit(5));
+    }
+
+    #[test]
+    fn request_takes_addresses_from_prev_result() {
+        let c = parse(&with(json!({"snat": false, "masqAll": true}))).expect("valid");
+        let env = Env {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            ..Env::default()
+        };
+        let r = c.request(&env);
+        assert_eq!(r.v4.map(|a| a.addr.to_string()), Some("10.0.0.2".into()));
+        assert_eq!(r.v6, None);
+        assert!(!r.snat && r.masq_all);
+        assert_eq!(r.key.container_id, "c1");
+        assert_eq!(r.key.network, "net");
+    }
+
+    #[test]
+    fn valid_attachments_are_read() {
+        let c = parse(&with(
+            json!({"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]}),
+        ))
+        .expect("valid");
+        assert!(c.valid_attachments.contains("a"));
+    }
+}

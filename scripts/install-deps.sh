@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs everything the build and the test suites need on a fresh Debian
+# machine. Idempotent: packages already present are not touched, so it is
+# cheap to call from every other script.
+set -euo pipefail
+
+packages=(
+  nftables            # nft binary (nftables backend, JSON API)
+  iptables            # iptables-legacy + iptables-nft and their -save/-restore
+  iproute2            # ip netns / veth for test topologies
+  conntrack           # UDP conntrack flush on ADD/DEL
+  kmod                # modprobe for nf_tables / xt modules on minimal images
+  containernetworking-plugins  # upstream portmap v1.1.1 (reference), bridge, host-local
+  strace              # process-spawn accounting in benchmarks
+  build-essential     # cc for crates with C parts
+  pkg-config
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "install-deps: cargo not found; install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt 2>/dev/null || true
