@@ -21,7 +21,9 @@ pub enum HostError {
 /// Sets `net.ipv4.conf.<dev>.route_localnet=1` on the interface that routes
 /// to `container` (falling back to `all`), as upstream does with snat.
 pub fn enable_route_localnet(container: Ipv4Addr) -> Result<(), HostError> {
-    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    // thread-self: /proc/net follows the main thread's namespace, and a
+    // caller may have entered another one on this thread.
+    let routes = std::fs::read_to_string("/proc/thread-self/net/route").unwrap_or_default();
     let dev = route_interface(&routes, container).unwrap_or_else(|| "all".to_string());
     let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{dev}/route_localnet"));
     if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {

@@ -186,7 +186,7 @@ pub struct InstalledContainer {
 }
 
 /// The one seam: both firewalls implement this.
-pub trait Backend {
+pub trait Backend: Send + Sync {
     /// Stable name: `nftables`, `iptables-nft` or `iptables-legacy`.
     fn name(&self) -> &'static str;
     /// Installs (or replaces) the container's rules in one atomic batch per family.

@@ -8,8 +8,10 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
 use nftables::batch::Batch;
 use nftables::expr::{
@@ -49,6 +51,14 @@ pub enum NftError {
         #[source]
         source: NftablesError,
     },
+    #[error("nftables: {action} failed")]
+    Rejected { action: String, stderr: String },
+    #[error("could not run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("nftables: cannot parse the output of nft: {0}")]
     Parse(#[from] serde_json::Error),
     #[error("nftables: unsupported condition {condition:?}: {reason}")]
@@ -63,6 +73,8 @@ impl NftError {
                 ..
             } => stderr.trim().to_string(),
             NftError::Nft { source, .. } => source.to_string(),
+            NftError::Rejected { stderr, .. } => stderr.clone(),
+            NftError::Spawn { source, .. } => source.to_string(),
             _ => String::new(),
         }
     }
@@ -133,16 +145,35 @@ impl Nftables {
         Ok(Some(rules))
     }
 
+    /// One `nft -j -f -` transaction. Not the crate's `apply_ruleset`: it
+    /// lets nft's stderr through to ours, and nft's own words belong in
+    /// the CNI error's details.
     fn apply(&self, batch: Batch<'_>, action: &str) -> Result<(), NftError> {
         let mut doc = serde_json::to_value(batch.to_nftables())?;
         add_table_comment(&mut doc);
         let payload = serde_json::to_string(&doc)?;
-        helper::apply_ruleset_raw(&payload, Some(&self.nft), std::iter::empty::<&str>())
-            .map(|_| ())
-            .map_err(|source| NftError::Nft {
+        let spawn_err = |source| NftError::Spawn {
+            program: self.nft.display().to_string(),
+            source,
+        };
+        let mut child = Command::new(&self.nft)
+            .args(["-j", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(payload.as_bytes()).map_err(spawn_err)?;
+        }
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        if !out.status.success() {
+            return Err(NftError::Rejected {
                 action: action.to_string(),
-                source,
-            })
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(())
     }
 
     fn add_inner(&self, plan: &Plan) -> Result<(), NftError> {
@@ -151,7 +182,7 @@ impl Nftables {
             if fam.dnats.is_empty() {
                 continue;
             }
-            let expected = expected_rules(fam, &plan.key.container_id)?;
+            let expected = expected_rules(fam)?;
             let existing = self.read(fam.family)?.unwrap_or_default();
             add_skeleton(&mut batch, fam.family, !fam.masquerade.is_empty());
             for old in existing
@@ -208,7 +239,7 @@ impl Nftables {
                 .iter()
                 .filter(|r| is_ours(r, &plan.key.container_id))
                 .collect();
-            for (chain, expr) in expected_rules(fam, &plan.key.container_id)? {
+            for (chain, expr) in expected_rules(fam)? {
                 match ours.iter().position(|r| r.chain == chain && r.expr == expr) {
                     Some(i) => {
                         ours.remove(i);
@@ -216,7 +247,7 @@ impl Nftables {
                     None => {
                         return Ok(Some(format!(
                             "table {table}: chain {chain} is missing the rule for {}",
-                            describe(fam, &chain, &expr)
+                            describe(fam, chain, &expr)
                         )))
                     }
                 }
@@ -239,10 +270,28 @@ impl Nftables {
             let Some(listed) = self.read(family)? else {
                 continue;
             };
-            for r in listed.iter().filter(|r| is_ours(r, container_id)) {
-                removed.extend(parse_mapping(family, r));
-                batch.delete(NfListObject::Rule(rule_ref(family, &r.chain, r.handle)));
-                any = true;
+            let ours: Vec<&Listed> = listed.iter().filter(|r| is_ours(r, container_id)).collect();
+            if ours.is_empty() {
+                continue;
+            }
+            any = true;
+            removed.extend(ours.iter().filter_map(|r| parse_mapping(family, r)));
+            let others_left = listed.iter().any(|r| {
+                r.comment.is_some()
+                    && !is_ours(r, container_id)
+                    && CONTAINER_CHAINS.contains(&r.chain.as_str())
+            });
+            if others_left {
+                for r in ours {
+                    batch.delete(NfListObject::Rule(rule_ref(family, &r.chain, r.handle)));
+                }
+            } else {
+                // Last container out: the whole table goes, in the same transaction.
+                batch.delete(NfListObject::Table(Table {
+                    family: nf_family(family),
+                    name: TABLE.into(),
+                    handle: None,
+                }));
             }
         }
         if any {
@@ -504,7 +553,6 @@ fn addr_expr(addr: IpAddr) -> Expression<'static> {
 /// The container's own rules for one family, in install order, with chain.
 fn expected_rules(
     fam: &FamilyPlan,
-    _container_id: &str,
 ) -> Result<Vec<(&'static str, Vec<Statement<'static>>)>, NftError> {
     let ipx = nf_family_name(fam.family);
     let conditions = parse_conditions(&fam.conditions)?;

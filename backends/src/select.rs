@@ -145,7 +145,10 @@ pub fn cleanup_backends() -> Vec<Box<dyn Backend>> {
 }
 
 fn legacy_tables_present() -> bool {
-    ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"]
-        .iter()
-        .any(|p| std::fs::read_to_string(p).is_ok_and(|s| s.lines().any(|l| l == "nat")))
+    [
+        "/proc/thread-self/net/ip_tables_names",
+        "/proc/thread-self/net/ip6_tables_names",
+    ]
+    .iter()
+    .any(|p| std::fs::read_to_string(p).is_ok_and(|s| s.lines().any(|l| l == "nat")))
 }

@@ -1,1 +1,7 @@
-pub fn x() {}
+//! portmap-conformance: runs ADD/CHECK/DEL scenarios with real traffic in
+//! network namespaces against any portmap binary, and the namespace,
+//! topology and traffic helpers the other crates' tests share.
+
+pub mod netns;
+pub mod topology;
+pub mod traffic;

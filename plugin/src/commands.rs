@@ -223,17 +223,22 @@ mod tests {
     use super::*;
     use portmap_backends::{ContainerKey, InstalledContainer};
     use serde_json::json;
-    use std::cell::RefCell;
     use std::collections::BTreeSet;
-    use std::rc::Rc;
+    use std::sync::{Arc, Mutex};
 
     /// Records what the commands asked of the firewall.
     #[derive(Default)]
-    struct Calls(RefCell<Vec<String>>);
+    struct Calls(Mutex<Vec<String>>);
+
+    impl Calls {
+        fn record(&self, call: String) {
+            self.0.lock().expect("calls").push(call);
+        }
+    }
 
     struct FakeBackend {
         name: &'static str,
-        calls: Rc<Calls>,
+        calls: Arc<Calls>,
         check_ok: bool,
     }
 
@@ -243,16 +248,12 @@ mod tests {
         }
         fn add(&self, plan: &Plan) -> Result<(), BackendError> {
             self.calls
-                .0
-                .borrow_mut()
-                .push(format!("{} add {}", self.name, plan.key.container_id));
+                .record(format!("{} add {}", self.name, plan.key.container_id));
             Ok(())
         }
         fn check(&self, plan: &Plan) -> Result<(), BackendError> {
             self.calls
-                .0
-                .borrow_mut()
-                .push(format!("{} check {}", self.name, plan.key.container_id));
+                .record(format!("{} check {}", self.name, plan.key.container_id));
             if self.check_ok {
                 Ok(())
             } else {
@@ -264,9 +265,7 @@ mod tests {
         }
         fn del(&self, key: &ContainerKey) -> Result<Vec<InstalledMapping>, BackendError> {
             self.calls
-                .0
-                .borrow_mut()
-                .push(format!("{} del {}", self.name, key.container_id));
+                .record(format!("{} del {}", self.name, key.container_id));
             Ok(vec![])
         }
         fn list(&self) -> Result<Vec<InstalledContainer>, BackendError> {
@@ -274,15 +273,13 @@ mod tests {
         }
         fn gc(&self, network: &str, keep: &BTreeSet<String>) -> Result<Vec<String>, BackendError> {
             self.calls
-                .0
-                .borrow_mut()
-                .push(format!("{} gc {network} keep {keep:?}", self.name));
+                .record(format!("{} gc {network} keep {keep:?}", self.name));
             Ok(vec![])
         }
     }
 
     struct FakeHost {
-        calls: Rc<Calls>,
+        calls: Arc<Calls>,
         /// (name, check passes) of every backend; the first is selected.
         backends: Vec<(&'static str, bool)>,
     }
@@ -290,7 +287,7 @@ mod tests {
     impl FakeHost {
         fn new(backends: Vec<(&'static str, bool)>) -> FakeHost {
             FakeHost {
-                calls: Rc::new(Calls::default()),
+                calls: Arc::new(Calls::default()),
                 backends,
             }
         }
@@ -302,7 +299,7 @@ mod tests {
             })
         }
         fn calls(&self) -> Vec<String> {
-            self.calls.0.borrow().clone()
+            self.calls.0.lock().expect("calls").clone()
         }
     }
 
@@ -318,13 +315,11 @@ mod tests {
         }
         fn after_add(&self, plan: &Plan) -> Result<(), HostError> {
             self.calls
-                .0
-                .borrow_mut()
-                .push(format!("after_add {}", plan.key.container_id));
+                .record(format!("after_add {}", plan.key.container_id));
             Ok(())
         }
         fn after_del(&self, _: &[InstalledMapping]) {
-            self.calls.0.borrow_mut().push("after_del".into());
+            self.calls.0.lock().expect("calls").push("after_del".into());
         }
     }
 

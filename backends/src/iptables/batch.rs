@@ -60,9 +60,11 @@ pub fn del(key: &ContainerKey, saved: &SavedTable) -> Option<String> {
     let chain = rules::container_chain(&key.network, &key.container_id);
     let old_snat = rules::old_snat_chain(&key.network, &key.container_id);
     let mut lines = Vec::new();
+    let mut deleted: Vec<(&str, &str)> = Vec::new();
     for own in [&chain, &old_snat] {
         for (from, spec) in saved.jumps_to(own) {
             lines.push(format!("-D {from} {spec}"));
+            deleted.push((from, spec));
         }
         if saved.has_chain(own) {
             lines.push(format!("-F {own}"));
@@ -86,7 +88,15 @@ pub fn del(key: &ContainerKey, saved: &SavedTable) -> Option<String> {
                     lines.push(format!("-D {from} {spec}"));
                 }
             }
-            lines.push(format!("-F {shared}"));
+            // iptables-nft fails the batch (EBUSY) when a chain whose rules
+            // were just deleted one by one is flushed too.
+            if saved
+                .rules_of(shared)
+                .iter()
+                .any(|r| !deleted.contains(&(shared, r.as_str())))
+            {
+                lines.push(format!("-F {shared}"));
+            }
             lines.push(format!("-X {shared}"));
         }
     }
@@ -199,7 +209,7 @@ mod tests {
         assert_eq!(del(&key, &SavedTable::default()), None);
         let saved = SavedTable::parse("*nat\n:CNI-HOSTPORT-DNAT - [0:0]\n:CNI-DN-734e1f1c3c9c8b2b7b8e7 - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n-A CNI-HOSTPORT-DNAT -p tcp -j CNI-DN-734e1f1c3c9c8b2b7b8e7\nCOMMIT\n");
         let b = del(&key, &saved).expect("batch");
-        assert_eq!(b, "*nat\n-D CNI-HOSTPORT-DNAT -p tcp -j CNI-DN-734e1f1c3c9c8b2b7b8e7\n-F CNI-DN-734e1f1c3c9c8b2b7b8e7\n-X CNI-DN-734e1f1c3c9c8b2b7b8e7\n-D PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n-F CNI-HOSTPORT-DNAT\n-X CNI-HOSTPORT-DNAT\nCOMMIT\n");
+        assert_eq!(b, "*nat\n-D CNI-HOSTPORT-DNAT -p tcp -j CNI-DN-734e1f1c3c9c8b2b7b8e7\n-F CNI-DN-734e1f1c3c9c8b2b7b8e7\n-X CNI-DN-734e1f1c3c9c8b2b7b8e7\n-D PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n-X CNI-HOSTPORT-DNAT\nCOMMIT\n");
     }
 
     #[test]
