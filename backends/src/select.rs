@@ -123,7 +123,8 @@ fn iptables(reason: &str) -> Result<Selected, IptablesError> {
 /// create them.
 pub fn cleanup_backends() -> Vec<Box<dyn Backend>> {
     let mut all: Vec<Box<dyn Backend>> = Vec::new();
-    if let Ok(n) = Nftables::from_path() {
+    // An nft that cannot work (kernel without nf_tables) holds no rules.
+    if let Ok(n) = probe_nftables() {
         all.push(Box::new(n));
     }
     if let Ok(ipt) = Iptables::variant(Variant::Nft) {

@@ -2,6 +2,8 @@
 //! network namespaces against any portmap binary, and the namespace,
 //! topology and traffic helpers the other crates' tests share.
 
+pub mod cni;
 pub mod netns;
+pub mod toolpath;
 pub mod topology;
 pub mod traffic;

@@ -1,0 +1,91 @@
+//! Invokes a CNI plugin binary as a runtime does: env, stdin, stdout.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::netns::Netns;
+
+/// One plugin invocation.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    pub command: &'a str,
+    pub container_id: &'a str,
+    /// `CNI_NETNS`; empty for DEL after the namespace is gone.
+    pub netns: String,
+    pub ifname: &'a str,
+    /// PATH the plugin sees (decides its firewall tools).
+    pub path: &'a Path,
+    pub config: &'a Value,
+}
+
+/// What the plugin did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub exit: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.exit == Some(0)
+    }
+
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_str(self.stdout.trim()).ok()
+    }
+
+    /// The CNI error code printed on failure.
+    pub fn error_code(&self) -> Option<u64> {
+        self.json()?.get("code")?.as_u64()
+    }
+
+    pub fn error_msg(&self) -> String {
+        self.json()
+            .and_then(|j| j.get("msg").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    /// One line for reports.
+    pub fn summary(&self) -> String {
+        format!(
+            "exit {:?}, stdout {}, stderr {}",
+            self.exit,
+            self.stdout.trim(),
+            self.stderr.trim()
+        )
+    }
+}
+
+/// Runs the plugin inside `ns` (the "host" namespace of a scenario).
+pub fn invoke(plugin: &Path, ns: &Netns, call: &Call<'_>) -> std::io::Result<Outcome> {
+    let start = Instant::now();
+    let mut child = ns
+        .command(plugin)
+        .env_clear()
+        .env("CNI_COMMAND", call.command)
+        .env("CNI_CONTAINERID", call.container_id)
+        .env("CNI_NETNS", &call.netns)
+        .env("CNI_IFNAME", call.ifname)
+        .env("CNI_PATH", "/usr/lib/cni:/opt/cni/bin")
+        .env("PATH", call.path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(call.config.to_string().as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    Ok(Outcome {
+        exit: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    })
+}

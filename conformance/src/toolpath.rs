@@ -1,0 +1,132 @@
+//! A PATH directory of symlinks that decides which firewall tools a
+//! plugin sees: `nft` present, missing or broken (like a kernel without
+//! nf_tables), and which iptables variant `iptables` is. This is how the
+//! backend axis and "a distribution without nftables" are simulated.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nft {
+    Present,
+    Missing,
+    /// Fails every call as nft does on a kernel without nf_tables.
+    Broken,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IptablesVariant {
+    Legacy,
+    Nft,
+}
+
+impl IptablesVariant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IptablesVariant::Legacy => "legacy",
+            IptablesVariant::Nft => "nft",
+        }
+    }
+}
+
+/// What the directory offers.
+#[derive(Debug, Clone, Copy)]
+pub struct Tools {
+    pub nft: Nft,
+    /// What plain `iptables` is; `None`: no iptables at all.
+    pub iptables: Option<IptablesVariant>,
+    /// Also offer the suffixed names of the other variant (a host where
+    /// both exist, as Debian's iptables package installs).
+    pub both_variants: bool,
+    pub conntrack: bool,
+}
+
+impl Default for Tools {
+    fn default() -> Self {
+        Tools {
+            nft: Nft::Present,
+            iptables: Some(IptablesVariant::Nft),
+            both_variants: true,
+            conntrack: true,
+        }
+    }
+}
+
+pub struct ToolDir {
+    dir: PathBuf,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+const SYSTEM_DIRS: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+
+fn find(name: &str) -> Option<PathBuf> {
+    SYSTEM_DIRS.iter().map(|d| Path::new(d).join(name)).find(|p| p.exists())
+}
+
+impl ToolDir {
+    pub fn new(tools: Tools) -> std::io::Result<ToolDir> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("portmap-tools-{}-{n}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::create_dir_all(&dir)?;
+        let td = ToolDir { dir };
+        let link = |target: &Path, name: &str| std::os::unix::fs::symlink(target, td.dir.join(name));
+        match tools.nft {
+            Nft::Present => {
+                if let Some(p) = find("nft") {
+                    link(&p, "nft")?;
+                }
+            }
+            Nft::Missing => {}
+            Nft::Broken => {
+                let script = td.dir.join("nft");
+                std::fs::write(
+                    &script,
+                    "#!/bin/sh\necho 'Error: Could not process rule: Operation not supported' >&2\nexit 1\n",
+                )?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+            }
+        }
+        if let Some(v) = tools.iptables {
+            let mut variants = vec![v];
+            if tools.both_variants {
+                variants.push(match v {
+                    IptablesVariant::Legacy => IptablesVariant::Nft,
+                    IptablesVariant::Nft => IptablesVariant::Legacy,
+                });
+            }
+            for (i, variant) in variants.iter().enumerate() {
+                for base in ["iptables", "ip6tables"] {
+                    for suffix in ["", "-save", "-restore"] {
+                        let real = format!("{base}-{}{suffix}", variant.as_str());
+                        let Some(target) = find(&real) else { continue };
+                        link(&target, &real)?;
+                        if i == 0 {
+                            link(&target, &format!("{base}{suffix}"))?;
+                        }
+                    }
+                }
+            }
+        }
+        if tools.conntrack {
+            if let Some(p) = find("conntrack") {
+                link(&p, "conntrack")?;
+            }
+        }
+        Ok(td)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for ToolDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
