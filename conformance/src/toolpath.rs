@@ -61,7 +61,10 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 const SYSTEM_DIRS: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 
 fn find(name: &str) -> Option<PathBuf> {
-    SYSTEM_DIRS.iter().map(|d| Path::new(d).join(name)).find(|p| p.exists())
+    SYSTEM_DIRS
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
 }
 
 impl ToolDir {
@@ -73,7 +76,8 @@ impl ToolDir {
         }
         std::fs::create_dir_all(&dir)?;
         let td = ToolDir { dir };
-        let link = |target: &Path, name: &str| std::os::unix::fs::symlink(target, td.dir.join(name));
+        let link =
+            |target: &Path, name: &str| std::os::unix::fs::symlink(target, td.dir.join(name));
         match tools.nft {
             Nft::Present => {
                 if let Some(p) = find("nft") {

@@ -9,9 +9,13 @@ use serde_json::Value;
 use crate::cni::result::convert;
 use crate::cni::{CniError, Code, Command, Env};
 use crate::config::{self, Config};
+use crate::lock::{self, Lock};
+use std::path::Path;
 
 /// What the commands need from the machine.
 pub trait Host {
+    /// Serialises firewall read-modify-write across invocations.
+    fn lock(&self) -> Result<Option<Lock>, CniError>;
     /// The backend for ADD/CHECK/STATUS.
     fn select(
         &self,
@@ -28,6 +32,10 @@ pub trait Host {
 pub struct RealHost;
 
 impl Host for RealHost {
+    fn lock(&self) -> Result<Option<Lock>, CniError> {
+        lock::acquire(Path::new(lock::LOCK_PATH)).map(Some)
+    }
+
     fn select(
         &self,
         choice: Option<Choice>,
@@ -113,6 +121,10 @@ pub fn run(
     host: &dyn Host,
 ) -> Result<Option<Value>, CniError> {
     let cfg = config::parse(stdin)?;
+    let _lock = match command {
+        Command::Version => None,
+        _ => host.lock()?,
+    };
     match command {
         Command::Add => add(&cfg, env, host).map(Some),
         Command::Check => check(&cfg, env, host).map(|()| None),
@@ -304,6 +316,9 @@ mod tests {
     }
 
     impl Host for FakeHost {
+        fn lock(&self) -> Result<Option<Lock>, CniError> {
+            Ok(None)
+        }
         fn select(&self, _: Option<Choice>, _: bool) -> Result<Selected, SelectError> {
             Ok(Selected {
                 backend: self.backend(self.backends[0]),

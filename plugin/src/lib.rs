@@ -5,3 +5,4 @@ pub mod cli;
 pub mod cni;
 pub mod commands;
 pub mod config;
+pub mod lock;

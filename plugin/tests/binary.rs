@@ -24,10 +24,17 @@ fn ours() -> PathBuf {
 fn run_plain(env: &[(&str, &str)], stdin: &str) -> Outcome {
     let mut cmd = Command::new(ours());
     cmd.env_clear().envs(env.iter().copied());
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
     use std::io::Write;
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write");
     let out = child.wait_with_output().expect("wait");
     Outcome {
         exit: out.status.code(),
@@ -49,15 +56,31 @@ fn version_prints_supported_versions() {
 
 #[test]
 fn missing_env_is_code_4() {
-    let out = run_plain(&[("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/x")], r#"{"cniVersion":"1.0.0","name":"n"}"#);
+    let out = run_plain(
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/x"),
+        ],
+        r#"{"cniVersion":"1.0.0","name":"n"}"#,
+    );
     assert_eq!(out.exit, Some(1));
     assert_eq!(out.error_code(), Some(4));
-    assert_eq!(out.error_msg(), "required env variables [CNI_CONTAINERID,CNI_NETNS] missing");
+    assert_eq!(
+        out.error_msg(),
+        "required env variables [CNI_CONTAINERID,CNI_NETNS] missing"
+    );
     assert_eq!(out.json().expect("json")["cniVersion"], "1.0.0");
 }
 
 fn add_env() -> Vec<(&'static str, &'static str)> {
-    vec![("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "ctr-1"), ("CNI_NETNS", "/var/run/netns/x"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/x")]
+    vec![
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "ctr-1"),
+        ("CNI_NETNS", "/var/run/netns/x"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", "/x"),
+    ]
 }
 
 #[rstest]
@@ -67,7 +90,11 @@ fn add_env() -> Vec<(&'static str, &'static str)> {
        json!({"cniVersion":"0.4.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"version":"6","address":"fd00::2/64","interface":0}]}))]
 #[case::v1_prev_into_v02_config("0.2.0", json!({"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/24","gateway":"10.0.0.1"}],"routes":[{"dst":"0.0.0.0/0"}]}),
        json!({"cniVersion":"0.2.0","ip4":{"ip":"10.0.0.2/24","gateway":"10.0.0.1","routes":[{"dst":"0.0.0.0/0"}]}}))]
-fn add_without_mappings_echoes_prev_result_converted(#[case] version: &str, #[case] prev: Value, #[case] want: Value) {
+fn add_without_mappings_echoes_prev_result_converted(
+    #[case] version: &str,
+    #[case] prev: Value,
+    #[case] want: Value,
+) {
     let cfg = json!({"cniVersion": version, "name": "net", "type": "portmap", "prevResult": prev});
     // PATH has no firewall tool at all: nothing may be touched.
     let out = run_plain(&add_env(), &cfg.to_string());
@@ -106,15 +133,29 @@ fn mapping(m: Value) -> Value {
        "nftables backend was requested but configuration contains iptables-specific options [externalSetMarkChain]")]
 #[case::missing_prev_result(bad(json!({"prevResult": null})), 7, "must be called as chained plugin")]
 #[case::unsupported_version(bad(json!({"cniVersion": "3.0.0"})), 1, "incompatible CNI versions")]
-fn invalid_input_is_a_cni_error_and_changes_nothing(#[case] cfg: Value, #[case] code: u64, #[case] msg: &str) {
+fn invalid_input_is_a_cni_error_and_changes_nothing(
+    #[case] cfg: Value,
+    #[case] code: u64,
+    #[case] msg: &str,
+) {
     if !prerequisites(&["nft", "iptables-nft-save"]) {
         return;
     }
     let ns = Netns::new("invalid").expect("netns");
     let tools = ToolDir::new(Tools::default()).expect("tools");
-    let dump = || ns.exec("nft", &["list", "ruleset"]).expect("nft") + &ns.exec("iptables-nft-save", &[]).expect("save");
+    let dump = || {
+        ns.exec("nft", &["list", "ruleset"]).expect("nft")
+            + &ns.exec("iptables-nft-save", &[]).expect("save")
+    };
     let before = dump();
-    let call = Call { command: "ADD", container_id: "ctr-1", netns: "/var/run/netns/x".into(), ifname: "eth0", path: tools.path(), config: &cfg };
+    let call = Call {
+        command: "ADD",
+        container_id: "ctr-1",
+        netns: "/var/run/netns/x".into(),
+        ifname: "eth0",
+        path: tools.path(),
+        config: &cfg,
+    };
     let out = invoke(&ours(), &ns, &call).expect("run");
     assert_eq!(out.exit, Some(1), "{}", out.summary());
     assert_eq!(out.error_code(), Some(code), "{}", out.summary());
@@ -131,17 +172,34 @@ struct Rig {
 
 impl Rig {
     fn new(tools: Tools) -> Option<Rig> {
-        if !prerequisites(&["nft", "iptables-legacy-save", "iptables-nft-save", "conntrack"]) {
+        if !prerequisites(&[
+            "nft",
+            "iptables-legacy-save",
+            "iptables-nft-save",
+            "conntrack",
+        ]) {
             return None;
         }
-        Some(Rig { topo: Topology::new().expect("topology"), tools: ToolDir::new(tools).expect("tools") })
+        Some(Rig {
+            topo: Topology::new().expect("topology"),
+            tools: ToolDir::new(tools).expect("tools"),
+        })
     }
 
-    fn call(&self, plugin: &Path, command: &str, id: &str, c: Option<&Container>, cfg: &Value) -> Outcome {
+    fn call(
+        &self,
+        plugin: &Path,
+        command: &str,
+        id: &str,
+        c: Option<&Container>,
+        cfg: &Value,
+    ) -> Outcome {
         let call = Call {
             command,
             container_id: id,
-            netns: c.map(|c| c.ns.path().display().to_string()).unwrap_or_default(),
+            netns: c
+                .map(|c| c.ns.path().display().to_string())
+                .unwrap_or_default(),
             ifname: IFNAME,
             path: self.tools.path(),
             config: cfg,
@@ -149,9 +207,22 @@ impl Rig {
         invoke(plugin, &self.topo.host, &call).expect("run plugin")
     }
 
-    fn must(&self, plugin: &Path, command: &str, id: &str, c: Option<&Container>, cfg: &Value) -> Outcome {
+    fn must(
+        &self,
+        plugin: &Path,
+        command: &str,
+        id: &str,
+        c: Option<&Container>,
+        cfg: &Value,
+    ) -> Outcome {
         let out = self.call(plugin, command, id, c, cfg);
-        assert!(out.ok(), "{command} {id} by {}: {}\nruleset:\n{}", plugin.display(), out.summary(), self.ruleset());
+        assert!(
+            out.ok(),
+            "{command} {id} by {}: {}\nruleset:\n{}",
+            plugin.display(),
+            out.summary(),
+            self.ruleset()
+        );
         out
     }
 
@@ -159,7 +230,10 @@ impl Rig {
         let h = &self.topo.host;
         let mut s = h.exec("nft", &["list", "ruleset"]).unwrap_or_default();
         for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-            if h.exec("cat", &["/proc/net/ip_tables_names"]).unwrap_or_default().contains("nat") {
+            if h.exec("cat", &["/proc/net/ip_tables_names"])
+                .unwrap_or_default()
+                .contains("nat")
+            {
                 s += &h.exec(save, &["-t", "nat"]).unwrap_or_default();
             }
         }
@@ -167,9 +241,13 @@ impl Rig {
     }
 
     fn answers(&self, port: u16) -> Option<String> {
-        tcp_ask(&self.topo.host, SocketAddr::new(IpAddr::V4(HOST_V4), port), Duration::from_secs(2))
-            .expect("client")
-            .map(|a| a.tag)
+        tcp_ask(
+            &self.topo.host,
+            SocketAddr::new(IpAddr::V4(HOST_V4), port),
+            Duration::from_secs(2),
+        )
+        .expect("client")
+        .map(|a| a.tag)
     }
 }
 
@@ -196,52 +274,113 @@ fn tcp_8080() -> Value {
 #[case::auto_picks_nftables(None, Tools::default(), "table ip cni_hostport")]
 #[case::auto_without_nft_falls_back(None, Tools { nft: Nft::Missing, iptables: Some(IptablesVariant::Legacy), both_variants: false, ..Tools::default() }, "CNI-HOSTPORT-DNAT")]
 #[case::auto_with_broken_nft_falls_back(None, Tools { nft: Nft::Broken, iptables: Some(IptablesVariant::Legacy), both_variants: false, ..Tools::default() }, "CNI-HOSTPORT-DNAT")]
-fn add_check_del_end_to_end(#[case] backend: Option<&str>, #[case] tools: Tools, #[case] marker: &str) {
+fn add_check_del_end_to_end(
+    #[case] backend: Option<&str>,
+    #[case] tools: Tools,
+    #[case] marker: &str,
+) {
     let Some(rig) = Rig::new(tools) else { return };
     let a = rig.topo.container("a", 5).expect("container");
     let _srv = EchoServer::start(&a.ns, "a", 80).expect("echo");
     let cfg = config(&a, backend, tcp_8080());
     let out = rig.must(&ours(), "ADD", "ctr-a", Some(&a), &cfg);
-    assert_eq!(out.json().expect("result")["ips"][0]["address"], "10.88.0.5/24");
-    assert!(rig.ruleset().contains(marker), "expected {marker}:\n{}", rig.ruleset());
+    assert_eq!(
+        out.json().expect("result")["ips"][0]["address"],
+        "10.88.0.5/24"
+    );
+    assert!(
+        rig.ruleset().contains(marker),
+        "expected {marker}:\n{}",
+        rig.ruleset()
+    );
     assert_eq!(rig.answers(8080).as_deref(), Some("a"));
     rig.must(&ours(), "CHECK", "ctr-a", Some(&a), &cfg);
     let out = rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg);
     assert_eq!(out.stdout.trim(), "");
     assert_eq!(rig.answers(8080), None);
-    assert!(!rig.ruleset().contains("CNI-") && !rig.ruleset().contains("cni_hostport"), "{}", rig.ruleset());
+    assert!(
+        !rig.ruleset().contains("CNI-") && !rig.ruleset().contains("cni_hostport"),
+        "{}",
+        rig.ruleset()
+    );
 }
 
 #[test]
 fn del_without_backend_cleans_rules_of_every_backend() {
-    let Some(rig) = Rig::new(Tools::default()) else { return };
+    let Some(rig) = Rig::new(Tools::default()) else {
+        return;
+    };
     let a = rig.topo.container("a", 5).expect("container a");
     let b = rig.topo.container("b", 6).expect("container b");
-    rig.must(&ours(), "ADD", "ctr-a", Some(&a), &config(&a, Some("nftables"), tcp_8080()));
-    rig.must(&ours(), "ADD", "ctr-b", Some(&b), &config(&b, Some("iptables"), json!([{"hostPort": 8081, "containerPort": 80}])));
+    rig.must(
+        &ours(),
+        "ADD",
+        "ctr-a",
+        Some(&a),
+        &config(&a, Some("nftables"), tcp_8080()),
+    );
+    rig.must(
+        &ours(),
+        "ADD",
+        "ctr-b",
+        Some(&b),
+        &config(
+            &b,
+            Some("iptables"),
+            json!([{"hostPort": 8081, "containerPort": 80}]),
+        ),
+    );
     // DEL as runtimes send it: no backend key, no mappings.
     let del = json!({"cniVersion": "1.0.0", "name": "e2e", "type": "portmap"});
     rig.must(&ours(), "DEL", "ctr-a", None, &del);
     rig.must(&ours(), "DEL", "ctr-b", None, &del);
-    let left = rig.ruleset() + &rig.topo.host.exec("iptables-nft-save", &["-t", "nat"]).expect("save");
-    assert!(!left.contains("ctr-a") && !left.contains("ctr-b") && !left.contains("CNI-DN-"), "leaked:\n{left}");
+    let left = rig.ruleset()
+        + &rig
+            .topo
+            .host
+            .exec("iptables-nft-save", &["-t", "nat"])
+            .expect("save");
+    assert!(
+        !left.contains("ctr-a") && !left.contains("ctr-b") && !left.contains("CNI-DN-"),
+        "leaked:\n{left}"
+    );
 }
 
 #[rstest]
-fn udp_conntrack_is_flushed_on_del_and_missing_conntrack_does_not_fail(#[values(true, false)] have_conntrack: bool) {
-    let Some(rig) = Rig::new(Tools { conntrack: have_conntrack, ..Tools::default() }) else { return };
+fn udp_conntrack_is_flushed_on_del_and_missing_conntrack_does_not_fail(
+    #[values(true, false)] have_conntrack: bool,
+) {
+    let Some(rig) = Rig::new(Tools {
+        conntrack: have_conntrack,
+        ..Tools::default()
+    }) else {
+        return;
+    };
     let a = rig.topo.container("a", 5).expect("container");
     let _srv = EchoServer::start(&a.ns, "a", 80).expect("echo");
-    let cfg = config(&a, Some("nftables"), json!([{"hostPort": 5353, "containerPort": 80, "protocol": "udp"}]));
+    let cfg = config(
+        &a,
+        Some("nftables"),
+        json!([{"hostPort": 5353, "containerPort": 80, "protocol": "udp"}]),
+    );
     rig.must(&ours(), "ADD", "ctr-a", Some(&a), &cfg);
     let to = SocketAddr::new(IpAddr::V4(HOST_V4), 5353);
     let got = udp_ask(&rig.topo.host, to, 40000, Duration::from_secs(2)).expect("udp");
     assert_eq!(got.map(|a| a.tag).as_deref(), Some("a"));
-    let flows = || rig.topo.host.exec("conntrack", &["-L", "-p", "udp", "--orig-port-dst", "5353"]).unwrap_or_default();
+    let flows = || {
+        rig.topo
+            .host
+            .exec("conntrack", &["-L", "-p", "udp", "--orig-port-dst", "5353"])
+            .unwrap_or_default()
+    };
     assert!(flows().contains("dport=5353"), "a flow exists: {}", flows());
     rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg);
     if have_conntrack {
-        assert!(!flows().contains("dport=5353"), "DEL must flush the flow: {}", flows());
+        assert!(
+            !flows().contains("dport=5353"),
+            "DEL must flush the flow: {}",
+            flows()
+        );
     }
 }
 
@@ -257,11 +396,18 @@ fn upstream_available() -> bool {
 }
 
 #[rstest]
-fn interop_with_upstream_binary(#[values(IptablesVariant::Nft, IptablesVariant::Legacy)] variant: IptablesVariant) {
+fn interop_with_upstream_binary(
+    #[values(IptablesVariant::Nft, IptablesVariant::Legacy)] variant: IptablesVariant,
+) {
     if !upstream_available() {
         return;
     }
-    let tools = Tools { iptables: Some(variant), both_variants: false, nft: Nft::Missing, ..Tools::default() };
+    let tools = Tools {
+        iptables: Some(variant),
+        both_variants: false,
+        nft: Nft::Missing,
+        ..Tools::default()
+    };
     let Some(rig) = Rig::new(tools) else { return };
     let upstream = PathBuf::from(UPSTREAM);
     let a = rig.topo.container("a", 5).expect("container");
@@ -270,7 +416,10 @@ fn interop_with_upstream_binary(#[values(IptablesVariant::Nft, IptablesVariant::
     let save = || {
         let h = &rig.topo.host;
         let v = variant.as_str();
-        h.exec(&format!("iptables-{v}-save"), &["-t", "nat"]).expect("save") + &h.exec(&format!("ip6tables-{v}-save"), &["-t", "nat"]).expect("save")
+        h.exec(&format!("iptables-{v}-save"), &["-t", "nat"])
+            .expect("save")
+            + &h.exec(&format!("ip6tables-{v}-save"), &["-t", "nat"])
+                .expect("save")
     };
 
     // Upstream ADD, our CHECK and DEL.
@@ -279,7 +428,11 @@ fn interop_with_upstream_binary(#[values(IptablesVariant::Nft, IptablesVariant::
     rig.must(&ours(), "CHECK", "ctr-a", Some(&a), &cfg);
     rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg);
     assert_eq!(rig.answers(8080), None);
-    assert!(!save().contains("CNI-"), "ours left upstream's rules:\n{}", save());
+    assert!(
+        !save().contains("CNI-"),
+        "ours left upstream's rules:\n{}",
+        save()
+    );
 
     // Our ADD, upstream's DEL.
     rig.must(&ours(), "ADD", "ctr-a", Some(&a), &cfg);
@@ -287,5 +440,8 @@ fn interop_with_upstream_binary(#[values(IptablesVariant::Nft, IptablesVariant::
     rig.must(&upstream, "DEL", "ctr-a", Some(&a), &cfg);
     assert_eq!(rig.answers(8080), None);
     let left = save();
-    assert!(!left.contains("CNI-DN-") && !left.contains("ctr-a"), "upstream left our rules:\n{left}");
+    assert!(
+        !left.contains("CNI-DN-") && !left.contains("ctr-a"),
+        "upstream left our rules:\n{left}"
+    );
 }

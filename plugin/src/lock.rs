@@ -1,0 +1,82 @@
+//! A plugin-wide lock, so concurrent invocations never interleave their
+//! read (list/save) and write (transaction/restore) of the firewall: two
+//! iptables ADDs computed from one read would otherwise both create the
+//! shared chain, and the second would flush the first's entry rules.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::cni::{CniError, Code};
+
+pub const LOCK_PATH: &str = "/run/portmap.lock";
+const WAIT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(5);
+
+/// Held until dropped (the kernel releases it if we die).
+pub struct Lock(#[allow(dead_code)] File);
+
+pub fn acquire(path: &Path) -> Result<Lock, CniError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| {
+            CniError::new(
+                Code::Internal,
+                format!("cannot open lock file {}", path.display()),
+            )
+            .with_details(e.to_string())
+        })?;
+    let start = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Lock(file)),
+            Err(TryLockError::WouldBlock) if start.elapsed() < WAIT => std::thread::sleep(POLL),
+            Err(TryLockError::WouldBlock) => {
+                return Err(CniError::new(
+                    Code::TryAgainLater,
+                    format!(
+                        "another portmap holds {} for over {}s",
+                        path.display(),
+                        WAIT.as_secs()
+                    ),
+                ))
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(CniError::new(
+                    Code::Internal,
+                    format!("cannot lock {}", path.display()),
+                )
+                .with_details(e.to_string()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_waits_until_the_first_releases() {
+        let path = std::env::temp_dir().join(format!("portmap-lock-test-{}", std::process::id()));
+        let first = acquire(&path).expect("first");
+        let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = released.clone();
+        let p2 = path.clone();
+        let waiter = std::thread::spawn(move || {
+            let _second = acquire(&p2).expect("second");
+            flag.load(std::sync::atomic::Ordering::SeqCst)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        released.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(first);
+        assert!(
+            waiter.join().expect("join"),
+            "second holder got the lock before release"
+        );
+        let _ = std::fs::remove_file(path);
+    }
+}
