@@ -4,6 +4,9 @@
 
 pub mod cni;
 pub mod netns;
+pub mod report;
+pub mod run;
+pub mod scenarios;
 pub mod toolpath;
 pub mod topology;
 pub mod traffic;

@@ -109,6 +109,37 @@ impl Topology {
     }
 }
 
+/// A network beyond the host (10.77.0.0/24, routed through it), for
+/// traffic that the host merely forwards.
+pub const REMOTE_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+
+impl Topology {
+    /// A namespace on its own link to the host, reachable only by routing.
+    pub fn remote(&self) -> Result<Netns, NetnsError> {
+        let ns = Netns::new("remote")?;
+        let veth = format!("vr{}", VETH.fetch_add(1, Ordering::Relaxed));
+        self.host.ip(&[
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            IFNAME,
+            "netns",
+            ns.name(),
+        ])?;
+        self.host
+            .ip(&["addr", "add", "10.77.0.1/24", "dev", &veth])?;
+        self.host.ip(&["link", "set", &veth, "up"])?;
+        ns.ip(&["addr", "add", &format!("{REMOTE_V4}/24"), "dev", IFNAME])?;
+        ns.ip(&["link", "set", IFNAME, "up"])?;
+        ns.ip(&["route", "add", "default", "via", "10.77.0.1"])?;
+        Ok(ns)
+    }
+}
+
 impl Container {
     /// A 1.0.0 prevResult as the bridge plugin would return it.
     pub fn prev_result(&self, v4: bool, v6: bool) -> Value {

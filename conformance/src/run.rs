@@ -1,0 +1,64 @@
+//! Runs one cell (scenario × backend × binary) in its own thread with a
+//! time limit; the cell's namespaces go away with its context.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::report::{Cell, Verdict};
+use crate::scenarios::{Axis, Ctx, Scenario};
+
+pub const CELL_TIME_LIMIT: Duration = Duration::from_secs(90);
+
+pub fn run_cell(
+    plugin: &Path,
+    reference: Option<&Path>,
+    label: &str,
+    axis: Axis,
+    scenario: &Scenario,
+) -> Cell {
+    let start = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let (plugin_owned, reference_owned) = (plugin.to_path_buf(), reference.map(Path::to_path_buf));
+    let body = scenario.body;
+    let not_applicable = scenario.not_applicable;
+    let worker = std::thread::spawn(move || {
+        let verdict = match Ctx::new(&plugin_owned, reference_owned.as_deref(), axis) {
+            Err(e) => Verdict::Fail(format!("setup: {e}")),
+            Ok(ctx) => match not_applicable(&ctx) {
+                Some(reason) => Verdict::NotApplicable(reason),
+                None => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&ctx)))
+                {
+                    Ok(Ok(())) => Verdict::Pass,
+                    Ok(Err(reason)) => {
+                        Verdict::Fail(format!("{reason}\n--- ruleset ---\n{}", ctx.ruleset()))
+                    }
+                    Err(panic) => Verdict::Fail(format!("panicked: {}", panic_text(&panic))),
+                },
+            },
+        };
+        let _ = tx.send(verdict);
+    });
+    let verdict = match rx.recv_timeout(CELL_TIME_LIMIT) {
+        Ok(v) => {
+            let _ = worker.join();
+            v
+        }
+        Err(_) => Verdict::Fail(format!("timed out after {}s", CELL_TIME_LIMIT.as_secs())),
+    };
+    Cell {
+        plugin: label.to_string(),
+        scenario: scenario.name.to_string(),
+        backend: axis.name().to_string(),
+        verdict,
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}

@@ -1,0 +1,289 @@
+//! The scenario catalogue (data: name, one-line description, applicability,
+//! body) and the context every scenario runs in: its own namespaces, its
+//! own tool PATH, the plugin under test as a black box.
+
+mod lifecycle;
+mod options;
+mod traffic;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::cni::{invoke, Call, Outcome};
+use crate::netns::Netns;
+use crate::toolpath::{IptablesVariant, ToolDir, Tools};
+use crate::topology::{Container, Topology, IFNAME};
+use crate::traffic::{tcp_ask, Answer};
+
+/// The backend axis of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Axis {
+    Nftables,
+    IptablesNft,
+    IptablesLegacy,
+    /// No `backend` key: the plugin chooses (nft and both iptables present).
+    Auto,
+}
+
+impl Axis {
+    pub const ALL: [Axis; 4] = [
+        Axis::Nftables,
+        Axis::IptablesNft,
+        Axis::IptablesLegacy,
+        Axis::Auto,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Axis::Nftables => "nftables",
+            Axis::IptablesNft => "iptables-nft",
+            Axis::IptablesLegacy => "iptables-legacy",
+            Axis::Auto => "auto",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Axis> {
+        Axis::ALL.into_iter().find(|a| a.name() == s)
+    }
+
+    fn tools(self) -> Tools {
+        match self {
+            Axis::IptablesLegacy => Tools {
+                iptables: Some(IptablesVariant::Legacy),
+                ..Tools::default()
+            },
+            _ => Tools::default(),
+        }
+    }
+
+    fn backend_key(self) -> Option<&'static str> {
+        match self {
+            Axis::Nftables => Some("nftables"),
+            Axis::IptablesNft | Axis::IptablesLegacy => Some("iptables"),
+            Axis::Auto => None,
+        }
+    }
+
+    /// Whether rules of this cell end up in nftables' cni_hostport table
+    /// (auto picks nftables where nft works, as it does in the matrix).
+    pub fn is_nftables(self) -> bool {
+        matches!(self, Axis::Nftables | Axis::Auto)
+    }
+}
+
+pub type Body = fn(&Ctx) -> Result<(), String>;
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// `Some(reason)` when the scenario does not apply to a cell.
+    pub not_applicable: fn(&Ctx) -> Option<String>,
+    pub body: Body,
+}
+
+pub fn always(_: &Ctx) -> Option<String> {
+    None
+}
+
+pub fn catalogue() -> Vec<Scenario> {
+    let mut all = traffic::scenarios();
+    all.extend(options::scenarios());
+    all.extend(lifecycle::scenarios());
+    all
+}
+
+/// One cell's world: a host namespace with a bridge, a tool PATH, and the
+/// binaries. Dropped (namespaces and all) when the cell ends.
+pub struct Ctx {
+    pub plugin: PathBuf,
+    pub reference: Option<PathBuf>,
+    pub axis: Axis,
+    pub tools: ToolDir,
+    pub topo: Topology,
+}
+
+pub const NET: &str = "conformance";
+const OK_WAIT: Duration = Duration::from_secs(3);
+const FAIL_WAIT: Duration = Duration::from_millis(700);
+
+impl Ctx {
+    pub fn new(plugin: &Path, reference: Option<&Path>, axis: Axis) -> Result<Ctx, String> {
+        Ok(Ctx {
+            plugin: plugin.to_path_buf(),
+            reference: reference.map(Path::to_path_buf),
+            axis,
+            tools: ToolDir::new(axis.tools()).map_err(|e| format!("tool dir: {e}"))?,
+            topo: Topology::new().map_err(|e| format!("topology: {e}"))?,
+        })
+    }
+
+    pub fn host(&self) -> &Netns {
+        &self.topo.host
+    }
+
+    pub fn container(&self, label: &str, last: u8) -> Result<Container, String> {
+        self.topo
+            .container(label, last)
+            .map_err(|e| format!("container {label}: {e}"))
+    }
+
+    /// A config for this cell's backend with the given mappings and extra keys.
+    pub fn config(&self, prev: Value, mappings: Value, extra: Value) -> Value {
+        let mut cfg = json!({
+            "cniVersion": "1.0.0", "name": NET, "type": "portmap",
+            "runtimeConfig": {"portMappings": mappings},
+            "prevResult": prev
+        });
+        if let Some(b) = self.axis.backend_key() {
+            cfg["backend"] = json!(b);
+        }
+        if let (Some(o), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        cfg
+    }
+
+    pub fn run_with(
+        &self,
+        plugin: &Path,
+        command: &str,
+        id: &str,
+        netns: String,
+        cfg: &Value,
+    ) -> Result<Outcome, String> {
+        let call = Call {
+            command,
+            container_id: id,
+            netns,
+            ifname: IFNAME,
+            path: self.tools.path(),
+            config: cfg,
+        };
+        invoke(plugin, self.host(), &call)
+            .map_err(|e| format!("could not run {}: {e}", plugin.display()))
+    }
+
+    /// Runs the plugin under test and requires success.
+    pub fn ok(
+        &self,
+        command: &str,
+        id: &str,
+        c: Option<&Container>,
+        cfg: &Value,
+    ) -> Result<Outcome, String> {
+        self.ok_with(&self.plugin, command, id, c, cfg)
+    }
+
+    pub fn ok_with(
+        &self,
+        plugin: &Path,
+        command: &str,
+        id: &str,
+        c: Option<&Container>,
+        cfg: &Value,
+    ) -> Result<Outcome, String> {
+        let netns = c
+            .map(|c| c.ns.path().display().to_string())
+            .unwrap_or_default();
+        let out = self.run_with(plugin, command, id, netns, cfg)?;
+        if out.ok() {
+            Ok(out)
+        } else {
+            Err(format!(
+                "{command} {id} failed: {}",
+                one_line(&out.stdout, &out.stderr)
+            ))
+        }
+    }
+
+    pub fn ask(
+        &self,
+        from: &Netns,
+        ip: IpAddr,
+        port: u16,
+        wait: Duration,
+    ) -> Result<Option<Answer>, String> {
+        tcp_ask(from, SocketAddr::new(ip, port), wait).map_err(|e| e.to_string())
+    }
+
+    pub fn expect_answer(
+        &self,
+        from: &Netns,
+        ip: IpAddr,
+        port: u16,
+        tag: &str,
+    ) -> Result<Answer, String> {
+        match self.ask(from, ip, port, OK_WAIT)? {
+            Some(a) if a.tag == tag => Ok(a),
+            Some(a) => Err(format!(
+                "tcp {}: answered by {}, expected {tag}",
+                SocketAddr::new(ip, port),
+                a.tag
+            )),
+            None => Err(format!(
+                "tcp {}: no answer, expected {tag}",
+                SocketAddr::new(ip, port)
+            )),
+        }
+    }
+
+    pub fn expect_silence(&self, from: &Netns, ip: IpAddr, port: u16) -> Result<(), String> {
+        match self.ask(from, ip, port, FAIL_WAIT)? {
+            None => Ok(()),
+            Some(a) => Err(format!(
+                "tcp {}: answered by {}, expected nothing",
+                SocketAddr::new(ip, port),
+                a.tag
+            )),
+        }
+    }
+
+    /// Every firewall's view of the host namespace (for rule-level checks
+    /// and failure reports).
+    pub fn ruleset(&self) -> String {
+        let h = self.host();
+        let mut out = h.exec("nft", &["list", "ruleset"]).unwrap_or_default();
+        let legacy = h
+            .exec("cat", &["/proc/net/ip_tables_names"])
+            .unwrap_or_default()
+            .contains("nat");
+        let savers: &[&str] = if legacy {
+            &["iptables-legacy-save", "ip6tables-legacy-save"]
+        } else {
+            &[]
+        };
+        for s in savers {
+            out += &h.exec(s, &["-t", "nat"]).unwrap_or_default();
+        }
+        out.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+}
+
+fn one_line(stdout: &str, stderr: &str) -> String {
+    let s = format!("{} {}", stdout.trim(), stderr.trim());
+    s.trim().replace('\n', " ")
+}
+
+/// `[{hostPort, containerPort: 80, protocol}]` for the given ports.
+pub fn maps(proto: &str, ports: impl IntoIterator<Item = u16>) -> Value {
+    Value::Array(
+        ports
+            .into_iter()
+            .map(|p| json!({"hostPort": p, "containerPort": 80, "protocol": proto}))
+            .collect(),
+    )
+}
+
+pub fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}

@@ -1,0 +1,108 @@
+//! The conformance catalogue over our binary: one test per scenario ×
+//! backend cell, failing with the scenario's reason and the ruleset.
+
+use std::path::{Path, PathBuf};
+
+use portmap_conformance::netns::prerequisites;
+use portmap_conformance::report::Verdict;
+use portmap_conformance::run::run_cell;
+use portmap_conformance::scenarios::{catalogue, Axis};
+use rstest::rstest;
+
+const UPSTREAM: &str = "/usr/lib/cni/portmap";
+const SCENARIOS: [&str; 25] = [
+    "tcp",
+    "udp",
+    "sctp",
+    "ipv6",
+    "dual-stack",
+    "localhost",
+    "hairpin",
+    "many-mappings",
+    "host-ip-v4",
+    "host-ip-v6",
+    "snat-false",
+    "masq-all",
+    "mark-masq-bit",
+    "conditions",
+    "re-add",
+    "reused-ip-overlap",
+    "reused-ip-disjoint",
+    "del-idempotent",
+    "check-detects-damage",
+    "stale-udp-conntrack",
+    "fib-guard",
+    "gc",
+    "parallel-add",
+    "interop-ours-then-reference",
+    "interop-reference-then-ours",
+];
+
+#[test]
+fn the_matrix_covers_the_whole_catalogue() {
+    let names: Vec<&str> = catalogue().iter().map(|s| s.name).collect();
+    assert_eq!(
+        names,
+        SCENARIOS.to_vec(),
+        "update SCENARIOS and the #[values] below"
+    );
+}
+
+#[rstest]
+fn cell(
+    #[values(
+        "tcp",
+        "udp",
+        "sctp",
+        "ipv6",
+        "dual-stack",
+        "localhost",
+        "hairpin",
+        "many-mappings",
+        "host-ip-v4",
+        "host-ip-v6",
+        "snat-false",
+        "masq-all",
+        "mark-masq-bit",
+        "conditions",
+        "re-add",
+        "reused-ip-overlap",
+        "reused-ip-disjoint",
+        "del-idempotent",
+        "check-detects-damage",
+        "stale-udp-conntrack",
+        "fib-guard",
+        "gc",
+        "parallel-add",
+        "interop-ours-then-reference",
+        "interop-reference-then-ours"
+    )]
+    scenario: &str,
+    #[values("nftables", "iptables-nft", "iptables-legacy", "auto")] backend: &str,
+) {
+    if !prerequisites(&[
+        "nft",
+        "iptables-nft-save",
+        "iptables-legacy-save",
+        "conntrack",
+    ]) {
+        return;
+    }
+    let plugin = PathBuf::from(env!("CARGO_BIN_EXE_portmap"));
+    let reference = Path::new(UPSTREAM).exists().then_some(Path::new(UPSTREAM));
+    if reference.is_none() && std::env::var_os("CI").is_some() && scenario.starts_with("interop") {
+        panic!("{UPSTREAM} missing (CI is set): scripts/install-deps.sh installs containernetworking-plugins");
+    }
+    let all = catalogue();
+    let s = all
+        .iter()
+        .find(|s| s.name == scenario)
+        .expect("scenario in catalogue");
+    let axis = Axis::parse(backend).expect("backend");
+    let cell = run_cell(&plugin, reference, "ours", axis, s);
+    match cell.verdict {
+        Verdict::Pass => {}
+        Verdict::NotApplicable(why) => eprintln!("not applicable: {why}"),
+        Verdict::Fail(why) => panic!("{scenario} on {backend} failed:\n{why}"),
+    }
+}
