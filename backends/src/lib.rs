@@ -5,6 +5,7 @@
 //! that plan atomically. Everything above it (JSON, env, selection policy)
 //! is backend-blind; everything here is CNI-blind.
 
+pub mod exec;
 pub mod host;
 pub mod iptables;
 pub mod nftables;

@@ -8,10 +8,8 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use nftables::batch::Batch;
 use nftables::expr::{
@@ -152,21 +150,12 @@ impl Nftables {
         let mut doc = serde_json::to_value(batch.to_nftables())?;
         add_table_comment(&mut doc);
         let payload = serde_json::to_string(&doc)?;
-        let spawn_err = |source| NftError::Spawn {
-            program: self.nft.display().to_string(),
-            source,
-        };
-        let mut child = Command::new(&self.nft)
-            .args(["-j", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn_err)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(payload.as_bytes()).map_err(spawn_err)?;
-        }
-        let out = child.wait_with_output().map_err(spawn_err)?;
+        let out = crate::exec::run_with_stdin(&self.nft, &["-j", "-f", "-"], &payload).map_err(
+            |source| NftError::Spawn {
+                program: self.nft.display().to_string(),
+                source,
+            },
+        )?;
         if !out.status.success() {
             return Err(NftError::Rejected {
                 action: action.to_string(),

@@ -3,7 +3,6 @@
 //! transaction in this namespace, else iptables as found in PATH.
 
 use std::fmt;
-use std::process::{Command, Stdio};
 
 use crate::iptables::{Iptables, IptablesError, Variant};
 use crate::nftables::{NftError, Nftables};
@@ -65,21 +64,7 @@ pub fn probe_nftables() -> Result<Nftables, String> {
     // `nft -c` runs the transaction through the kernel and aborts it: it
     // proves nf_tables works here and leaves nothing behind.
     let probe = r#"{"nftables":[{"add":{"table":{"family":"ip","name":"cni_hostport_probe"}}}]}"#;
-    let child = Command::new(nft.binary())
-        .args(["-c", "-j", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return Err(format!("cannot run {}: {e}", nft.binary().display())),
-    };
-    if let Some(mut stdin) = child.stdin.take() {
-        use std::io::Write;
-        let _ = stdin.write_all(probe.as_bytes());
-    }
-    match child.wait_with_output() {
+    match crate::exec::run_with_stdin(nft.binary(), &["-c", "-j", "-f", "-"], probe) {
         Ok(out) if out.status.success() => Ok(nft),
         Ok(out) => Err(format!(
             "kernel refused an nf_tables transaction: {}",

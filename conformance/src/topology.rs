@@ -71,20 +71,7 @@ impl Topology {
 
     /// Attaches a container with addresses `10.88.0.<last>` and `fd00:88::<last>`.
     pub fn container(&self, label: &str, last: u8) -> Result<Container, NetnsError> {
-        let ns = Netns::new(label)?;
-        let veth = format!("vh{}", VETH.fetch_add(1, Ordering::Relaxed));
-        self.host.ip(&[
-            "link",
-            "add",
-            &veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            IFNAME,
-            "netns",
-            ns.name(),
-        ])?;
+        let (ns, veth) = self.linked_namespace(label, "vh")?;
         self.host.ip(&["link", "set", &veth, "master", BRIDGE])?;
         // Hairpin: a container reaching its own host port comes back out
         // of the same bridge port (the bridge plugin's hairpinMode).
@@ -114,10 +101,10 @@ impl Topology {
 pub const REMOTE_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 
 impl Topology {
-    /// A namespace on its own link to the host, reachable only by routing.
-    pub fn remote(&self) -> Result<Netns, NetnsError> {
-        let ns = Netns::new("remote")?;
-        let veth = format!("vr{}", VETH.fetch_add(1, Ordering::Relaxed));
+    /// A new namespace whose `eth0` is a veth peer of a host interface.
+    fn linked_namespace(&self, label: &str, prefix: &str) -> Result<(Netns, String), NetnsError> {
+        let ns = Netns::new(label)?;
+        let veth = format!("{prefix}{}", VETH.fetch_add(1, Ordering::Relaxed));
         self.host.ip(&[
             "link",
             "add",
@@ -130,6 +117,12 @@ impl Topology {
             "netns",
             ns.name(),
         ])?;
+        Ok((ns, veth))
+    }
+
+    /// A namespace on its own link to the host, reachable only by routing.
+    pub fn remote(&self) -> Result<Netns, NetnsError> {
+        let (ns, veth) = self.linked_namespace("remote", "vr")?;
         self.host
             .ip(&["addr", "add", "10.77.0.1/24", "dev", &veth])?;
         self.host.ip(&["link", "set", &veth, "up"])?;

@@ -9,7 +9,7 @@ pub mod runner;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::plan::Plan;
+use crate::plan::{FamilyPlan, Plan};
 use crate::{
     Backend, BackendError, ContainerKey, Family, InstalledContainer, InstalledMapping, Protocol,
 };
@@ -122,45 +122,44 @@ impl Iptables {
         }
     }
 
-    fn add_inner(&self, plan: &Plan) -> Result<(), IptablesError> {
-        let mut usable = false;
-        for fam in plan.families.iter().filter(|f| !f.dnats.is_empty()) {
-            let Some(runner) = self.runner(fam.family) else {
-                continue;
-            };
-            let Ok(text) = runner.save() else {
-                continue;
-            };
-            usable = true;
-            let saved = SavedTable::parse(&text);
-            runner.restore(&batch::add(plan, fam, &saved))?;
-        }
-        if !usable && !plan.is_empty() {
+    /// The plan's families that have mappings and a readable nat table,
+    /// with what was read; an error when the plan needs one and none is.
+    fn plan_families<'p>(
+        &self,
+        plan: &'p Plan,
+    ) -> Result<Vec<(&'p FamilyPlan, &Runner, SavedTable)>, IptablesError> {
+        let found: Vec<_> = plan
+            .families
+            .iter()
+            .filter(|f| !f.dnats.is_empty())
+            .filter_map(|fam| {
+                let runner = self.runner(fam.family)?;
+                let text = runner.save().ok()?;
+                Some((fam, runner, SavedTable::parse(&text)))
+            })
+            .collect();
+        if found.is_empty() && !plan.is_empty() {
             return Err(self.not_usable());
+        }
+        Ok(found)
+    }
+
+    fn add_inner(&self, plan: &Plan) -> Result<(), IptablesError> {
+        for (fam, runner, saved) in self.plan_families(plan)? {
+            runner.restore(&batch::add(plan, fam, &saved))?;
         }
         Ok(())
     }
 
     fn check_inner(&self, plan: &Plan) -> Result<Option<String>, IptablesError> {
-        let mut usable = false;
-        for fam in plan.families.iter().filter(|f| !f.dnats.is_empty()) {
-            let Some(runner) = self.runner(fam.family) else {
-                continue;
-            };
-            let Ok(text) = runner.save() else {
-                continue;
-            };
-            usable = true;
-            if let Some(missing) = batch::check(plan, fam, &SavedTable::parse(&text)) {
+        for (fam, _, saved) in self.plan_families(plan)? {
+            if let Some(missing) = batch::check(plan, fam, &saved) {
                 return Ok(Some(format!(
                     "{} {}: {missing}",
                     self.name_str(),
                     fam.family
                 )));
             }
-        }
-        if !usable && !plan.is_empty() {
-            return Err(self.not_usable());
         }
         Ok(None)
     }

@@ -7,7 +7,6 @@
 //! the same way in both directions.
 
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -113,21 +112,15 @@ impl Runner {
     /// `iptables-restore --noflush`: the one atomic write of a command.
     pub fn restore(&self, batch: &str) -> Result<(), IptablesError> {
         let tool = Self::tool_name(&self.restore);
-        let spawn_err = |source| IptablesError::Spawn {
+        let out = crate::exec::run_with_stdin(
+            &self.restore,
+            &["-w", LOCK_WAIT_SECONDS, "--noflush"],
+            batch,
+        )
+        .map_err(|source| IptablesError::Spawn {
             tool: tool.clone(),
             source,
-        };
-        let mut child = Command::new(&self.restore)
-            .args(["-w", LOCK_WAIT_SECONDS, "--noflush"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn_err)?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(batch.as_bytes()).map_err(spawn_err)?;
-        }
-        let out = child.wait_with_output().map_err(spawn_err)?;
+        })?;
         if !out.status.success() {
             return Err(IptablesError::Restore {
                 tool,
