@@ -828,3 +828,75 @@ fn iptables_rules_match_upstream_golden(
         .collect();
     assert_eq!(ours, golden, "iptables-{v}");
 }
+
+#[rstest]
+fn external_set_mark_chain_is_jumped_to_and_owns_masquerade(
+    #[values(Variant::Nft, Variant::Legacy)] variant: Variant,
+) {
+    let kind = if variant == Variant::Nft {
+        "iptables-nft"
+    } else {
+        "iptables-legacy"
+    };
+    let Some(f) = Fixture::new(kind) else { return };
+    let ipt = format!("iptables-{}", variant.as_str());
+    // Someone else's mark chain and masquerade, as kube-proxy has them.
+    for args in [
+        vec!["-t", "nat", "-N", "EXT-MARK-MASQ"],
+        vec![
+            "-t",
+            "nat",
+            "-A",
+            "EXT-MARK-MASQ",
+            "-j",
+            "MARK",
+            "--set-xmark",
+            "0x4000/0x4000",
+        ],
+        vec![
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-m",
+            "mark",
+            "--mark",
+            "0x4000/0x4000",
+            "-j",
+            "MASQUERADE",
+        ],
+    ] {
+        f.host().exec(&ipt, &args).expect("external chain");
+    }
+    let a = f.topo.container("a", 5).expect("container");
+    let _srv = EchoServer::start(&a.ns, "a", ECHO_PORT).expect("echo");
+    let req = Request {
+        mark: MasqMark::ExternalChain("EXT-MARK-MASQ".into()),
+        ..request(
+            &a,
+            "ctr-a",
+            true,
+            false,
+            vec![mapping(Protocol::Tcp, 8080, None)],
+        )
+    };
+    f.add(&req);
+    let rules = f.ruleset();
+    assert!(rules.contains("-j EXT-MARK-MASQ"), "{rules}");
+    assert!(
+        !rules.contains("CNI-HOSTPORT-SETMARK") && !rules.contains("CNI-HOSTPORT-MASQ"),
+        "{rules}"
+    );
+    let hairpin = f.expect_tag(&a.ns, h4(), 8080, "a");
+    assert_eq!(
+        hairpin.peer,
+        h4(),
+        "the external chain's mark must get hairpin traffic masqueraded"
+    );
+    f.check(&req).unwrap_or_else(|e| panic!("{e}"));
+    f.del("ctr-a");
+    assert!(
+        f.ruleset().contains(":EXT-MARK-MASQ"),
+        "DEL must not touch the external chain"
+    );
+}

@@ -224,6 +224,23 @@ mod tests {
     }
 
     #[test]
+    fn del_removes_the_pre_2017_snat_chain_too() {
+        let key = ContainerKey {
+            network: "goldennet".into(),
+            container_id: "golden-1".into(),
+        };
+        let sn = rules::old_snat_chain("goldennet", "golden-1");
+        let saved = SavedTable::parse(&format!(
+            "*nat\n:CNI-HOSTPORT-SNAT - [0:0]\n:{sn} - [0:0]\n-A CNI-HOSTPORT-SNAT -j {sn}\n-A {sn} -j MASQUERADE\nCOMMIT\n"
+        ));
+        let b = del(&key, &saved).expect("batch");
+        assert_eq!(
+            b,
+            format!("*nat\n-D CNI-HOSTPORT-SNAT -j {sn}\n-F {sn}\n-X {sn}\nCOMMIT\n")
+        );
+    }
+
+    #[test]
     fn check_names_the_missing_rule() {
         let plan = golden_plan();
         let fam = plan.family(Family::V4).expect("v4");
