@@ -22,6 +22,29 @@ pub struct Call<'a> {
     pub config: &'a Value,
 }
 
+impl<'a> Call<'a> {
+    /// A call about `container` on `eth0`; `None` leaves `CNI_NETNS` empty
+    /// (as runtimes do on a DEL after the namespace is gone).
+    pub fn new(
+        command: &'a str,
+        container_id: &'a str,
+        container: Option<&crate::topology::Container>,
+        path: &'a Path,
+        config: &'a Value,
+    ) -> Call<'a> {
+        Call {
+            command,
+            container_id,
+            netns: container
+                .map(|c| c.ns.path().display().to_string())
+                .unwrap_or_default(),
+            ifname: crate::topology::IFNAME,
+            path,
+            config,
+        }
+    }
+}
+
 /// What the plugin did.
 #[derive(Debug, Clone)]
 pub struct Outcome {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use portmap_conformance::cni::{invoke, Call, Outcome};
 use portmap_conformance::netns::{prerequisites, Netns};
 use portmap_conformance::toolpath::{IptablesVariant, Nft, ToolDir, Tools};
-use portmap_conformance::topology::{Container, Topology, HOST_V4, IFNAME};
+use portmap_conformance::topology::{Container, Topology, HOST_V4};
 use portmap_conformance::traffic::{tcp_ask, udp_ask, EchoServer};
 use rstest::rstest;
 use serde_json::{json, Value};
@@ -194,16 +194,7 @@ impl Rig {
         c: Option<&Container>,
         cfg: &Value,
     ) -> Outcome {
-        let call = Call {
-            command,
-            container_id: id,
-            netns: c
-                .map(|c| c.ns.path().display().to_string())
-                .unwrap_or_default(),
-            ifname: IFNAME,
-            path: self.tools.path(),
-            config: cfg,
-        };
+        let call = Call::new(command, id, c, self.tools.path(), cfg);
         invoke(plugin, &self.topo.host, &call).expect("run plugin")
     }
 

@@ -185,10 +185,9 @@ impl Ctx {
         c: Option<&Container>,
         cfg: &Value,
     ) -> Result<Outcome, String> {
-        let netns = c
-            .map(|c| c.ns.path().display().to_string())
-            .unwrap_or_default();
-        let out = self.run_with(plugin, command, id, netns, cfg)?;
+        let call = Call::new(command, id, c, self.tools.path(), cfg);
+        let out = invoke(plugin, self.host(), &call)
+            .map_err(|e| format!("could not run {}: {e}", plugin.display()))?;
         if out.ok() {
             Ok(out)
         } else {
