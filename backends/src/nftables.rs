@@ -251,57 +251,63 @@ impl Nftables {
         Ok(None)
     }
 
-    fn del_inner(&self, container_id: &str) -> Result<Vec<InstalledMapping>, NftError> {
+    /// Deletes, in one transaction, the rules of every container `doomed`
+    /// picks; returns the removed mappings and container IDs. DEL picks
+    /// one container, GC every one not kept: one read per family either way.
+    fn del_where(
+        &self,
+        doomed: impl Fn(&str) -> bool,
+    ) -> Result<(Vec<InstalledMapping>, BTreeSet<String>), NftError> {
         let mut batch = Batch::new();
         let mut removed = Vec::new();
-        let mut any = false;
+        let mut ids = BTreeSet::new();
         for family in [Family::V4, Family::V6] {
             let Some(listed) = self.read(family)? else {
                 continue;
             };
-            let ours: Vec<&Listed> = listed.iter().filter(|r| is_ours(r, container_id)).collect();
+            let (ours, others): (Vec<&Listed>, Vec<&Listed>) = listed
+                .iter()
+                .filter(|r| owner(r).is_some())
+                .partition(|r| owner(r).is_some_and(&doomed));
             if ours.is_empty() {
                 continue;
             }
-            any = true;
+            ids.extend(ours.iter().filter_map(|r| owner(r)).map(str::to_string));
             removed.extend(ours.iter().filter_map(|r| parse_mapping(family, r)));
-            let others_left = listed.iter().any(|r| {
-                r.comment.is_some()
-                    && !is_ours(r, container_id)
-                    && CONTAINER_CHAINS.contains(&r.chain.as_str())
-            });
-            if others_left {
-                for r in ours {
-                    batch.delete(NfListObject::Rule(rule_ref(family, &r.chain, r.handle)));
-                }
-            } else {
+            if others.is_empty() {
                 // Last container out: the whole table goes, in the same transaction.
                 batch.delete(NfListObject::Table(Table {
                     family: nf_family(family),
                     name: TABLE.into(),
                     handle: None,
                 }));
+            } else {
+                for r in ours {
+                    batch.delete(NfListObject::Rule(rule_ref(family, &r.chain, r.handle)));
+                }
             }
         }
-        if any {
-            self.apply(batch, &format!("delete rules of container {container_id}"))?;
+        if !ids.is_empty() {
+            let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+            self.apply(
+                batch,
+                &format!("delete rules of container {}", names.join(", ")),
+            )?;
         }
-        Ok(removed)
+        Ok((removed, ids))
     }
 
     fn list_inner(&self) -> Result<Vec<InstalledContainer>, NftError> {
         let mut by_id: BTreeMap<String, Vec<InstalledMapping>> = BTreeMap::new();
         for family in [Family::V4, Family::V6] {
             for r in self.read(family)?.unwrap_or_default() {
-                let Some(id) = r
-                    .comment
-                    .as_ref()
-                    .filter(|_| CONTAINER_CHAINS.contains(&r.chain.as_str()))
-                else {
+                let Some(id) = owner(&r).map(str::to_string) else {
                     continue;
                 };
-                let entry = by_id.entry(id.clone()).or_default();
-                entry.extend(parse_mapping(family, &r));
+                by_id
+                    .entry(id)
+                    .or_default()
+                    .extend(parse_mapping(family, &r));
             }
         }
         Ok(by_id
@@ -341,7 +347,7 @@ impl Backend for Nftables {
     }
 
     fn del(&self, key: &ContainerKey) -> Result<Vec<InstalledMapping>, BackendError> {
-        Ok(self.del_inner(&key.container_id)?)
+        Ok(self.del_where(|id| id == key.container_id)?.0)
     }
 
     fn list(&self) -> Result<Vec<InstalledContainer>, BackendError> {
@@ -351,19 +357,20 @@ impl Backend for Nftables {
     fn gc(&self, _network: &str, keep: &BTreeSet<String>) -> Result<Vec<String>, BackendError> {
         // nftables rules carry only the container ID (upstream format), so
         // every container not kept is collected, whatever its network.
-        let mut removed = Vec::new();
-        for c in self.list_inner()? {
-            if !keep.contains(&c.container_id) {
-                self.del_inner(&c.container_id)?;
-                removed.push(c.container_id);
-            }
-        }
-        Ok(removed)
+        let (_, ids) = self.del_where(|id| !keep.contains(id))?;
+        Ok(ids.into_iter().collect())
     }
 }
 
+/// The container a rule belongs to: its comment, in a per-container chain.
+fn owner(r: &Listed) -> Option<&str> {
+    r.comment
+        .as_deref()
+        .filter(|_| CONTAINER_CHAINS.contains(&r.chain.as_str()))
+}
+
 fn is_ours(r: &Listed, container_id: &str) -> bool {
-    r.comment.as_deref() == Some(container_id) && CONTAINER_CHAINS.contains(&r.chain.as_str())
+    owner(r) == Some(container_id)
 }
 
 pub fn nf_family_name(family: Family) -> &'static str {

@@ -53,15 +53,26 @@ pub fn add(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> String {
     render(&decls, &lines)
 }
 
-/// The DEL batch, or `None` when the container has nothing here. When the
-/// container was the last one, the shared chains go too, so a host left
-/// without containers is left without our chains.
-pub fn del(key: &ContainerKey, saved: &SavedTable) -> Option<String> {
-    let chain = rules::container_chain(&key.network, &key.container_id);
-    let old_snat = rules::old_snat_chain(&key.network, &key.container_id);
+/// The DEL batch for a set of containers (one for DEL, many for GC), or
+/// `None` when none of them has anything here. When no other container
+/// remains, the shared chains go too, so a host left without containers is
+/// left without our chains.
+pub fn del(keys: &[ContainerKey], saved: &SavedTable) -> Option<String> {
+    let chains: Vec<String> = keys
+        .iter()
+        .map(|k| rules::container_chain(&k.network, &k.container_id))
+        .collect();
+    let owned: Vec<String> = chains
+        .iter()
+        .cloned()
+        .chain(
+            keys.iter()
+                .map(|k| rules::old_snat_chain(&k.network, &k.container_id)),
+        )
+        .collect();
     let mut lines = Vec::new();
     let mut deleted: Vec<(&str, &str)> = Vec::new();
-    for own in [&chain, &old_snat] {
+    for own in &owned {
         for (from, spec) in saved.jumps_to(own) {
             lines.push(format!("-D {from} {spec}"));
             deleted.push((from, spec));
@@ -77,7 +88,7 @@ pub fn del(key: &ContainerKey, saved: &SavedTable) -> Option<String> {
     let others_left = saved
         .chains
         .iter()
-        .any(|c| c.starts_with("CNI-DN-") && *c != chain);
+        .any(|c| c.starts_with("CNI-DN-") && !chains.contains(c));
     if !others_left {
         for shared in [DNAT_CHAIN, MASQ_CHAIN, SETMARK_CHAIN] {
             if !saved.has_chain(shared) {
@@ -206,9 +217,12 @@ mod tests {
             network: "goldennet".into(),
             container_id: "golden-1".into(),
         };
-        assert_eq!(del(&key, &SavedTable::default()), None);
+        assert_eq!(
+            del(std::slice::from_ref(&key), &SavedTable::default()),
+            None
+        );
         let saved = SavedTable::parse("*nat\n:CNI-HOSTPORT-DNAT - [0:0]\n:CNI-DN-734e1f1c3c9c8b2b7b8e7 - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n-A CNI-HOSTPORT-DNAT -p tcp -j CNI-DN-734e1f1c3c9c8b2b7b8e7\nCOMMIT\n");
-        let b = del(&key, &saved).expect("batch");
+        let b = del(std::slice::from_ref(&key), &saved).expect("batch");
         assert_eq!(b, "*nat\n-D CNI-HOSTPORT-DNAT -p tcp -j CNI-DN-734e1f1c3c9c8b2b7b8e7\n-F CNI-DN-734e1f1c3c9c8b2b7b8e7\n-X CNI-DN-734e1f1c3c9c8b2b7b8e7\n-D PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n-X CNI-HOSTPORT-DNAT\nCOMMIT\n");
     }
 
@@ -219,8 +233,34 @@ mod tests {
             container_id: "golden-1".into(),
         };
         let saved = SavedTable::parse("*nat\n:CNI-HOSTPORT-DNAT - [0:0]\n:CNI-DN-734e1f1c3c9c8b2b7b8e7 - [0:0]\n:CNI-DN-other - [0:0]\n-A CNI-HOSTPORT-DNAT -p tcp -j CNI-DN-734e1f1c3c9c8b2b7b8e7\nCOMMIT\n");
-        let b = del(&key, &saved).expect("batch");
+        let b = del(std::slice::from_ref(&key), &saved).expect("batch");
         assert!(!b.contains("-X CNI-HOSTPORT-DNAT"), "{b}");
+    }
+
+    #[test]
+    fn one_batch_deletes_several_containers_and_then_the_shared_chains() {
+        let keys: Vec<ContainerKey> = ["a", "b"]
+            .iter()
+            .map(|id| ContainerKey {
+                network: "n".into(),
+                container_id: id.to_string(),
+            })
+            .collect();
+        let [ca, cb] =
+            [&keys[0], &keys[1]].map(|k| rules::container_chain(&k.network, &k.container_id));
+        let saved = SavedTable::parse(&format!(
+            "*nat\n:CNI-HOSTPORT-DNAT - [0:0]\n:{ca} - [0:0]\n:{cb} - [0:0]\n-A CNI-HOSTPORT-DNAT -p tcp -j {ca}\n-A CNI-HOSTPORT-DNAT -p udp -j {cb}\nCOMMIT\n"
+        ));
+        let both = del(&keys, &saved).expect("batch");
+        assert_eq!(
+            both,
+            format!("*nat\n-D CNI-HOSTPORT-DNAT -p tcp -j {ca}\n-F {ca}\n-X {ca}\n-D CNI-HOSTPORT-DNAT -p udp -j {cb}\n-F {cb}\n-X {cb}\n-X CNI-HOSTPORT-DNAT\nCOMMIT\n")
+        );
+        let only_a = del(&keys[..1], &saved).expect("batch");
+        assert!(
+            !only_a.contains("-X CNI-HOSTPORT-DNAT") && !only_a.contains(&cb),
+            "{only_a}"
+        );
     }
 
     #[test]
@@ -233,7 +273,7 @@ mod tests {
         let saved = SavedTable::parse(&format!(
             "*nat\n:CNI-HOSTPORT-SNAT - [0:0]\n:{sn} - [0:0]\n-A CNI-HOSTPORT-SNAT -j {sn}\n-A {sn} -j MASQUERADE\nCOMMIT\n"
         ));
-        let b = del(&key, &saved).expect("batch");
+        let b = del(std::slice::from_ref(&key), &saved).expect("batch");
         assert_eq!(
             b,
             format!("*nat\n-D CNI-HOSTPORT-SNAT -j {sn}\n-F {sn}\n-X {sn}\nCOMMIT\n")

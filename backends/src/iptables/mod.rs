@@ -164,16 +164,27 @@ impl Iptables {
         Ok(None)
     }
 
-    fn del_inner(&self, key: &ContainerKey) -> Result<Vec<InstalledMapping>, IptablesError> {
-        let chain = rules::container_chain(&key.network, &key.container_id);
+    /// Deletes the containers `doomed` picks from what each family's read
+    /// holds, in one restore per family; returns removed mappings and IDs.
+    fn del_where(
+        &self,
+        doomed: impl Fn(&SavedTable) -> Vec<ContainerKey>,
+    ) -> Result<(Vec<InstalledMapping>, BTreeSet<String>), IptablesError> {
         let mut removed = Vec::new();
+        let mut ids = BTreeSet::new();
         for (runner, saved) in self.readable() {
-            if let Some(b) = batch::del(key, &saved) {
+            let keys = doomed(&saved);
+            let Some(b) = batch::del(&keys, &saved) else {
+                continue;
+            };
+            for key in &keys {
+                let chain = rules::container_chain(&key.network, &key.container_id);
                 removed.extend(mappings_of_chain(runner.family, &saved, &chain));
-                runner.restore(&b)?;
+                ids.insert(key.container_id.clone());
             }
+            runner.restore(&b)?;
         }
-        Ok(removed)
+        Ok((removed, ids))
     }
 
     fn list_inner(&self) -> Vec<InstalledContainer> {
@@ -229,7 +240,7 @@ impl Backend for Iptables {
     }
 
     fn del(&self, key: &ContainerKey) -> Result<Vec<InstalledMapping>, BackendError> {
-        Ok(self.del_inner(key)?)
+        Ok(self.del_where(|_| vec![key.clone()])?.0)
     }
 
     fn list(&self) -> Result<Vec<InstalledContainer>, BackendError> {
@@ -237,17 +248,17 @@ impl Backend for Iptables {
     }
 
     fn gc(&self, network: &str, keep: &BTreeSet<String>) -> Result<Vec<String>, BackendError> {
-        let mut removed = Vec::new();
-        for c in self.list_inner() {
-            if c.network.as_deref() == Some(network) && !keep.contains(&c.container_id) {
-                self.del_inner(&ContainerKey {
-                    network: network.to_string(),
-                    container_id: c.container_id.clone(),
-                })?;
-                removed.push(c.container_id);
-            }
-        }
-        Ok(removed)
+        let (_, ids) = self.del_where(|saved| {
+            entries(saved)
+                .into_iter()
+                .filter(|(net, id, _)| net == network && !keep.contains(id))
+                .map(|(network, container_id, _)| ContainerKey {
+                    network,
+                    container_id,
+                })
+                .collect()
+        })?;
+        Ok(ids.into_iter().collect())
     }
 }
 
