@@ -11,6 +11,7 @@ use portmap_backends::plan::Plan;
 use portmap_backends::{
     host, Backend, ContainerAddr, ContainerKey, MasqMark, PortMapping, Protocol, Request,
 };
+use portmap_conformance::firewall::without_counters;
 use portmap_conformance::netns::{prerequisites, Netns};
 use portmap_conformance::topology::{Container, Topology, EXTRA_V4, EXTRA_V6, HOST_V4, HOST_V6};
 use portmap_conformance::traffic::{tcp_ask, udp_ask, Answer, EchoServer};
@@ -118,13 +119,14 @@ impl Fixture {
     }
 
     /// The firewall state of the host namespace, as its tools print it.
+    /// Counter-free, so rule sets compare equal across traffic.
     fn ruleset(&self) -> String {
         let run = |prog: &str, args: &[&str]| {
             self.host()
                 .exec(prog, args)
                 .unwrap_or_else(|e| format!("<{e}>"))
         };
-        match self.kind {
+        without_counters(&match self.kind {
             "nftables" => run("nft", &["list", "ruleset"]),
             "iptables-nft" => {
                 run("iptables-nft-save", &["-t", "nat"])
@@ -134,16 +136,12 @@ impl Fixture {
                 run("iptables-legacy-save", &["-t", "nat"])
                     + &run("ip6tables-legacy-save", &["-t", "nat"])
             }
-        }
+        })
     }
 
     /// Ruleset lines that carry rules (no counters or comments that vary).
     fn rule_lines(&self) -> Vec<String> {
-        self.ruleset()
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(str::to_string)
-            .collect()
+        self.ruleset().lines().map(str::to_string).collect()
     }
 
     fn ask_tcp(&self, from: &Netns, ip: IpAddr, port: u16, expect_answer: bool) -> Option<Answer> {

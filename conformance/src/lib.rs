@@ -3,6 +3,7 @@
 //! topology and traffic helpers the other crates' tests share.
 
 pub mod cni;
+pub mod firewall;
 pub mod netns;
 pub mod report;
 pub mod run;

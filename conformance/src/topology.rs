@@ -33,6 +33,19 @@ pub struct Container {
     pub ns: Netns,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
+    host: String,
+    veth: String,
+}
+
+/// Deleting the host side takes the pair down at once. Namespace teardown
+/// alone is deferred by the kernel: a dead container's veth could still
+/// sit on the bridge holding the address a new container reuses.
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["-n", &self.host, "link", "del", &self.veth])
+            .output();
+    }
 }
 
 impl Topology {
@@ -92,7 +105,13 @@ impl Topology {
         ns.ip(&["link", "set", IFNAME, "up"])?;
         ns.ip(&["route", "add", "default", "via", &HOST_V4.to_string()])?;
         ns.ip(&["-6", "route", "add", "default", "via", &HOST_V6.to_string()])?;
-        Ok(Container { ns, v4, v6 })
+        Ok(Container {
+            ns,
+            v4,
+            v6,
+            host: self.host.name().to_string(),
+            veth,
+        })
     }
 }
 

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use portmap_conformance::cni::{invoke, Call, Outcome};
+use portmap_conformance::firewall;
 use portmap_conformance::netns::{prerequisites, Netns};
 use portmap_conformance::toolpath::{IptablesVariant, Nft, ToolDir, Tools};
 use portmap_conformance::topology::{Container, Topology, HOST_V4};
@@ -218,17 +219,7 @@ impl Rig {
     }
 
     fn ruleset(&self) -> String {
-        let h = &self.topo.host;
-        let mut s = h.exec("nft", &["list", "ruleset"]).unwrap_or_default();
-        for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
-            if h.exec("cat", &["/proc/net/ip_tables_names"])
-                .unwrap_or_default()
-                .contains("nat")
-            {
-                s += &h.exec(save, &["-t", "nat"]).unwrap_or_default();
-            }
-        }
-        s
+        firewall::dump(&self.topo.host)
     }
 
     fn answers(&self, port: u16) -> Option<String> {

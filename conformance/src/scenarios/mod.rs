@@ -243,24 +243,7 @@ impl Ctx {
     /// Every firewall's view of the host namespace (for rule-level checks
     /// and failure reports).
     pub fn ruleset(&self) -> String {
-        let h = self.host();
-        let mut out = h.exec("nft", &["list", "ruleset"]).unwrap_or_default();
-        let legacy = h
-            .exec("cat", &["/proc/net/ip_tables_names"])
-            .unwrap_or_default()
-            .contains("nat");
-        let savers: &[&str] = if legacy {
-            &["iptables-legacy-save", "ip6tables-legacy-save"]
-        } else {
-            &[]
-        };
-        for s in savers {
-            out += &h.exec(s, &["-t", "nat"]).unwrap_or_default();
-        }
-        out.lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| format!("{l}\n"))
-            .collect()
+        crate::firewall::dump(self.host())
     }
 }
 
