@@ -2,7 +2,7 @@
 //! `route_localnet` (so 127.0.0.1:hostPort can be DNATed) and flushing
 //! stale UDP conntrack entries. Both backends share them.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -46,6 +46,56 @@ fn route_interface(table: &str, dst: Ipv4Addr) -> Option<String> {
         })
         .max_by_key(|(bits, _)| *bits)
         .map(|(_, dev)| dev)
+}
+
+/// Prefix length of the on-link route that reaches `addr` (the
+/// container's subnet as the host sees it), if there is one.
+pub fn connected_prefix(addr: IpAddr) -> Option<u8> {
+    match addr {
+        IpAddr::V4(a) => {
+            let routes = std::fs::read_to_string("/proc/thread-self/net/route").ok()?;
+            connected_prefix_v4(&routes, a)
+        }
+        IpAddr::V6(a) => {
+            let routes = std::fs::read_to_string("/proc/thread-self/net/ipv6_route").ok()?;
+            connected_prefix_v6(&routes, a)
+        }
+    }
+}
+
+/// Longest match among `/proc/net/route` entries without a gateway.
+fn connected_prefix_v4(table: &str, dst: Ipv4Addr) -> Option<u8> {
+    let dst = u32::from(dst);
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let dest = u32::from_str_radix(cols.get(1)?, 16).ok()?.swap_bytes();
+            let gateway = u32::from_str_radix(cols.get(2)?, 16).ok()?;
+            let mask = u32::from_str_radix(cols.get(7)?, 16).ok()?.swap_bytes();
+            (gateway == 0 && dst & mask == dest).then(|| mask.count_ones() as u8)
+        })
+        .max()
+}
+
+/// Longest match among `/proc/net/ipv6_route` entries without a next hop
+/// that are not local addresses (flag RTF_LOCAL).
+fn connected_prefix_v6(table: &str, dst: Ipv6Addr) -> Option<u8> {
+    const RTF_LOCAL: u32 = 0x8000_0000;
+    let dst = u128::from(dst);
+    table
+        .lines()
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let dest = u128::from_str_radix(cols.first()?, 16).ok()?;
+            let len = u8::from_str_radix(cols.get(1)?, 16).ok()?;
+            let next_hop = u128::from_str_radix(cols.get(4)?, 16).ok()?;
+            let flags = u32::from_str_radix(cols.get(8)?, 16).ok()?;
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            (next_hop == 0 && flags & RTF_LOCAL == 0 && dst & mask == dest).then_some(len)
+        })
+        .max()
 }
 
 /// Deletes UDP conntrack entries towards each (family, UDP host port), so
@@ -133,6 +183,21 @@ vh1\t0500580A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0
             route_interface(TABLE, "8.8.8.8".parse().expect("ip")).as_deref(),
             Some("eth0")
         );
+    }
+
+    #[test]
+    fn connected_prefix_ignores_gateways_and_local_addresses() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+        let ip6 = |s: &str| s.parse::<Ipv6Addr>().expect("ip");
+        assert_eq!(connected_prefix_v4(TABLE, ip("10.88.0.6")), Some(16));
+        assert_eq!(connected_prefix_v4(TABLE, ip("10.88.0.5")), Some(32));
+        assert_eq!(connected_prefix_v4(TABLE, ip("8.8.8.8")), None);
+        let v6 = "fd000088000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001      br0
+00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000003 00000000 00000003     eth0
+fd000088000000000000000000000005 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000004 00000000 80200001      br0
+";
+        assert_eq!(connected_prefix_v6(v6, ip6("fd00:88::5")), Some(64));
+        assert_eq!(connected_prefix_v6(v6, ip6("2001:db8::1")), None);
     }
 
     #[test]

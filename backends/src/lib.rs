@@ -8,11 +8,12 @@
 pub mod exec;
 pub mod host;
 pub mod iptables;
+pub mod migrate;
 pub mod nftables;
 pub mod plan;
 pub mod select;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -137,9 +138,14 @@ pub enum MasqMark {
     ExternalChain(String),
 }
 
+impl MasqMark {
+    /// Upstream's default `markMasqBit`.
+    pub const DEFAULT_BIT: u8 = 13;
+}
+
 impl Default for MasqMark {
     fn default() -> Self {
-        MasqMark::Bit(13)
+        MasqMark::Bit(MasqMark::DEFAULT_BIT)
     }
 }
 
@@ -184,12 +190,33 @@ pub struct InstalledContainer {
     /// Known for iptables (in the entry-rule comment), not for nftables.
     pub network: Option<String>,
     pub mappings: Vec<InstalledMapping>,
+    pub options: InstalledOptions,
+}
+
+/// What a container's rules say beyond the mappings: enough to re-create
+/// them in another backend (`portmap migrate`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstalledOptions {
+    /// Hairpin/localhost masquerade rules exist.
+    pub snat: bool,
+    /// The masquerade rule matches every source.
+    pub masq_all: bool,
+    /// iptables only: how the masquerade mark is set.
+    pub mark: Option<MasqMark>,
+    /// The rules carry match conditions (whose syntax is backend-specific).
+    pub conditions: bool,
+    /// Container prefix lengths, where the rules show them (iptables
+    /// hairpin rules match the container subnet; nftables the address).
+    pub prefix_len: BTreeMap<Family, u8>,
 }
 
 /// The one seam: both firewalls implement this.
 pub trait Backend: Send + Sync {
     /// Stable name: `nftables`, `iptables-nft` or `iptables-legacy`.
     fn name(&self) -> &'static str;
+    /// Whether rules are keyed by network as well as container ID
+    /// (iptables hashes both into chain names; nftables uses the ID only).
+    fn records_network(&self) -> bool;
     /// Installs (or replaces) the container's rules in one atomic batch per family.
     fn add(&self, plan: &Plan) -> Result<(), BackendError>;
     /// Verifies that every rule of the plan is installed exactly.

@@ -23,7 +23,8 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::plan::{Dnat, FamilyPlan, MasqSource, Plan};
 use crate::{
-    Backend, BackendError, ContainerKey, Family, InstalledContainer, InstalledMapping, Protocol,
+    Backend, BackendError, ContainerKey, Family, InstalledContainer, InstalledMapping,
+    InstalledOptions, Protocol,
 };
 
 pub const TABLE: &str = "cni_hostport";
@@ -298,31 +299,40 @@ impl Nftables {
     }
 
     fn list_inner(&self) -> Result<Vec<InstalledContainer>, NftError> {
-        let mut by_id: BTreeMap<String, Vec<InstalledMapping>> = BTreeMap::new();
+        let mut tables = Vec::new();
         for family in [Family::V4, Family::V6] {
-            for r in self.read(family)?.unwrap_or_default() {
-                let Some(id) = owner(&r).map(str::to_string) else {
-                    continue;
-                };
-                by_id
-                    .entry(id)
-                    .or_default()
-                    .extend(parse_mapping(family, &r));
-            }
+            tables.push((family, self.read(family)?.unwrap_or_default()));
         }
-        Ok(by_id
-            .into_iter()
-            .map(|(container_id, mut mappings)| {
-                mappings.sort();
-                InstalledContainer {
-                    backend: NAME,
-                    container_id,
-                    network: None,
-                    mappings,
-                }
-            })
-            .collect())
+        Ok(containers(&tables))
     }
+}
+
+/// The containers whose rules the listed tables hold.
+fn containers(tables: &[(Family, Vec<Listed>)]) -> Vec<InstalledContainer> {
+    let mut by_id: BTreeMap<String, (Vec<InstalledMapping>, InstalledOptions)> = BTreeMap::new();
+    for (family, rules) in tables {
+        for r in rules {
+            let Some(id) = owner(r).map(str::to_string) else {
+                continue;
+            };
+            let (mappings, options) = by_id.entry(id).or_default();
+            mappings.extend(parse_mapping(*family, r));
+            read_options(r, options);
+        }
+    }
+    by_id
+        .into_iter()
+        .map(|(container_id, (mut mappings, options))| {
+            mappings.sort();
+            InstalledContainer {
+                backend: NAME,
+                container_id,
+                network: None,
+                mappings,
+                options,
+            }
+        })
+        .collect()
 }
 
 pub const NAME: &str = "nftables";
@@ -330,6 +340,10 @@ pub const NAME: &str = "nftables";
 impl Backend for Nftables {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn records_network(&self) -> bool {
+        false
     }
 
     fn add(&self, plan: &Plan) -> Result<(), BackendError> {
@@ -673,6 +687,38 @@ fn parse_mapping(family: Family, r: &Listed) -> Option<InstalledMapping> {
     })
 }
 
+/// Adds what one rule says about snat, masqAll and conditions to `options`.
+fn read_options(r: &Listed, options: &mut InstalledOptions) {
+    let payload_matches = r.expr.iter().filter_map(|s| match s {
+        Statement::Match(Match {
+            left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(p))),
+            right,
+            op,
+        }) => Some((p.field.as_ref(), right, op)),
+        _ => None,
+    });
+    if r.chain == MASQUERADING {
+        options.snat = true;
+        for (field, right, _) in payload_matches {
+            if let ("saddr", Expression::Named(NamedExpression::Prefix(p))) = (field, right) {
+                options.masq_all |= p.len == 0;
+            }
+        }
+        return;
+    }
+    // A DNAT rule we write matches one dport and at most one daddr; any
+    // other match came from the config's conditions.
+    let ours = payload_matches
+        .filter(|(field, _, op)| matches!(op, Operator::EQ) && matches!(*field, "dport" | "daddr"))
+        .count();
+    let all = r
+        .expr
+        .iter()
+        .filter(|s| matches!(s, Statement::Match(_)))
+        .count();
+    options.conditions |= all > ours || ours > 2;
+}
+
 /// Turns condition words (nft syntax, e.g. `ip saddr 192.0.2.0/24` or
 /// `iifname != "lo"`) into match statements. The JSON API takes no rule
 /// text, so we parse the common selector forms and refuse the rest.
@@ -753,6 +799,75 @@ fn value_expr(word: &str) -> Expression<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::tests::golden_request;
+    use crate::{MasqMark, Request};
+    use rstest::rstest;
+
+    /// The rules an ADD of `req` installs, as `list table` gives them back.
+    fn listed_after_add(req: &Request) -> Vec<(Family, Vec<Listed>)> {
+        let plan = Plan::new(req);
+        plan.families
+            .iter()
+            .map(|fam| {
+                let rules = expected_rules(fam)
+                    .expect("rules")
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (chain, expr))| Listed {
+                        chain: chain.to_string(),
+                        handle: i as u32,
+                        comment: Some(req.key.container_id.clone()),
+                        expr,
+                    })
+                    .collect();
+                (fam.family, rules)
+            })
+            .collect()
+    }
+
+    fn sorted_rules(fam: &FamilyPlan) -> Vec<String> {
+        let mut v: Vec<String> = expected_rules(fam)
+            .expect("rules")
+            .iter()
+            .map(|r| serde_json::to_string(r).expect("json"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Reading rules back and re-planning them gives the same rules: what
+    /// `portmap migrate` relies on.
+    #[rstest]
+    #[case::golden(golden_request())]
+    #[case::masq_all(Request { masq_all: true, ..golden_request() })]
+    #[case::snat_off(Request { snat: false, ..golden_request() })]
+    fn rules_read_back_re_plan_identically(#[case] req: Request) {
+        let listed = containers(&listed_after_add(&req));
+        assert_eq!(listed.len(), 1);
+        let c = &listed[0];
+        assert_eq!((c.network.as_deref(), c.options.conditions), (None, false));
+        let nft = Nftables::new("/nonexistent/nft".into());
+        let back = crate::migrate::request_of(c, None, &nft, |_| None).expect("request");
+        assert_eq!((back.snat, back.masq_all), (req.snat, req.masq_all));
+        assert_eq!(back.mark, MasqMark::default());
+        let (want, got) = (Plan::new(&req), Plan::new(&back));
+        for fam in &want.families {
+            let again = got.family(fam.family).expect("family");
+            assert_eq!(sorted_rules(again), sorted_rules(fam));
+        }
+    }
+
+    #[test]
+    fn conditions_are_noticed() {
+        let req = Request {
+            conditions_v4: vec!["iifname != \"lo\"".into()],
+            ..golden_request()
+        };
+        let listed = containers(&listed_after_add(&req));
+        assert!(listed[0].options.conditions);
+        let plain = containers(&listed_after_add(&golden_request()));
+        assert!(!plain[0].options.conditions);
+    }
 
     #[test]
     fn conditions_parse_into_matches() {

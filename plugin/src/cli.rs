@@ -2,10 +2,13 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use portmap_backends::iptables::{Iptables, Variant};
-use portmap_backends::select::{self, cleanup_backends};
-use portmap_backends::InstalledContainer;
+use portmap_backends::migrate;
+use portmap_backends::select::{self, cleanup_backends, Choice};
+use portmap_backends::{Backend, InstalledContainer};
+
+use crate::lock;
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +23,10 @@ use portmap_backends::InstalledContainer;
         portmap status                 which backends work here and which one auto-selection picks\n  \
         portmap list                   every installed mapping, in every backend\n  \
         portmap list --json            the same as JSON\n  \
+        portmap migrate --to nftables --dry-run\n                                 \
+        what moving every mapping to nftables would do\n  \
+        portmap migrate --to iptables-legacy --network podman\n                                 \
+        move back; nftables rules do not record the network name\n  \
         echo '{\"cniVersion\":\"1.0.0\"}' | CNI_COMMAND=VERSION portmap"
 )]
 struct Cli {
@@ -37,12 +44,103 @@ enum Sub {
     },
     /// Show which backends are usable here and which one auto-selection picks.
     Status,
+    /// Move every installed mapping to one backend, container by container
+    /// (add in the target, check, then delete in the source). Running it
+    /// again is a no-op; after an interruption it finishes the move.
+    Migrate {
+        /// The backend that should hold every mapping afterwards.
+        #[arg(long, value_enum)]
+        to: Target,
+        /// Network name for containers whose rules do not record it
+        /// (nftables rules carry only the container ID); needed when
+        /// moving such containers to iptables, whose chain names hash it.
+        #[arg(long)]
+        network: Option<String>,
+        /// Only print what would move.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Target {
+    /// nftables (`cni_hostport` tables)
+    Nftables,
+    /// the iptables found in PATH, whichever variant it is
+    Iptables,
+    /// iptables-nft explicitly
+    IptablesNft,
+    /// iptables-legacy explicitly
+    IptablesLegacy,
 }
 
 pub fn main() -> ExitCode {
     match Cli::parse().command {
         Sub::List { json } => list(json),
         Sub::Status => status(),
+        Sub::Migrate {
+            to,
+            network,
+            dry_run,
+        } => migrate_to(to, network.as_deref(), dry_run),
+    }
+}
+
+fn target_backend(to: Target) -> Result<Box<dyn Backend>, String> {
+    Ok(match to {
+        Target::Nftables => {
+            select::select(Some(Choice::Nftables))
+                .map_err(|e| e.to_string())?
+                .backend
+        }
+        Target::Iptables => Box::new(Iptables::from_path().map_err(|e| e.to_string())?),
+        Target::IptablesNft => {
+            Box::new(Iptables::variant(Variant::Nft).map_err(|e| e.to_string())?)
+        }
+        Target::IptablesLegacy => {
+            Box::new(Iptables::variant(Variant::Legacy).map_err(|e| e.to_string())?)
+        }
+    })
+}
+
+fn migrate_to(to: Target, network: Option<&str>, dry_run: bool) -> ExitCode {
+    let target = match target_backend(to) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("portmap: migrate: target not usable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Runtimes' ADD/DEL must not interleave with a move.
+    let _lock = match lock::acquire(std::path::Path::new(lock::LOCK_PATH)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("portmap: migrate: {}", e.msg);
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = migrate::migrate(target.as_ref(), &cleanup_backends(), network, dry_run);
+    let verb = if dry_run { "would move" } else { "moved" };
+    for m in &report.moved {
+        println!(
+            "{verb} {}: {} -> {} ({} mappings)",
+            m.container_id, m.from, m.to, m.mappings
+        );
+    }
+    for e in &report.failed {
+        eprintln!("portmap: migrate: {e}");
+    }
+    println!(
+        "{} {} container(s) to {}, {} failed",
+        if dry_run { "would move" } else { "moved" },
+        report.moved.len(),
+        target.name(),
+        report.failed.len()
+    );
+    if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

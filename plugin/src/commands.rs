@@ -258,6 +258,9 @@ mod tests {
         fn name(&self) -> &'static str {
             self.name
         }
+        fn records_network(&self) -> bool {
+            self.name.starts_with("iptables")
+        }
         fn add(&self, plan: &Plan) -> Result<(), BackendError> {
             self.calls
                 .record(format!("{} add {}", self.name, plan.key.container_id));

@@ -11,7 +11,8 @@ use std::net::IpAddr;
 
 use crate::plan::{FamilyPlan, Plan};
 use crate::{
-    Backend, BackendError, ContainerKey, Family, InstalledContainer, InstalledMapping, Protocol,
+    Backend, BackendError, ContainerKey, Family, InstalledContainer, InstalledMapping,
+    InstalledOptions, MasqMark, Protocol,
 };
 use rules::SavedTable;
 pub use runner::{Runner, Variant};
@@ -188,28 +189,12 @@ impl Iptables {
     }
 
     fn list_inner(&self) -> Vec<InstalledContainer> {
-        let mut by_id: BTreeMap<(String, String), Vec<InstalledMapping>> = BTreeMap::new();
-        for (runner, saved) in self.readable() {
-            for (network, id, chain) in entries(&saved) {
-                by_id
-                    .entry((id, network))
-                    .or_default()
-                    .extend(mappings_of_chain(runner.family, &saved, &chain));
-            }
-        }
-        by_id
+        let tables: Vec<(Family, SavedTable)> = self
+            .readable()
             .into_iter()
-            .map(|((container_id, network), mut mappings)| {
-                mappings.sort();
-                mappings.dedup();
-                InstalledContainer {
-                    backend: self.name_str(),
-                    container_id,
-                    network: Some(network),
-                    mappings,
-                }
-            })
-            .collect()
+            .map(|(runner, saved)| (runner.family, saved))
+            .collect();
+        containers(self.name_str(), &tables)
     }
 
     fn name_str(&self) -> &'static str {
@@ -223,6 +208,10 @@ impl Iptables {
 impl Backend for Iptables {
     fn name(&self) -> &'static str {
         self.name_str()
+    }
+
+    fn records_network(&self) -> bool {
+        true
     }
 
     fn add(&self, plan: &Plan) -> Result<(), BackendError> {
@@ -262,6 +251,33 @@ impl Backend for Iptables {
     }
 }
 
+/// The containers whose rules the saved tables hold, per (ID, network).
+fn containers(backend: &'static str, tables: &[(Family, SavedTable)]) -> Vec<InstalledContainer> {
+    let mut by_id: BTreeMap<(String, String), (Vec<InstalledMapping>, InstalledOptions)> =
+        BTreeMap::new();
+    for (family, saved) in tables {
+        for (network, id, chain) in entries(saved) {
+            let (mappings, options) = by_id.entry((id, network)).or_default();
+            mappings.extend(mappings_of_chain(*family, saved, &chain));
+            read_options(*family, saved, &chain, options);
+        }
+    }
+    by_id
+        .into_iter()
+        .map(|((container_id, network), (mappings, options))| {
+            // Chain order is config order, which decides between
+            // overlapping mappings: keep it.
+            InstalledContainer {
+                backend,
+                container_id,
+                network: Some(network),
+                mappings,
+                options,
+            }
+        })
+        .collect()
+}
+
 /// (network, container ID, container chain) of every entry rule.
 fn entries(saved: &SavedTable) -> Vec<(String, String, String)> {
     let mut out: Vec<(String, String, String)> = saved
@@ -286,6 +302,74 @@ fn mappings_of_chain(family: Family, saved: &SavedTable, chain: &str) -> Vec<Ins
         .iter()
         .filter_map(|spec| parse_dnat(family, spec))
         .collect()
+}
+
+/// Adds what the container chain and its entry rules say about snat,
+/// masqAll, the mark and conditions to `options`.
+fn read_options(family: Family, saved: &SavedTable, chain: &str, options: &mut InstalledOptions) {
+    for spec in saved.rules_of(chain) {
+        let Some(target) = rules::jump_target(spec).filter(|t| *t != "DNAT") else {
+            continue;
+        };
+        options.snat = true;
+        options.mark = Some(if target == rules::SETMARK_CHAIN {
+            MasqMark::Bit(setmark_bit(saved).unwrap_or(MasqMark::DEFAULT_BIT))
+        } else {
+            MasqMark::ExternalChain(target.to_string())
+        });
+        let words = rules::shell_words(spec);
+        match words.iter().position(|w| w == "-s") {
+            None => options.masq_all = true,
+            Some(i) => {
+                let source = words.get(i + 1).map(String::as_str).unwrap_or_default();
+                if let Some((net, len)) = source.split_once('/') {
+                    if net != "127.0.0.1" {
+                        if let Ok(len) = len.parse() {
+                            options.prefix_len.insert(family, len);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Entry rules hold the conditions: anything beyond the words we write.
+    for (_, spec) in saved
+        .jumps_to(chain)
+        .filter(|(c, _)| *c == rules::DNAT_CHAIN)
+    {
+        let words = rules::shell_words(spec);
+        let mut rest = words.iter();
+        while let Some(w) = rest.next() {
+            match w.as_str() {
+                "-p" | "--comment" | "--dports" | "--destination-ports" | "-j" => {
+                    rest.next();
+                }
+                "-m" => {
+                    if !matches!(
+                        rest.next().map(String::as_str),
+                        Some("comment" | "multiport")
+                    ) {
+                        options.conditions = true;
+                    }
+                }
+                _ => options.conditions = true,
+            }
+        }
+    }
+}
+
+/// The bit our SETMARK chain sets, from its `--set-xmark V/V` rule.
+fn setmark_bit(saved: &SavedTable) -> Option<u8> {
+    saved
+        .rules_of(rules::SETMARK_CHAIN)
+        .iter()
+        .find_map(|spec| {
+            let words = rules::shell_words(spec);
+            let value = words.iter().skip_while(|w| *w != "--set-xmark").nth(1)?;
+            let hex = value.split('/').next()?.strip_prefix("0x")?;
+            let v = u32::from_str_radix(hex, 16).ok()?;
+            v.is_power_of_two().then(|| v.trailing_zeros() as u8)
+        })
 }
 
 fn parse_dnat(family: Family, spec: &str) -> Option<InstalledMapping> {
@@ -319,6 +403,73 @@ fn parse_dnat(family: Family, spec: &str) -> Option<InstalledMapping> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::tests::golden_request;
+    use crate::Request;
+    use rstest::rstest;
+
+    /// What iptables-save would print after an ADD of `req`, per family.
+    fn saved_after_add(req: &Request) -> Vec<(Family, SavedTable)> {
+        let plan = Plan::new(req);
+        plan.families
+            .iter()
+            .map(|fam| {
+                let mut lines = rules::container_rules(&plan, fam);
+                lines.extend(
+                    rules::entry_specs(&plan, fam)
+                        .into_iter()
+                        .map(|s| format!("-A {} {s}", rules::DNAT_CHAIN)),
+                );
+                if let MasqMark::Bit(bit) = plan.mark {
+                    lines.push(rules::setmark_rule(bit));
+                }
+                (fam.family, SavedTable::parse(&lines.join("\n")))
+            })
+            .collect()
+    }
+
+    /// Reading rules back and re-planning them gives the same rules: what
+    /// `portmap migrate` relies on.
+    #[rstest]
+    #[case::golden(golden_request())]
+    #[case::masq_all_external_chain(Request { masq_all: true, mark: MasqMark::ExternalChain("KUBE-MARK-MASQ".into()), ..golden_request() })]
+    #[case::snat_off(Request { snat: false, ..golden_request() })]
+    #[case::mark_bit_5(Request { mark: MasqMark::Bit(5), ..golden_request() })]
+    fn rules_read_back_re_plan_identically(#[case] req: Request) {
+        let tables = saved_after_add(&req);
+        let listed = containers("iptables-nft", &tables);
+        assert_eq!(listed.len(), 1);
+        let c = &listed[0];
+        assert_eq!(c.network.as_deref(), Some("goldennet"));
+        assert!(!c.options.conditions);
+        let nft = crate::nftables::Nftables::new("/nonexistent/nft".into());
+        let back = crate::migrate::request_of(c, None, &nft, |_| None).expect("request");
+        assert_eq!((back.snat, back.masq_all), (req.snat, req.masq_all));
+        if req.snat {
+            assert_eq!(back.mark, req.mark);
+        }
+        let (want, got) = (Plan::new(&req), Plan::new(&back));
+        for fam in &want.families {
+            let again = got.family(fam.family).expect("family");
+            assert_eq!(
+                rules::container_rules(&got, again),
+                rules::container_rules(&want, fam)
+            );
+        }
+    }
+
+    #[test]
+    fn conditions_in_entry_rules_are_noticed() {
+        let req = Request {
+            conditions_v4: vec!["-s".into(), "192.0.2.0/24".into()],
+            ..golden_request()
+        };
+        let listed = containers("iptables-nft", &saved_after_add(&req));
+        assert!(listed[0].options.conditions);
+        let nft = crate::nftables::Nftables::new("/nonexistent/nft".into());
+        let err =
+            crate::migrate::request_of(&listed[0], None, &nft, |_| None).expect_err("refused");
+        assert!(err.to_string().contains("match conditions"), "{err}");
+    }
 
     #[test]
     fn parses_dnat_rules_back() {

@@ -1,0 +1,203 @@
+//! Moving installed mappings to another backend (`portmap migrate`).
+//!
+//! Each container moves on its own: add in the target (one atomic batch),
+//! CHECK it there, then delete it from the source. A failure or a kill at
+//! any point leaves the container working in one backend or both, and
+//! running the migration again finishes the move without duplicates.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use crate::{
+    Backend, BackendError, ContainerAddr, ContainerKey, Family, InstalledContainer, Plan,
+    PortMapping, Request,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(
+        "container {container_id} ({backend}): its rules carry match conditions, \
+         written in {backend}'s own syntax; re-create it with a config for the target backend"
+    )]
+    Conditions {
+        container_id: String,
+        backend: &'static str,
+    },
+    #[error(
+        "container {container_id} ({backend}): the rules do not record its network name, \
+         which {target} needs; pass --network NAME"
+    )]
+    NoNetwork {
+        container_id: String,
+        backend: &'static str,
+        target: &'static str,
+    },
+    #[error("cannot list the mappings of {backend}: {source}")]
+    List {
+        backend: &'static str,
+        #[source]
+        source: Box<BackendError>,
+    },
+    #[error("container {container_id}: {step} in {backend} failed: {source}")]
+    Step {
+        container_id: String,
+        step: &'static str,
+        backend: &'static str,
+        #[source]
+        source: Box<BackendError>,
+    },
+}
+
+/// One container moved (or, in a dry run, to be moved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    pub container_id: String,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub mappings: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub moved: Vec<Moved>,
+    pub failed: Vec<MigrateError>,
+}
+
+/// Moves every container found in `sources` (except the target itself)
+/// to `target`. `network` names the network of containers whose rules do
+/// not record it, when the target needs it.
+pub fn migrate(
+    target: &dyn Backend,
+    sources: &[Box<dyn Backend>],
+    network: Option<&str>,
+    dry_run: bool,
+) -> Report {
+    let mut report = Report::default();
+    for source in sources.iter().filter(|s| s.name() != target.name()) {
+        let containers = match source.list() {
+            Ok(c) => c,
+            Err(source_err) => {
+                report.failed.push(MigrateError::List {
+                    backend: source.name(),
+                    source: Box::new(source_err),
+                });
+                continue;
+            }
+        };
+        for c in containers {
+            match move_one(target, source.as_ref(), &c, network, dry_run) {
+                Ok(m) => report.moved.push(m),
+                Err(e) => report.failed.push(e),
+            }
+        }
+    }
+    report
+}
+
+fn move_one(
+    target: &dyn Backend,
+    source: &dyn Backend,
+    c: &InstalledContainer,
+    network: Option<&str>,
+    dry_run: bool,
+) -> Result<Moved, MigrateError> {
+    let req = request_of(c, network, target, crate::host::connected_prefix)?;
+    let moved = Moved {
+        container_id: c.container_id.clone(),
+        from: source.name(),
+        to: target.name(),
+        mappings: c.mappings.len(),
+    };
+    if dry_run {
+        return Ok(moved);
+    }
+    let step = |step: &'static str, backend: &dyn Backend| {
+        let id = c.container_id.clone();
+        let name = backend.name();
+        move |source| MigrateError::Step {
+            container_id: id,
+            step,
+            backend: name,
+            source: Box::new(source),
+        }
+    };
+    let plan = Plan::new(&req);
+    target.add(&plan).map_err(step("add", target))?;
+    target.check(&plan).map_err(step("check", target))?;
+    // The source keys by what it recorded (iptables: network + ID).
+    let source_key = ContainerKey {
+        network: c.network.clone().unwrap_or_default(),
+        container_id: c.container_id.clone(),
+    };
+    source.del(&source_key).map_err(step("delete", source))?;
+    Ok(moved)
+}
+
+/// The request that re-creates `c`'s rules in `target`. `subnet_prefix`
+/// tells a container's prefix length where the rules do not (nftables
+/// matches the address only; iptables matches the subnet).
+pub fn request_of(
+    c: &InstalledContainer,
+    network: Option<&str>,
+    target: &dyn Backend,
+    subnet_prefix: impl Fn(IpAddr) -> Option<u8>,
+) -> Result<Request, MigrateError> {
+    if c.options.conditions {
+        return Err(MigrateError::Conditions {
+            container_id: c.container_id.clone(),
+            backend: c.backend,
+        });
+    }
+    let network = match (c.network.as_deref().or(network), target.records_network()) {
+        (Some(n), _) => n.to_string(),
+        (None, false) => String::new(),
+        (None, true) => {
+            return Err(MigrateError::NoNetwork {
+                container_id: c.container_id.clone(),
+                backend: c.backend,
+                target: target.name(),
+            })
+        }
+    };
+    let addr = |family: Family| {
+        c.mappings
+            .iter()
+            .find(|m| m.family == family)
+            .map(|m| ContainerAddr {
+                addr: m.container_ip,
+                prefix_len: c
+                    .options
+                    .prefix_len
+                    .get(&family)
+                    .copied()
+                    .or_else(|| subnet_prefix(m.container_ip))
+                    .unwrap_or(family.max_prefix()),
+            })
+    };
+    let mut seen = BTreeSet::new();
+    let mappings = c
+        .mappings
+        .iter()
+        .filter(|m| seen.insert((m.protocol, m.host_port, m.container_port, m.host_ip)))
+        .map(|m| PortMapping {
+            host_port: m.host_port,
+            container_port: m.container_port,
+            protocol: m.protocol,
+            host_ip: m.host_ip,
+        })
+        .collect();
+    Ok(Request {
+        key: ContainerKey {
+            network,
+            container_id: c.container_id.clone(),
+        },
+        v4: addr(Family::V4),
+        v6: addr(Family::V6),
+        mappings,
+        snat: c.options.snat,
+        masq_all: c.options.masq_all,
+        mark: c.options.mark.clone().unwrap_or_default(),
+        conditions_v4: vec![],
+        conditions_v6: vec![],
+    })
+}
