@@ -2,24 +2,20 @@
 //! JSON + exit code out; firewall tests inside namespaces they create.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use portmap_conformance::cni::{invoke, Call, Outcome};
-use portmap_conformance::firewall;
 use portmap_conformance::netns::{prerequisites, Netns};
 use portmap_conformance::toolpath::{IptablesVariant, Nft, ToolDir, Tools};
-use portmap_conformance::topology::{Container, Topology, HOST_V4};
-use portmap_conformance::traffic::{tcp_ask, udp_ask, EchoServer};
+use portmap_conformance::topology::HOST_V4;
+use portmap_conformance::traffic::{udp_ask, EchoServer};
 use rstest::rstest;
 use serde_json::{json, Value};
 
-const UPSTREAM: &str = "/usr/lib/cni/portmap";
-
-fn ours() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_portmap"))
-}
+mod common;
+use common::{config, ours, tcp_8080, upstream_available, Rig, UPSTREAM};
 
 /// Runs the binary outside any namespace (no firewall is touched).
 fn run_plain(env: &[(&str, &str)], stdin: &str) -> Outcome {
@@ -165,97 +161,10 @@ fn invalid_input_is_a_cni_error_and_changes_nothing(
     assert_eq!(dump(), before, "an error must leave the firewall untouched");
 }
 
-/// A topology, a container with an echo server, and a tool PATH.
-struct Rig {
-    topo: Topology,
-    tools: ToolDir,
-}
-
-impl Rig {
-    fn new(tools: Tools) -> Option<Rig> {
-        if !prerequisites(&[
-            "nft",
-            "iptables-legacy-save",
-            "iptables-nft-save",
-            "conntrack",
-        ]) {
-            return None;
-        }
-        Some(Rig {
-            topo: Topology::new().expect("topology"),
-            tools: ToolDir::new(tools).expect("tools"),
-        })
-    }
-
-    fn call(
-        &self,
-        plugin: &Path,
-        command: &str,
-        id: &str,
-        c: Option<&Container>,
-        cfg: &Value,
-    ) -> Outcome {
-        let call = Call::new(command, id, c, self.tools.path(), cfg);
-        invoke(plugin, &self.topo.host, &call).expect("run plugin")
-    }
-
-    fn must(
-        &self,
-        plugin: &Path,
-        command: &str,
-        id: &str,
-        c: Option<&Container>,
-        cfg: &Value,
-    ) -> Outcome {
-        let out = self.call(plugin, command, id, c, cfg);
-        assert!(
-            out.ok(),
-            "{command} {id} by {}: {}\nruleset:\n{}",
-            plugin.display(),
-            out.summary(),
-            self.ruleset()
-        );
-        out
-    }
-
-    fn ruleset(&self) -> String {
-        firewall::dump(&self.topo.host)
-    }
-
-    fn answers(&self, port: u16) -> Option<String> {
-        tcp_ask(
-            &self.topo.host,
-            SocketAddr::new(IpAddr::V4(HOST_V4), port),
-            Duration::from_secs(2),
-        )
-        .expect("client")
-        .map(|a| a.tag)
-    }
-}
-
-fn config(c: &Container, backend: Option<&str>, mappings: Value) -> Value {
-    let mut cfg = json!({
-        "cniVersion": "1.0.0", "name": "e2e", "type": "portmap",
-        "runtimeConfig": {"portMappings": mappings},
-        "prevResult": c.prev_result(true, true)
-    });
-    if let Some(b) = backend {
-        cfg["backend"] = json!(b);
-    }
-    cfg
-}
-
-fn tcp_8080() -> Value {
-    json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])
-}
-
 #[rstest]
 #[case::nftables(Some("nftables"), Tools::default(), "table ip cni_hostport")]
 #[case::iptables_nft(Some("iptables"), Tools { iptables: Some(IptablesVariant::Nft), ..Tools::default() }, "CNI-HOSTPORT-DNAT")]
 #[case::iptables_legacy(Some("iptables"), Tools { iptables: Some(IptablesVariant::Legacy), ..Tools::default() }, "CNI-HOSTPORT-DNAT")]
-#[case::auto_picks_nftables(None, Tools::default(), "table ip cni_hostport")]
-#[case::auto_without_nft_falls_back(None, Tools { nft: Nft::Missing, iptables: Some(IptablesVariant::Legacy), both_variants: false, ..Tools::default() }, "CNI-HOSTPORT-DNAT")]
-#[case::auto_with_broken_nft_falls_back(None, Tools { nft: Nft::Broken, iptables: Some(IptablesVariant::Legacy), both_variants: false, ..Tools::default() }, "CNI-HOSTPORT-DNAT")]
 fn add_check_del_end_to_end(
     #[case] backend: Option<&str>,
     #[case] tools: Tools,
@@ -364,17 +273,6 @@ fn udp_conntrack_is_flushed_on_del_and_missing_conntrack_does_not_fail(
             flows()
         );
     }
-}
-
-fn upstream_available() -> bool {
-    if Path::new(UPSTREAM).exists() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{UPSTREAM} missing (CI is set): scripts/install-deps.sh installs containernetworking-plugins");
-    }
-    eprintln!("SKIPPED: {UPSTREAM} missing");
-    false
 }
 
 #[rstest]

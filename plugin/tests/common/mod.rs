@@ -1,0 +1,155 @@
+//! Helpers shared by the plugin's black-box test files.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use portmap_conformance::cni::{invoke, Call, Outcome};
+use portmap_conformance::firewall;
+use portmap_conformance::netns::prerequisites;
+use portmap_conformance::toolpath::{ToolDir, Tools};
+use portmap_conformance::topology::{Container, Topology, HOST_V4};
+use portmap_conformance::traffic::tcp_ask;
+use serde_json::{json, Value};
+
+pub const UPSTREAM: &str = "/usr/lib/cni/portmap";
+
+pub fn ours() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portmap"))
+}
+
+/// A topology, a container with an echo server, and a tool PATH.
+pub struct Rig {
+    pub topo: Topology,
+    pub tools: ToolDir,
+}
+
+impl Rig {
+    pub fn new(tools: Tools) -> Option<Rig> {
+        if !prerequisites(&[
+            "nft",
+            "iptables-legacy-save",
+            "iptables-nft-save",
+            "conntrack",
+        ]) {
+            return None;
+        }
+        Some(Rig {
+            topo: Topology::new().expect("topology"),
+            tools: ToolDir::new(tools).expect("tools"),
+        })
+    }
+
+    pub fn call(
+        &self,
+        plugin: &Path,
+        command: &str,
+        id: &str,
+        c: Option<&Container>,
+        cfg: &Value,
+    ) -> Outcome {
+        let call = Call::new(command, id, c, self.tools.path(), cfg);
+        invoke(plugin, &self.topo.host, &call).expect("run plugin")
+    }
+
+    pub fn must(
+        &self,
+        plugin: &Path,
+        command: &str,
+        id: &str,
+        c: Option<&Container>,
+        cfg: &Value,
+    ) -> Outcome {
+        let out = self.call(plugin, command, id, c, cfg);
+        assert!(
+            out.ok(),
+            "{command} {id} by {}: {}\nruleset:\n{}",
+            plugin.display(),
+            out.summary(),
+            self.ruleset()
+        );
+        out
+    }
+
+    /// Runs `portmap ARGS` (the human CLI) in the host namespace.
+    pub fn cli(&self, args: &[&str]) -> Outcome {
+        let start = std::time::Instant::now();
+        let out = self
+            .topo
+            .host
+            .command(ours())
+            .env_clear()
+            .env("PATH", self.tools.path())
+            .args(args)
+            .output()
+            .expect("run portmap cli");
+        Outcome {
+            exit: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: start.elapsed(),
+        }
+    }
+
+    /// `portmap list --json` as (backend, container ID, hostPort) rows, sorted.
+    pub fn listed(&self) -> Vec<(String, String, u64)> {
+        let out = self.cli(&["list", "--json"]);
+        assert_eq!(out.exit, Some(0), "list: {}", out.summary());
+        let rows: Vec<Value> = serde_json::from_str(&out.stdout).expect("list JSON");
+        let mut v: Vec<(String, String, u64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r["backend"].as_str().unwrap_or_default().to_string(),
+                    r["containerID"].as_str().unwrap_or_default().to_string(),
+                    r["hostPort"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn ruleset(&self) -> String {
+        firewall::dump(&self.topo.host)
+    }
+
+    pub fn answers(&self, port: u16) -> Option<String> {
+        tcp_ask(
+            &self.topo.host,
+            SocketAddr::new(IpAddr::V4(HOST_V4), port),
+            Duration::from_secs(2),
+        )
+        .expect("client")
+        .map(|a| a.tag)
+    }
+}
+
+pub fn config(c: &Container, backend: Option<&str>, mappings: Value) -> Value {
+    let mut cfg = json!({
+        "cniVersion": "1.0.0", "name": "e2e", "type": "portmap",
+        "runtimeConfig": {"portMappings": mappings},
+        "prevResult": c.prev_result(true, true)
+    });
+    if let Some(b) = backend {
+        cfg["backend"] = json!(b);
+    }
+    cfg
+}
+
+pub fn tcp_8080() -> Value {
+    json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])
+}
+
+pub fn upstream_available() -> bool {
+    if Path::new(UPSTREAM).exists() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{UPSTREAM} missing (CI is set): scripts/install-deps.sh installs containernetworking-plugins");
+    }
+    eprintln!("SKIPPED: {UPSTREAM} missing");
+    false
+}
