@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job: build release binaries and run the conformance matrix
-# (every scenario x nftables, iptables-nft, iptables-legacy, auto) with
-# real traffic in network namespaces, against our portmap and, side by
-# side, the upstream reference binary when it is installed.
+# (every scenario x nftables, iptables-nft, iptables-legacy, auto, with
+# containers attached both by the built-in veth setup and by a real
+# bridge + host-local CNI chain) with real traffic in network namespaces,
+# against our portmap and, side by side, the upstream reference binary
+# when it is installed.
 # Reports land in target/conformance/ (JSON, JUnit XML, Markdown).
 # Extra arguments go to `portmap-conformance run` (e.g. --scenario tcp).
 set -euo pipefail

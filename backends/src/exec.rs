@@ -41,8 +41,12 @@ mod tests {
     #[test]
     fn a_tool_that_exits_without_reading_is_judged_by_its_status() {
         let big = "x".repeat(1 << 20);
-        let out = run_with_stdin(Path::new("/bin/sh"), &["-c", "echo refused >&2; exit 3"], &big)
-            .expect("ran");
+        let out = run_with_stdin(
+            Path::new("/bin/sh"),
+            &["-c", "echo refused >&2; exit 3"],
+            &big,
+        )
+        .expect("ran");
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "refused");
     }

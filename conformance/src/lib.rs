@@ -2,6 +2,7 @@
 //! network namespaces against any portmap binary, and the namespace,
 //! topology and traffic helpers the other crates' tests share.
 
+pub mod chain;
 pub mod cni;
 pub mod firewall;
 pub mod netns;

@@ -7,8 +7,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use portmap_conformance::report::{self, Cell, Verdict};
-use portmap_conformance::run::run_cell;
+use portmap_conformance::run::{run_cell, CellSpec};
 use portmap_conformance::scenarios::{catalogue, Axis};
+use portmap_conformance::topology::Setup;
+
+fn parse_setup(s: &str) -> Result<Setup, String> {
+    Setup::parse(s).ok_or_else(|| format!("unknown setup {s:?} (veth or chain)"))
+}
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +52,12 @@ enum Sub {
         /// Only these scenarios (repeatable; default all).
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
+        /// How containers are attached: `veth` (built in) or `chain` (Debian's
+        /// bridge + host-local, their result threaded into portmap as
+        /// prevResult). Repeatable; default both. Chain results are reported
+        /// under `ours+chain` / `reference+chain`.
+        #[arg(long = "setup", value_parser = parse_setup)]
+        setups: Vec<Setup>,
         #[arg(long)]
         json: Option<PathBuf>,
         #[arg(long)]
@@ -69,6 +80,7 @@ fn main() -> ExitCode {
             reference,
             backends,
             scenarios,
+            setups,
             json,
             junit,
             markdown,
@@ -78,6 +90,7 @@ fn main() -> ExitCode {
                 reference,
                 &backends,
                 &scenarios,
+                &setups,
                 [json, junit, markdown],
             ) {
                 Ok(code) => code,
@@ -95,8 +108,14 @@ fn run(
     reference: Option<PathBuf>,
     backends: &[String],
     only: &[String],
+    setups: &[Setup],
     [json, junit, markdown]: [Option<PathBuf>; 3],
 ) -> Result<ExitCode, String> {
+    let setups = if setups.is_empty() {
+        vec![Setup::Veth, Setup::Chain]
+    } else {
+        setups.to_vec()
+    };
     let axes: Vec<Axis> = if backends.is_empty() {
         Axis::ALL.to_vec()
     } else {
@@ -122,23 +141,36 @@ fn run(
     let reference = reference
         .map(|r| std::fs::canonicalize(&r).map_err(|e| format!("{}: {e}", r.display())))
         .transpose()?;
-    let mut runs = vec![("ours", plugin.clone(), reference.clone())];
-    if let Some(r) = &reference {
-        runs.push(("reference", r.clone(), Some(plugin.clone())));
+    let mut runs: Vec<(String, &PathBuf, Option<&PathBuf>, Setup)> = Vec::new();
+    for setup in &setups {
+        let suffix = match setup {
+            Setup::Veth => String::new(),
+            other => format!("+{}", other.name()),
+        };
+        runs.push((format!("ours{suffix}"), &plugin, reference.as_ref(), *setup));
+        if let Some(r) = &reference {
+            runs.push((format!("reference{suffix}"), r, Some(&plugin), *setup));
+        }
     }
     let total = runs.len() * axes.len() * chosen.len();
     let mut cells: Vec<Cell> = Vec::new();
-    for (label, bin, other) in &runs {
+    for (label, bin, other, setup) in &runs {
+        let spec = CellSpec {
+            plugin: bin,
+            reference: other.map(PathBuf::as_path),
+            label,
+            setup: *setup,
+        };
         for axis in &axes {
             for s in &chosen {
                 print!(
-                    "[{:>3}/{total}] {label:<9} {:<15} {:<28} ",
+                    "[{:>3}/{total}] {label:<15} {:<15} {:<28} ",
                     cells.len() + 1,
                     axis.name(),
                     s.name
                 );
                 let _ = std::io::stdout().flush();
-                let cell = run_cell(bin, other.as_deref(), label, *axis, s);
+                let cell = run_cell(&spec, *axis, s);
                 println!(
                     "{} ({:.1}s) {}",
                     cell.verdict.word(),
@@ -161,7 +193,7 @@ fn run(
     write(&markdown, report::markdown(&cells))?;
     let ours_failed = cells
         .iter()
-        .any(|c| c.plugin == "ours" && matches!(c.verdict, Verdict::Fail(_)));
+        .any(|c| c.plugin.starts_with("ours") && matches!(c.verdict, Verdict::Fail(_)));
     Ok(if ours_failed {
         ExitCode::FAILURE
     } else {

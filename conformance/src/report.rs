@@ -57,40 +57,29 @@ fn find<'a>(cells: &'a [Cell], plugin: &str, scenario: &str, backend: &str) -> O
         .find(|c| c.plugin == plugin && c.scenario == scenario && c.backend == backend)
 }
 
-/// scenario rows × backend columns; with several binaries, one
-/// `ours/reference` pair per cell.
+/// One table per binary (and setup): scenario rows × backend columns,
+/// then the failures with reasons and a closing count.
 pub fn matrix(cells: &[Cell]) -> String {
     let scenarios = ordered(cells, |c| &c.scenario);
     let backends = ordered(cells, |c| &c.backend);
     let plugins = ordered(cells, |c| &c.plugin);
-    let width = 6 * plugins.len() + 1;
     let mut out = String::new();
-    let _ = write!(
-        out,
-        "{:<28}",
+    for p in &plugins {
         if plugins.len() > 1 {
-            plugins.join(" / ")
-        } else {
-            "scenario".into()
+            let _ = writeln!(out, "== {p} ==");
         }
-    );
-    for b in &backends {
-        let _ = write!(out, " {b:<width$}", width = width.max(b.len()));
-    }
-    out.push('\n');
-    for s in &scenarios {
-        let _ = write!(out, "{s:<28}");
+        let _ = write!(out, "{:<28}", "scenario");
         for b in &backends {
-            let words: Vec<&str> = plugins
-                .iter()
-                .map(|p| find(cells, p, s, b).map_or("-", |c| c.verdict.word()))
-                .collect();
-            let _ = write!(
-                out,
-                " {:<width$}",
-                words.join(" / "),
-                width = width.max(b.len())
-            );
+            let _ = write!(out, " {b:<8}");
+        }
+        out.push('\n');
+        for s in &scenarios {
+            let _ = write!(out, "{s:<28}");
+            for b in &backends {
+                let word = find(cells, p, s, b).map_or("-", |c| c.verdict.word());
+                let _ = write!(out, " {word:<width$}", width = b.len().max(8));
+            }
+            out.push('\n');
         }
         out.push('\n');
     }

@@ -7,23 +7,28 @@ use std::time::{Duration, Instant};
 
 use crate::report::{Cell, Verdict};
 use crate::scenarios::{Axis, Ctx, Scenario};
+use crate::topology::Setup;
 
 pub const CELL_TIME_LIMIT: Duration = Duration::from_secs(90);
 
-pub fn run_cell(
-    plugin: &Path,
-    reference: Option<&Path>,
-    label: &str,
-    axis: Axis,
-    scenario: &Scenario,
-) -> Cell {
+/// What one cell runs: which binary (and its partner for interop), under
+/// which report label, with which container setup.
+pub struct CellSpec<'a> {
+    pub plugin: &'a Path,
+    pub reference: Option<&'a Path>,
+    pub label: &'a str,
+    pub setup: Setup,
+}
+
+pub fn run_cell(spec: &CellSpec<'_>, axis: Axis, scenario: &Scenario) -> Cell {
+    let (plugin, reference, label, setup) = (spec.plugin, spec.reference, spec.label, spec.setup);
     let start = Instant::now();
     let (tx, rx) = mpsc::channel();
     let (plugin_owned, reference_owned) = (plugin.to_path_buf(), reference.map(Path::to_path_buf));
     let body = scenario.body;
     let not_applicable = scenario.not_applicable;
     let worker = std::thread::spawn(move || {
-        let verdict = match Ctx::new(&plugin_owned, reference_owned.as_deref(), axis) {
+        let verdict = match Ctx::new(&plugin_owned, reference_owned.as_deref(), axis, setup) {
             Err(e) => Verdict::Fail(format!("setup: {e}")),
             Ok(ctx) => match not_applicable(&ctx) {
                 Some(reason) => Verdict::NotApplicable(reason),

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use portmap_conformance::netns::prerequisites;
 use portmap_conformance::report::Verdict;
-use portmap_conformance::run::run_cell;
+use portmap_conformance::run::{run_cell, CellSpec};
 use portmap_conformance::scenarios::{catalogue, Axis};
+use portmap_conformance::topology::Setup;
 use rstest::rstest;
 
 const UPSTREAM: &str = "/usr/lib/cni/portmap";
@@ -79,6 +80,7 @@ fn cell(
     )]
     scenario: &str,
     #[values("nftables", "iptables-nft", "iptables-legacy", "auto")] backend: &str,
+    #[values(Setup::Veth, Setup::Chain)] setup: Setup,
 ) {
     if !prerequisites(&[
         "nft",
@@ -99,10 +101,19 @@ fn cell(
         .find(|s| s.name == scenario)
         .expect("scenario in catalogue");
     let axis = Axis::parse(backend).expect("backend");
-    let cell = run_cell(&plugin, reference, "ours", axis, s);
+    let spec = CellSpec {
+        plugin: &plugin,
+        reference,
+        label: "ours",
+        setup,
+    };
+    let cell = run_cell(&spec, axis, s);
     match cell.verdict {
         Verdict::Pass => {}
         Verdict::NotApplicable(why) => eprintln!("not applicable: {why}"),
-        Verdict::Fail(why) => panic!("{scenario} on {backend} failed:\n{why}"),
+        Verdict::Fail(why) => panic!(
+            "{scenario} on {backend} ({} setup) failed:\n{why}",
+            setup.name()
+        ),
     }
 }

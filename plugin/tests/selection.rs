@@ -124,7 +124,14 @@ fn unusable_explicit_backend_is_a_clear_error(
 }
 
 /// ADD through the CNI call with a given tool PATH.
-fn add_with(rig: &Rig, plugin: &std::path::Path, tools: &ToolDir, id: &str, c: &Container, cfg: &Value) {
+fn add_with(
+    rig: &Rig,
+    plugin: &std::path::Path,
+    tools: &ToolDir,
+    id: &str,
+    c: &Container,
+    cfg: &Value,
+) {
     let call = Call::new("ADD", id, Some(c), tools.path(), cfg);
     let out = invoke(plugin, &rig.topo.host, &call).expect("run");
     assert!(out.ok(), "ADD {id}: {}", out.summary());

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::cni::{invoke, Call, Outcome};
 use crate::netns::Netns;
 use crate::toolpath::{IptablesVariant, ToolDir, Tools};
-use crate::topology::{Container, Topology, IFNAME};
+use crate::topology::{Container, Setup, Topology, IFNAME};
 use crate::traffic::{tcp_ask, Answer};
 
 /// The backend axis of the matrix.
@@ -110,13 +110,18 @@ const OK_WAIT: Duration = Duration::from_secs(3);
 const FAIL_WAIT: Duration = Duration::from_millis(700);
 
 impl Ctx {
-    pub fn new(plugin: &Path, reference: Option<&Path>, axis: Axis) -> Result<Ctx, String> {
+    pub fn new(
+        plugin: &Path,
+        reference: Option<&Path>,
+        axis: Axis,
+        setup: Setup,
+    ) -> Result<Ctx, String> {
         Ok(Ctx {
             plugin: plugin.to_path_buf(),
             reference: reference.map(Path::to_path_buf),
             axis,
             tools: ToolDir::new(axis.tools()).map_err(|e| format!("tool dir: {e}"))?,
-            topo: Topology::new().map_err(|e| format!("topology: {e}"))?,
+            topo: Topology::with_setup(setup).map_err(|e| format!("topology: {e}"))?,
         })
     }
 

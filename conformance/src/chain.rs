@@ -1,0 +1,171 @@
+//! The second way to get a prevResult: a real CNI chain. Containers are
+//! attached by Debian's `bridge` plugin with `host-local` IPAM, run as
+//! libcni runs a conflist: bridge ADD first, its result threaded into
+//! portmap as `prevResult`; on teardown bridge DEL, after the scenario's
+//! portmap DEL (reverse order).
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::netns::Netns;
+use crate::topology::{BRIDGE, HOST_V4, HOST_V6, IFNAME};
+
+pub const BRIDGE_PLUGIN: &str = "/usr/lib/cni/bridge";
+const CNI_PATH: &str = "/usr/lib/cni:/opt/cni/bin";
+const NETWORK: &str = "conformance-chain";
+
+/// The bridge network's config: our host bridge, hairpin on (hairpin
+/// scenarios need it), no masquerade of its own, one fixed address per
+/// family so scenarios know their container's IP.
+pub fn bridge_config(v4: Ipv4Addr, v6: Ipv6Addr, ipam_dir: &Path) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": NETWORK,
+        "type": "bridge",
+        "bridge": BRIDGE,
+        "isGateway": true,
+        "hairpinMode": true,
+        "ipMasq": false,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": ipam_dir.display().to_string(),
+            "ranges": [
+                [{"subnet": "10.88.0.0/24", "rangeStart": v4.to_string(),
+                  "rangeEnd": v4.to_string(), "gateway": HOST_V4.to_string()}],
+                [{"subnet": "fd00:88::/64", "rangeStart": v6.to_string(),
+                  "rangeEnd": v6.to_string(), "gateway": HOST_V6.to_string()}]
+            ],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+        }
+    })
+}
+
+/// One container attached by the bridge plugin.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// The host namespace's name (the plugin runs there, as a runtime's).
+    host: String,
+    container_id: String,
+    netns: PathBuf,
+    config: Value,
+}
+
+impl Attachment {
+    /// Runs bridge ADD for the container in `ns`; returns the attachment
+    /// and the plugin's result (the prevResult for portmap).
+    pub fn add(
+        host: &Netns,
+        ns: &Netns,
+        container_id: &str,
+        config: Value,
+    ) -> Result<(Attachment, Value), String> {
+        // No DAD in the container: the bridge plugin waits for IPv6
+        // addresses to settle, which would cost seconds per container.
+        for key in [
+            "net.ipv6.conf.all.accept_dad",
+            "net.ipv6.conf.default.accept_dad",
+        ] {
+            ns.sysctl(key, "0").map_err(|e| e.to_string())?;
+        }
+        let att = Attachment {
+            host: host.name().to_string(),
+            container_id: container_id.to_string(),
+            netns: ns.path(),
+            config,
+        };
+        let stdout = att.run("ADD")?;
+        let result = serde_json::from_str(&stdout)
+            .map_err(|e| format!("bridge ADD printed no JSON ({e}): {stdout}"))?;
+        Ok((att, result))
+    }
+
+    /// Runs bridge DEL (releases the address, removes the veth).
+    pub fn del(&self) -> Result<(), String> {
+        self.run("DEL").map(|_| ())
+    }
+
+    fn run(&self, command: &str) -> Result<String, String> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.host, BRIDGE_PLUGIN])
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &self.container_id)
+            .env("CNI_NETNS", &self.netns)
+            .env("CNI_IFNAME", IFNAME)
+            .env("CNI_PATH", CNI_PATH)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {BRIDGE_PLUGIN}: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin
+                .write_all(self.config.to_string().as_bytes())
+                .map_err(|e| format!("bridge {command}: {e}"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("bridge {command}: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(format!(
+                "bridge {command} failed ({}): {} {}",
+                out.status,
+                stdout.trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+/// A plugin result with only the addresses of the wanted families (a
+/// scenario testing one family); interfaces, routes and dns stay as the
+/// bridge plugin printed them.
+pub fn with_families(result: &Value, v4: bool, v6: bool) -> Value {
+    let mut r = result.clone();
+    if let Some(ips) = r.get_mut("ips").and_then(Value::as_array_mut) {
+        ips.retain(|ip| {
+            let is_v6 = ip
+                .get("address")
+                .and_then(Value::as_str)
+                .is_some_and(|a| a.contains(':'));
+            if is_v6 {
+                v6
+            } else {
+                v4
+            }
+        });
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn family_filter_keeps_everything_but_unwanted_addresses() {
+        let r = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "br0"}],
+            "ips": [{"address": "10.88.0.5/24", "interface": 2},
+                    {"address": "fd00:88::5/64", "interface": 2}],
+            "routes": [{"dst": "0.0.0.0/0"}], "dns": {}});
+        let v4 = with_families(&r, true, false);
+        assert_eq!(
+            v4["ips"],
+            json!([{"address": "10.88.0.5/24", "interface": 2}])
+        );
+        assert_eq!(v4["routes"], r["routes"]);
+        assert_eq!(with_families(&r, true, true), r);
+        assert_eq!(
+            with_families(&r, false, true)["ips"][0]["address"],
+            "fd00:88::5/64"
+        );
+    }
+}
