@@ -106,13 +106,20 @@ pub fn parse(stdin: &[u8]) -> Result<Config, CniError> {
         )
     };
     let value: Value = serde_json::from_slice(stdin).map_err(decode)?;
-    let cni_version = cni::check_version(
-        value
-            .get("cniVersion")
-            .and_then(Value::as_str)
-            .unwrap_or(""),
-    )?
-    .to_string();
+    // Absent (or null) means 0.1.0 per the spec; another type is an error,
+    // not a silent downgrade to the oldest version.
+    let version = match value.get("cniVersion") {
+        None | Some(Value::Null) => "",
+        Some(Value::String(v)) => v.as_str(),
+        Some(other) => {
+            return Err(CniError::new(
+                Code::DecodeFailure,
+                "decoding version from network config".to_string(),
+            )
+            .with_details(format!("cniVersion must be a string, not {other}")))
+        }
+    };
+    let cni_version = cni::check_version(version)?.to_string();
     let raw: RawConfig = serde_json::from_value(value).map_err(decode)?;
 
     if !cni::valid_network_name(&raw.name) {
@@ -355,6 +362,7 @@ mod tests {
     #[case::not_json(b"{".to_vec(), Code::DecodeFailure, "failed to parse network configuration: ")]
     #[case::wrong_type(br#"{"cniVersion":"1.0.0","name":"n","snat":"yes"}"#.to_vec(), Code::DecodeFailure, "failed to parse network configuration: ")]
     #[case::port_as_string(br#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":"80","containerPort":80}]}}"#.to_vec(), Code::DecodeFailure, "failed to parse network configuration: ")]
+    #[case::version_not_a_string(br#"{"cniVersion":1,"name":"n"}"#.to_vec(), Code::DecodeFailure, "decoding version from network config")]
     #[case::unsupported_version(br#"{"cniVersion":"9.0.0","name":"n"}"#.to_vec(), Code::IncompatibleVersion, "incompatible CNI versions")]
     #[case::bad_prev_result(br#"{"cniVersion":"1.0.0","name":"n","prevResult":{"ips":[{"address":"x"}]}}"#.to_vec(), Code::DecodeFailure, "could not parse prevResult: ")]
     fn decode_errors(#[case] input: Vec<u8>, #[case] code: Code, #[case] prefix: &str) {

@@ -11,6 +11,17 @@ use portmap::{cli, config};
 fn main() -> ExitCode {
     match std::env::var("CNI_COMMAND") {
         Ok(command) => cni_main(&command),
+        // No arguments and no CNI_COMMAND: a runtime that lost its env
+        // gets the CNI error upstream prints, not a usage text.
+        Err(_) if std::env::args_os().len() <= 1 => {
+            let e = CniError::new(
+                Code::InvalidEnv,
+                "required env variables [CNI_COMMAND] missing".to_string(),
+            );
+            println!("{}", e.to_json(cni::LATEST_VERSION));
+            eprintln!("portmap: run `portmap --help` for the commands for people");
+            ExitCode::FAILURE
+        }
         Err(_) => cli::main(),
     }
 }
