@@ -32,20 +32,35 @@ pub fn enable_route_localnet(container: Ipv4Addr) -> Result<(), HostError> {
     std::fs::write(&path, "1").map_err(|source| HostError::Sysctl { path, source })
 }
 
-/// Longest-prefix match over `/proc/net/route` (hex, host byte order).
+/// One `/proc/net/route` entry: (interface, destination, gateway, mask).
+struct V4Route<'a> {
+    dev: &'a str,
+    dest: u32,
+    gateway: u32,
+    mask: u32,
+}
+
+/// The entries of `/proc/net/route` (hex, host byte order).
+fn v4_routes(table: &str) -> impl Iterator<Item = V4Route<'_>> {
+    let hex = |s: Option<&&str>| u32::from_str_radix(s?, 16).ok().map(u32::swap_bytes);
+    table.lines().skip(1).filter_map(move |line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        Some(V4Route {
+            dev: cols.first()?,
+            dest: hex(cols.get(1))?,
+            gateway: hex(cols.get(2))?,
+            mask: hex(cols.get(7))?,
+        })
+    })
+}
+
+/// Longest-prefix match over `/proc/net/route`.
 fn route_interface(table: &str, dst: Ipv4Addr) -> Option<String> {
     let dst = u32::from(dst);
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            let dest = u32::from_str_radix(cols.get(1)?, 16).ok()?.swap_bytes();
-            let mask = u32::from_str_radix(cols.get(7)?, 16).ok()?.swap_bytes();
-            (dst & mask == dest).then(|| (mask.count_ones(), cols[0].to_string()))
-        })
-        .max_by_key(|(bits, _)| *bits)
-        .map(|(_, dev)| dev)
+    v4_routes(table)
+        .filter(|r| dst & r.mask == r.dest)
+        .max_by_key(|r| r.mask.count_ones())
+        .map(|r| r.dev.to_string())
 }
 
 /// Prefix length of the on-link route that reaches `addr` (the
@@ -66,16 +81,9 @@ pub fn connected_prefix(addr: IpAddr) -> Option<u8> {
 /// Longest match among `/proc/net/route` entries without a gateway.
 fn connected_prefix_v4(table: &str, dst: Ipv4Addr) -> Option<u8> {
     let dst = u32::from(dst);
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            let dest = u32::from_str_radix(cols.get(1)?, 16).ok()?.swap_bytes();
-            let gateway = u32::from_str_radix(cols.get(2)?, 16).ok()?;
-            let mask = u32::from_str_radix(cols.get(7)?, 16).ok()?.swap_bytes();
-            (gateway == 0 && dst & mask == dest).then(|| mask.count_ones() as u8)
-        })
+    v4_routes(table)
+        .filter(|r| r.gateway == 0 && dst & r.mask == r.dest)
+        .map(|r| r.mask.count_ones() as u8)
         .max()
 }
 
