@@ -6,15 +6,17 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{json, Value};
 
+use crate::cni::{run_with_input, Call};
 use crate::netns::Netns;
-use crate::topology::{BRIDGE, HOST_V4, HOST_V6, IFNAME};
+use crate::topology::{BRIDGE, HOST_V4, HOST_V6};
 
 pub const BRIDGE_PLUGIN: &str = "/usr/lib/cni/bridge";
-const CNI_PATH: &str = "/usr/lib/cni:/opt/cni/bin";
+/// The bridge plugin's PATH (it writes no firewall rules: ipMasq is off).
+const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 const NETWORK: &str = "conformance-chain";
 
 /// The bridge network's config: our host bridge, hairpin on (hairpin
@@ -88,39 +90,24 @@ impl Attachment {
     }
 
     fn run(&self, command: &str) -> Result<String, String> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.host, BRIDGE_PLUGIN])
-            .env_clear()
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &self.container_id)
-            .env("CNI_NETNS", &self.netns)
-            .env("CNI_IFNAME", IFNAME)
-            .env("CNI_PATH", CNI_PATH)
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.host, BRIDGE_PLUGIN]);
+        let netns = self.netns.display().to_string();
+        let mut call = Call::new(
+            command,
+            &self.container_id,
+            None,
+            Path::new(PATH),
+            &self.config,
+        );
+        call.netns = netns;
+        call.apply_env(&mut cmd);
+        let out = run_with_input(cmd, self.config.to_string().as_bytes())
             .map_err(|e| format!("cannot run {BRIDGE_PLUGIN}: {e}"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            use std::io::Write;
-            stdin
-                .write_all(self.config.to_string().as_bytes())
-                .map_err(|e| format!("bridge {command}: {e}"))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("bridge {command}: {e}"))?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            Ok(stdout)
+        if out.ok() {
+            Ok(out.stdout)
         } else {
-            Err(format!(
-                "bridge {command} failed ({}): {} {}",
-                out.status,
-                stdout.trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            Err(format!("bridge {command} failed: {}", out.summary()))
         }
     }
 }

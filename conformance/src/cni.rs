@@ -2,7 +2,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -87,24 +87,43 @@ impl Outcome {
 
 /// Runs the plugin inside `ns` (the "host" namespace of a scenario).
 pub fn invoke(plugin: &Path, ns: &Netns, call: &Call<'_>) -> std::io::Result<Outcome> {
+    let mut cmd = ns.command(plugin);
+    call.apply_env(&mut cmd);
+    run_with_input(cmd, call.config.to_string().as_bytes())
+}
+
+impl Call<'_> {
+    /// Replaces `cmd`'s environment with this call's CNI variables.
+    pub fn apply_env(&self, cmd: &mut Command) {
+        cmd.env_clear()
+            .env("CNI_COMMAND", self.command)
+            .env("CNI_CONTAINERID", self.container_id)
+            .env("CNI_NETNS", &self.netns)
+            .env("CNI_IFNAME", self.ifname)
+            .env("CNI_PATH", "/usr/lib/cni:/opt/cni/bin")
+            .env("PATH", self.path);
+    }
+}
+
+/// Runs `cmd` with `input` on stdin and captures what it printed. Input
+/// is written from its own thread (a plugin may exit without reading: its
+/// exit code and output tell the story, not our broken pipe).
+pub fn run_with_input(mut cmd: Command, input: &[u8]) -> std::io::Result<Outcome> {
     let start = Instant::now();
-    let mut child = ns
-        .command(plugin)
-        .env_clear()
-        .env("CNI_COMMAND", call.command)
-        .env("CNI_CONTAINERID", call.container_id)
-        .env("CNI_NETNS", &call.netns)
-        .env("CNI_IFNAME", call.ifname)
-        .env("CNI_PATH", "/usr/lib/cni:/opt/cni/bin")
-        .env("PATH", call.path)
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(call.config.to_string().as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
+    let stdin = child.stdin.take();
+    let out = std::thread::scope(|s| {
+        s.spawn(move || {
+            if let Some(mut pipe) = stdin {
+                let _ = pipe.write_all(input);
+            }
+        });
+        child.wait_with_output()
+    })?;
     Ok(Outcome {
         exit: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

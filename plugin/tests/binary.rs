@@ -3,10 +3,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use portmap_conformance::cni::{invoke, Call, Outcome};
+use portmap_conformance::cni::{invoke, run_with_input, Call, Outcome};
 use portmap_conformance::netns::{prerequisites, Netns};
 use portmap_conformance::toolpath::{IptablesVariant, Nft, ToolDir, Tools};
 use portmap_conformance::topology::HOST_V4;
@@ -21,24 +21,7 @@ use common::{config, ours, tcp_8080, upstream_available, Rig, UPSTREAM};
 fn run_plain(env: &[(&str, &str)], stdin: &str) -> Outcome {
     let mut cmd = Command::new(ours());
     cmd.env_clear().envs(env.iter().copied());
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    Outcome {
-        exit: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: Duration::ZERO,
-    }
+    run_with_input(cmd, stdin.as_bytes()).expect("run")
 }
 
 #[test]

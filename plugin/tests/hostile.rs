@@ -3,9 +3,7 @@
 //! msg, firewall untouched) or a correct result (exit 0, cleaned up by
 //! DEL); never a panic, never a half-applied change.
 
-use std::io::Write;
-use std::process::Stdio;
-
+use portmap_conformance::cni::{run_with_input, Outcome};
 use portmap_conformance::netns::Netns;
 use portmap_conformance::toolpath::Tools;
 use rstest::rstest;
@@ -304,13 +302,7 @@ fn corpus(backend: &str) -> Vec<Case> {
     cases
 }
 
-struct Ran {
-    exit: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(rig: &Rig, sandbox: &Netns, case: &Case, command: Option<&str>) -> Ran {
+fn run(rig: &Rig, sandbox: &Netns, case: &Case, command: Option<&str>) -> Outcome {
     let mut env: Vec<(&str, Option<String>)> = vec![
         ("CNI_COMMAND", Some(command.unwrap_or("ADD").to_string())),
         ("CNI_CONTAINERID", Some("hostile-1".into())),
@@ -333,26 +325,7 @@ fn run(rig: &Rig, sandbox: &Netns, case: &Case, command: Option<&str>) -> Ran {
             cmd.env(k, v);
         }
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stdin = child.stdin.take();
-    let input = case.stdin.clone();
-    let writer = std::thread::spawn(move || {
-        if let Some(mut s) = stdin {
-            let _ = s.write_all(&input);
-        }
-    });
-    let out = child.wait_with_output().expect("wait");
-    let _ = writer.join();
-    Ran {
-        exit: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_with_input(cmd, &case.stdin).expect("run")
 }
 
 #[rstest]

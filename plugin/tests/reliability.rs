@@ -139,17 +139,11 @@ fn run_and_kill(
     delay: Duration,
 ) -> bool {
     use std::os::unix::process::CommandExt;
-    let mut child = rig
-        .topo
-        .host
-        .command(ours())
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", sandbox.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .env("PATH", rig.tools.path())
+    let mut call = Call::new(command, id, None, rig.tools.path(), cfg);
+    call.netns = sandbox.path().display().to_string();
+    let mut cmd = rig.topo.host.command(ours());
+    call.apply_env(&mut cmd);
+    let mut child = cmd
         .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portmap_conformance::cni::{invoke, Call, Outcome};
+use portmap_conformance::cni::{invoke, run_with_input, Call, Outcome};
 use portmap_conformance::firewall;
 use portmap_conformance::netns::prerequisites;
 use portmap_conformance::toolpath::{ToolDir, Tools};
@@ -74,22 +74,9 @@ impl Rig {
 
     /// Runs `portmap ARGS` (the human CLI) in the host namespace.
     pub fn cli(&self, args: &[&str]) -> Outcome {
-        let start = std::time::Instant::now();
-        let out = self
-            .topo
-            .host
-            .command(ours())
-            .env_clear()
-            .env("PATH", self.tools.path())
-            .args(args)
-            .output()
-            .expect("run portmap cli");
-        Outcome {
-            exit: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            elapsed: start.elapsed(),
-        }
+        let mut cmd = self.topo.host.command(ours());
+        cmd.env_clear().env("PATH", self.tools.path()).args(args);
+        run_with_input(cmd, b"").expect("run portmap cli")
     }
 
     /// `portmap list --json` as (backend, container ID, hostPort) rows, sorted.
