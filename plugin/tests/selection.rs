@@ -130,6 +130,17 @@ fn unusable_explicit_backend_is_a_clear_error(
     assert_eq!(rig.ruleset(), before);
 }
 
+/// `n` containers `c0`.. with addresses ending in 5, 6, ...
+fn containers(rig: &Rig, n: u8) -> Vec<Container> {
+    (0..n)
+        .map(|i| {
+            rig.topo
+                .container(&format!("c{i}"), 5 + i)
+                .expect("container")
+        })
+        .collect()
+}
+
 /// ADD through the CNI call with a given tool PATH.
 fn add_with(
     rig: &Rig,
@@ -194,13 +205,7 @@ fn mixed_state_is_listed_migrated_both_ways_and_cleaned() {
     };
     let legacy = legacy_tools();
     let upstream = PathBuf::from(UPSTREAM);
-    let cs: Vec<Container> = (0..3)
-        .map(|i| {
-            rig.topo
-                .container(&format!("c{i}"), 5 + i)
-                .expect("container")
-        })
-        .collect();
+    let cs = containers(&rig, 3);
     let _srvs: Vec<EchoServer> = cs
         .iter()
         .enumerate()
@@ -323,13 +328,7 @@ fn gc_removes_invalid_attachments_from_every_backend() {
         return;
     };
     let legacy = legacy_tools();
-    let cs: Vec<Container> = (0..3)
-        .map(|i| {
-            rig.topo
-                .container(&format!("c{i}"), 5 + i)
-                .expect("container")
-        })
-        .collect();
+    let cs = containers(&rig, 3);
     let _srv = EchoServer::start(&cs[1].ns, "keep", 80).expect("echo");
     let cfg = |i: usize, b: &str| config(&cs[i], Some(b), port(8080 + i as u16));
     add_with(
