@@ -27,6 +27,26 @@ impl IptablesVariant {
             IptablesVariant::Nft => "nft",
         }
     }
+
+    /// What the system's own `iptables` is (Debian's alternatives point it
+    /// at xtables-legacy-multi or xtables-nft-multi); `None` without one.
+    pub fn of_system() -> Option<IptablesVariant> {
+        Self::named(&std::fs::canonicalize(find("iptables")?).ok()?)
+    }
+
+    /// The variant a tool directory's plain `iptables` links to.
+    pub fn of_link(link: &Path) -> Option<IptablesVariant> {
+        Self::named(&std::fs::read_link(link).ok()?)
+    }
+
+    fn named(binary: &Path) -> Option<IptablesVariant> {
+        let name = binary.file_name()?.to_string_lossy();
+        Some(if name.contains("legacy") {
+            IptablesVariant::Legacy
+        } else {
+            IptablesVariant::Nft
+        })
+    }
 }
 
 /// What the directory offers.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::traffic::with_container;
-use super::{always, ensure, maps, Ctx, Scenario, NET};
+use super::{always, ensure, maps, Ctx, Firewall, Scenario, NET};
 use crate::topology::{HOST_V4, REMOTE_V4};
 use crate::traffic::{udp_ask, EchoServer};
 
@@ -38,7 +38,7 @@ fn needs_reference(ctx: &Ctx) -> Option<String> {
     let Some(reference) = &ctx.reference else {
         return Some("no --reference binary given".to_string());
     };
-    if !ctx.axis.is_nftables() {
+    if ctx.firewall != Firewall::Nftables {
         return None;
     }
     let version = json!({"cniVersion": "1.0.0"});
@@ -130,7 +130,7 @@ fn del_idempotent(ctx: &Ctx) -> Result<(), String> {
 /// reload does.
 fn damage(ctx: &Ctx) -> Result<(), String> {
     let h = ctx.host();
-    if ctx.axis.is_nftables()
+    if ctx.firewall == Firewall::Nftables
         && h.exec("nft", &["list", "table", "ip", "cni_hostport"])
             .is_ok()
     {
@@ -142,11 +142,7 @@ fn damage(ctx: &Ctx) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| e.to_string());
     }
-    let v = if ctx.axis == super::Axis::IptablesLegacy {
-        "legacy"
-    } else {
-        "nft"
-    };
+    let v = ctx.firewall.iptables_suffix();
     let save = h
         .exec(&format!("iptables-{v}-save"), &["-t", "nat"])
         .map_err(|e| e.to_string())?;

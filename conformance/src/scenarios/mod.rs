@@ -24,7 +24,7 @@ pub enum Axis {
     Nftables,
     IptablesNft,
     IptablesLegacy,
-    /// No `backend` key: the plugin chooses (nft and both iptables present).
+    /// No `backend` key: the plugin chooses among this host's own tools.
     Auto,
 }
 
@@ -55,6 +55,12 @@ impl Axis {
                 iptables: Some(IptablesVariant::Legacy),
                 ..Tools::default()
             },
+            // The host as it is: plain `iptables` is what the system's is
+            // (legacy on a distribution without nftables), if any.
+            Axis::Auto => Tools {
+                iptables: IptablesVariant::of_system(),
+                ..Tools::default()
+            },
             _ => Tools::default(),
         }
     }
@@ -66,11 +72,47 @@ impl Axis {
             Axis::Auto => None,
         }
     }
+}
 
-    /// Whether rules of this cell end up in nftables' cni_hostport table
-    /// (auto picks nftables where nft works, as it does in the matrix).
-    pub fn is_nftables(self) -> bool {
-        matches!(self, Axis::Nftables | Axis::Auto)
+/// Where a cell's rules are expected to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firewall {
+    Nftables,
+    Iptables(IptablesVariant),
+}
+
+impl Firewall {
+    /// The axis's backend; for auto, what the selection rules pick with
+    /// the cell's tools: nftables when its `nft` completes a (checked,
+    /// never applied) transaction in the host namespace, else the variant
+    /// plain `iptables` is.
+    fn expected(axis: Axis, tools: &ToolDir, host: &Netns) -> Firewall {
+        match axis {
+            Axis::Nftables => Firewall::Nftables,
+            Axis::IptablesNft => Firewall::Iptables(IptablesVariant::Nft),
+            Axis::IptablesLegacy => Firewall::Iptables(IptablesVariant::Legacy),
+            Axis::Auto => {
+                let nft = tools.path().join("nft");
+                let probe = ["-c", "add", "table", "ip", "cni_hostport_probe"];
+                if host.exec(&nft.to_string_lossy(), &probe).is_ok() {
+                    Firewall::Nftables
+                } else {
+                    Firewall::Iptables(
+                        IptablesVariant::of_link(&tools.path().join("iptables"))
+                            .unwrap_or(IptablesVariant::Nft),
+                    )
+                }
+            }
+        }
+    }
+
+    /// The suffix of the iptables tools (`iptables-<suffix>-save`) that
+    /// show this cell's rules; nftables cells read iptables-nft's view.
+    pub fn iptables_suffix(self) -> &'static str {
+        match self {
+            Firewall::Nftables => IptablesVariant::Nft.as_str(),
+            Firewall::Iptables(v) => v.as_str(),
+        }
     }
 }
 
@@ -101,6 +143,8 @@ pub struct Ctx {
     pub plugin: PathBuf,
     pub reference: Option<PathBuf>,
     pub axis: Axis,
+    /// Where this cell's rules should be.
+    pub firewall: Firewall,
     pub tools: ToolDir,
     pub topo: Topology,
 }
@@ -116,12 +160,15 @@ impl Ctx {
         axis: Axis,
         setup: Setup,
     ) -> Result<Ctx, String> {
+        let tools = ToolDir::new(axis.tools()).map_err(|e| format!("tool dir: {e}"))?;
+        let topo = Topology::with_setup(setup).map_err(|e| format!("topology: {e}"))?;
         Ok(Ctx {
             plugin: plugin.to_path_buf(),
             reference: reference.map(Path::to_path_buf),
             axis,
-            tools: ToolDir::new(axis.tools()).map_err(|e| format!("tool dir: {e}"))?,
-            topo: Topology::with_setup(setup).map_err(|e| format!("topology: {e}"))?,
+            firewall: Firewall::expected(axis, &tools, &topo.host),
+            tools,
+            topo,
         })
     }
 

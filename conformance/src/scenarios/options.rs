@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use serde_json::json;
 
 use super::traffic::with_container;
-use super::{always, ensure, maps, Axis, Ctx, Scenario};
+use super::{always, ensure, maps, Ctx, Firewall, Scenario};
 use crate::topology::HOST_V4;
 use crate::traffic::EchoServer;
 
@@ -40,8 +40,7 @@ pub fn scenarios() -> Vec<Scenario> {
 }
 
 fn iptables_only(ctx: &Ctx) -> Option<String> {
-    ctx.axis
-        .is_nftables()
+    (ctx.firewall == Firewall::Nftables)
         .then(|| "markMasqBit is an iptables option (nftables masquerades by address)".to_string())
 }
 
@@ -96,7 +95,10 @@ fn mark_masq_bit(ctx: &Ctx) -> Result<(), String> {
             let rules = ctx.ruleset()
                 + &ctx
                     .host()
-                    .exec(&format!("iptables-{}-save", variant(ctx)), &["-t", "nat"])
+                    .exec(
+                        &format!("iptables-{}-save", ctx.firewall.iptables_suffix()),
+                        &["-t", "nat"],
+                    )
                     .unwrap_or_default();
             ensure(rules.contains("--set-xmark 0x20/0x20"), || {
                 "no 0x20 mark rule".to_string()
@@ -105,16 +107,8 @@ fn mark_masq_bit(ctx: &Ctx) -> Result<(), String> {
     )
 }
 
-fn variant(ctx: &Ctx) -> &'static str {
-    if ctx.axis == Axis::IptablesLegacy {
-        "legacy"
-    } else {
-        "nft"
-    }
-}
-
 fn source_condition(ctx: &Ctx, subnet: &str) -> serde_json::Value {
-    if ctx.axis.is_nftables() {
+    if ctx.firewall == Firewall::Nftables {
         json!([format!("ip saddr {subnet}")])
     } else {
         json!(["-s", subnet])
