@@ -12,9 +12,15 @@ packages=(
   kmod                # modprobe for nf_tables / xt modules on minimal images
   containernetworking-plugins  # upstream portmap v1.1.1 (reference), bridge, host-local
   strace              # process-spawn accounting in benchmarks
+  debootstrap         # minimal Debian root filesystems for the distro images
+  debian-archive-keyring  # verifies debootstrap's downloads (also on Ubuntu)
   build-essential     # cc for crates with C parts
   pkg-config
 )
+
+# The distro suite needs a Docker engine. Hosts that already have one
+# (GitHub's runners ship Moby) keep it: docker.io would conflict with it.
+command -v dockerd >/dev/null 2>&1 || packages+=(docker.io)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Builds the distro suite's images locally (no registry pulls): one minimal
+# Debian root filesystem made with debootstrap, imported three
+# ways with `docker import`:
+#
+#   portmap-test/iptables-legacy   no nftables at all: nft and the nf_tables
+#                                  iptables variant removed, `iptables` is
+#                                  legacy (a distribution lacking nftables)
+#   portmap-test/nftables          nft only, no iptables package
+#   portmap-test/both              nft and both iptables variants (Debian's
+#                                  default: `iptables` is iptables-nft)
+#
+# Each image is labelled with a hash of this script; an image whose label
+# matches is kept, so re-running is cheap. Needs root, debootstrap and a
+# Docker engine (DOCKER_HOST as scripts/docker-engine.sh exports it).
+set -euo pipefail
+
+# trixie: its glibc (2.41) runs binaries built on Debian 12 and Ubuntu
+# 24.04 hosts alike, and its nft/iptables differ from the hosts' own.
+SUITE="${DEBIAN_SUITE:-trixie}"
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+PACKAGES=iproute2,iptables,nftables,conntrack,procps
+RECIPE="$( (sha256sum <"$0"; echo "$SUITE $MIRROR") | sha256sum | cut -c1-16)"
+WORK=/var/cache/portmap-test-images
+IMAGES=(iptables-legacy nftables both)
+
+current() {
+  [ "$(docker image inspect --format '{{index .Config.Labels "portmap.recipe"}}' "portmap-test/$1" 2>/dev/null)" = "$RECIPE" ]
+}
+
+todo=()
+for image in "${IMAGES[@]}"; do
+  current "$image" || todo+=("$image")
+done
+if [ "${#todo[@]}" -eq 0 ]; then
+  echo "build-test-images: all images current (recipe $RECIPE)"
+  exit 0
+fi
+
+mkdir -p "$WORK"
+base="$WORK/base-$RECIPE.tar"
+if [ ! -f "$base" ]; then
+  rm -f "$WORK"/base-*.tar  # an older recipe's
+  root="$(mktemp -d "$WORK/root.XXXXXX")"
+  trap 'rm -rf "$root"' EXIT
+  echo "build-test-images: debootstrap $SUITE ($PACKAGES) from $MIRROR"
+  debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 || {
+    tail -20 "$WORK/debootstrap.log" >&2
+    exit 1
+  }
+  chroot "$root" apt-get clean
+  rm -rf "$root"/var/lib/apt/lists/*
+  tar -C "$root" -cf "$base.tmp" . && mv "$base.tmp" "$base"
+  rm -rf "$root"
+  trap - EXIT
+fi
+
+# What each variant removes from the base, run inside a chroot of it.
+variant_script() {
+  case "$1" in
+    iptables-legacy)
+      cat <<'EOF'
+dpkg --purge nftables libnftables1
+update-alternatives --set iptables /usr/sbin/iptables-legacy
+update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy
+rm -f /usr/sbin/xtables-nft-multi
+find /usr/sbin -xtype l -delete
+EOF
+      ;;
+    nftables) echo "dpkg --purge iptables" ;;
+    both) echo "true" ;;
+  esac
+}
+
+for image in "${todo[@]}"; do
+  root="$(mktemp -d "$WORK/$image.XXXXXX")"
+  trap 'rm -rf "$root"' EXIT
+  tar -C "$root" -xf "$base"
+  variant_script "$image" | chroot "$root" /bin/sh -e >/dev/null
+  echo "build-test-images: importing portmap-test/$image"
+  tar -C "$root" -c . | docker import \
+    --change "LABEL portmap.recipe=$RECIPE" \
+    --change 'CMD ["sleep", "infinity"]' \
+    - "portmap-test/$image" >/dev/null
+  rm -rf "$root"
+  trap - EXIT
+done
+echo "build-test-images: built ${todo[*]} (recipe $RECIPE)"
