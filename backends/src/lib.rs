@@ -9,6 +9,7 @@ pub mod exec;
 pub mod host;
 pub mod iptables;
 pub mod migrate;
+pub mod nfnetlink;
 pub mod nftables;
 pub mod plan;
 pub mod select;

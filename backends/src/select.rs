@@ -5,8 +5,8 @@
 use std::fmt;
 
 use crate::iptables::{Iptables, IptablesError, Variant};
-use crate::nftables::{NftError, Nftables};
-use crate::Backend;
+use crate::nftables::{nf_family_name, NftError, Nftables, TABLE};
+use crate::{nfnetlink, Backend, Family};
 
 /// What the config's `backend` key asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,39 +102,73 @@ fn iptables(reason: &str) -> Result<Selected, IptablesError> {
     Ok(selected(ipt, &reason))
 }
 
-/// Every backend that may hold our rules in this namespace, for DEL and GC:
-/// rules made by another backend or binary are never leaked. Legacy tables
-/// are read only where the kernel already has them, since reading would
-/// create them.
+/// Every backend that may hold our rules in this namespace, for DEL, GC,
+/// `list` and `migrate`: rules made by another backend or binary are never
+/// leaked. Only families that can hold rules are read, so a DEL starts one
+/// read per family that has something, not one per family and backend:
+/// the kernel's nf_tables table list (netlink, no process) shows where our
+/// table and iptables-nft's `nat` tables exist; its legacy table names
+/// show where legacy ones do (reading would create them).
 pub fn cleanup_backends() -> Vec<Box<dyn Backend>> {
+    let nf_tables = nfnetlink::tables().ok();
+    let with_table = |name: &str| -> Option<Vec<Family>> {
+        let tables = nf_tables.as_ref()?;
+        Some(
+            [Family::V4, Family::V6]
+                .into_iter()
+                .filter(|f| {
+                    tables
+                        .iter()
+                        .any(|(fam, n)| fam == nf_family_name(*f) && n == name)
+                })
+                .collect(),
+        )
+    };
+    // Where each iptables variant can hold rules; `None`: unknown (nft
+    // cannot tell, yet iptables-nft needs no nft binary), read every family.
+    let families_of = |variant: Variant| match variant {
+        Variant::Legacy => Some(legacy_nat_families()),
+        Variant::Nft => with_table("nat"),
+    };
     let mut all: Vec<Box<dyn Backend>> = Vec::new();
-    // An nft that cannot work (kernel without nf_tables) holds no rules.
-    if let Ok(n) = probe_nftables() {
-        all.push(Box::new(n));
+    let nft = match with_table(TABLE) {
+        Some(ours) if ours.is_empty() => None,
+        Some(ours) => Nftables::from_path().ok().map(|n| n.with_tables_in(ours)),
+        // The kernel did not answer the dump: let nft itself tell.
+        None => probe_nftables().ok(),
+    };
+    if let Some(nft) = nft {
+        all.push(Box::new(nft));
     }
-    if let Ok(ipt) = Iptables::variant(Variant::Nft) {
-        all.push(Box::new(ipt));
-    }
-    if legacy_tables_present() {
-        if let Ok(ipt) = Iptables::variant(Variant::Legacy) {
-            all.push(Box::new(ipt));
+    let limited = |ipt: Iptables| match families_of(ipt.variant_of()) {
+        Some(families) => ipt.only(&families),
+        None => Some(ipt),
+    };
+    let mut covered = Vec::new();
+    for variant in [Variant::Nft, Variant::Legacy] {
+        if let Ok(ipt) = Iptables::variant(variant) {
+            covered.push(variant);
+            all.extend(limited(ipt).map(|i| Box::new(i) as Box<dyn Backend>));
         }
     }
     // A PATH whose `iptables` is neither suffixed tool (a distribution
     // without the variant names) still gets cleaned.
     if let Ok(ipt) = Iptables::from_path() {
-        if !all.iter().any(|b| b.name() == ipt.name()) {
-            all.push(Box::new(ipt));
+        if !covered.contains(&ipt.variant_of()) {
+            all.extend(limited(ipt).map(|i| Box::new(i) as Box<dyn Backend>));
         }
     }
     all
 }
 
-fn legacy_tables_present() -> bool {
+/// Families whose legacy nat table the kernel has in this namespace.
+fn legacy_nat_families() -> Vec<Family> {
     [
-        "/proc/thread-self/net/ip_tables_names",
-        "/proc/thread-self/net/ip6_tables_names",
+        (Family::V4, "/proc/thread-self/net/ip_tables_names"),
+        (Family::V6, "/proc/thread-self/net/ip6_tables_names"),
     ]
-    .iter()
-    .any(|p| std::fs::read_to_string(p).is_ok_and(|s| s.lines().any(|l| l == "nat")))
+    .into_iter()
+    .filter(|(_, p)| std::fs::read_to_string(p).is_ok_and(|s| s.lines().any(|l| l == "nat")))
+    .map(|(f, _)| f)
+    .collect()
 }

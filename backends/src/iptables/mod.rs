@@ -96,6 +96,17 @@ impl Iptables {
         Ok(ipt)
     }
 
+    /// This backend limited to `families`; `None` when that leaves none.
+    pub fn only(self, families: &[Family]) -> Option<Iptables> {
+        let keep = |r: Option<Runner>| r.filter(|r| families.contains(&r.family));
+        let ipt = Iptables {
+            variant: self.variant,
+            v4: keep(self.v4),
+            v6: keep(self.v6),
+        };
+        (ipt.v4.is_some() || ipt.v6.is_some()).then_some(ipt)
+    }
+
     pub fn variant_of(&self) -> Variant {
         self.variant
     }
