@@ -17,7 +17,7 @@ use nftables::expr::{
     Prefix,
 };
 use nftables::helper::{self, NftablesError};
-use nftables::schema::{self, Chain, FlushObject, NfCmd, NfListObject, NfObject, Rule, Table};
+use nftables::schema::{Chain, FlushObject, NfCmd, NfListObject, Rule, Table};
 use nftables::stmt::{JumpTarget, Match, Operator, Statement, NAT};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
@@ -83,9 +83,40 @@ impl NftError {
 #[derive(Debug, Clone)]
 pub struct Nftables {
     nft: PathBuf,
+    /// Families known (from `list tables`) to hold our table; reads of
+    /// the others are skipped. `None`: not known, read every family.
+    tables_in: Option<Vec<Family>>,
 }
 
-/// A rule of ours as listed from the kernel.
+/// Picks, by chain and comment, the listed rules whose expressions a
+/// caller needs.
+type Wanted<'w> = &'w dyn Fn(&str, Option<&str>) -> bool;
+
+/// `nft -j list table` output, expressions left unparsed.
+#[derive(serde::Deserialize)]
+struct ListedDoc<'a> {
+    #[serde(borrow)]
+    nftables: Vec<ListedItem<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedItem<'a> {
+    #[serde(borrow, default)]
+    rule: Option<ListedRule<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedRule<'a> {
+    chain: String,
+    #[serde(default)]
+    handle: u32,
+    #[serde(default)]
+    comment: Option<String>,
+    #[serde(borrow)]
+    expr: &'a serde_json::value::RawValue,
+}
+
+/// A rule as listed from the kernel; `expr` empty unless it was wanted.
 #[derive(Debug, Clone)]
 struct Listed {
     chain: String,
@@ -96,7 +127,19 @@ struct Listed {
 
 impl Nftables {
     pub fn new(nft: PathBuf) -> Nftables {
-        Nftables { nft }
+        Nftables {
+            nft,
+            tables_in: None,
+        }
+    }
+
+    /// This backend, reading only `families` (where the kernel has our
+    /// table): a DEL then spawns no process for a family with nothing.
+    pub fn with_tables_in(self, families: Vec<Family>) -> Nftables {
+        Nftables {
+            tables_in: Some(families),
+            ..self
+        }
     }
 
     /// Uses the `nft` found in PATH.
@@ -110,8 +153,18 @@ impl Nftables {
         &self.nft
     }
 
-    /// Lists the rules of `<family> cni_hostport`; `None` when the table is missing.
-    fn read(&self, family: Family) -> Result<Option<Vec<Listed>>, NftError> {
+    /// Lists the rules of `<family> cni_hostport`; `None` when the table is
+    /// missing. Only rules `wanted` (by chain and comment) get their
+    /// expressions: parsing them is most of a read's cost with many
+    /// containers, and most callers need few.
+    fn read(&self, family: Family, wanted: Wanted<'_>) -> Result<Option<Vec<Listed>>, NftError> {
+        if self
+            .tables_in
+            .as_ref()
+            .is_some_and(|f| !f.contains(&family))
+        {
+            return Ok(None);
+        }
         let args = ["list", "table", nf_family_name(family), TABLE];
         let raw = match helper::get_current_ruleset_raw(Some(&self.nft), args) {
             Ok(raw) => raw,
@@ -127,20 +180,21 @@ impl Nftables {
                 })
             }
         };
-        let doc: schema::Nftables<'static> = serde_json::from_str(&raw)?;
-        let rules = doc
-            .objects
-            .iter()
-            .filter_map(|o| match o {
-                NfObject::ListObject(NfListObject::Rule(r)) => Some(Listed {
-                    chain: r.chain.to_string(),
-                    handle: r.handle.unwrap_or_default(),
-                    comment: r.comment.as_ref().map(|c| c.to_string()),
-                    expr: r.expr.to_vec(),
-                }),
-                _ => None,
-            })
-            .collect();
+        let doc: ListedDoc<'_> = serde_json::from_str(&raw)?;
+        let mut rules = Vec::new();
+        for r in doc.nftables.into_iter().filter_map(|item| item.rule) {
+            let expr = if wanted(&r.chain, r.comment.as_deref()) {
+                serde_json::from_str(r.expr.get())?
+            } else {
+                Vec::new()
+            };
+            rules.push(Listed {
+                chain: r.chain,
+                handle: r.handle,
+                comment: r.comment,
+                expr,
+            });
+        }
         Ok(Some(rules))
     }
 
@@ -173,7 +227,7 @@ impl Nftables {
                 continue;
             }
             let expected = expected_rules(fam)?;
-            let existing = self.read(fam.family)?.unwrap_or_default();
+            let existing = self.read(fam.family, &|_, _| false)?.unwrap_or_default();
             add_skeleton(&mut batch, fam.family, !fam.masquerade.is_empty());
             for old in existing
                 .iter()
@@ -214,7 +268,11 @@ impl Nftables {
                 continue;
             }
             let table = format!("{} {TABLE}", nf_family_name(fam.family));
-            let Some(listed) = self.read(fam.family)? else {
+            let id = plan.key.container_id.as_str();
+            let wanted = |chain: &str, comment: Option<&str>| {
+                !CONTAINER_CHAINS.contains(&chain) || comment == Some(id)
+            };
+            let Some(listed) = self.read(fam.family, &wanted)? else {
                 return Ok(Some(format!("table {table} is missing")));
             };
             for (chain, expr) in wiring_rules() {
@@ -263,7 +321,8 @@ impl Nftables {
         let mut removed = Vec::new();
         let mut ids = BTreeSet::new();
         for family in [Family::V4, Family::V6] {
-            let Some(listed) = self.read(family)? else {
+            let wanted = |_: &str, comment: Option<&str>| comment.is_some_and(&doomed);
+            let Some(listed) = self.read(family, &wanted)? else {
                 continue;
             };
             let (ours, others): (Vec<&Listed>, Vec<&Listed>) = listed
@@ -301,7 +360,7 @@ impl Nftables {
     fn list_inner(&self) -> Result<Vec<InstalledContainer>, NftError> {
         let mut tables = Vec::new();
         for family in [Family::V4, Family::V6] {
-            tables.push((family, self.read(family)?.unwrap_or_default()));
+            tables.push((family, self.read(family, &|_, _| true)?.unwrap_or_default()));
         }
         Ok(containers(&tables))
     }
