@@ -92,6 +92,28 @@ pub fn invoke(plugin: &Path, ns: &Netns, call: &Call<'_>) -> std::io::Result<Out
     run_with_input(cmd, call.config.to_string().as_bytes())
 }
 
+/// Whether `plugin` lists CNI 1.1.0 among its VERSION answers: upstream
+/// portmap gained its nftables backend (v1.5) with CNI 1.1 support.
+pub fn speaks_cni_1_1(plugin: &Path, ns: &Netns) -> bool {
+    let version = serde_json::json!({"cniVersion": "1.0.0"});
+    let call = Call {
+        command: "VERSION",
+        container_id: "",
+        netns: String::new(),
+        ifname: crate::topology::IFNAME,
+        path: Path::new("/usr/sbin:/usr/bin"),
+        config: &version,
+    };
+    invoke(plugin, ns, &call)
+        .ok()
+        .and_then(|o| o.json())
+        .is_some_and(|v| {
+            v["supportedVersions"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "1.1.0"))
+        })
+}
+
 impl Call<'_> {
     /// Replaces `cmd`'s environment with this call's CNI variables.
     pub fn apply_env(&self, cmd: &mut Command) {

@@ -2,6 +2,8 @@
 //! network namespaces against any portmap binary, and the namespace,
 //! topology and traffic helpers the other crates' tests share.
 
+pub mod bench;
+pub mod bench_report;
 pub mod chain;
 pub mod cni;
 pub mod firewall;

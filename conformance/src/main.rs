@@ -1,5 +1,6 @@
-//! `portmap-conformance`: list the catalogue, or run it against a portmap
-//! binary (and optionally a reference binary) over the backend axis.
+//! `portmap-conformance`: list the catalogue, run it against a portmap
+//! binary (and optionally a reference binary) over the backend axis, or
+//! benchmark the two side by side.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use portmap_conformance::report::{self, Cell, Verdict};
 use portmap_conformance::run::{run_cell, CellSpec};
 use portmap_conformance::scenarios::{catalogue, Axis};
 use portmap_conformance::topology::Setup;
+use portmap_conformance::{bench, bench_report};
 
 fn parse_setup(s: &str) -> Result<Setup, String> {
     Setup::parse(s).ok_or_else(|| format!("unknown setup {s:?} (veth or chain)"))
@@ -65,6 +67,39 @@ enum Sub {
         #[arg(long)]
         markdown: Option<PathBuf>,
     },
+    /// Measure ADD/DEL latency and spawned processes, ours beside a
+    /// reference binary, with N other containers installed.
+    #[command(after_help = "Example:\n  \
+        sudo portmap-conformance bench --plugin target/release/portmap --reference /usr/lib/cni/portmap \\\n      \
+            --json bench.json --plot bench.svg\n\n\
+        Each backend gets a fresh namespace; the N other containers are installed with --plugin\n\
+        (both binaries write the same rules). Rounds alternate which binary runs first.\n\
+        One extra ADD and DEL per cell run under `strace -f -e trace=execve` to count processes.")]
+    Bench {
+        #[arg(long)]
+        plugin: PathBuf,
+        /// Upstream's binary (or any other) measured in the same run.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// nftables, iptables-nft, iptables-legacy or auto (repeatable;
+        /// default the first three).
+        #[arg(long = "backend")]
+        backends: Vec<String>,
+        /// Containers already installed when measuring.
+        #[arg(long, value_delimiter = ',', default_value = "0,100,1000")]
+        sizes: Vec<usize>,
+        /// ADD+DEL pairs per binary and cell.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..))]
+        ops: u16,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// SVG plot of median latency against N.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Exit 3 when a target is missed (they are always printed).
+        #[arg(long)]
+        gate: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,7 +135,99 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Sub::Bench {
+            plugin,
+            reference,
+            backends,
+            sizes,
+            ops,
+            json,
+            plot,
+            gate,
+        } => {
+            let outputs = BenchOutputs { json, plot, gate };
+            match bench(
+                plugin,
+                reference,
+                &backends,
+                sizes,
+                usize::from(ops),
+                &outputs,
+            ) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("portmap-conformance: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
+}
+
+fn parse_axes(backends: &[String], default: &[Axis]) -> Result<Vec<Axis>, String> {
+    if backends.is_empty() {
+        return Ok(default.to_vec());
+    }
+    backends
+        .iter()
+        .map(|b| Axis::parse(b).ok_or(format!("unknown backend {b:?}")))
+        .collect()
+}
+
+fn absolute(path: &PathBuf) -> Result<PathBuf, String> {
+    std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+struct BenchOutputs {
+    json: Option<PathBuf>,
+    plot: Option<PathBuf>,
+    gate: bool,
+}
+
+fn bench(
+    plugin: PathBuf,
+    reference: Option<PathBuf>,
+    backends: &[String],
+    sizes: Vec<usize>,
+    ops: usize,
+    out: &BenchOutputs,
+) -> Result<ExitCode, String> {
+    let opts = bench::Options {
+        plugin: absolute(&plugin)?,
+        reference: reference.as_ref().map(absolute).transpose()?,
+        backends: parse_axes(
+            backends,
+            &[Axis::Nftables, Axis::IptablesNft, Axis::IptablesLegacy],
+        )?,
+        sizes,
+        ops,
+    };
+    let progress = |line: &str| {
+        eprint!("\r\x1b[2K{line}");
+        let _ = std::io::stderr().flush();
+    };
+    let samples = bench::run(&opts, &progress).map_err(|e| e.to_string())?;
+    eprintln!();
+    println!("{}", bench_report::table(&samples));
+    let targets = bench_report::targets(&samples);
+    println!("targets:");
+    for (met, what) in &targets {
+        println!("  {} {what}", if *met { "met   " } else { "MISSED" });
+    }
+    if let Some(path) = &out.json {
+        let doc = bench_report::json(&samples, bench::machine(), ops);
+        std::fs::write(path, format!("{doc:#}\n"))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = &out.plot {
+        bench_report::plot(&samples, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let missed = targets.iter().filter(|(met, _)| !met).count();
+    Ok(if out.gate && missed > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn run(
@@ -116,14 +243,7 @@ fn run(
     } else {
         setups.to_vec()
     };
-    let axes: Vec<Axis> = if backends.is_empty() {
-        Axis::ALL.to_vec()
-    } else {
-        backends
-            .iter()
-            .map(|b| Axis::parse(b).ok_or(format!("unknown backend {b:?}")))
-            .collect::<Result<_, _>>()?
-    };
+    let axes = parse_axes(backends, &Axis::ALL)?;
     let all = catalogue();
     for name in only {
         if !all.iter().any(|s| s.name == name) {
@@ -136,11 +256,8 @@ fn run(
         .iter()
         .filter(|s| only.is_empty() || only.iter().any(|n| n == s.name))
         .collect();
-    let plugin =
-        std::fs::canonicalize(&plugin).map_err(|e| format!("{}: {e}", plugin.display()))?;
-    let reference = reference
-        .map(|r| std::fs::canonicalize(&r).map_err(|e| format!("{}: {e}", r.display())))
-        .transpose()?;
+    let plugin = absolute(&plugin)?;
+    let reference = reference.as_ref().map(absolute).transpose()?;
     let mut runs: Vec<(String, &PathBuf, Option<&PathBuf>, Setup)> = Vec::new();
     for setup in &setups {
         let suffix = match setup {

@@ -41,16 +41,7 @@ fn needs_reference(ctx: &Ctx) -> Option<String> {
     if ctx.firewall != Firewall::Nftables {
         return None;
     }
-    let version = json!({"cniVersion": "1.0.0"});
-    let speaks_1_1 = ctx
-        .run_with(reference, "VERSION", "", String::new(), &version)
-        .ok()
-        .and_then(|o| o.json())
-        .is_some_and(|v| {
-            v["supportedVersions"]
-                .as_array()
-                .is_some_and(|a| a.contains(&json!("1.1.0")))
-        });
+    let speaks_1_1 = crate::cni::speaks_cni_1_1(reference, ctx.host());
     (!speaks_1_1).then(|| "reference predates nftables support (no CNI 1.1.0)".to_string())
 }
 

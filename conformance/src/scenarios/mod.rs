@@ -49,7 +49,8 @@ impl Axis {
         Axis::ALL.into_iter().find(|a| a.name() == s)
     }
 
-    fn tools(self) -> Tools {
+    /// The firewall tools a plugin sees on this axis.
+    pub fn tools(self) -> Tools {
         match self {
             Axis::IptablesLegacy => Tools {
                 iptables: Some(IptablesVariant::Legacy),
@@ -65,7 +66,8 @@ impl Axis {
         }
     }
 
-    fn backend_key(self) -> Option<&'static str> {
+    /// The config's `backend` key on this axis (none for auto).
+    pub fn backend_key(self) -> Option<&'static str> {
         match self {
             Axis::Nftables => Some("nftables"),
             Axis::IptablesNft | Axis::IptablesLegacy => Some("iptables"),

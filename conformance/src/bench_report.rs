@@ -1,0 +1,295 @@
+//! The benchmark's outputs: a table with ours/upstream ratios, the
+//! targets checked against the figures, JSON, and an SVG plot.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde_json::{json, Value};
+
+use crate::bench::Sample;
+
+/// Our latency must be at most this fraction of upstream's on iptables.
+pub const TARGET_VS_UPSTREAM: f64 = 0.5;
+/// Our latency at the largest N must be at most this multiple of N = 0.
+pub const TARGET_GROWTH: f64 = 1.5;
+/// At most one read and one write per family (IPv4, IPv6) per command.
+pub const TARGET_SPAWNED: usize = 4;
+
+fn find<'a>(samples: &'a [Sample], binary: &str, backend: &str, n: usize) -> Option<&'a Sample> {
+    samples
+        .iter()
+        .find(|s| s.binary == binary && s.backend == backend && s.n == n)
+}
+
+fn ratio(ours: f64, theirs: f64) -> String {
+    if theirs > 0.0 {
+        format!("{:.2}x", ours / theirs)
+    } else {
+        "-".into()
+    }
+}
+
+pub fn table(samples: &[Sample]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:>5}  {:<9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6}",
+        "backend", "N", "binary", "ADD med", "ADD p95", "DEL med", "DEL p95", "execs", "execs"
+    );
+    let _ = writeln!(
+        out,
+        "{:<16} {:>5}  {:<9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6}",
+        "", "", "", "ms", "ms", "ms", "ms", "ADD", "DEL"
+    );
+    for s in samples {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>5}  {:<9} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>6}",
+            s.backend,
+            s.n,
+            s.binary,
+            s.add.median_ms,
+            s.add.p95_ms,
+            s.del.median_ms,
+            s.del.p95_ms,
+            s.add_spawned.len(),
+            s.del_spawned.len()
+        );
+        if s.binary == "upstream" {
+            if let Some(o) = find(samples, "ours", &s.backend, s.n) {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:>5}  {:<9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6}",
+                    "",
+                    "",
+                    "ours/up",
+                    ratio(o.add.median_ms, s.add.median_ms),
+                    ratio(o.add.p95_ms, s.add.p95_ms),
+                    ratio(o.del.median_ms, s.del.median_ms),
+                    ratio(o.del.p95_ms, s.del.p95_ms),
+                    ratio(o.add_spawned.len() as f64, s.add_spawned.len() as f64),
+                    ratio(o.del_spawned.len() as f64, s.del_spawned.len() as f64)
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Each target as (met, one line saying what was compared).
+pub fn targets(samples: &[Sample]) -> Vec<(bool, String)> {
+    let mut out = Vec::new();
+    let ours: Vec<&Sample> = samples.iter().filter(|s| s.binary == "ours").collect();
+    for o in &ours {
+        if !o.backend.starts_with("iptables") {
+            continue;
+        }
+        if let Some(u) = find(samples, "upstream", &o.backend, o.n) {
+            for (op, a, b) in [
+                ("ADD", o.add.median_ms, u.add.median_ms),
+                ("DEL", o.del.median_ms, u.del.median_ms),
+            ] {
+                out.push((
+                    a <= TARGET_VS_UPSTREAM * b,
+                    format!(
+                        "{} N={} {op}: ours {a:.1} ms vs upstream {b:.1} ms = {} (target <= {TARGET_VS_UPSTREAM}x)",
+                        o.backend,
+                        o.n,
+                        ratio(a, b)
+                    ),
+                ));
+            }
+        }
+    }
+    let mut backends: Vec<&str> = ours.iter().map(|s| s.backend.as_str()).collect();
+    backends.dedup();
+    for backend in backends {
+        let rows: Vec<&&Sample> = ours.iter().filter(|s| s.backend == backend).collect();
+        let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+            continue;
+        };
+        if first.n == last.n {
+            continue;
+        }
+        for (op, a, b) in [
+            ("ADD", last.add.median_ms, first.add.median_ms),
+            ("DEL", last.del.median_ms, first.del.median_ms),
+        ] {
+            out.push((
+                a <= TARGET_GROWTH * b,
+                format!(
+                    "{backend} {op}: ours at N={} {a:.1} ms vs N={} {b:.1} ms = {} (target <= {TARGET_GROWTH}x)",
+                    last.n,
+                    first.n,
+                    ratio(a, b)
+                ),
+            ));
+        }
+    }
+    for o in &ours {
+        for (op, spawned) in [("ADD", &o.add_spawned), ("DEL", &o.del_spawned)] {
+            out.push((
+                spawned.len() <= TARGET_SPAWNED,
+                format!(
+                    "{} N={} {op}: ours started {} processes [{}] (target <= {TARGET_SPAWNED}: one read and one write per family)",
+                    o.backend,
+                    o.n,
+                    spawned.len(),
+                    spawned.join(" ")
+                ),
+            ));
+        }
+    }
+    out
+}
+
+pub fn json(samples: &[Sample], machine: Value, ops: usize) -> Value {
+    let rows: Vec<Value> = samples
+        .iter()
+        .map(|s| {
+            json!({
+                "binary": s.binary, "backend": s.backend, "n": s.n,
+                "add": {"median_ms": s.add.median_ms, "p95_ms": s.add.p95_ms, "spawned": s.add_spawned},
+                "del": {"median_ms": s.del.median_ms, "p95_ms": s.del.p95_ms, "spawned": s.del_spawned},
+            })
+        })
+        .collect();
+    let targets: Vec<Value> = targets(samples)
+        .into_iter()
+        .map(|(met, what)| json!({"met": met, "what": what}))
+        .collect();
+    json!({"machine": machine, "ops_per_cell": ops, "results": rows, "targets": targets})
+}
+
+/// Median latency against N: ADD on the left, DEL on the right, one line
+/// per binary and backend.
+pub fn plot(samples: &[Sample], path: &Path) -> Result<(), String> {
+    let root = SVGBackend::new(path, (1200, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let (left, right) = root.split_horizontally(600);
+    let max_n = samples.iter().map(|s| s.n).max().unwrap_or(1).max(1) as f64;
+    let mut series: Vec<(String, Vec<&Sample>)> = Vec::new();
+    for s in samples {
+        let name = format!("{} {}", s.binary, s.backend);
+        match series.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, v)) => v.push(s),
+            None => series.push((name, vec![s])),
+        }
+    }
+    for (area, op) in [(left, "ADD"), (right, "DEL")] {
+        let ms = |s: &Sample| {
+            if op == "ADD" {
+                s.add.median_ms
+            } else {
+                s.del.median_ms
+            }
+        };
+        let max_ms = samples.iter().map(ms).fold(1.0, f64::max) * 1.1;
+        let mut chart = ChartBuilder::on(&area)
+            .caption(format!("{op} median latency"), ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..max_n * 1.05, 0f64..max_ms)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("containers already installed (N)")
+            .y_desc("ms")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, (name, points)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let style = if name.starts_with("upstream") {
+                ShapeStyle::from(color).stroke_width(2)
+            } else {
+                ShapeStyle::from(color).stroke_width(3)
+            };
+            let xy: Vec<(f64, f64)> = points.iter().map(|s| (s.n as f64, ms(s))).collect();
+            chart
+                .draw_series(LineSeries::new(xy.clone(), style))
+                .map_err(|e| e.to_string())?
+                .label(name.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            chart
+                .draw_series(xy.into_iter().map(|p| Circle::new(p, 3, style.filled())))
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::Stats;
+
+    fn sample(binary: &str, n: usize, add: f64, del: f64, spawned: usize) -> Sample {
+        Sample {
+            binary: binary.into(),
+            backend: "iptables-nft".into(),
+            n,
+            add: Stats {
+                median_ms: add,
+                p95_ms: add,
+            },
+            del: Stats {
+                median_ms: del,
+                p95_ms: del,
+            },
+            add_spawned: vec!["iptables-save".into(); spawned],
+            del_spawned: vec!["iptables-save".into(); spawned],
+        }
+    }
+
+    #[test]
+    fn targets_compare_ratios_growth_and_process_counts() {
+        let samples = [
+            sample("ours", 0, 10.0, 10.0, 2),
+            sample("upstream", 0, 40.0, 15.0, 20),
+            sample("ours", 1000, 14.0, 20.0, 5),
+            sample("upstream", 1000, 80.0, 60.0, 20),
+        ];
+        let t = targets(&samples);
+        let met = |needle: &str| {
+            t.iter()
+                .find(|(_, w)| w.contains(needle))
+                .map(|(m, _)| *m)
+                .unwrap_or_else(|| panic!("no target line with {needle:?} in {t:?}"))
+        };
+        assert!(met("N=0 ADD: ours 10.0 ms vs upstream 40.0"));
+        assert!(!met("N=0 DEL: ours 10.0 ms vs upstream 15.0"));
+        assert!(met("ADD: ours at N=1000 14.0 ms vs N=0 10.0"));
+        assert!(!met("DEL: ours at N=1000 20.0 ms vs N=0 10.0"));
+        assert!(met("N=0 ADD: ours started 2"));
+        assert!(!met("N=1000 DEL: ours started 5"));
+        assert!(table(&samples).contains("0.25x"));
+    }
+
+    #[test]
+    fn plot_writes_an_svg_with_every_series() {
+        let samples = [
+            sample("ours", 0, 10.0, 10.0, 2),
+            sample("ours", 1000, 14.0, 20.0, 2),
+            sample("upstream", 0, 40.0, 15.0, 20),
+            sample("upstream", 1000, 80.0, 60.0, 20),
+        ];
+        let path = std::env::temp_dir().join(format!("bench-plot-{}.svg", std::process::id()));
+        plot(&samples, &path).expect("plot");
+        let svg = std::fs::read_to_string(&path).expect("svg");
+        let _ = std::fs::remove_file(&path);
+        assert!(svg.starts_with("<svg"));
+        assert!(svg.contains("ours iptables-nft") && svg.contains("upstream iptables-nft"));
+        assert!(svg.contains("ADD median latency") && svg.contains("DEL median latency"));
+    }
+}
