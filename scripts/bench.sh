@@ -12,19 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install-deps.sh
-if [ "$(id -u)" -ne 0 ]; then
-  echo "bench.sh: needs root (it creates network namespaces); try: sudo $0" >&2
-  exit 1
-fi
-
-cargo build --release --workspace --quiet
+source scripts/release-env.sh
 out=target/bench
 mkdir -p "$out"
-args=(--plugin target/release/portmap --json "$out/bench.json" --plot "$out/latency.svg")
-reference=${PORTMAP_REFERENCE:-/usr/lib/cni/portmap}
-if [ -x "$reference" ]; then
-  args+=(--reference "$reference")
-fi
+args=(--plugin target/release/portmap "${REFERENCE_ARGS[@]}" --json "$out/bench.json" --plot "$out/latency.svg")
 target/release/portmap-conformance bench "${args[@]}" "$@"
 echo "reports: $out/bench.json $out/latency.svg"

@@ -10,20 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install-deps.sh
-if [ "$(id -u)" -ne 0 ]; then
-  echo "conformance.sh: needs root (it creates network namespaces); try: sudo $0" >&2
-  exit 1
-fi
-
-cargo build --release --workspace --quiet
+source scripts/release-env.sh
 out=target/conformance
 mkdir -p "$out"
-args=(--plugin target/release/portmap --json "$out/report.json" --junit "$out/junit.xml" --markdown "$out/summary.md")
-reference=${PORTMAP_REFERENCE:-/usr/lib/cni/portmap}
-if [ -x "$reference" ]; then
-  args+=(--reference "$reference")
-fi
+args=(--plugin target/release/portmap "${REFERENCE_ARGS[@]}" --json "$out/report.json" --junit "$out/junit.xml" --markdown "$out/summary.md")
 status=0
 target/release/portmap-conformance run "${args[@]}" "$@" || status=$?
 echo "reports: $out/report.json $out/junit.xml $out/summary.md"
