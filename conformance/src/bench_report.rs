@@ -77,28 +77,34 @@ pub fn table(samples: &[Sample]) -> String {
     out
 }
 
+/// The two medians (ADD, DEL) of `a` and `b`, side by side.
+fn medians(a: &Sample, b: &Sample) -> [(&'static str, f64, f64); 2] {
+    [
+        ("ADD", a.add.median_ms, b.add.median_ms),
+        ("DEL", a.del.median_ms, b.del.median_ms),
+    ]
+}
+
+/// `a` against `limit` times `b`, and the line saying so.
+fn target(limit: f64, a: f64, b: f64, what: String) -> (bool, String) {
+    (
+        a <= limit * b,
+        format!("{what} = {} (target <= {limit}x)", ratio(a, b)),
+    )
+}
+
 /// Each target as (met, one line saying what was compared).
 pub fn targets(samples: &[Sample]) -> Vec<(bool, String)> {
     let mut out = Vec::new();
     let ours: Vec<&Sample> = samples.iter().filter(|s| s.binary == "ours").collect();
-    for o in &ours {
-        if !o.backend.starts_with("iptables") {
-            continue;
-        }
+    for o in ours.iter().filter(|o| o.backend.starts_with("iptables")) {
         if let Some(u) = find(samples, "upstream", &o.backend, o.n) {
-            for (op, a, b) in [
-                ("ADD", o.add.median_ms, u.add.median_ms),
-                ("DEL", o.del.median_ms, u.del.median_ms),
-            ] {
-                out.push((
-                    a <= TARGET_VS_UPSTREAM * b,
-                    format!(
-                        "{} N={} {op}: ours {a:.1} ms vs upstream {b:.1} ms = {} (target <= {TARGET_VS_UPSTREAM}x)",
-                        o.backend,
-                        o.n,
-                        ratio(a, b)
-                    ),
-                ));
+            for (op, a, b) in medians(o, u) {
+                let what = format!(
+                    "{} N={} {op}: ours {a:.1} ms vs upstream {b:.1} ms",
+                    o.backend, o.n
+                );
+                out.push(target(TARGET_VS_UPSTREAM, a, b, what));
             }
         }
     }
@@ -112,19 +118,12 @@ pub fn targets(samples: &[Sample]) -> Vec<(bool, String)> {
         if first.n == last.n {
             continue;
         }
-        for (op, a, b) in [
-            ("ADD", last.add.median_ms, first.add.median_ms),
-            ("DEL", last.del.median_ms, first.del.median_ms),
-        ] {
-            out.push((
-                a <= TARGET_GROWTH * b,
-                format!(
-                    "{backend} {op}: ours at N={} {a:.1} ms vs N={} {b:.1} ms = {} (target <= {TARGET_GROWTH}x)",
-                    last.n,
-                    first.n,
-                    ratio(a, b)
-                ),
-            ));
+        for (op, a, b) in medians(last, first) {
+            let what = format!(
+                "{backend} {op}: ours at N={} {a:.1} ms vs N={} {b:.1} ms",
+                last.n, first.n
+            );
+            out.push(target(TARGET_GROWTH, a, b, what));
         }
     }
     for o in &ours {

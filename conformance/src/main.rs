@@ -35,22 +35,30 @@ struct Cli {
     command: Sub,
 }
 
+/// What `run` and `bench` exercise.
+#[derive(clap::Args)]
+struct Subjects {
+    /// The portmap binary under test.
+    #[arg(long)]
+    plugin: PathBuf,
+    /// A second binary (e.g. upstream's) beside it: through the same
+    /// matrix and the interop scenarios, or in the same benchmark run.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// nftables, iptables-nft, iptables-legacy or auto (repeatable;
+    /// default: all for run, the first three for bench).
+    #[arg(long = "backend")]
+    backends: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum Sub {
     /// List the scenarios with one-line descriptions.
     List,
     /// Run scenarios × backends and print the matrix.
     Run {
-        /// The portmap binary under test.
-        #[arg(long)]
-        plugin: PathBuf,
-        /// A second binary (e.g. upstream's) run through the same matrix and
-        /// used for the interop scenarios.
-        #[arg(long)]
-        reference: Option<PathBuf>,
-        /// nftables, iptables-nft, iptables-legacy or auto (repeatable; default all).
-        #[arg(long = "backend")]
-        backends: Vec<String>,
+        #[command(flatten)]
+        subjects: Subjects,
         /// Only these scenarios (repeatable; default all).
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
@@ -60,10 +68,13 @@ enum Sub {
         /// under `ours+chain` / `reference+chain`.
         #[arg(long = "setup", value_parser = parse_setup)]
         setups: Vec<Setup>,
+        /// Write every cell (result, reason, seconds) as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Write a JUnit XML report here (one test case per cell).
         #[arg(long)]
         junit: Option<PathBuf>,
+        /// Write the matrix as Markdown here (suits $GITHUB_STEP_SUMMARY).
         #[arg(long)]
         markdown: Option<PathBuf>,
     },
@@ -76,21 +87,15 @@ enum Sub {
         (both binaries write the same rules). Rounds alternate which binary runs first.\n\
         One extra ADD and DEL per cell run under `strace -f -e trace=execve` to count processes.")]
     Bench {
-        #[arg(long)]
-        plugin: PathBuf,
-        /// Upstream's binary (or any other) measured in the same run.
-        #[arg(long)]
-        reference: Option<PathBuf>,
-        /// nftables, iptables-nft, iptables-legacy or auto (repeatable;
-        /// default the first three).
-        #[arg(long = "backend")]
-        backends: Vec<String>,
+        #[command(flatten)]
+        subjects: Subjects,
         /// Containers already installed when measuring.
         #[arg(long, value_delimiter = ',', default_value = "0,100,1000")]
         sizes: Vec<usize>,
         /// ADD+DEL pairs per binary and cell.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..))]
         ops: u16,
+        /// Write the figures, the machine and the targets as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
         /// SVG plot of median latency against N.
@@ -111,9 +116,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Sub::Run {
-            plugin,
-            reference,
-            backends,
+            subjects:
+                Subjects {
+                    plugin,
+                    reference,
+                    backends,
+                },
             scenarios,
             setups,
             json,
@@ -136,9 +144,12 @@ fn main() -> ExitCode {
             }
         }
         Sub::Bench {
-            plugin,
-            reference,
-            backends,
+            subjects:
+                Subjects {
+                    plugin,
+                    reference,
+                    backends,
+                },
             sizes,
             ops,
             json,
