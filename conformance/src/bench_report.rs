@@ -251,14 +251,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn targets_compare_ratios_growth_and_process_counts() {
-        let samples = [
+    /// Ours and upstream at N = 0 and 1000; ours' DEL misses both targets.
+    fn samples() -> [Sample; 4] {
+        [
             sample("ours", 0, 10.0, 10.0, 2),
             sample("upstream", 0, 40.0, 15.0, 20),
             sample("ours", 1000, 14.0, 20.0, 5),
             sample("upstream", 1000, 80.0, 60.0, 20),
-        ];
+        ]
+    }
+
+    #[test]
+    fn targets_compare_ratios_growth_and_process_counts() {
+        let samples = samples();
         let t = targets(&samples);
         let met = |needle: &str| {
             t.iter()
@@ -277,12 +282,7 @@ mod tests {
 
     #[test]
     fn plot_writes_an_svg_with_every_series() {
-        let samples = [
-            sample("ours", 0, 10.0, 10.0, 2),
-            sample("ours", 1000, 14.0, 20.0, 2),
-            sample("upstream", 0, 40.0, 15.0, 20),
-            sample("upstream", 1000, 80.0, 60.0, 20),
-        ];
+        let samples = samples();
         let path = std::env::temp_dir().join(format!("bench-plot-{}.svg", std::process::id()));
         plot(&samples, &path).expect("plot");
         let svg = std::fs::read_to_string(&path).expect("svg");
