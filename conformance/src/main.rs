@@ -21,13 +21,14 @@ fn parse_setup(s: &str) -> Result<Setup, String> {
 #[command(
     name = "portmap-conformance",
     version,
-    about = "Runs CNI portmap scenarios with real traffic in network namespaces against any portmap binary",
+    about = "Runs CNI portmap scenarios with real traffic in network namespaces against any portmap binary, and benchmarks it",
     after_help = "Examples:\n  \
         portmap-conformance list\n  \
         sudo portmap-conformance run --plugin target/release/portmap\n  \
         sudo portmap-conformance run --plugin target/release/portmap --reference /usr/lib/cni/portmap \\\n      \
-            --backend iptables-nft --backend iptables-legacy --junit junit.xml --markdown summary.md\n\n\
-        Needs root (it creates network namespaces). Exit status 1 when any cell of --plugin fails;\n\
+            --backend iptables-nft --backend iptables-legacy --junit junit.xml --markdown summary.md\n  \
+        sudo portmap-conformance bench --plugin target/release/portmap --reference /usr/lib/cni/portmap\n\n\
+        Needs root (it creates network namespaces). `run` exits 1 when any cell of --plugin fails;\n\
         the reference binary's results are reported, never gated on."
 )]
 struct Cli {
