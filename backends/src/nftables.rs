@@ -83,8 +83,8 @@ impl NftError {
 #[derive(Debug, Clone)]
 pub struct Nftables {
     nft: PathBuf,
-    /// Families known (from `list tables`) to hold our table; reads of
-    /// the others are skipped. `None`: not known, read every family.
+    /// Families known (from the kernel's table list) to hold our table;
+    /// reads of the others are skipped. `None`: not known, read every family.
     tables_in: Option<Vec<Family>>,
 }
 
@@ -269,8 +269,9 @@ impl Nftables {
             }
             let table = format!("{} {TABLE}", nf_family_name(fam.family));
             let id = plan.key.container_id.as_str();
+            // The wiring chains' rules, and this container's own.
             let wanted = |chain: &str, comment: Option<&str>| {
-                !CONTAINER_CHAINS.contains(&chain) || comment == Some(id)
+                !CONTAINER_CHAINS.contains(&chain) || owner_of(chain, comment) == Some(id)
             };
             let Some(listed) = self.read(fam.family, &wanted)? else {
                 return Ok(Some(format!("table {table} is missing")));
@@ -320,8 +321,9 @@ impl Nftables {
         let mut batch = Batch::new();
         let mut removed = Vec::new();
         let mut ids = BTreeSet::new();
+        let wanted =
+            |chain: &str, comment: Option<&str>| owner_of(chain, comment).is_some_and(&doomed);
         for family in [Family::V4, Family::V6] {
-            let wanted = |_: &str, comment: Option<&str>| comment.is_some_and(&doomed);
             let Some(listed) = self.read(family, &wanted)? else {
                 continue;
             };
@@ -437,9 +439,13 @@ impl Backend for Nftables {
 
 /// The container a rule belongs to: its comment, in a per-container chain.
 fn owner(r: &Listed) -> Option<&str> {
-    r.comment
-        .as_deref()
-        .filter(|_| CONTAINER_CHAINS.contains(&r.chain.as_str()))
+    owner_of(&r.chain, r.comment.as_deref())
+}
+
+/// The container a rule in `chain` with `comment` belongs to: only the
+/// per-container chains carry container IDs.
+fn owner_of<'c>(chain: &str, comment: Option<&'c str>) -> Option<&'c str> {
+    comment.filter(|_| CONTAINER_CHAINS.contains(&chain))
 }
 
 fn is_ours(r: &Listed, container_id: &str) -> bool {

@@ -108,6 +108,7 @@ struct Bench<'a> {
     topo: Topology,
     sandbox: String,
     tools: ToolDir,
+    strace: &'a Path,
     ops: usize,
     progress: &'a dyn Fn(&str),
 }
@@ -119,6 +120,9 @@ pub fn run(opts: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Sample>, Bench
     if let Some(&too_many) = sizes.iter().find(|&&n| n > MAX_CONTAINERS) {
         return Err(BenchError::TooMany(too_many));
     }
+    // Found before minutes of installing, not after.
+    let strace = which::which("strace")
+        .map_err(|_| BenchError::Strace("strace not found (run scripts/install-deps.sh)".into()))?;
     let mut samples = Vec::new();
     for &axis in &opts.backends {
         let topo = Topology::new()?;
@@ -128,6 +132,7 @@ pub fn run(opts: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Sample>, Bench
             sandbox: sandbox.ns.path().display().to_string(),
             topo,
             tools: ToolDir::new(axis.tools()).map_err(BenchError::Tools)?,
+            strace: &strace,
             ops: opts.ops,
             progress,
         };
@@ -214,7 +219,7 @@ impl Bench<'_> {
         let out = match wrap {
             None => invoke(binary.path, &self.topo.host, &call).map_err(spawn)?,
             Some(trace) => {
-                let mut cmd = self.topo.host.command(strace()?);
+                let mut cmd = self.topo.host.command(self.strace);
                 cmd.args(["-f", "-qq", "-e", "trace=execve", "-o"])
                     .arg(trace)
                     .arg(binary.path);
@@ -282,11 +287,6 @@ impl Bench<'_> {
         let _ = std::fs::remove_file(&trace);
         Ok(out)
     }
-}
-
-fn strace() -> Result<PathBuf, BenchError> {
-    which::which("strace")
-        .map_err(|_| BenchError::Strace("strace not found (run scripts/install-deps.sh)".into()))
 }
 
 /// Programs started by the traced plugin (not the plugin itself), from
