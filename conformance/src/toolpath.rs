@@ -34,11 +34,6 @@ impl IptablesVariant {
         Self::named(&std::fs::canonicalize(find("iptables")?).ok()?)
     }
 
-    /// The variant a tool directory's plain `iptables` links to.
-    pub fn of_link(link: &Path) -> Option<IptablesVariant> {
-        Self::named(&std::fs::read_link(link).ok()?)
-    }
-
     fn named(binary: &Path) -> Option<IptablesVariant> {
         let name = binary.file_name()?.to_string_lossy();
         Some(if name.contains("legacy") {

@@ -87,8 +87,8 @@ impl Firewall {
     /// The axis's backend; for auto, what the selection rules pick with
     /// the cell's tools: nftables when its `nft` completes a (checked,
     /// never applied) transaction in the host namespace, else the variant
-    /// plain `iptables` is.
-    fn expected(axis: Axis, tools: &ToolDir, host: &Netns) -> Firewall {
+    /// plain `iptables` is (`offered`: what the tool directory was made with).
+    fn expected(axis: Axis, offered: Tools, tools: &ToolDir, host: &Netns) -> Firewall {
         match axis {
             Axis::Nftables => Firewall::Nftables,
             Axis::IptablesNft => Firewall::Iptables(IptablesVariant::Nft),
@@ -99,10 +99,7 @@ impl Firewall {
                 if host.exec(&nft.to_string_lossy(), &probe).is_ok() {
                     Firewall::Nftables
                 } else {
-                    Firewall::Iptables(
-                        IptablesVariant::of_link(&tools.path().join("iptables"))
-                            .unwrap_or(IptablesVariant::Nft),
-                    )
+                    Firewall::Iptables(offered.iptables.unwrap_or(IptablesVariant::Nft))
                 }
             }
         }
@@ -162,13 +159,14 @@ impl Ctx {
         axis: Axis,
         setup: Setup,
     ) -> Result<Ctx, String> {
-        let tools = ToolDir::new(axis.tools()).map_err(|e| format!("tool dir: {e}"))?;
+        let offered = axis.tools();
+        let tools = ToolDir::new(offered).map_err(|e| format!("tool dir: {e}"))?;
         let topo = Topology::with_setup(setup).map_err(|e| format!("topology: {e}"))?;
         Ok(Ctx {
             plugin: plugin.to_path_buf(),
             reference: reference.map(Path::to_path_buf),
             axis,
-            firewall: Firewall::expected(axis, &tools, &topo.host),
+            firewall: Firewall::expected(axis, offered, &tools, &topo.host),
             tools,
             topo,
         })
