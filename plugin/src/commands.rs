@@ -3,7 +3,7 @@
 
 use portmap_backends::host::HostError;
 use portmap_backends::select::{self, Choice, SelectError, Selected};
-use portmap_backends::{host, Backend, BackendError, InstalledMapping, Plan};
+use portmap_backends::{host, Backend, BackendError, ContainerKey, InstalledMapping, Plan};
 use serde_json::Value;
 
 use crate::cni::result::convert;
@@ -120,6 +120,11 @@ pub fn run(
     stdin: &[u8],
     host: &dyn Host,
 ) -> Result<Option<Value>, CniError> {
+    if command == Command::Del {
+        let target = config::parse_del(stdin)?;
+        let _lock = host.lock()?;
+        return del(&target.key(env), host).map(|()| None);
+    }
     let cfg = config::parse(stdin)?;
     let _lock = match command {
         Command::Version => None,
@@ -128,7 +133,7 @@ pub fn run(
     match command {
         Command::Add => add(&cfg, env, host).map(Some),
         Command::Check => check(&cfg, env, host).map(|()| None),
-        Command::Del => del(&cfg, env, host).map(|()| None),
+        Command::Del => del(&cfg.key(env), host).map(|()| None),
         Command::Status => status(&cfg, host).map(|()| None),
         Command::Gc => gc(&cfg, host).map(|()| None),
         Command::Version => Ok(Some(crate::cni::version_info(&cfg.cni_version))),
@@ -195,12 +200,13 @@ fn check(cfg: &Config, env: &Env, host: &dyn Host) -> Result<(), CniError> {
     ))
 }
 
-fn del(cfg: &Config, env: &Env, host: &dyn Host) -> Result<(), CniError> {
-    let key = cfg.key(env);
+/// Finds the container's rules by container ID and network name in every
+/// backend: nothing else of the config matters to a DEL.
+fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
     let mut removed = Vec::new();
     let mut first_error = None;
     for backend in host.all_backends() {
-        match backend.del(&key) {
+        match backend.del(key) {
             Ok(r) => removed.extend(r),
             Err(e) => {
                 first_error.get_or_insert_with(|| backend_error(&e, backend.name(), "cleanup"));
@@ -233,7 +239,7 @@ fn gc(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portmap_backends::{ContainerKey, InstalledContainer};
+    use portmap_backends::InstalledContainer;
     use serde_json::json;
     use std::collections::BTreeSet;
     use std::sync::{Arc, Mutex};

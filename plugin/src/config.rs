@@ -1,7 +1,7 @@
 //! The portmap network configuration: parsing with upstream's defaults and
 //! error texts, plus the stricter checks upstream lacks.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::Deserialize;
@@ -12,9 +12,12 @@ use portmap_backends::{ContainerKey, MasqMark, PortMapping, Protocol, Request};
 
 use crate::cni::result::{self, container_addrs};
 use crate::cni::{self, CniError, Code, Env};
+use crate::gojson::{self, GoValue};
 
 const DEFAULT_MARK_BIT: u8 = 13;
 
+/// upstream's `PortMapConf` (with libcni's `types.NetConf`), decoded by
+/// [`gojson`] as Go's `encoding/json` decodes it.
 #[derive(Debug, Deserialize)]
 struct RawConfig {
     #[serde(default)]
@@ -39,6 +42,16 @@ struct RawConfig {
     prev_result: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments", default)]
     valid_attachments: Option<Vec<RawAttachment>>,
+    // NetConf fields we do not use, decoded for their types alone: Go
+    // refuses the whole config when one of them has the wrong type.
+    #[serde(rename = "type", default)]
+    _type: Option<String>,
+    #[serde(rename = "capabilities", default)]
+    _capabilities: Option<BTreeMap<String, bool>>,
+    #[serde(rename = "ipam", default)]
+    _ipam: Option<RawIpam>,
+    #[serde(rename = "dns", default)]
+    _dns: Option<RawDns>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -47,11 +60,13 @@ struct RawRuntimeConfig {
     port_mappings: Option<Vec<RawMapping>>,
 }
 
+/// Missing ports are Go's zero value, refused by validation with
+/// upstream's text (`Invalid host port number: 0`).
 #[derive(Debug, Deserialize)]
 struct RawMapping {
-    #[serde(rename = "hostPort")]
+    #[serde(rename = "hostPort", default)]
     host_port: i64,
-    #[serde(rename = "containerPort")]
+    #[serde(rename = "containerPort", default)]
     container_port: i64,
     /// Kubernetes and the runtimes default a missing protocol to tcp.
     #[serde(default)]
@@ -62,8 +77,43 @@ struct RawMapping {
 
 #[derive(Debug, Deserialize)]
 struct RawAttachment {
-    #[serde(rename = "containerID")]
+    #[serde(rename = "containerID", default)]
     container_id: String,
+    #[serde(rename = "ifname", default)]
+    _ifname: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawIpam {
+    #[serde(rename = "type", default)]
+    _type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawDns {
+    #[serde(rename = "nameservers", default)]
+    _nameservers: Option<Vec<String>>,
+    #[serde(rename = "domain", default)]
+    _domain: Option<String>,
+    #[serde(rename = "search", default)]
+    _search: Option<Vec<String>>,
+    #[serde(rename = "options", default)]
+    _options: Option<Vec<String>>,
+}
+
+/// libcni's version decoder: `cniVersion` alone, read before the rest.
+#[derive(Debug, Deserialize)]
+struct RawVersion {
+    #[serde(rename = "cniVersion", default)]
+    cni_version: Option<Value>,
+}
+
+/// What DEL needs: the network name (with the container ID, the key of
+/// every rule we made).
+#[derive(Debug, Deserialize)]
+struct RawName {
+    #[serde(default)]
+    name: String,
 }
 
 /// A validated configuration.
@@ -92,24 +142,29 @@ fn invalid(msg: impl Into<String>) -> CniError {
 /// The config's `cniVersion`, read before anything else so errors about the
 /// rest can still be reported in the caller's version.
 pub fn peek_version(stdin: &[u8]) -> String {
-    serde_json::from_slice::<Value>(stdin)
+    gojson::from_slice::<RawVersion>(stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
+        .and_then(|v| v.cni_version?.as_str().map(str::to_string))
         .unwrap_or_default()
 }
 
-pub fn parse(stdin: &[u8]) -> Result<Config, CniError> {
-    let decode = |e: serde_json::Error| {
-        CniError::new(
-            Code::DecodeFailure,
-            format!("failed to parse network configuration: {e}"),
-        )
-    };
-    let value: Value = serde_json::from_slice(stdin).map_err(decode)?;
+fn decode_error(e: gojson::Error) -> CniError {
+    CniError::new(
+        Code::DecodeFailure,
+        format!("failed to parse network configuration: {e}"),
+    )
+}
+
+/// The document, decoded as Go would, and its checked `cniVersion`.
+fn decode(stdin: &[u8]) -> Result<(GoValue, String), CniError> {
+    let doc: GoValue = gojson::from_slice(stdin).map_err(decode_error)?;
+    let version = gojson::decode::<RawVersion>(doc.clone())
+        .map_err(decode_error)?
+        .cni_version;
     // Absent (or null) means 0.1.0 per the spec; another type is an error,
     // not a silent downgrade to the oldest version.
-    let version = match value.get("cniVersion") {
-        None | Some(Value::Null) => "",
+    let version = match &version {
+        None => "",
         Some(Value::String(v)) => v.as_str(),
         Some(other) => {
             return Err(CniError::new(
@@ -120,7 +175,36 @@ pub fn parse(stdin: &[u8]) -> Result<Config, CniError> {
         }
     };
     let cni_version = cni::check_version(version)?.to_string();
-    let raw: RawConfig = serde_json::from_value(value).map_err(decode)?;
+    Ok((doc, cni_version))
+}
+
+/// The container DEL removes, from a config decoded no further than that:
+/// a DEL must not fail (and wedge the container in its runtime) over
+/// mappings, options or a prevResult that ADD would have refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DelConfig {
+    pub cni_version: String,
+    pub name: String,
+}
+
+impl DelConfig {
+    pub fn key(&self, env: &Env) -> ContainerKey {
+        ContainerKey {
+            network: self.name.clone(),
+            container_id: env.container_id.clone(),
+        }
+    }
+}
+
+pub fn parse_del(stdin: &[u8]) -> Result<DelConfig, CniError> {
+    let (doc, cni_version) = decode(stdin)?;
+    let name = gojson::decode::<RawName>(doc).map_err(decode_error)?.name;
+    Ok(DelConfig { cni_version, name })
+}
+
+pub fn parse(stdin: &[u8]) -> Result<Config, CniError> {
+    let (doc, cni_version) = decode(stdin)?;
+    let raw: RawConfig = gojson::decode(doc).map_err(decode_error)?;
 
     if !cni::valid_network_name(&raw.name) {
         return Err(invalid("invalid characters found in network name")
@@ -392,6 +476,119 @@ mod tests {
         assert!(!r.snat && r.masq_all);
         assert_eq!(r.key.container_id, "c1");
         assert_eq!(r.key.network, "net");
+    }
+
+    const CONTAINERD_ADD: &str =
+        include_str!("../../conformance/fixtures/clients/containerd-1.6.20-ADD.stdin.json");
+
+    #[test]
+    fn containerd_capitalised_mapping_keys_decode_like_go() {
+        let c = parse(CONTAINERD_ADD.as_bytes()).expect("containerd's ADD decodes");
+        let got: Vec<(u16, u16, &str, Option<IpAddr>)> = c
+            .mappings
+            .iter()
+            .map(|m| {
+                (
+                    m.host_port,
+                    m.container_port,
+                    m.protocol.as_str(),
+                    m.host_ip,
+                )
+            })
+            .collect();
+        assert_eq!(got, [(18080, 80, "tcp", None), (15353, 5353, "udp", None)]);
+        assert_eq!(c.name, "crinet");
+    }
+
+    #[test]
+    fn every_object_we_read_folds_its_keys() {
+        let stdin = br#"{"CNIVERSION":"0.4.0","Name":"n","SNAT":false,"MasqAll":true,"Backend":"iptables",
+            "RuntimeConfig":{"PortMappings":[{"HOSTPORT":8080,"containerport":80,"PROTOCOL":"UDP","HostIp":"10.1.2.3"}]},
+            "PrevResult":{"CNIVersion":"0.4.0","Interfaces":[{"Name":"eth0","Sandbox":"/x"}],
+                          "IPs":[{"Version":"4","Address":"10.0.0.2/24","Interface":0}]},
+            "Capabilities":{"portMappings":true}}"#;
+        let c = parse(stdin).expect("valid");
+        assert_eq!(c.cni_version, "0.4.0");
+        assert_eq!(peek_version(stdin), "0.4.0");
+        assert!(!c.snat && c.masq_all);
+        assert_eq!(c.backend, Some(Choice::Iptables));
+        let m = &c.mappings[0];
+        assert_eq!((m.host_port, m.container_port), (8080, 80));
+        assert_eq!(m.protocol, Protocol::Udp);
+        assert_eq!(m.host_ip, Some("10.1.2.3".parse().expect("ip")));
+        let env = Env {
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            ..Env::default()
+        };
+        let r = c.request(&env);
+        assert_eq!(r.v4.map(|a| a.addr.to_string()), Some("10.0.0.2".into()));
+        let out = result::convert(c.prev_result.as_ref().expect("prev"), "1.0.0");
+        assert_eq!(out["ips"][0]["address"], "10.0.0.2/24");
+        assert!(out.get("IPs").is_none(), "{out}");
+    }
+
+    #[rstest]
+    #[case::fraction(json!(8080.5), "runtimeConfig.portMappings[0].hostPort: invalid type: floating point `8080.5`, expected i64")]
+    #[case::string(json!("8080"), "runtimeConfig.portMappings[0].hostPort: invalid type: string \"8080\", expected i64")]
+    fn numbers_go_refuses_are_decode_errors(#[case] port: Value, #[case] msg: &str) {
+        let e = parse(&mapping_cfg(json!({"HostPort": port, "ContainerPort": 80})))
+            .expect_err("refused");
+        assert_eq!(e.code, Code::DecodeFailure);
+        assert_eq!(
+            e.msg,
+            format!("failed to parse network configuration: {msg}")
+        );
+    }
+
+    #[rstest]
+    #[case::missing_host_port(json!({"containerPort": 80}), "Invalid host port number: 0")]
+    #[case::null_container_port(json!({"hostPort": 80, "containerPort": null}), "Invalid container port number: 0")]
+    fn missing_ports_are_gos_zero(#[case] m: Value, #[case] msg: &str) {
+        let e = parse(&mapping_cfg(m)).expect_err("rejected");
+        assert_eq!((e.code, e.msg.as_str()), (Code::InvalidConfig, msg));
+    }
+
+    #[rstest]
+    #[case::capabilities(json!({"capabilities": {"portMappings": "yes"}}), "capabilities.portMappings")]
+    #[case::ipam(json!({"ipam": {"type": 5}}), "ipam.type")]
+    #[case::dns(json!({"dns": {"nameservers": "8.8.8.8"}}), "dns.nameservers")]
+    #[case::type_key(json!({"type": ["portmap"]}), "type")]
+    fn netconf_fields_have_gos_types(#[case] patch: Value, #[case] path: &str) {
+        let e = parse(&with(patch)).expect_err("refused");
+        assert_eq!(e.code, Code::DecodeFailure);
+        assert!(
+            e.msg
+                .starts_with(&format!("failed to parse network configuration: {path}: ")),
+            "{}",
+            e.msg
+        );
+    }
+
+    /// Whatever ADD would refuse beyond the document itself, DEL accepts:
+    /// it needs only the network name and the container ID.
+    #[rstest]
+    #[case::bad_port(json!({"runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80}]}}))]
+    #[case::port_as_string(json!({"runtimeConfig": {"portMappings": [{"hostPort": "80"}]}}))]
+    #[case::unknown_protocol(json!({"runtimeConfig": {"portMappings": [{"hostPort": 1, "containerPort": 1, "protocol": "icmp"}]}}))]
+    #[case::refused_condition(json!({"conditionsV4": ["a;b"]}))]
+    #[case::bad_mark(json!({"markMasqBit": 99, "externalSetMarkChain": "X"}))]
+    #[case::bad_prev_result(json!({"prevResult": {"ips": [{"address": "x"}]}}))]
+    #[case::bad_backend(json!({"backend": "pf"}))]
+    #[case::name_with_space(json!({"name": "a b"}))]
+    fn del_decodes_only_what_identifies_the_container(#[case] patch: Value) {
+        let stdin = with(patch);
+        let d = parse_del(&stdin).expect("DEL accepts it");
+        assert_eq!(d.cni_version, "1.0.0");
+        assert!(parse(&stdin).is_err(), "ADD refuses it");
+    }
+
+    #[rstest]
+    #[case::not_json(b"{".to_vec(), Code::DecodeFailure)]
+    #[case::name_not_a_string(br#"{"cniVersion":"1.0.0","name":5}"#.to_vec(), Code::DecodeFailure)]
+    #[case::unsupported_version(br#"{"cniVersion":"9.0.0","name":"n"}"#.to_vec(), Code::IncompatibleVersion)]
+    fn del_still_refuses_what_names_no_container(#[case] stdin: Vec<u8>, #[case] code: Code) {
+        assert_eq!(parse_del(&stdin).expect_err("refused").code, code);
     }
 
     #[test]

@@ -5,4 +5,5 @@ pub mod cli;
 pub mod cni;
 pub mod commands;
 pub mod config;
+pub mod gojson;
 pub mod lock;

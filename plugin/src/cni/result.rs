@@ -8,6 +8,50 @@ use serde_json::{json, Map, Value};
 use portmap_backends::ContainerAddr;
 
 use super::{CniError, Code};
+use crate::gojson::{fold_keys, Fields};
+
+/// The result types' fields in every spec version (libcni decodes
+/// prevResult into them, so their keys fold as in any Go struct).
+static RESULT: Fields = Fields {
+    names: &[
+        "cniVersion",
+        "interfaces",
+        "ips",
+        "routes",
+        "dns",
+        "ip4",
+        "ip6",
+    ],
+    nested: &[
+        ("interfaces", &INTERFACE),
+        ("ips", &IP_CONFIG),
+        ("routes", &ROUTE),
+        ("dns", &DNS),
+        ("ip4", &IP_V02),
+        ("ip6", &IP_V02),
+    ],
+};
+static INTERFACE: Fields = Fields {
+    names: &["name", "mac", "mtu", "sandbox", "socketPath", "pciID"],
+    nested: &[],
+};
+static IP_CONFIG: Fields = Fields {
+    names: &["interface", "address", "gateway", "version"],
+    nested: &[],
+};
+static ROUTE: Fields = Fields {
+    names: &["dst", "gw", "mtu", "advmss", "priority", "table", "scope"],
+    nested: &[],
+};
+static DNS: Fields = Fields {
+    names: &["nameservers", "domain", "search", "options"],
+    nested: &[],
+};
+/// 0.1.0/0.2.0 `ip4`/`ip6`.
+static IP_V02: Fields = Fields {
+    names: &["ip", "gateway", "routes"],
+    nested: &[("routes", &ROUTE)],
+};
 
 /// The three wire shapes results have had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +83,8 @@ fn decode_error(msg: impl std::fmt::Display) -> CniError {
 
 /// Brings any shape to the 1.0 shape (an object with `ips`, `routes`…).
 pub fn normalize(prev: &Value) -> Result<Map<String, Value>, CniError> {
+    let mut prev = prev.clone();
+    fold_keys(&mut prev, &RESULT);
     let obj = prev
         .as_object()
         .ok_or_else(|| decode_error("not a JSON object"))?;
