@@ -211,6 +211,7 @@ impl Bench<'_> {
             ifname: IFNAME,
             path: self.tools.path(),
             config: &cfg,
+            env: Vec::new(),
         };
         let spawn = |source| BenchError::Spawn {
             binary: binary.path.display().to_string(),

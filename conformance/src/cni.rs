@@ -20,6 +20,8 @@ pub struct Call<'a> {
     /// PATH the plugin sees (decides its firewall tools).
     pub path: &'a Path,
     pub config: &'a Value,
+    /// More variables, as a client sets them (`CNI_ARGS`, `CAP_ARGS`).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl<'a> Call<'a> {
@@ -41,6 +43,7 @@ impl<'a> Call<'a> {
             ifname: crate::topology::IFNAME,
             path,
             config,
+            env: Vec::new(),
         }
     }
 }
@@ -103,6 +106,7 @@ pub fn speaks_cni_1_1(plugin: &Path, ns: &Netns) -> bool {
         ifname: crate::topology::IFNAME,
         path: Path::new("/usr/sbin:/usr/bin"),
         config: &version,
+        env: Vec::new(),
     };
     invoke(plugin, ns, &call)
         .ok()
@@ -123,7 +127,8 @@ impl Call<'_> {
             .env("CNI_NETNS", &self.netns)
             .env("CNI_IFNAME", self.ifname)
             .env("CNI_PATH", "/usr/lib/cni:/opt/cni/bin")
-            .env("PATH", self.path);
+            .env("PATH", self.path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
     }
 }
 

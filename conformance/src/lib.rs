@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_report;
 pub mod chain;
+pub mod clients;
 pub mod cni;
 pub mod firewall;
 pub mod netns;

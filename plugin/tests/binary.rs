@@ -135,6 +135,7 @@ fn invalid_input_is_a_cni_error_and_changes_nothing(
         ifname: "eth0",
         path: tools.path(),
         config: &cfg,
+        env: Vec::new(),
     };
     let out = invoke(&ours(), &ns, &call).expect("run");
     assert_eq!(out.exit, Some(1), "{}", out.summary());
@@ -177,6 +178,48 @@ fn add_check_del_end_to_end(
         "{}",
         rig.ruleset()
     );
+}
+
+/// DEL never wedges a container: a DEL whose config ADD would refuse
+/// (the runtime resends what failed, or a config edited since) still
+/// removes the container's rules, found by container ID and network name,
+/// and exits 0; a DEL that names no container is still an error.
+#[rstest]
+#[case::nftables(Some("nftables"), Tools::default())]
+#[case::iptables_nft(Some("iptables"), Tools { iptables: Some(IptablesVariant::Nft), ..Tools::default() })]
+#[case::iptables_legacy(Some("iptables"), Tools { iptables: Some(IptablesVariant::Legacy), ..Tools::default() })]
+fn del_with_a_config_add_refuses_still_removes_the_rules(
+    #[case] backend: Option<&str>,
+    #[case] tools: Tools,
+) {
+    let Some(rig) = Rig::new(tools) else { return };
+    let a = rig.topo.container("a", 5).expect("container");
+    let refused = [
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "icmp"}]),
+        json!([{"hostPort": "8080", "containerPort": 80}]),
+        json!([{"hostPort": 70000, "containerPort": 80}]),
+    ];
+    for (i, mappings) in refused.into_iter().enumerate() {
+        let good = config(&a, backend, tcp_8080());
+        rig.must(&ours(), "ADD", "ctr-a", Some(&a), &good);
+        assert!(rig.ruleset().contains("10.88.0.5:80"), "{}", rig.ruleset());
+        let mut bad = config(&a, backend, mappings);
+        if i == 1 {
+            bad["conditionsV4"] = json!(["-s 10.0.0.0/8; flush"]);
+        }
+        let add = rig.call(&ours(), "ADD", "ctr-b", Some(&a), &bad);
+        assert_eq!(add.exit, Some(1), "ADD refuses it: {}", add.summary());
+        let del = rig.call(&ours(), "DEL", "ctr-a", None, &bad);
+        assert_eq!(del.exit, Some(0), "DEL #{i}: {}", del.summary());
+        let left = rig.ruleset();
+        assert!(
+            !left.contains("10.88.0.5:80") && !left.contains("CNI-DN-"),
+            "DEL #{i} left:\n{left}"
+        );
+    }
+    let undecodable = rig.call(&ours(), "DEL", "ctr-a", None, &json!([1]));
+    assert_eq!(undecodable.exit, Some(1), "{}", undecodable.summary());
+    assert_eq!(undecodable.error_code(), Some(6));
 }
 
 #[test]

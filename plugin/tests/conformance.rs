@@ -11,7 +11,7 @@ use portmap_conformance::topology::Setup;
 use rstest::rstest;
 
 const UPSTREAM: &str = "/usr/lib/cni/portmap";
-const SCENARIOS: [&str; 25] = [
+const SCENARIOS: [&str; 29] = [
     "tcp",
     "udp",
     "sctp",
@@ -37,6 +37,10 @@ const SCENARIOS: [&str; 25] = [
     "parallel-add",
     "interop-ours-then-reference",
     "interop-reference-then-ours",
+    "client-containerd",
+    "client-cri-o",
+    "client-podman",
+    "client-cnitool",
 ];
 
 #[test]
@@ -76,7 +80,11 @@ fn cell(
         "gc",
         "parallel-add",
         "interop-ours-then-reference",
-        "interop-reference-then-ours"
+        "interop-reference-then-ours",
+        "client-containerd",
+        "client-cri-o",
+        "client-podman",
+        "client-cnitool"
     )]
     scenario: &str,
     #[values("nftables", "iptables-nft", "iptables-legacy", "auto")] backend: &str,

@@ -2,6 +2,7 @@
 //! body) and the context every scenario runs in: its own namespaces, its
 //! own tool PATH, the plugin under test as a black box.
 
+mod clients;
 mod lifecycle;
 mod options;
 mod traffic;
@@ -133,6 +134,7 @@ pub fn catalogue() -> Vec<Scenario> {
     let mut all = traffic::scenarios();
     all.extend(options::scenarios());
     all.extend(lifecycle::scenarios());
+    all.extend(clients::scenarios());
     all
 }
 
@@ -213,6 +215,7 @@ impl Ctx {
             ifname: IFNAME,
             path: self.tools.path(),
             config: cfg,
+            env: Vec::new(),
         };
         invoke(plugin, self.host(), &call)
             .map_err(|e| format!("could not run {}: {e}", plugin.display()))
@@ -237,14 +240,20 @@ impl Ctx {
         c: Option<&Container>,
         cfg: &Value,
     ) -> Result<Outcome, String> {
-        let call = Call::new(command, id, c, self.tools.path(), cfg);
-        let out = invoke(plugin, self.host(), &call)
+        self.ok_call(plugin, &Call::new(command, id, c, self.tools.path(), cfg))
+    }
+
+    /// Runs `plugin` as `call` says and requires success.
+    pub fn ok_call(&self, plugin: &Path, call: &Call<'_>) -> Result<Outcome, String> {
+        let out = invoke(plugin, self.host(), call)
             .map_err(|e| format!("could not run {}: {e}", plugin.display()))?;
         if out.ok() {
             Ok(out)
         } else {
             Err(format!(
-                "{command} {id} failed: {}",
+                "{} {} failed: {}",
+                call.command,
+                call.container_id,
                 one_line(&out.stdout, &out.stderr)
             ))
         }
