@@ -14,6 +14,10 @@
 # matches is kept, so re-running is cheap. Needs root, debootstrap and a
 # Docker engine (DOCKER_HOST as scripts/docker-engine.sh exports it).
 set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then
+  echo "build-test-images.sh: needs root (debootstrap); run it as root, or: sudo $0" >&2
+  exit 1
+fi
 
 # trixie: its glibc (2.41) runs binaries built on Debian 12 and Ubuntu
 # 24.04 hosts alike, and its nft/iptables differ from the hosts' own.

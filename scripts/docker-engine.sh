@@ -7,8 +7,10 @@
 #
 # `start` uses an engine that already answers (DOCKER_HOST, or the default
 # socket); otherwise it starts Debian's dockerd on a private socket with
-# --iptables=false --bridge=none, so it never writes the host's firewall
-# (the test containers bring their own network namespaces), and waits
+# --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false
+# --bridge=none, so it never writes the host's firewall nor turns the host
+# into a router (dockerd sets net.ipv4.ip_forward=1 unless told not to;
+# the test containers bring their own network namespaces), and waits
 # until the socket answers. It prints the `export DOCKER_HOST=...` line
 # to evaluate.
 set -euo pipefail
@@ -43,7 +45,7 @@ start() {
     --data-root /var/lib/portmap-test-docker \
     --exec-root "$STATE/exec" \
     --pidfile "$PIDFILE" \
-    --iptables=false --ip6tables=false --bridge=none \
+    --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false --bridge=none \
     >"$LOG" 2>&1 </dev/null &
   local deadline=$((SECONDS + WAIT_SECONDS))
   until answers "$SOCK"; do

@@ -2,11 +2,11 @@
 # bench.sh): installs dependencies, insists on root, builds, and sets
 # REFERENCE_ARGS to `--reference <upstream>` when upstream's binary is
 # installed (PORTMAP_REFERENCE overrides its path).
-bash scripts/install-deps.sh
 if [ "$(id -u)" -ne 0 ]; then
-  echo "$(basename "$0"): needs root (it creates network namespaces); try: sudo $0" >&2
+  echo "$(basename "$0"): needs root (it creates network namespaces); run it as root, or: sudo $0" >&2
   exit 1
 fi
+bash scripts/install-deps.sh
 cargo build --release --workspace --quiet
 REFERENCE_ARGS=()
 reference=${PORTMAP_REFERENCE:-/usr/lib/cni/portmap}

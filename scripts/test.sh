@@ -8,7 +8,34 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [ "$(id -u)" -ne 0 ]; then
+  if [ -n "${CI:-}" ]; then
+    echo "test.sh: needs root (CI is set: the firewall tests must run); try: sudo $0" >&2
+    exit 1
+  fi
+  echo "test.sh: not root: the firewall, netns and distro tests will be skipped (sudo $0 runs them)" >&2
+fi
 bash scripts/install-deps.sh
+
+# The root namespace's sysctls, firewall and namespaces: the suite must
+# leave them exactly as it found them.
+host_before="$(bash scripts/host-state.sh)"
+engine_started=""
+finish() {
+  local rc=$?
+  [ -n "$engine_started" ] && bash scripts/docker-engine.sh stop
+  local host_after
+  host_after="$(bash scripts/host-state.sh)"
+  if [ "$host_after" != "$host_before" ]; then
+    echo "test.sh: FAILED: the root network namespace is not as the suite found it:" >&2
+    diff <(echo "$host_before") <(echo "$host_after") >&2 || true
+    rc=1
+  else
+    echo "==> root namespace unchanged (sysctls, firewall, namespaces)"
+  fi
+  exit "$rc"
+}
+trap finish EXIT
 
 echo "==> actionlint (.github workflows and actions)"
 actionlint
@@ -19,7 +46,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> Docker engine and distro images (for conformance/tests/distros.rs)"
 if engine="$(bash scripts/docker-engine.sh start)"; then
   eval "$engine"
-  trap 'bash scripts/docker-engine.sh stop' EXIT
+  engine_started=1
   bash scripts/build-test-images.sh
 elif [ -n "${CI:-}" ]; then
   echo "test.sh: no Docker engine (CI is set: the distro suite must run)" >&2

@@ -34,11 +34,13 @@ pub enum NetnsError {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A network namespace owned by the test that made it.
+/// A network namespace, owned by the test that made it (deleted on drop)
+/// or opened from a runtime's sandbox (left to the runtime).
 #[derive(Debug)]
 pub struct Netns {
     name: String,
     file: File,
+    owned: bool,
 }
 
 impl Netns {
@@ -55,9 +57,31 @@ impl Netns {
                 return Err(NetnsError::Open { path, source });
             }
         };
-        let ns = Netns { name, file };
+        let ns = Netns {
+            name,
+            file,
+            owned: true,
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// An existing namespace under /run/netns (a container runtime's pod
+    /// sandbox): entered like ours, never deleted by us.
+    pub fn open(path: &std::path::Path) -> Result<Netns, NetnsError> {
+        let file = File::open(path).map_err(|source| NetnsError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Netns {
+            name,
+            file,
+            owned: false,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -128,6 +152,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
