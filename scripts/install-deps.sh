@@ -16,11 +16,19 @@ packages=(
   debian-archive-keyring  # verifies debootstrap's downloads (also on Ubuntu)
   build-essential     # cc for crates with C parts
   pkg-config
+  protobuf-compiler   # protoc for the k8s-cri crate (CRI client in the runtime tests)
+  podman              # runtime tests: podman 4 with the CNI backend
+  conmon
+  busybox-static      # the runtime tests' image (imported locally, no registry)
+  tar
 )
 
-# The distro suite needs a Docker engine. Hosts that already have one
-# (GitHub's runners ship Moby) keep it: docker.io would conflict with it.
+# The distro suite needs a Docker engine, the runtime tests containerd and
+# runc. Hosts that already have them (GitHub's runners ship Moby's) keep
+# them: Debian's packages would conflict.
 command -v dockerd >/dev/null 2>&1 || packages+=(docker.io)
+command -v containerd >/dev/null 2>&1 || packages+=(containerd)
+command -v runc >/dev/null 2>&1 || packages+=(runc)
 
 missing=()
 for p in "${packages[@]}"; do

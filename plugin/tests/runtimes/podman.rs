@@ -102,12 +102,30 @@ impl<'w> Podman<'w> {
         let tcp = format!("{}:{}", TCP.0, TCP.1);
         let udp = format!("{}:{}/udp", UDP.0, UDP.1);
         let id = self.ok(&[
-            "run", "-d", "--name", name, "--runtime", "runc",
-            "--ulimit", &format!("nofile={nofile}:{nofile}"),
-            "--ulimit", "nproc=32768:32768",
-            "-p", &tcp, "-p", &udp, IMAGE, "/bin/sleep", "600",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--runtime",
+            "runc",
+            "--ulimit",
+            &format!("nofile={nofile}:{nofile}"),
+            "--ulimit",
+            "nproc=32768:32768",
+            "-p",
+            &tcp,
+            "-p",
+            &udp,
+            IMAGE,
+            "/bin/sleep",
+            "600",
         ]);
-        let sandbox = self.ok(&["inspect", name, "--format", "{{.NetworkSettings.SandboxKey}}"]);
+        let sandbox = self.ok(&[
+            "inspect",
+            name,
+            "--format",
+            "{{.NetworkSettings.SandboxKey}}",
+        ]);
         let ns = Netns::open(std::path::Path::new(&sandbox)).expect("pod netns");
         (id, ns)
     }

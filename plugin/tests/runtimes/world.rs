@@ -4,9 +4,11 @@
 //! portmap, a busybox-static root filesystem, and the checks a published
 //! port must pass.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use portmap_conformance::firewall;
@@ -31,15 +33,39 @@ pub struct World {
     pub client: Netns,
     /// Scratch directory: plugin dir, configs, runtime state. Removed on drop.
     pub dir: PathBuf,
+    /// /run/netns before the runtime ran: what appears later is its pods'.
+    netns_before: BTreeSet<String>,
+    /// One runtime at a time, so that every new pod namespace is ours.
+    _serial: MutexGuard<'static, ()>,
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn netns_names() -> BTreeSet<String> {
+    std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 impl World {
     pub fn new(label: &str) -> World {
+        let serial = SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let topo = Topology::new().expect("runtime namespace");
         let client = topo.remote().expect("client namespace");
         let dir = std::env::temp_dir().join(format!("portmap-{label}-{}", topo.host.name()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
-        World { topo, client, dir }
+        World {
+            topo,
+            client,
+            dir,
+            netns_before: netns_names(),
+            _serial: serial,
+        }
     }
 
     /// `dir/bin`: our portmap plus Debian's bridge, host-local, loopback,
@@ -110,13 +136,19 @@ impl World {
         ] {
             let got = tcp_ask(from, SocketAddr::new(to, TCP.0), WAIT).map_err(|e| e.to_string())?;
             if got.as_ref().map(|a| a.tag.as_str()) != Some(tag) {
-                return Err(format!("tcp {to}:{} from {who}: {got:?}, expected {tag}", TCP.0));
+                return Err(format!(
+                    "tcp {to}:{} from {who}: {got:?}, expected {tag}",
+                    TCP.0
+                ));
             }
         }
         let got = udp_ask(&self.client, SocketAddr::new(runtime, UDP.0), 0, WAIT)
             .map_err(|e| e.to_string())?;
         if got.as_ref().map(|a| a.tag.as_str()) != Some(tag) {
-            return Err(format!("udp {runtime}:{} from client: {got:?}, expected {tag}", UDP.0));
+            return Err(format!(
+                "udp {runtime}:{} from client: {got:?}, expected {tag}",
+                UDP.0
+            ));
         }
         Ok(())
     }
@@ -126,7 +158,10 @@ impl World {
         let to = SocketAddr::new(IpAddr::V4(RUNTIME_V4), TCP.0);
         match tcp_ask(&self.client, to, Duration::from_millis(700)).map_err(|e| e.to_string())? {
             None => Ok(()),
-            Some(a) => Err(format!("tcp {to}: answered by {} after the pod went", a.tag)),
+            Some(a) => Err(format!(
+                "tcp {to}: answered by {} after the pod went",
+                a.tag
+            )),
         }
     }
 
@@ -145,9 +180,17 @@ impl World {
         let rules = self.ruleset();
         let ours = rules
             .lines()
-            .filter(|l| l.contains("10.89.0.") && (l.contains("dnat") || l.contains("DNAT") || l.contains("masquerade")) || l.contains("CNI-DN-"))
+            .filter(|l| {
+                l.contains("10.89.0.")
+                    && (l.contains("dnat") || l.contains("DNAT") || l.contains("masquerade"))
+                    || l.contains("CNI-DN-")
+            })
             .collect::<Vec<_>>();
-        assert!(ours.is_empty(), "{what}: rules left:\n{}\n\nruleset:\n{rules}", ours.join("\n"));
+        assert!(
+            ours.is_empty(),
+            "{what}: rules left:\n{}\n\nruleset:\n{rules}",
+            ours.join("\n")
+        );
     }
 }
 
@@ -162,6 +205,12 @@ pub fn serve(pod: &Netns, tag: &str) -> (EchoServer, EchoServer) {
 
 impl Drop for World {
     fn drop(&mut self) {
+        let ours = [self.topo.host.name(), self.client.name()];
+        for name in netns_names().difference(&self.netns_before) {
+            if !ours.contains(&name.as_str()) {
+                let _ = Command::new("ip").args(["netns", "del", name]).output();
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
