@@ -118,6 +118,50 @@ pub fn speaks_cni_1_1(plugin: &Path, ns: &Netns) -> bool {
         })
 }
 
+/// A binary for reports: its path and what it says of its version (a Go
+/// plugin prints `CNI portmap plugin v1.9.0` when run without
+/// CNI_COMMAND), or, where it does not know ("version unknown", as
+/// distribution builds say), the version of the Debian package holding it.
+pub fn describe(plugin: &Path) -> String {
+    let about = Command::new(plugin)
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stderr),
+                String::from_utf8_lossy(&o.stdout)
+            )
+        })
+        .unwrap_or_default();
+    let version = about
+        .lines()
+        .find_map(|l| l.strip_prefix("CNI portmap plugin "))
+        .filter(|v| !v.contains("unknown"))
+        .map(str::to_string)
+        .or_else(|| debian_package_version(plugin));
+    match version {
+        Some(v) => format!("{} {v}", plugin.display()),
+        None => plugin.display().to_string(),
+    }
+}
+
+fn debian_package_version(path: &Path) -> Option<String> {
+    let owner = Command::new("dpkg").arg("-S").arg(path).output().ok()?;
+    let package = String::from_utf8_lossy(&owner.stdout)
+        .split(':')
+        .next()?
+        .trim()
+        .to_string();
+    let version = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", &package])
+        .output()
+        .ok()?;
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    (!package.is_empty() && !version.is_empty()).then(|| format!("({package} {version})"))
+}
+
 impl Call<'_> {
     /// Replaces `cmd`'s environment with this call's CNI variables.
     pub fn apply_env(&self, cmd: &mut Command) {

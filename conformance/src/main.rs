@@ -11,7 +11,7 @@ use portmap_conformance::report::{self, Cell, Verdict};
 use portmap_conformance::run::{run_cell, CellSpec};
 use portmap_conformance::scenarios::{catalogue, Axis};
 use portmap_conformance::topology::Setup;
-use portmap_conformance::{bench, bench_report};
+use portmap_conformance::{bench, bench_report, cni};
 
 fn parse_setup(s: &str) -> Result<Setup, String> {
     Setup::parse(s).ok_or_else(|| format!("unknown setup {s:?} (veth or chain)"))
@@ -270,25 +270,26 @@ fn run(
         .collect();
     let plugin = absolute(&plugin)?;
     let reference = reference.as_ref().map(absolute).transpose()?;
-    let mut runs: Vec<(String, &PathBuf, Option<&PathBuf>, Setup)> = Vec::new();
+    let described = reference.as_deref().map(cni::describe);
+    let mut runs: Vec<(&str, &PathBuf, Option<&PathBuf>, Setup)> = Vec::new();
     for setup in &setups {
-        let suffix = match setup {
-            Setup::Veth => String::new(),
-            other => format!("+{}", other.name()),
-        };
-        runs.push((format!("ours{suffix}"), &plugin, reference.as_ref(), *setup));
+        runs.push((report::OURS, &plugin, reference.as_ref(), *setup));
         if let Some(r) = &reference {
-            runs.push((format!("reference{suffix}"), r, Some(&plugin), *setup));
+            runs.push((report::REFERENCE, r, Some(&plugin), *setup));
         }
     }
     let total = runs.len() * axes.len() * chosen.len();
     let mut cells: Vec<Cell> = Vec::new();
-    for (label, bin, other, setup) in &runs {
+    for (binary, bin, other, setup) in &runs {
         let spec = CellSpec {
             plugin: bin,
             reference: other.map(PathBuf::as_path),
-            label,
+            binary,
             setup: *setup,
+        };
+        let label = match setup {
+            Setup::Veth => binary.to_string(),
+            other => format!("{binary}+{}", other.name()),
         };
         for axis in &axes {
             for s in &chosen {
@@ -310,7 +311,7 @@ fn run(
             }
         }
     }
-    println!("\n{}", report::matrix(&cells));
+    println!("\n{}", report::matrix(&cells, described.as_deref()));
     let write = |path: &Option<PathBuf>, text: String| -> Result<(), String> {
         match path {
             Some(p) => std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display())),
@@ -319,10 +320,10 @@ fn run(
     };
     write(&json, format!("{:#}\n", report::json(&cells)))?;
     write(&junit, report::junit(&cells))?;
-    write(&markdown, report::markdown(&cells))?;
+    write(&markdown, report::markdown(&cells, described.as_deref()))?;
     let ours_failed = cells
         .iter()
-        .any(|c| c.plugin.starts_with("ours") && matches!(c.verdict, Verdict::Fail(_)));
+        .any(|c| c.binary == report::OURS && matches!(c.verdict, Verdict::Fail(_)));
     Ok(if ours_failed {
         ExitCode::FAILURE
     } else {

@@ -1,8 +1,13 @@
 //! Results: a text matrix for people, JSON (one record per cell), JUnit
-//! XML (one testcase per cell) and Markdown for a CI step summary.
+//! XML (one testcase per cell) and Markdown for a CI step summary. Ours
+//! comes first and in full (it is what the run gates on); the reference
+//! binary's failures are grouped by cause, with what varies between cells
+//! (IDs, chain hashes, handles, namespace names) normalised away.
 
 use std::fmt::Write;
+use std::sync::LazyLock;
 
+use regex::Regex;
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,19 +33,44 @@ impl Verdict {
             Verdict::Fail(r) | Verdict::NotApplicable(r) => r.lines().next().unwrap_or(""),
         }
     }
+
+    fn failed(&self) -> bool {
+        matches!(self, Verdict::Fail(_))
+    }
 }
+
+pub const OURS: &str = "ours";
+pub const REFERENCE: &str = "reference";
 
 #[derive(Debug, Clone)]
 pub struct Cell {
-    pub plugin: String,
+    /// [`OURS`] or [`REFERENCE`].
+    pub binary: String,
+    /// How containers were attached (`veth`, `chain`).
+    pub setup: String,
     pub scenario: String,
     pub backend: String,
     pub verdict: Verdict,
     pub seconds: f64,
 }
 
+impl Cell {
+    /// `ours`, `ours+chain`, `reference+chain`…
+    pub fn label(&self) -> String {
+        if self.setup == "veth" {
+            self.binary.clone()
+        } else {
+            format!("{}+{}", self.binary, self.setup)
+        }
+    }
+
+    fn place(&self) -> String {
+        format!("{} [{} {}]", self.scenario, self.backend, self.setup)
+    }
+}
+
 /// Distinct values in first-seen order.
-fn ordered<'a>(cells: &'a [Cell], pick: impl Fn(&'a Cell) -> &'a str) -> Vec<&'a str> {
+fn ordered<'a>(cells: &[&'a Cell], pick: impl Fn(&'a Cell) -> &'a str) -> Vec<&'a str> {
     let mut out: Vec<&str> = Vec::new();
     for c in cells {
         let v = pick(c);
@@ -51,63 +81,173 @@ fn ordered<'a>(cells: &'a [Cell], pick: impl Fn(&'a Cell) -> &'a str) -> Vec<&'a
     out
 }
 
-fn find<'a>(cells: &'a [Cell], plugin: &str, scenario: &str, backend: &str) -> Option<&'a Cell> {
-    cells
-        .iter()
-        .find(|c| c.plugin == plugin && c.scenario == scenario && c.backend == backend)
+fn of<'a>(cells: &'a [Cell], binary: &str) -> Vec<&'a Cell> {
+    cells.iter().filter(|c| c.binary == binary).collect()
 }
 
-/// One table per binary (and setup): scenario rows × backend columns,
-/// then the failures with reasons and a closing count.
-pub fn matrix(cells: &[Cell]) -> String {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tally {
+    pub passed: usize,
+    pub failed: usize,
+    pub not_applicable: usize,
+}
+
+pub fn tally(cells: &[&Cell]) -> Tally {
+    let n = |w| cells.iter().filter(|c| c.verdict.word() == w).count();
+    Tally {
+        passed: n("pass"),
+        failed: n("FAIL"),
+        not_applicable: n("n/a"),
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} passed, {} failed, {} n/a",
+            self.passed, self.failed, self.not_applicable
+        )
+    }
+}
+
+/// `ours: … · reference <what>: … (reported, not gated)`.
+pub fn closing_line(cells: &[Cell], reference: Option<&str>) -> String {
+    let mut line = format!("ours: {}", tally(&of(cells, OURS)));
+    let theirs = of(cells, REFERENCE);
+    if !theirs.is_empty() {
+        let _ = write!(
+            line,
+            " · reference {}: {} (reported, not gated)",
+            reference.unwrap_or("binary"),
+            tally(&theirs)
+        );
+    }
+    line
+}
+
+static VARYING: LazyLock<[(Regex, &'static str); 6]> = LazyLock::new(|| {
+    let re = |s: &str| Regex::new(s).unwrap_or_else(|e| panic!("pattern {s}: {e}"));
+    [
+        (re(r"CNI-(DN|SN)-[0-9a-f]+"), "CNI-$1-<hash>"),
+        (re(r"\b[0-9a-f]{12,}\b"), "<id>"),
+        (re(r"\bhandle [0-9]+"), "handle <n>"),
+        (re(r"\bpmt-[a-z]+-[0-9]+-[0-9]+"), "<netns>"),
+        (re(r"\bctr-[a-z0-9]+\b"), "<container>"),
+        (re(r"\s+"), " "),
+    ]
+});
+
+/// A failure's first line with what varies between cells normalised.
+pub fn cause(reason: &str) -> String {
+    let mut text = reason.lines().next().unwrap_or("").to_string();
+    for (re, with) in VARYING.iter() {
+        text = re.replace_all(&text, *with).into_owned();
+    }
+    text
+}
+
+/// Failed cells grouped by [`cause`], most frequent first.
+pub fn causes<'a>(cells: &[&'a Cell]) -> Vec<(String, Vec<&'a Cell>)> {
+    let mut groups: Vec<(String, Vec<&Cell>)> = Vec::new();
+    for c in cells.iter().filter(|c| c.verdict.failed()) {
+        let key = cause(c.verdict.reason());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(c),
+            None => groups.push((key, vec![c])),
+        }
+    }
+    groups.sort_by_key(|g| std::cmp::Reverse(g.1.len()));
+    groups
+}
+
+/// One binary's results: scenario rows × backend columns, each cell one
+/// word per setup (`pass FAIL` = veth passed, chain failed).
+fn table(cells: &[&Cell], word: impl Fn(&Verdict) -> &'static str) -> Vec<Vec<String>> {
     let scenarios = ordered(cells, |c| &c.scenario);
     let backends = ordered(cells, |c| &c.backend);
-    let plugins = ordered(cells, |c| &c.plugin);
-    let mut out = String::new();
-    for p in &plugins {
-        if plugins.len() > 1 {
-            let _ = writeln!(out, "== {p} ==");
-        }
-        let _ = write!(out, "{:<28}", "scenario");
+    let setups = ordered(cells, |c| &c.setup);
+    let mut rows = vec![std::iter::once("scenario".to_string())
+        .chain(backends.iter().map(|b| b.to_string()))
+        .collect::<Vec<_>>()];
+    for s in &scenarios {
+        let mut row = vec![s.to_string()];
         for b in &backends {
-            let _ = write!(out, " {b:<8}");
+            let words: Vec<&str> = setups
+                .iter()
+                .map(|setup| {
+                    cells
+                        .iter()
+                        .find(|c| c.scenario == *s && c.backend == *b && c.setup == *setup)
+                        .map_or("-", |c| word(&c.verdict))
+                })
+                .collect();
+            row.push(words.join(" "));
+        }
+        rows.push(row);
+    }
+    rows
+}
+
+fn setups_legend(cells: &[&Cell]) -> String {
+    ordered(cells, |c| &c.setup).join(" ")
+}
+
+/// The terminal report.
+pub fn matrix(cells: &[Cell], reference: Option<&str>) -> String {
+    let mut out = String::new();
+    for binary in [OURS, REFERENCE] {
+        let mine = of(cells, binary);
+        if mine.is_empty() {
+            continue;
+        }
+        let title = match binary {
+            OURS => "ours".to_string(),
+            _ => format!("reference {}", reference.unwrap_or("")),
+        };
+        let _ = writeln!(out, "== {title} (each cell: {}) ==", setups_legend(&mine));
+        let rows = table(&mine, Verdict::word);
+        let widths: Vec<usize> = (0..rows[0].len())
+            .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+            .collect();
+        for row in &rows {
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(text, w)| format!("{text:<w$}"))
+                .collect();
+            let _ = writeln!(out, "{}", line.join("  ").trim_end());
         }
         out.push('\n');
-        for s in &scenarios {
-            let _ = write!(out, "{s:<28}");
-            for b in &backends {
-                let word = find(cells, p, s, b).map_or("-", |c| c.verdict.word());
-                let _ = write!(out, " {word:<width$}", width = b.len().max(8));
+        let failed: Vec<&&Cell> = mine.iter().filter(|c| c.verdict.failed()).collect();
+        if binary == OURS && !failed.is_empty() {
+            out.push_str("ours failed:\n");
+            for c in failed {
+                let _ = writeln!(out, "  {}: {}", c.place(), c.verdict.reason());
+            }
+            out.push('\n');
+        } else if binary == REFERENCE && !failed.is_empty() {
+            out.push_str("reference failures by cause (count, cause, where):\n");
+            for (cause, group) in causes(&mine) {
+                let places: Vec<String> = group.iter().take(3).map(|c| c.place()).collect();
+                let more = group.len().saturating_sub(3);
+                let _ = writeln!(
+                    out,
+                    "  {:>4}  {cause}\n        {}{}",
+                    group.len(),
+                    places.join(", "),
+                    if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    }
+                );
             }
             out.push('\n');
         }
-        out.push('\n');
     }
-    let failures: Vec<&Cell> = cells
-        .iter()
-        .filter(|c| matches!(c.verdict, Verdict::Fail(_)))
-        .collect();
-    if !failures.is_empty() {
-        out.push_str("\nfailures:\n");
-        for c in failures {
-            let _ = writeln!(
-                out,
-                "  {} {} [{}]: {}",
-                c.plugin,
-                c.scenario,
-                c.backend,
-                c.verdict.reason()
-            );
-        }
-    }
-    let (pass, fail, na) = counts(cells);
-    let _ = writeln!(out, "\n{pass} passed, {fail} failed, {na} not applicable");
+    let _ = writeln!(out, "{}", closing_line(cells, reference));
     out
-}
-
-pub fn counts(cells: &[Cell]) -> (usize, usize, usize) {
-    let n = |w| cells.iter().filter(|c| c.verdict.word() == w).count();
-    (n("pass"), n("FAIL"), n("n/a"))
 }
 
 pub fn json(cells: &[Cell]) -> Value {
@@ -116,9 +256,11 @@ pub fn json(cells: &[Cell]) -> Value {
             .iter()
             .map(|c| {
                 json!({
-                    "plugin": c.plugin, "scenario": c.scenario, "backend": c.backend,
+                    "plugin": c.label(), "binary": c.binary, "setup": c.setup,
+                    "scenario": c.scenario, "backend": c.backend,
                     "result": match c.verdict { Verdict::Pass => "pass", Verdict::Fail(_) => "fail", Verdict::NotApplicable(_) => "not-applicable" },
                     "reason": match &c.verdict { Verdict::Pass => Value::Null, Verdict::Fail(r) | Verdict::NotApplicable(r) => json!(r) },
+                    "cause": match &c.verdict { Verdict::Fail(r) => json!(cause(r)), _ => Value::Null },
                     "seconds": c.seconds,
                 })
             })
@@ -137,19 +279,21 @@ fn xml_escape(s: &str) -> String {
 }
 
 pub fn junit(cells: &[Cell]) -> String {
-    let (_, fail, na) = counts(cells);
+    let t = tally(&cells.iter().collect::<Vec<_>>());
     let total: f64 = cells.iter().map(|c| c.seconds).sum();
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
         out,
-        "<testsuite name=\"portmap-conformance\" tests=\"{}\" failures=\"{fail}\" skipped=\"{na}\" time=\"{total:.3}\">",
-        cells.len()
+        "<testsuite name=\"portmap-conformance\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{total:.3}\">",
+        cells.len(),
+        t.failed,
+        t.not_applicable
     );
     for c in cells {
         let _ = write!(
             out,
             "  <testcase classname=\"{}.{}\" name=\"{}\" time=\"{:.3}\"",
-            xml_escape(&c.plugin),
+            xml_escape(&c.label()),
             xml_escape(&c.backend),
             xml_escape(&c.scenario),
             c.seconds
@@ -177,54 +321,72 @@ pub fn junit(cells: &[Cell]) -> String {
     out
 }
 
-pub fn markdown(cells: &[Cell]) -> String {
-    let scenarios = ordered(cells, |c| &c.scenario);
-    let backends = ordered(cells, |c| &c.backend);
-    let plugins = ordered(cells, |c| &c.plugin);
-    let icon = |v: &Verdict| match v {
+fn icon(v: &Verdict) -> &'static str {
+    match v {
         Verdict::Pass => "✅",
         Verdict::Fail(_) => "❌",
         Verdict::NotApplicable(_) => "➖",
-    };
-    let mut out = String::from("## portmap conformance\n\n| scenario |");
-    for b in &backends {
-        let _ = write!(out, " {b} |");
     }
-    out.push_str("\n|---|");
-    out.push_str(&"---|".repeat(backends.len()));
-    out.push('\n');
-    for s in &scenarios {
-        let _ = write!(out, "| {s} |");
-        for b in &backends {
-            let cell: Vec<String> = plugins
-                .iter()
-                .filter_map(|p| find(cells, p, s, b))
-                .map(|c| {
-                    if plugins.len() > 1 {
-                        format!("{} {}", c.plugin, icon(&c.verdict))
-                    } else {
-                        icon(&c.verdict).to_string()
-                    }
-                })
-                .collect();
-            let _ = write!(out, " {} |", cell.join(" "));
+}
+
+fn markdown_table(out: &mut String, rows: &[Vec<String>]) {
+    let _ = writeln!(out, "| {} |", rows[0].join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(rows[0].len()));
+    for row in &rows[1..] {
+        let _ = writeln!(out, "| {} |", row.join(" | "));
+    }
+}
+
+/// Table-safe, and `<id>` shown rather than taken for an HTML tag.
+fn md(text: &str) -> String {
+    text.replace('|', "\\|")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+pub fn markdown(cells: &[Cell], reference: Option<&str>) -> String {
+    let ours = of(cells, OURS);
+    let theirs = of(cells, REFERENCE);
+    let mut out = String::from("## portmap conformance\n\n");
+    let _ = writeln!(out, "**{}**\n", md(&closing_line(cells, reference)));
+    if !ours.is_empty() {
+        let failed: Vec<&&Cell> = ours.iter().filter(|c| c.verdict.failed()).collect();
+        if !failed.is_empty() {
+            out.push_str("### ❌ ours failed\n\n");
+            for c in failed {
+                let _ = writeln!(out, "- {}: {}", md(&c.place()), md(c.verdict.reason()));
+            }
+            out.push('\n');
         }
+        let _ = writeln!(out, "### ours (each cell: {})\n", setups_legend(&ours));
+        markdown_table(&mut out, &table(&ours, icon));
         out.push('\n');
     }
-    let (pass, fail, na) = counts(cells);
-    let _ = writeln!(out, "\n{pass} passed, {fail} failed, {na} not applicable");
-    for c in cells
-        .iter()
-        .filter(|c| matches!(c.verdict, Verdict::Fail(_)))
-    {
+    if !theirs.is_empty() {
+        let t = tally(&theirs);
         let _ = writeln!(
             out,
-            "- ❌ `{}` {} [{}]: {}",
-            c.plugin,
-            c.scenario,
-            c.backend,
-            c.verdict.reason().replace('|', "\\|")
+            "<details><summary>reference {}: {t}, failures by cause</summary>\n",
+            md(reference.unwrap_or("binary"))
         );
+        out.push_str("| cells | cause | for example |\n|---:|---|---|\n");
+        for (cause, group) in causes(&theirs) {
+            let example = group.first().map(|c| c.place()).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                group.len(),
+                md(&cause),
+                md(&example)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n### reference (each cell: {})\n",
+            setups_legend(&theirs)
+        );
+        markdown_table(&mut out, &table(&theirs, icon));
+        out.push_str("\n</details>\n");
     }
     out
 }
@@ -233,60 +395,134 @@ pub fn markdown(cells: &[Cell]) -> String {
 mod tests {
     use super::*;
 
-    fn cells() -> Vec<Cell> {
-        let cell = |p: &str, s: &str, b: &str, v: Verdict| Cell {
-            plugin: p.into(),
+    fn cell(binary: &str, setup: &str, s: &str, b: &str, v: Verdict) -> Cell {
+        Cell {
+            binary: binary.into(),
+            setup: setup.into(),
             scenario: s.into(),
             backend: b.into(),
             verdict: v,
             seconds: 0.5,
-        };
+        }
+    }
+
+    fn cells() -> Vec<Cell> {
+        let fail = |r: &str| Verdict::Fail(r.into());
         vec![
-            cell("ours", "tcp", "nftables", Verdict::Pass),
+            cell(OURS, "veth", "tcp", "nftables", Verdict::Pass),
+            cell(OURS, "chain", "tcp", "nftables", Verdict::Pass),
             cell(
-                "ours",
+                OURS,
+                "veth",
                 "tcp",
                 "iptables-nft",
-                Verdict::Fail("no answer <&>\nruleset".into()),
+                fail("no answer <&>\nruleset"),
             ),
+            cell(OURS, "chain", "tcp", "iptables-nft", Verdict::Pass),
             cell(
-                "ours",
+                OURS,
+                "veth",
                 "gc",
                 "nftables",
                 Verdict::NotApplicable("why".into()),
+            ),
+            cell(
+                REFERENCE,
+                "veth",
+                "tcp",
+                "nftables",
+                fail("CHECK ctr-a failed: chain CNI-DN-5b3cd8c3aa24b836f0fc5 not found"),
+            ),
+            cell(
+                REFERENCE,
+                "chain",
+                "tcp",
+                "nftables",
+                fail("CHECK ctr-b failed: chain CNI-DN-734e1f1c3c9c8b2b7b8e7 not found"),
+            ),
+            cell(
+                REFERENCE,
+                "veth",
+                "gc",
+                "nftables",
+                fail("GC: missing containerID"),
             ),
         ]
     }
 
     #[test]
-    fn matrix_has_a_row_per_scenario_and_a_closing_count() {
-        let m = matrix(&cells());
+    fn matrix_puts_ours_first_with_one_word_per_setup() {
+        let m = matrix(&cells(), Some("/usr/lib/cni/portmap (v1.1.1)"));
+        assert!(m.starts_with("== ours (each cell: veth chain) =="), "{m}");
+        assert!(m.contains("tcp       pass pass  FAIL pass"), "{m}");
         assert!(
-            m.contains("tcp                          pass     FAIL"),
+            m.contains("ours failed:\n  tcp [iptables-nft veth]: no answer <&>"),
             "{m}"
         );
-        assert!(m.contains("ours tcp [iptables-nft]: no answer <&>"), "{m}");
         assert!(
-            m.trim_end()
-                .ends_with("1 passed, 1 failed, 1 not applicable"),
+            m.trim_end().ends_with(
+                "ours: 3 passed, 1 failed, 1 n/a · reference /usr/lib/cni/portmap (v1.1.1): 0 passed, 3 failed, 0 n/a (reported, not gated)"
+            ),
             "{m}"
+        );
+    }
+
+    #[test]
+    fn reference_failures_are_grouped_by_normalised_cause() {
+        let m = matrix(&cells(), None);
+        assert!(
+            m.contains("     2  CHECK <container> failed: chain CNI-DN-<hash> not found\n        tcp [nftables veth], tcp [nftables chain]"),
+            "{m}"
+        );
+        assert!(m.contains("     1  GC: missing containerID"), "{m}");
+        assert_eq!(
+            cause("ADD ctr-pod: {   \"code\": handle 42 in pmt-host-123-4, id 8732e00d5145221dcf3a6f06"),
+            "ADD <container>: { \"code\": handle <n> in <netns>, id <id>"
+        );
+    }
+
+    #[test]
+    fn markdown_shows_ours_failures_first_and_folds_the_reference() {
+        let md = markdown(&cells(), Some("x"));
+        let failed = md.find("### ❌ ours failed").expect("ours failures");
+        let table = md
+            .find("### ours (each cell: veth chain)")
+            .expect("ours table");
+        assert!(failed < table, "{md}");
+        assert!(md.contains("| tcp | ✅ ✅ | ❌ ✅ |"), "{md}");
+        assert!(
+            md.contains("<details><summary>reference x: 0 passed, 3 failed, 0 n/a"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| 2 | CHECK &lt;container&gt; failed: chain CNI-DN-&lt;hash&gt; not found |"
+            ),
+            "{md}"
         );
     }
 
     #[test]
     fn junit_is_escaped_with_one_testcase_per_cell() {
         let x = junit(&cells());
-        assert_eq!(x.matches("<testcase ").count(), 3);
-        assert!(x.contains("failures=\"1\" skipped=\"1\""));
+        assert_eq!(x.matches("<testcase ").count(), 8);
+        assert!(x.contains("failures=\"4\" skipped=\"1\""));
         assert!(x.contains("message=\"no answer &lt;&amp;&gt;\""));
+        assert!(x.contains("classname=\"ours+chain.nftables\""));
         assert!(!x.contains("<&>"));
     }
 
     #[test]
-    fn json_has_one_record_per_cell() {
+    fn json_has_one_record_per_cell_with_binary_setup_and_cause() {
         let j = json(&cells());
-        assert_eq!(j.as_array().map(Vec::len), Some(3));
-        assert_eq!(j[1]["result"], "fail");
-        assert_eq!(j[2]["result"], "not-applicable");
+        assert_eq!(j.as_array().map(Vec::len), Some(8));
+        assert_eq!(j[2]["result"], "fail");
+        assert_eq!(j[4]["result"], "not-applicable");
+        assert_eq!(j[6]["plugin"], "reference+chain");
+        assert_eq!(j[6]["setup"], "chain");
+        assert_eq!(
+            j[6]["cause"],
+            "CHECK <container> failed: chain CNI-DN-<hash> not found"
+        );
     }
 }

@@ -11,17 +11,18 @@ use crate::topology::Setup;
 
 pub const CELL_TIME_LIMIT: Duration = Duration::from_secs(90);
 
-/// What one cell runs: which binary (and its partner for interop), under
-/// which report label, with which container setup.
+/// What one cell runs: which binary (and its partner for interop), which
+/// of the two it is in the report, with which container setup.
 pub struct CellSpec<'a> {
     pub plugin: &'a Path,
     pub reference: Option<&'a Path>,
-    pub label: &'a str,
+    /// [`crate::report::OURS`] or [`crate::report::REFERENCE`].
+    pub binary: &'a str,
     pub setup: Setup,
 }
 
 pub fn run_cell(spec: &CellSpec<'_>, axis: Axis, scenario: &Scenario) -> Cell {
-    let (plugin, reference, label, setup) = (spec.plugin, spec.reference, spec.label, spec.setup);
+    let (plugin, reference, setup) = (spec.plugin, spec.reference, spec.setup);
     let start = Instant::now();
     let (tx, rx) = mpsc::channel();
     let (plugin_owned, reference_owned) = (plugin.to_path_buf(), reference.map(Path::to_path_buf));
@@ -52,7 +53,8 @@ pub fn run_cell(spec: &CellSpec<'_>, axis: Axis, scenario: &Scenario) -> Cell {
         Err(_) => Verdict::Fail(format!("timed out after {}s", CELL_TIME_LIMIT.as_secs())),
     };
     Cell {
-        plugin: label.to_string(),
+        binary: spec.binary.to_string(),
+        setup: setup.name().to_string(),
         scenario: scenario.name.to_string(),
         backend: axis.name().to_string(),
         verdict,

@@ -112,7 +112,7 @@ fn cell(
     let spec = CellSpec {
         plugin: &plugin,
         reference,
-        label: "ours",
+        binary: portmap_conformance::report::OURS,
         setup,
     };
     let cell = run_cell(&spec, axis, s);
