@@ -1,6 +1,6 @@
 //! A PATH directory of symlinks that decides which firewall tools a
-//! plugin sees: `nft` present, missing or broken (like a kernel without
-//! nf_tables), and which iptables variant `iptables` is. This is how the
+//! plugin sees: `nft` present, missing, refused by the kernel, or unable
+//! to run, and which iptables variant `iptables` is. This is how the
 //! backend axis and "a distribution without nftables" are simulated.
 
 use std::path::{Path, PathBuf};
@@ -10,8 +10,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub enum Nft {
     Present,
     Missing,
-    /// Fails every call as nft does on a kernel without nf_tables.
-    Broken,
+    /// Runs (`--version` answers), but every transaction fails as the
+    /// kernel refuses it (a kernel without nf_tables nat support).
+    KernelRefuses,
+    /// Cannot run at all (a missing library: exit 127).
+    Unrunnable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,15 +103,20 @@ impl ToolDir {
                 }
             }
             Nft::Missing => {}
-            Nft::Broken => {
-                let script = td.dir.join("nft");
-                std::fs::write(
-                    &script,
-                    "#!/bin/sh\necho 'Error: Could not process rule: Operation not supported' >&2\nexit 1\n",
+            Nft::KernelRefuses => {
+                let real = find("nft").map(|p| p.display().to_string()).unwrap_or_default();
+                td.script(
+                    "nft",
+                    &format!(
+                        "[ \"$1\" = --version ] && exec {real} --version\n\
+                         echo 'Error: Could not process rule: Operation not supported' >&2\nexit 1\n"
+                    ),
                 )?;
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
             }
+            Nft::Unrunnable => td.script(
+                "nft",
+                "echo 'nft: error while loading shared libraries: libnftables.so.1: cannot open shared object file' >&2\nexit 127\n",
+            )?,
         }
         if let Some(v) = tools.iptables {
             let mut variants = vec![v];
@@ -141,6 +149,14 @@ impl ToolDir {
 
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// An executable shell script `name` with `body`.
+    fn script(&self, name: &str, body: &str) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
     }
 }
 

@@ -28,7 +28,7 @@ fn port(p: u16) -> Value {
 /// pick runs a full ADD/CHECK/DEL with traffic.
 #[rstest]
 fn auto_selection_matrix(
-    #[values(Nft::Present, Nft::Missing, Nft::Broken)] nft: Nft,
+    #[values(Nft::Present, Nft::Missing, Nft::KernelRefuses, Nft::Unrunnable)] nft: Nft,
     #[values(IptablesVariant::Legacy, IptablesVariant::Nft)] variant: IptablesVariant,
 ) {
     let Some(rig) = Rig::new(Tools {
@@ -59,6 +59,32 @@ fn auto_selection_matrix(
             status.stdout
         );
     }
+    // The diagnosis names the part that failed, and the versions found.
+    let diagnosis = match nft {
+        Nft::Present => "nftables: usable (",
+        Nft::Missing => "nftables: not usable: nft binary not found in PATH",
+        Nft::KernelRefuses => "nftables: not usable: kernel refused an nf_tables transaction: Error: Could not process rule",
+        Nft::Unrunnable => "nftables: not usable: nft binary",
+    };
+    assert!(status.stdout.contains(diagnosis), "{}", status.stdout);
+    if nft == Nft::Unrunnable {
+        assert!(
+            status.stdout.contains(
+                "fails to run or to parse JSON: nft: error while loading shared libraries"
+            ),
+            "{}",
+            status.stdout
+        );
+    }
+    if nft == Nft::Present {
+        assert!(
+            status.stdout.contains(", nftables v"),
+            "nft version: {}",
+            status.stdout
+        );
+    }
+    let iptables_line = format!("iptables-{}: tools found (iptables v", variant.as_str());
+    assert!(status.stdout.contains(&iptables_line), "{}", status.stdout);
 
     let a = rig.topo.container("a", 5).expect("container");
     let _srv = EchoServer::start(&a.ns, "a", 80).expect("echo");
@@ -94,7 +120,7 @@ fn assert_nothing_left(rig: &Rig) {
     "nft binary not found in PATH"
 )]
 #[case::nft_broken(
-    Nft::Broken,
+    Nft::KernelRefuses,
     Some(IptablesVariant::Nft),
     "nftables",
     "kernel refused an nf_tables transaction"
@@ -316,6 +342,60 @@ fn mixed_state_is_listed_migrated_both_ways_and_cleaned() {
     let del = json!({"cniVersion": "1.0.0", "name": "e2e", "type": "portmap"});
     for id in ["ctr-legacy", "ctr-nft"] {
         rig.must(&ours(), "DEL", id, None, &del);
+    }
+    assert_nothing_left(&rig);
+}
+
+/// Switching from ours (which chose nftables) back to an iptables-only
+/// upstream binary (Debian's 1.1.1): upstream's DEL cannot see nftables
+/// rules, so without a move first our DNAT stays behind; after
+/// `portmap migrate --to iptables`, upstream's DEL leaves nothing and a new
+/// container on the same host port is reachable through upstream's rules.
+#[rstest]
+fn switching_back_to_an_iptables_only_upstream(#[values(true, false)] migrate_first: bool) {
+    if !upstream_available() {
+        return;
+    }
+    let Some(rig) = Rig::new(Tools::default()) else {
+        return;
+    };
+    let upstream = PathBuf::from(UPSTREAM);
+    let cs = containers(&rig, 2);
+    // What a runtime sends: no backend key.
+    let a_cfg = config(&cs[0], None, tcp_8080());
+    let b_cfg = config(&cs[1], None, tcp_8080());
+    let a_server = EchoServer::start(&cs[0].ns, "a", 80).expect("echo a");
+    let _b_server = EchoServer::start(&cs[1].ns, "b", 80).expect("echo b");
+    rig.must(&ours(), "ADD", "ctr-a", Some(&cs[0]), &a_cfg);
+    assert_eq!(rig.listed(), vec![row("nftables", "ctr-a", 8080)]);
+    assert_eq!(rig.answers(8080).as_deref(), Some("a"));
+    if migrate_first {
+        let moved = rig.cli(&["migrate", "--to", "iptables", "--network", "e2e"]);
+        assert_eq!(moved.exit, Some(0), "{}", moved.summary());
+        assert_eq!(rig.listed(), vec![row("iptables-nft", "ctr-a", 8080)]);
+        assert_eq!(rig.answers(8080).as_deref(), Some("a"));
+    }
+    // The host now runs upstream's binary: container a goes, b comes on
+    // the same host port.
+    drop(a_server);
+    rig.must(&upstream, "DEL", "ctr-a", Some(&cs[0]), &a_cfg);
+    rig.must(&upstream, "ADD", "ctr-b", Some(&cs[1]), &b_cfg);
+    if migrate_first {
+        assert_eq!(rig.listed(), vec![row("iptables-nft", "ctr-b", 8080)]);
+        assert_eq!(rig.answers(8080).as_deref(), Some("b"));
+    } else {
+        // The leak the README's "Switching binaries" section warns about.
+        assert!(
+            rig.listed().contains(&row("nftables", "ctr-a", 8080)),
+            "{:?}",
+            rig.listed()
+        );
+        eprintln!("without migrate, port 8080 answers {:?}", rig.answers(8080));
+    }
+    rig.must(&upstream, "DEL", "ctr-b", Some(&cs[1]), &b_cfg);
+    if !migrate_first {
+        // Ours cleans what upstream could not see.
+        rig.must(&ours(), "DEL", "ctr-a", None, &a_cfg);
     }
     assert_nothing_left(&rig);
 }
