@@ -18,12 +18,26 @@ pub enum HostError {
     },
 }
 
+/// `/proc/thread-self/net/<file>`: this thread's network namespace
+/// (`/proc/net` follows the main thread's, and a caller may have entered
+/// another one on this thread). Linux before 3.17 has no thread-self; the
+/// same file is under `/proc/self/task/<tid>/net` there.
+pub fn thread_net(file: &str) -> PathBuf {
+    let thread_self = std::path::Path::new("/proc/thread-self");
+    if thread_self.exists() {
+        thread_self.join("net").join(file)
+    } else {
+        PathBuf::from(format!(
+            "/proc/self/task/{}/net/{file}",
+            nix::unistd::gettid()
+        ))
+    }
+}
+
 /// Sets `net.ipv4.conf.<dev>.route_localnet=1` on the interface that routes
 /// to `container` (falling back to `all`), as upstream does with snat.
 pub fn enable_route_localnet(container: Ipv4Addr) -> Result<(), HostError> {
-    // thread-self: /proc/net follows the main thread's namespace, and a
-    // caller may have entered another one on this thread.
-    let routes = std::fs::read_to_string("/proc/thread-self/net/route").unwrap_or_default();
+    let routes = std::fs::read_to_string(thread_net("route")).unwrap_or_default();
     let dev = route_interface(&routes, container).unwrap_or_else(|| "all".to_string());
     let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{dev}/route_localnet"));
     if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
@@ -68,11 +82,11 @@ fn route_interface(table: &str, dst: Ipv4Addr) -> Option<String> {
 pub fn connected_prefix(addr: IpAddr) -> Option<u8> {
     match addr {
         IpAddr::V4(a) => {
-            let routes = std::fs::read_to_string("/proc/thread-self/net/route").ok()?;
+            let routes = std::fs::read_to_string(thread_net("route")).ok()?;
             connected_prefix_v4(&routes, a)
         }
         IpAddr::V6(a) => {
-            let routes = std::fs::read_to_string("/proc/thread-self/net/ipv6_route").ok()?;
+            let routes = std::fs::read_to_string(thread_net("ipv6_route")).ok()?;
             connected_prefix_v6(&routes, a)
         }
     }
@@ -169,6 +183,22 @@ pub fn after_del(removed: &[crate::InstalledMapping]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_net_names_this_threads_namespace_files() {
+        let path = thread_net("route");
+        assert!(path.ends_with("net/route"), "{}", path.display());
+        assert!(std::fs::read_to_string(&path).is_ok_and(|t| t.starts_with("Iface")));
+        // The pre-3.17 spelling reads the same namespace.
+        let task = PathBuf::from(format!(
+            "/proc/self/task/{}/net/route",
+            nix::unistd::gettid()
+        ));
+        assert_eq!(
+            std::fs::read_to_string(task).ok(),
+            std::fs::read_to_string(path).ok()
+        );
+    }
 
     const TABLE: &str =
         "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT

@@ -160,6 +160,15 @@ fn iptables(reason: &str) -> Result<Selected, IptablesError> {
     Ok(selected(ipt, &reason))
 }
 
+/// Every backend that may hold our rules, and the places that may hold
+/// some but that no working tool here can read.
+pub struct Sweep {
+    pub backends: Vec<Box<dyn Backend>>,
+    /// e.g. our nftables table exists but `nft` is missing: a DEL that
+    /// skipped it would report success while rules stay.
+    pub unreadable: Vec<String>,
+}
+
 /// Every backend that may hold our rules in this namespace, for DEL, GC,
 /// `list` and `migrate`: rules made by another backend or binary are never
 /// leaked. Only families that can hold rules are read, so a DEL starts one
@@ -168,7 +177,13 @@ fn iptables(reason: &str) -> Result<Selected, IptablesError> {
 /// table and iptables-nft's `nat` tables exist; its legacy table names
 /// show where legacy ones do (reading would create them).
 pub fn cleanup_backends() -> Vec<Box<dyn Backend>> {
+    sweep().backends
+}
+
+/// [`cleanup_backends`], with what could not be covered.
+pub fn sweep() -> Sweep {
     let nf_tables = nfnetlink::tables().ok();
+    let mut unreadable = Vec::new();
     let with_table = |name: &str| -> Option<Vec<Family>> {
         let tables = nf_tables.as_ref()?;
         Some(
@@ -191,7 +206,15 @@ pub fn cleanup_backends() -> Vec<Box<dyn Backend>> {
     let mut all: Vec<Box<dyn Backend>> = Vec::new();
     let nft = match with_table(TABLE) {
         Some(ours) if ours.is_empty() => None,
-        Some(ours) => Nftables::from_path().ok().map(|n| n.with_tables_in(ours)),
+        Some(ours) => match Nftables::from_path() {
+            Ok(n) => Some(n.with_tables_in(ours)),
+            Err(e) => {
+                unreadable.push(format!(
+                    "the kernel has our nftables table {TABLE} but nft cannot read it: {e}"
+                ));
+                None
+            }
+        },
         // The kernel did not answer the dump: let nft itself tell.
         None => probe_nftables().ok(),
     };
@@ -210,23 +233,45 @@ pub fn cleanup_backends() -> Vec<Box<dyn Backend>> {
         }
     }
     // A PATH whose `iptables` is neither suffixed tool (a distribution
-    // without the variant names) still gets cleaned.
+    // without the variant names, iptables before 1.8) still gets cleaned.
     if let Ok(ipt) = Iptables::from_path() {
         if !covered.contains(&ipt.variant_of()) {
+            covered.push(ipt.variant_of());
             all.extend(limited(ipt).map(|i| Box::new(i) as Box<dyn Backend>));
         }
     }
-    all
+    // Legacy nat tables exist only where some legacy tool made them. (An
+    // nf_tables `nat` table without iptables-nft tools is not counted: nft
+    // users make tables of that name too.)
+    let legacy = legacy_nat_families();
+    if !covered.contains(&Variant::Legacy) && !legacy.is_empty() {
+        unreadable.push(format!(
+            "the kernel has legacy iptables nat tables ({}) but no working iptables-legacy \
+             tools are in PATH (iptables-legacy-save, or an iptables that reports itself legacy)",
+            legacy
+                .iter()
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Sweep {
+        backends: all,
+        unreadable,
+    }
 }
 
 /// Families whose legacy nat table the kernel has in this namespace.
 fn legacy_nat_families() -> Vec<Family> {
     [
-        (Family::V4, "/proc/thread-self/net/ip_tables_names"),
-        (Family::V6, "/proc/thread-self/net/ip6_tables_names"),
+        (Family::V4, "ip_tables_names"),
+        (Family::V6, "ip6_tables_names"),
     ]
     .into_iter()
-    .filter(|(_, p)| std::fs::read_to_string(p).is_ok_and(|s| s.lines().any(|l| l == "nat")))
+    .filter(|(_, file)| {
+        std::fs::read_to_string(crate::host::thread_net(file))
+            .is_ok_and(|s| s.lines().any(|l| l == "nat"))
+    })
     .map(|(f, _)| f)
     .collect()
 }

@@ -2,8 +2,8 @@
 //! which firewall runs comes from a [`Host`], so unit tests use a fake.
 
 use portmap_backends::host::HostError;
-use portmap_backends::select::{self, Choice, SelectError, Selected};
-use portmap_backends::{host, Backend, BackendError, ContainerKey, InstalledMapping, Plan};
+use portmap_backends::select::{self, Choice, SelectError, Selected, Sweep};
+use portmap_backends::{host, BackendError, ContainerKey, InstalledMapping, Plan};
 use serde_json::Value;
 
 use crate::cni::result::convert;
@@ -22,8 +22,9 @@ pub trait Host {
         choice: Option<Choice>,
         iptables_specific: bool,
     ) -> Result<Selected, SelectError>;
-    /// Every backend that may hold our rules (DEL, GC, CHECK fallback).
-    fn all_backends(&self) -> Vec<Box<dyn Backend>>;
+    /// Every backend that may hold our rules (DEL, GC, CHECK fallback),
+    /// and what may hold some but cannot be read here.
+    fn sweep(&self) -> Sweep;
     fn after_add(&self, plan: &Plan) -> Result<(), HostError>;
     fn after_del(&self, removed: &[InstalledMapping]);
 }
@@ -52,8 +53,8 @@ impl Host for RealHost {
         }
     }
 
-    fn all_backends(&self) -> Vec<Box<dyn Backend>> {
-        select::cleanup_backends()
+    fn sweep(&self) -> Sweep {
+        select::sweep()
     }
 
     fn after_add(&self, plan: &Plan) -> Result<(), HostError> {
@@ -184,7 +185,7 @@ fn check(cfg: &Config, env: &Env, host: &dyn Host) -> Result<(), CniError> {
     // Without an explicit backend, rules made before a switch of default
     // (or by another binary) count wherever they are.
     if cfg.backend.is_none() {
-        let others = host.all_backends();
+        let others = host.sweep().backends;
         if others
             .iter()
             .filter(|b| b.name() != selected.backend.name())
@@ -205,7 +206,8 @@ fn check(cfg: &Config, env: &Env, host: &dyn Host) -> Result<(), CniError> {
 fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
     let mut removed = Vec::new();
     let mut first_error = None;
-    for backend in host.all_backends() {
+    let sweep = host.sweep();
+    for backend in sweep.backends {
         match backend.del(key) {
             Ok(r) => removed.extend(r),
             Err(e) => {
@@ -214,7 +216,23 @@ fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
         }
     }
     host.after_del(&removed);
-    first_error.map_or(Ok(()), Err)
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    // Success would tell the runtime never to retry: not while rules may
+    // remain where we could not look.
+    unreadable_error(&sweep.unreadable)
+}
+
+fn unreadable_error(unreadable: &[String]) -> Result<(), CniError> {
+    if unreadable.is_empty() {
+        return Ok(());
+    }
+    Err(CniError::new(
+        Code::Internal,
+        "could not read every firewall that may hold the container's rules",
+    )
+    .with_details(unreadable.join("\n")))
 }
 
 fn status(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
@@ -228,18 +246,19 @@ fn status(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
 
 fn gc(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
     requires_version(cfg, "1.1.0", "GC")?;
-    for backend in host.all_backends() {
+    let sweep = host.sweep();
+    for backend in sweep.backends {
         backend
             .gc(&cfg.name, &cfg.valid_attachments)
             .map_err(|e| backend_error(&e, backend.name(), "gc"))?;
     }
-    Ok(())
+    unreadable_error(&sweep.unreadable)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portmap_backends::InstalledContainer;
+    use portmap_backends::{Backend, InstalledContainer};
     use serde_json::json;
     use std::collections::BTreeSet;
     use std::sync::{Arc, Mutex};
@@ -303,6 +322,7 @@ mod tests {
         calls: Arc<Calls>,
         /// (name, check passes) of every backend; the first is selected.
         backends: Vec<(&'static str, bool)>,
+        unreadable: Vec<String>,
     }
 
     impl FakeHost {
@@ -310,6 +330,7 @@ mod tests {
             FakeHost {
                 calls: Arc::new(Calls::default()),
                 backends,
+                unreadable: vec![],
             }
         }
         fn backend(&self, (name, check_ok): (&'static str, bool)) -> Box<dyn Backend> {
@@ -334,8 +355,11 @@ mod tests {
                 reason: "fake".into(),
             })
         }
-        fn all_backends(&self) -> Vec<Box<dyn Backend>> {
-            self.backends.iter().map(|b| self.backend(*b)).collect()
+        fn sweep(&self) -> Sweep {
+            Sweep {
+                backends: self.backends.iter().map(|b| self.backend(*b)).collect(),
+                unreadable: self.unreadable.clone(),
+            }
         }
         fn after_add(&self, plan: &Plan) -> Result<(), HostError> {
             self.calls
@@ -413,6 +437,29 @@ mod tests {
         )
         .expect("ok");
         assert_eq!(host.calls(), vec!["a del c1", "b del c1", "after_del"]);
+    }
+
+    #[test]
+    fn del_fails_while_a_place_that_may_hold_rules_is_unreadable() {
+        let mut host = FakeHost::new(vec![("a", true)]);
+        host.unreadable = vec!["nftables table exists but nft is missing".into()];
+        let e = run(
+            Command::Del,
+            &env(),
+            br#"{"cniVersion":"1.0.0","name":"net"}"#,
+            &host,
+        )
+        .expect_err("not a success the runtime would never retry");
+        assert_eq!(
+            e.msg,
+            "could not read every firewall that may hold the container's rules"
+        );
+        assert_eq!(e.details, "nftables table exists but nft is missing");
+        assert_eq!(
+            host.calls(),
+            vec!["a del c1", "after_del"],
+            "what it can read is cleaned"
+        );
     }
 
     #[test]

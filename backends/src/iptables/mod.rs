@@ -15,7 +15,7 @@ use crate::{
     InstalledOptions, MasqMark, Protocol,
 };
 use rules::SavedTable;
-pub use runner::{Runner, Variant};
+pub use runner::{Detected, Runner, Variant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IptablesError {
@@ -72,21 +72,31 @@ impl Iptables {
     pub fn from_path() -> Result<Iptables, IptablesError> {
         let ipt =
             which::which("iptables").map_err(|_| IptablesError::NotUsable { variant: None })?;
-        let variant = Variant::detect(&ipt).ok_or(IptablesError::NotUsable { variant: None })?;
-        Self::with_bases(variant, "iptables", "ip6tables")
+        let detected = Variant::detect(&ipt).ok_or(IptablesError::NotUsable { variant: None })?;
+        Self::with_bases(detected, "iptables", "ip6tables")
     }
 
-    /// A specific variant through its suffixed tools (`iptables-legacy-save`…).
+    /// A specific variant through its suffixed tools (`iptables-legacy-save`…,
+    /// iptables 1.8 and later).
     pub fn variant(variant: Variant) -> Result<Iptables, IptablesError> {
         let v = variant.as_str();
-        Self::with_bases(variant, &format!("iptables-{v}"), &format!("ip6tables-{v}"))
+        let detected = Detected {
+            variant,
+            restore_waits: true,
+        };
+        Self::with_bases(
+            detected,
+            &format!("iptables-{v}"),
+            &format!("ip6tables-{v}"),
+        )
     }
 
-    fn with_bases(variant: Variant, v4: &str, v6: &str) -> Result<Iptables, IptablesError> {
+    fn with_bases(detected: Detected, v4: &str, v6: &str) -> Result<Iptables, IptablesError> {
+        let variant = detected.variant;
         let ipt = Iptables {
             variant,
-            v4: Runner::find(Family::V4, v4, variant),
-            v6: Runner::find(Family::V6, v6, variant),
+            v4: Runner::find(Family::V4, v4, detected),
+            v6: Runner::find(Family::V6, v6, detected),
         };
         if ipt.v4.is_none() && ipt.v6.is_none() {
             return Err(IptablesError::NotUsable {

@@ -29,26 +29,64 @@ impl Variant {
         }
     }
 
-    /// Detects the variant from the multi-call binary a path resolves to,
-    /// falling back to `--version` (one process) for unusual installs.
-    pub fn detect(binary: &Path) -> Option<Variant> {
+    /// Detects the variant (and whether its restore waits for the lock)
+    /// from the multi-call binary a path resolves to: iptables 1.8+ names
+    /// it `xtables-legacy-multi` / `xtables-nft-multi`; before 1.8 there
+    /// was only `xtables-multi`, always legacy. Other installs (a plain
+    /// binary, a wrapper) answer `--version` (one process).
+    pub fn detect(binary: &Path) -> Option<Detected> {
         let real = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_path_buf());
         let name = real.file_name()?.to_string_lossy().into_owned();
+        let since_1_8 = |variant| Detected {
+            variant,
+            restore_waits: true,
+        };
         if name.contains("legacy") {
-            return Some(Variant::Legacy);
+            return Some(since_1_8(Variant::Legacy));
         }
         if name.contains("nft") {
-            return Some(Variant::Nft);
+            return Some(since_1_8(Variant::Nft));
         }
         let out = Command::new(binary).arg("--version").output().ok()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if text.contains("nf_tables") {
-            Some(Variant::Nft)
-        } else if text.contains("legacy") {
-            Some(Variant::Legacy)
+        Detected::from_version(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+/// What `iptables --version` tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Detected {
+    pub variant: Variant,
+    /// `iptables-restore -w` exists (1.6.2 and later).
+    pub restore_waits: bool,
+}
+
+impl Detected {
+    /// `iptables v1.8.9 (nf_tables)`, `iptables v1.8.7 (legacy)`, or
+    /// before 1.8 `iptables v1.6.1` / `iptables v1.4.21`: no variant, legacy.
+    pub fn from_version(text: &str) -> Option<Detected> {
+        let line = text.lines().next()?.trim();
+        let rest = line
+            .strip_prefix("iptables v")
+            .or_else(|| line.strip_prefix("ip6tables v"))?;
+        let number: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let mut parts = number.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let version = (
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+        );
+        let variant = if rest.contains("nf_tables") {
+            Variant::Nft
         } else {
-            None
-        }
+            Variant::Legacy
+        };
+        Some(Detected {
+            variant,
+            restore_waits: version >= (1, 6, 2),
+        })
     }
 }
 
@@ -65,20 +103,27 @@ pub struct Runner {
     pub variant: Variant,
     pub save: PathBuf,
     pub restore: PathBuf,
+    /// `-w` exists; else we hold the xtables lock ourselves around restore.
+    pub restore_waits: bool,
 }
 
 /// How long iptables-restore waits for the xtables lock (legacy only).
 const LOCK_WAIT_SECONDS: &str = "10";
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The lock file iptables 1.6+ takes with flock (XTABLES_LOCKFILE
+/// overrides it in 1.8, as here).
+const XTABLES_LOCK: &str = "/run/xtables.lock";
 
 impl Runner {
     /// Finds `<base>-save` and `<base>-restore` next to each other in PATH,
     /// e.g. base `iptables` or `ip6tables-legacy`.
-    pub fn find(family: Family, base: &str, variant: Variant) -> Option<Runner> {
+    pub fn find(family: Family, base: &str, detected: Detected) -> Option<Runner> {
         Some(Runner {
             family,
-            variant,
+            variant: detected.variant,
             save: which::which(format!("{base}-save")).ok()?,
             restore: which::which(format!("{base}-restore")).ok()?,
+            restore_waits: detected.restore_waits,
         })
     }
 
@@ -110,17 +155,27 @@ impl Runner {
     }
 
     /// `iptables-restore --noflush`: the one atomic write of a command.
+    /// Before 1.6.2 restore has no `-w` and takes no lock: we hold the
+    /// lock `iptables` itself takes, so no concurrent `iptables -A` of
+    /// another tool interleaves with our batch.
     pub fn restore(&self, batch: &str) -> Result<(), IptablesError> {
         let tool = Self::tool_name(&self.restore);
-        let out = crate::exec::run_with_stdin(
-            &self.restore,
-            &["-w", LOCK_WAIT_SECONDS, "--noflush"],
-            batch,
-        )
-        .map_err(|source| IptablesError::Spawn {
+        let spawn = |source| IptablesError::Spawn {
             tool: tool.clone(),
             source,
-        })?;
+        };
+        let out = if self.restore_waits {
+            crate::exec::run_with_stdin(
+                &self.restore,
+                &["-w", LOCK_WAIT_SECONDS, "--noflush"],
+                batch,
+            )
+        } else {
+            let path = std::env::var_os("XTABLES_LOCKFILE").unwrap_or_else(|| XTABLES_LOCK.into());
+            let _held = xtables_lock(Path::new(&path)).map_err(spawn)?;
+            crate::exec::run_with_stdin(&self.restore, &["--noflush"], batch)
+        }
+        .map_err(spawn)?;
         if !out.status.success() {
             return Err(IptablesError::Restore {
                 tool,
@@ -130,5 +185,70 @@ impl Runner {
             });
         }
         Ok(())
+    }
+}
+
+/// Takes `path` with flock as iptables does, waiting up to [`LOCK_WAIT`];
+/// released when the file is dropped.
+fn xtables_lock(path: &Path) -> std::io::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{} held by another process for {LOCK_WAIT:?}",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_tell_variant_and_restore_wait() {
+        let d = |t| Detected::from_version(t).map(|d| (d.variant, d.restore_waits));
+        assert_eq!(
+            d("iptables v1.8.9 (nf_tables)\n"),
+            Some((Variant::Nft, true))
+        );
+        assert_eq!(d("iptables v1.8.7 (legacy)"), Some((Variant::Legacy, true)));
+        assert_eq!(d("iptables v1.6.1"), Some((Variant::Legacy, false)));
+        assert_eq!(d("iptables v1.6.2"), Some((Variant::Legacy, true)));
+        assert_eq!(d("iptables v1.4.21"), Some((Variant::Legacy, false)));
+        assert_eq!(d("ip6tables v1.6.1"), Some((Variant::Legacy, false)));
+        assert_eq!(d("something else"), None);
+    }
+
+    #[test]
+    fn the_xtables_lock_is_exclusive_and_waits() {
+        let dir = std::env::temp_dir().join(format!("portmap-xtlock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("xtables.lock");
+        let held = xtables_lock(&path).expect("first");
+        let other = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        assert!(other.try_lock().is_err(), "held exclusively");
+        drop(held);
+        assert!(other.try_lock().is_ok(), "released on drop");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
