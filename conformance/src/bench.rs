@@ -150,7 +150,7 @@ pub fn run(opts: &Options, progress: &dyn Fn(&str)) -> Result<Vec<Sample>, Bench
         if let Some(reference) = &opts.reference {
             // A reference speaking only CNI <= 1.0.0 predates upstream's
             // nftables backend: on that row it would measure iptables.
-            if axis != Axis::Nftables || speaks_cni_1_1(reference, &bench.topo.host) {
+            if axis != Axis::Nftables || speaks_cni_1_1(reference) {
                 binaries.push(Binary {
                     label: "upstream",
                     path: reference,

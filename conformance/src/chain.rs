@@ -15,16 +15,18 @@ use crate::netns::Netns;
 use crate::topology::{BRIDGE, HOST_V4, HOST_V6};
 
 pub const BRIDGE_PLUGIN: &str = "/usr/lib/cni/bridge";
+pub const HOST_LOCAL_PLUGIN: &str = "/usr/lib/cni/host-local";
 /// The bridge plugin's PATH (it writes no firewall rules: ipMasq is off).
 const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 const NETWORK: &str = "conformance-chain";
 
 /// The bridge network's config: our host bridge, hairpin on (hairpin
 /// scenarios need it), no masquerade of its own, one fixed address per
-/// family so scenarios know their container's IP.
-pub fn bridge_config(v4: Ipv4Addr, v6: Ipv6Addr, ipam_dir: &Path) -> Value {
+/// family so scenarios know their container's IP; `cni_version` as
+/// negotiated (bridge answers in that version's result shape).
+pub fn bridge_config(v4: Ipv4Addr, v6: Ipv6Addr, ipam_dir: &Path, cni_version: &str) -> Value {
     json!({
-        "cniVersion": "1.0.0",
+        "cniVersion": cni_version,
         "name": NETWORK,
         "type": "bridge",
         "bridge": BRIDGE,

@@ -104,7 +104,7 @@ impl Client {
     pub fn add_config(self, prev: &Value, backend: Option<&str>) -> Value {
         let mut cfg = parse(self.add_fixture());
         let version = cfg["cniVersion"].as_str().unwrap_or("1.0.0").to_string();
-        cfg["prevResult"] = prev_in_version(prev, &version);
+        cfg["prevResult"] = crate::cni::result_in_version(prev, &version);
         with_backend(cfg, backend)
     }
 
@@ -142,22 +142,6 @@ fn with_backend(mut cfg: Value, backend: Option<&str>) -> Value {
         cfg["backend"] = json!(b);
     }
     cfg
-}
-
-/// A 1.0-shaped result as a client speaking `version` holds it: 0.3.x and
-/// 0.4.0 results carry `version` on each IP.
-fn prev_in_version(prev: &Value, version: &str) -> Value {
-    let mut out = prev.clone();
-    out["cniVersion"] = json!(version);
-    if version.starts_with("0.") {
-        if let Some(ips) = out["ips"].as_array_mut() {
-            for ip in ips.iter_mut() {
-                let v6 = ip["address"].as_str().is_some_and(|a| a.contains(':'));
-                ip["version"] = json!(if v6 { "6" } else { "4" });
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

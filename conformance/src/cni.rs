@@ -95,27 +95,72 @@ pub fn invoke(plugin: &Path, ns: &Netns, call: &Call<'_>) -> std::io::Result<Out
     run_with_input(cmd, call.config.to_string().as_bytes())
 }
 
+/// What the catalogue speaks unless negotiation says otherwise.
+pub const DEFAULT_VERSION: &str = "1.0.0";
+/// Versions the catalogue can run at, newest first (CHECK needs 0.4.0).
+const CANDIDATES: [&str; 3] = ["1.1.0", "1.0.0", "0.4.0"];
+
+/// The versions `binary` lists in its VERSION answer.
+pub fn supported_versions(binary: &Path) -> Option<Vec<String>> {
+    let mut cmd = Command::new(binary);
+    cmd.env_clear().env("CNI_COMMAND", "VERSION");
+    let out = run_with_input(cmd, br#"{"cniVersion":"0.4.0"}"#).ok()?;
+    let answer = out.json()?;
+    Some(
+        answer["supportedVersions"]
+            .as_array()?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+/// The newest version every one of `binaries` supports (the plugin under
+/// test, the reference, the chain's plugins): Debian 11's CNI 0.9.0
+/// plugins stop at 0.4.0, Debian 12's 1.1.1 at 1.0.0.
+pub fn negotiate(binaries: &[&Path]) -> Result<String, String> {
+    let mut answers = Vec::new();
+    for b in binaries {
+        let versions = supported_versions(b)
+            .ok_or_else(|| format!("{} gave no VERSION answer", b.display()))?;
+        answers.push(versions);
+    }
+    CANDIDATES
+        .iter()
+        .find(|v| answers.iter().all(|a| a.iter().any(|x| x == *v)))
+        .map(|v| v.to_string())
+        .ok_or_else(|| {
+            format!(
+                "no CNI version from {CANDIDATES:?} is supported by all of {}",
+                binaries
+                    .iter()
+                    .map(|b| b.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
 /// Whether `plugin` lists CNI 1.1.0 among its VERSION answers: upstream
 /// portmap gained its nftables backend (v1.5) with CNI 1.1 support.
-pub fn speaks_cni_1_1(plugin: &Path, ns: &Netns) -> bool {
-    let version = serde_json::json!({"cniVersion": "1.0.0"});
-    let call = Call {
-        command: "VERSION",
-        container_id: "",
-        netns: String::new(),
-        ifname: crate::topology::IFNAME,
-        path: Path::new("/usr/sbin:/usr/bin"),
-        config: &version,
-        env: Vec::new(),
-    };
-    invoke(plugin, ns, &call)
-        .ok()
-        .and_then(|o| o.json())
-        .is_some_and(|v| {
-            v["supportedVersions"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x == "1.1.0"))
-        })
+pub fn speaks_cni_1_1(plugin: &Path) -> bool {
+    supported_versions(plugin).is_some_and(|v| v.iter().any(|x| x == "1.1.0"))
+}
+
+/// A 1.0-shaped result as a client speaking `version` holds it: 0.3.x and
+/// 0.4.0 results carry `version` on each IP.
+pub fn result_in_version(prev: &Value, version: &str) -> Value {
+    let mut out = prev.clone();
+    out["cniVersion"] = serde_json::json!(version);
+    if version.starts_with("0.") {
+        if let Some(ips) = out["ips"].as_array_mut() {
+            for ip in ips.iter_mut() {
+                let v6 = ip["address"].as_str().is_some_and(|a| a.contains(':'));
+                ip["version"] = serde_json::json!(if v6 { "6" } else { "4" });
+            }
+        }
+    }
+    out
 }
 
 /// A binary for reports: its path and what it says of its version (a Go

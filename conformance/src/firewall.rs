@@ -4,19 +4,28 @@
 
 use crate::netns::Netns;
 
-/// `nft -s list ruleset` (also shows iptables-nft rules) plus the legacy
-/// nat tables where the kernel has them (reading would create them).
+/// `nft -s list ruleset` (our nftables tables), the iptables-nft view
+/// through iptables-nft's own save tools (a host may have no `nft`
+/// binary), and the legacy nat tables where the kernel has them (reading
+/// would create them).
 pub fn dump(ns: &Netns) -> String {
     let mut out = ns
         .exec("nft", &["-s", "list", "ruleset"])
         .unwrap_or_default();
-    let legacy = ns
-        .exec("cat", &["/proc/net/ip_tables_names"])
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l == "nat");
-    if legacy {
-        for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+    for save in ["iptables-nft-save", "ip6tables-nft-save"] {
+        out += &ns.exec(save, &["-t", "nat"]).unwrap_or_default();
+    }
+    // Per family: a legacy nat table exists only where something made it.
+    for (names, save) in [
+        ("/proc/net/ip_tables_names", "iptables-legacy-save"),
+        ("/proc/net/ip6_tables_names", "ip6tables-legacy-save"),
+    ] {
+        let has_nat = ns
+            .exec("cat", &[names])
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == "nat");
+        if has_nat {
             out += &ns.exec(save, &["-t", "nat"]).unwrap_or_default();
         }
     }

@@ -11,7 +11,7 @@ use portmap_conformance::report::{self, Cell, Verdict};
 use portmap_conformance::run::{run_cell, CellSpec};
 use portmap_conformance::scenarios::{catalogue, Axis};
 use portmap_conformance::topology::Setup;
-use portmap_conformance::{bench, bench_report, cni};
+use portmap_conformance::{bench, bench_report, chain, cni};
 
 fn parse_setup(s: &str) -> Result<Setup, String> {
     Setup::parse(s).ok_or_else(|| format!("unknown setup {s:?} (veth or chain)"))
@@ -271,6 +271,23 @@ fn run(
     let plugin = absolute(&plugin)?;
     let reference = reference.as_ref().map(absolute).transpose()?;
     let described = reference.as_deref().map(cni::describe);
+    // One CNI version for every config of the run: the newest that the
+    // plugin, the reference and the chain's plugins all speak.
+    let mut speakers: Vec<&std::path::Path> = vec![&plugin];
+    speakers.extend(reference.as_deref());
+    if setups.contains(&Setup::Chain) {
+        speakers.push(std::path::Path::new(chain::BRIDGE_PLUGIN));
+        speakers.push(std::path::Path::new(chain::HOST_LOCAL_PLUGIN));
+    }
+    let cni_version = cni::negotiate(&speakers)?;
+    println!(
+        "CNI version {cni_version}: the newest that {} all support",
+        speakers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let mut runs: Vec<(&str, &PathBuf, Option<&PathBuf>, Setup)> = Vec::new();
     for setup in &setups {
         runs.push((report::OURS, &plugin, reference.as_ref(), *setup));
@@ -286,6 +303,7 @@ fn run(
             reference: other.map(PathBuf::as_path),
             binary,
             setup: *setup,
+            cni_version: &cni_version,
         };
         let label = match setup {
             Setup::Veth => binary.to_string(),

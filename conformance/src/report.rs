@@ -48,6 +48,8 @@ pub struct Cell {
     pub binary: String,
     /// How containers were attached (`veth`, `chain`).
     pub setup: String,
+    /// The configs' `cniVersion`.
+    pub cni_version: String,
     pub scenario: String,
     pub backend: String,
     pub verdict: Verdict,
@@ -256,7 +258,7 @@ pub fn json(cells: &[Cell]) -> Value {
             .iter()
             .map(|c| {
                 json!({
-                    "plugin": c.label(), "binary": c.binary, "setup": c.setup,
+                    "plugin": c.label(), "binary": c.binary, "setup": c.setup, "cniVersion": c.cni_version,
                     "scenario": c.scenario, "backend": c.backend,
                     "result": match c.verdict { Verdict::Pass => "pass", Verdict::Fail(_) => "fail", Verdict::NotApplicable(_) => "not-applicable" },
                     "reason": match &c.verdict { Verdict::Pass => Value::Null, Verdict::Fail(r) | Verdict::NotApplicable(r) => json!(r) },
@@ -349,6 +351,12 @@ pub fn markdown(cells: &[Cell], reference: Option<&str>) -> String {
     let theirs = of(cells, REFERENCE);
     let mut out = String::from("## portmap conformance\n\n");
     let _ = writeln!(out, "**{}**\n", md(&closing_line(cells, reference)));
+    let versions: Vec<&Cell> = cells.iter().collect();
+    let _ = writeln!(
+        out,
+        "CNI version: {}\n",
+        ordered(&versions, |c| &c.cni_version).join(", ")
+    );
     if !ours.is_empty() {
         let failed: Vec<&&Cell> = ours.iter().filter(|c| c.verdict.failed()).collect();
         if !failed.is_empty() {
@@ -399,6 +407,7 @@ mod tests {
         Cell {
             binary: binary.into(),
             setup: setup.into(),
+            cni_version: "1.0.0".into(),
             scenario: s.into(),
             backend: b.into(),
             verdict: v,
@@ -489,6 +498,7 @@ mod tests {
             .find("### ours (each cell: veth chain)")
             .expect("ours table");
         assert!(failed < table, "{md}");
+        assert!(md.contains("\nCNI version: 1.0.0\n"), "{md}");
         assert!(md.contains("| tcp | ✅ ✅ | ❌ ✅ |"), "{md}");
         assert!(
             md.contains("<details><summary>reference x: 0 passed, 3 failed, 0 n/a"),

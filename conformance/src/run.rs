@@ -19,17 +19,33 @@ pub struct CellSpec<'a> {
     /// [`crate::report::OURS`] or [`crate::report::REFERENCE`].
     pub binary: &'a str,
     pub setup: Setup,
+    /// The CNI version of every config (see [`crate::cni::negotiate`]).
+    pub cni_version: &'a str,
 }
 
 pub fn run_cell(spec: &CellSpec<'_>, axis: Axis, scenario: &Scenario) -> Cell {
-    let (plugin, reference, setup) = (spec.plugin, spec.reference, spec.setup);
     let start = Instant::now();
     let (tx, rx) = mpsc::channel();
-    let (plugin_owned, reference_owned) = (plugin.to_path_buf(), reference.map(Path::to_path_buf));
+    let (plugin, reference) = (
+        spec.plugin.to_path_buf(),
+        spec.reference.map(Path::to_path_buf),
+    );
+    let (binary, setup, cni_version) = (
+        spec.binary.to_string(),
+        spec.setup,
+        spec.cni_version.to_string(),
+    );
     let body = scenario.body;
     let not_applicable = scenario.not_applicable;
     let worker = std::thread::spawn(move || {
-        let verdict = match Ctx::new(&plugin_owned, reference_owned.as_deref(), axis, setup) {
+        let spec = CellSpec {
+            plugin: &plugin,
+            reference: reference.as_deref(),
+            binary: &binary,
+            setup,
+            cni_version: &cni_version,
+        };
+        let verdict = match Ctx::new(&spec, axis) {
             Err(e) => Verdict::Fail(format!("setup: {e}")),
             Ok(ctx) => match not_applicable(&ctx) {
                 Some(reason) => Verdict::NotApplicable(reason),
@@ -54,7 +70,8 @@ pub fn run_cell(spec: &CellSpec<'_>, axis: Axis, scenario: &Scenario) -> Cell {
     };
     Cell {
         binary: spec.binary.to_string(),
-        setup: setup.name().to_string(),
+        setup: spec.setup.name().to_string(),
+        cni_version: spec.cni_version.to_string(),
         scenario: scenario.name.to_string(),
         backend: axis.name().to_string(),
         verdict,

@@ -71,6 +71,8 @@ pub struct Topology {
     setup: Setup,
     /// host-local's state (chain setup), removed on drop.
     ipam_dir: Option<PathBuf>,
+    /// The chain plugins' config version.
+    cni_version: String,
 }
 
 impl Drop for Topology {
@@ -119,6 +121,11 @@ impl Topology {
     }
 
     pub fn with_setup(setup: Setup) -> Result<Topology, TopologyError> {
+        Topology::speaking(setup, crate::cni::DEFAULT_VERSION)
+    }
+
+    /// A topology whose chain plugins run at `cni_version`.
+    pub fn speaking(setup: Setup, cni_version: &str) -> Result<Topology, TopologyError> {
         let host = Netns::new("host")?;
         host.ip(&[
             "link",
@@ -162,6 +169,7 @@ impl Topology {
             host,
             setup,
             ipam_dir,
+            cni_version: cni_version.to_string(),
         })
     }
 
@@ -181,7 +189,7 @@ impl Topology {
     ) -> Result<Container, TopologyError> {
         let ns = Netns::new(label)?;
         let (v4, v6) = addresses(last);
-        let config = chain::bridge_config(v4, v6, dir);
+        let config = chain::bridge_config(v4, v6, dir, &self.cni_version);
         let id = format!("{}-{label}", ns.name());
         let (att, result) = Attachment::add(&self.host, &ns, &id, config).map_err(|reason| {
             TopologyError::Chain {

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use portmap_conformance::chain;
+use portmap_conformance::cni::negotiate;
 use portmap_conformance::netns::prerequisites;
 use portmap_conformance::report::Verdict;
 use portmap_conformance::run::{run_cell, CellSpec};
@@ -109,11 +111,21 @@ fn cell(
         .find(|s| s.name == scenario)
         .expect("scenario in catalogue");
     let axis = Axis::parse(backend).expect("backend");
+    let mut speakers = vec![plugin.as_path()];
+    speakers.extend(reference);
+    if setup == Setup::Chain {
+        speakers.extend([
+            Path::new(chain::BRIDGE_PLUGIN),
+            Path::new(chain::HOST_LOCAL_PLUGIN),
+        ]);
+    }
+    let cni_version = negotiate(&speakers).expect("a CNI version every binary speaks");
     let spec = CellSpec {
         plugin: &plugin,
         reference,
         binary: portmap_conformance::report::OURS,
         setup,
+        cni_version: &cni_version,
     };
     let cell = run_cell(&spec, axis, s);
     match cell.verdict {

@@ -41,7 +41,7 @@ fn needs_reference(ctx: &Ctx) -> Option<String> {
     if ctx.firewall != Firewall::Nftables {
         return None;
     }
-    let speaks_1_1 = crate::cni::speaks_cni_1_1(reference, ctx.host());
+    let speaks_1_1 = crate::cni::speaks_cni_1_1(reference);
     (!speaks_1_1).then(|| "reference predates nftables support (no CNI 1.1.0)".to_string())
 }
 

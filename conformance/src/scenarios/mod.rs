@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::cni::{invoke, Call, Outcome};
+use crate::cni::{invoke, result_in_version, Call, Outcome};
 use crate::netns::Netns;
+use crate::run::CellSpec;
 use crate::toolpath::{IptablesVariant, ToolDir, Tools};
-use crate::topology::{Container, Setup, Topology, IFNAME};
+use crate::topology::{Container, Topology, IFNAME};
 use crate::traffic::{tcp_ask, Answer};
 
 /// The backend axis of the matrix.
@@ -143,6 +144,8 @@ pub fn catalogue() -> Vec<Scenario> {
 pub struct Ctx {
     pub plugin: PathBuf,
     pub reference: Option<PathBuf>,
+    /// The CNI version every binary of the run speaks (negotiated).
+    pub cni_version: String,
     pub axis: Axis,
     /// Where this cell's rules should be.
     pub firewall: Firewall,
@@ -155,18 +158,15 @@ const OK_WAIT: Duration = Duration::from_secs(3);
 const FAIL_WAIT: Duration = Duration::from_millis(700);
 
 impl Ctx {
-    pub fn new(
-        plugin: &Path,
-        reference: Option<&Path>,
-        axis: Axis,
-        setup: Setup,
-    ) -> Result<Ctx, String> {
+    pub fn new(spec: &CellSpec<'_>, axis: Axis) -> Result<Ctx, String> {
         let offered = axis.tools();
         let tools = ToolDir::new(offered).map_err(|e| format!("tool dir: {e}"))?;
-        let topo = Topology::with_setup(setup).map_err(|e| format!("topology: {e}"))?;
+        let topo = Topology::speaking(spec.setup, spec.cni_version)
+            .map_err(|e| format!("topology: {e}"))?;
         Ok(Ctx {
-            plugin: plugin.to_path_buf(),
-            reference: reference.map(Path::to_path_buf),
+            plugin: spec.plugin.to_path_buf(),
+            reference: spec.reference.map(Path::to_path_buf),
+            cni_version: spec.cni_version.to_string(),
             axis,
             firewall: Firewall::expected(axis, offered, &tools, &topo.host),
             tools,
@@ -184,12 +184,13 @@ impl Ctx {
             .map_err(|e| format!("container {label}: {e}"))
     }
 
-    /// A config for this cell's backend with the given mappings and extra keys.
+    /// A config for this cell's backend with the given mappings and extra
+    /// keys, in the run's CNI version (prevResult in that version's shape).
     pub fn config(&self, prev: Value, mappings: Value, extra: Value) -> Value {
         let mut cfg = json!({
-            "cniVersion": "1.0.0", "name": NET, "type": "portmap",
+            "cniVersion": self.cni_version, "name": NET, "type": "portmap",
             "runtimeConfig": {"portMappings": mappings},
-            "prevResult": prev
+            "prevResult": result_in_version(&prev, &self.cni_version)
         });
         if let Some(b) = self.axis.backend_key() {
             cfg["backend"] = json!(b);
@@ -243,11 +244,26 @@ impl Ctx {
         self.ok_call(plugin, &Call::new(command, id, c, self.tools.path(), cfg))
     }
 
-    /// Runs `plugin` as `call` says and requires success.
+    /// Runs `plugin` as `call` says and requires success. A successful ADD
+    /// with mappings must show in the firewall dump (the container ID in a
+    /// comment, or a container chain): otherwise the harness cannot see
+    /// this backend's rules, and every "unchanged" comparison after it
+    /// would pass without checking anything.
     pub fn ok_call(&self, plugin: &Path, call: &Call<'_>) -> Result<Outcome, String> {
         let out = invoke(plugin, self.host(), call)
             .map_err(|e| format!("could not run {}: {e}", plugin.display()))?;
         if out.ok() {
+            if call.command == "ADD" && has_mappings(call.config) {
+                let rules = self.ruleset();
+                if !rules.contains(call.container_id) && !rules.contains("CNI-DN-") {
+                    return Err(format!(
+                        "ADD {} succeeded but the firewall dump shows no rule of it: the harness \
+                         cannot read this backend's rules (nft, iptables-nft-save or \
+                         iptables-legacy-save missing?)",
+                        call.container_id
+                    ));
+                }
+            }
             Ok(out)
         } else {
             Err(format!(
@@ -306,6 +322,22 @@ impl Ctx {
     pub fn ruleset(&self) -> String {
         crate::firewall::dump(self.host())
     }
+}
+
+/// Whether a config asks for any mapping (keys as any client spells them).
+fn has_mappings(cfg: &Value) -> bool {
+    let Some(runtime) = cfg.as_object().and_then(|o| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("runtimeConfig"))
+            .map(|(_, v)| v)
+    }) else {
+        return false;
+    };
+    runtime.as_object().is_some_and(|r| {
+        r.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("portMappings") && v.as_array().is_some_and(|a| !a.is_empty())
+        })
+    })
 }
 
 fn one_line(stdout: &str, stderr: &str) -> String {

@@ -168,11 +168,6 @@ impl World {
     /// The runtime namespace's firewall (every backend's view).
     pub fn ruleset(&self) -> String {
         firewall::dump(&self.topo.host)
-            + &self
-                .topo
-                .host
-                .exec("iptables-nft-save", &["-t", "nat"])
-                .unwrap_or_default()
     }
 
     /// Our rules for the pod subnet are gone (DNAT and masquerade).
