@@ -9,6 +9,8 @@
 #   portmap-test/nftables          nft only, no iptables package
 #   portmap-test/both              nft and both iptables variants (Debian's
 #                                  default: `iptables` is iptables-nft)
+#   portmap-test/debian11          Debian 11 as installed: nft 0.9.8, iptables
+#                                  1.8.7, glibc 2.31, CNI plugins 0.9.0
 #
 # Each image is labelled with a hash of this script; an image whose label
 # matches is kept, so re-running is cheap. Needs root, debootstrap and a
@@ -21,12 +23,17 @@ fi
 
 # trixie: its glibc (2.41) runs binaries built on Debian 12 and Ubuntu
 # 24.04 hosts alike, and its nft/iptables differ from the hosts' own.
+# bullseye (Debian 11): an old userland (glibc 2.31, nft 0.9.8, iptables
+# 1.8.7, CNI plugins 0.9.0 whose portmap is the reference there); it runs
+# the static (musl) binaries that scripts/release.sh builds.
 SUITE="${DEBIAN_SUITE:-trixie}"
+OLD_SUITE=bullseye
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 PACKAGES=iproute2,iptables,nftables,conntrack,procps
+OLD_PACKAGES=$PACKAGES,containernetworking-plugins
 RECIPE="$( (sha256sum <"$0"; echo "$SUITE $MIRROR") | sha256sum | cut -c1-16)"
 WORK=/var/cache/portmap-test-images
-IMAGES=(iptables-legacy nftables both)
+IMAGES=(iptables-legacy nftables both debian11)
 
 current() {
   [ "$(docker image inspect --format '{{index .Config.Labels "portmap.recipe"}}' "portmap-test/$1" 2>/dev/null)" = "$RECIPE" ]
@@ -42,24 +49,28 @@ if [ "${#todo[@]}" -eq 0 ]; then
 fi
 
 mkdir -p "$WORK"
-base="$WORK/base-$RECIPE.tar"
-if [ ! -f "$base" ]; then
-  rm -f "$WORK"/base-*.tar  # an older recipe's
-  root="$(mktemp -d "$WORK/root.XXXXXX")"
-  trap 'rm -rf "$root"' EXIT
-  echo "build-test-images: debootstrap $SUITE ($PACKAGES) from $MIRROR"
-  debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 || {
-    tail -20 "$WORK/debootstrap.log" >&2
-    exit 1
-  }
-  chroot "$root" apt-get clean
-  rm -rf "$root"/var/lib/apt/lists/*
-  tar -C "$root" -cf "$base.tmp" . && mv "$base.tmp" "$base"
-  rm -rf "$root"
-  trap - EXIT
-fi
+# base SUITE PACKAGES: prints the path of a cached root filesystem tar.
+base() {
+  local tar="$WORK/base-$1-$RECIPE.tar"
+  if [ ! -f "$tar" ]; then
+    find "$WORK" -maxdepth 1 -name "base-*.tar" ! -name "base-*-$RECIPE.tar" -delete  # older recipes
+    local root
+    root="$(mktemp -d "$WORK/root.XXXXXX")"
+    echo "build-test-images: debootstrap $1 ($2) from $MIRROR" >&2
+    if ! debootstrap --variant=minbase --include="$2" "$1" "$root" "$MIRROR" >"$WORK/debootstrap-$1.log" 2>&1; then
+      tail -20 "$WORK/debootstrap-$1.log" >&2
+      rm -rf "$root"
+      exit 1
+    fi
+    chroot "$root" apt-get clean
+    rm -rf "$root"/var/lib/apt/lists/*
+    tar -C "$root" -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
+    rm -rf "$root"
+  fi
+  echo "$tar"
+}
 
-# What each variant removes from the base, run inside a chroot of it.
+# What each image removes from its base, run inside a chroot of it.
 variant_script() {
   case "$1" in
     iptables-legacy)
@@ -72,14 +83,18 @@ find /usr/sbin -xtype l -delete
 EOF
       ;;
     nftables) echo "dpkg --purge iptables" ;;
-    both) echo "true" ;;
+    both|debian11) echo "true" ;;
   esac
 }
 
 for image in "${todo[@]}"; do
+  case "$image" in
+    debian11) tar_path="$(base "$OLD_SUITE" "$OLD_PACKAGES")" ;;
+    *) tar_path="$(base "$SUITE" "$PACKAGES")" ;;
+  esac
   root="$(mktemp -d "$WORK/$image.XXXXXX")"
   trap 'rm -rf "$root"' EXIT
-  tar -C "$root" -xf "$base"
+  tar -C "$root" -xf "$tar_path"
   variant_script "$image" | chroot "$root" /bin/sh -e >/dev/null
   echo "build-test-images: importing portmap-test/$image"
   tar -C "$root" -c . | docker import \

@@ -21,6 +21,8 @@ packages=(
   conmon
   busybox-static      # the runtime tests' image (imported locally, no registry)
   tar
+  qemu-user-static    # scripts/release.sh smoke-tests the aarch64 binaries
+  file
 )
 
 # The distro suite needs a Docker engine, the runtime tests containerd and
@@ -65,3 +67,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt 2>/dev/null || true
+# Static release builds (scripts/release.sh, the Debian 11 distro image).
+# Not fatal: under sudo the toolchain may belong to another user, whose
+# own `rustup target add` (release.sh runs it) then does it.
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-musl'; then
+  rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-musl || true
+fi

@@ -43,6 +43,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "==> static release binaries (scripts/release.sh; the Debian 11 image runs them)"
+bash scripts/release.sh
 echo "==> Docker engine and distro images (for conformance/tests/distros.rs)"
 if engine="$(bash scripts/docker-engine.sh start)"; then
   eval "$engine"

@@ -32,6 +32,28 @@ fn binaries() -> PathBuf {
     dir
 }
 
+/// The static (musl) binaries `scripts/release.sh` builds, for images whose
+/// glibc is older than the build host's; a failure under CI when missing.
+fn static_binaries() -> Option<PathBuf> {
+    let target = binaries()
+        .parent()
+        .expect("target dir")
+        .join("x86_64-unknown-linux-musl/release");
+    if target.join("portmap").exists() && target.join("portmap-conformance").exists() {
+        return Some(target);
+    }
+    let msg = format!(
+        "no static binaries in {}: run scripts/release.sh (or cargo build --release \
+         --target x86_64-unknown-linux-musl -p portmap -p portmap-conformance)",
+        target.display()
+    );
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg} (CI is set: a missing prerequisite is a failure)");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
 /// Whether the engine answers and has the image; a failure under CI.
 fn image_available(image: &str) -> bool {
     let missing = match Command::new("docker")
@@ -66,17 +88,17 @@ fn sh(container: &Container<GenericImage>, script: &str) -> (i64, String) {
 }
 
 /// Starts the image with the capabilities the suite needs (not
-/// `--privileged`) and our binaries mounted read-only. Docker mounts
-/// /proc/sys read-only; only its per-namespace `net` part is made
+/// `--privileged`) and the binaries in `bins` mounted read-only. Docker
+/// mounts /proc/sys read-only; only its per-namespace `net` part is made
 /// writable, so nothing outside the container's namespaces can change.
-fn start(image: &str) -> Container<GenericImage> {
+fn start(image: &str, bins: &Path) -> Container<GenericImage> {
     let (name, tag) = image.split_once(':').unwrap_or((image, "latest"));
     let container = GenericImage::new(name, tag)
         .with_cmd(["sleep", "infinity"])
         .with_cap_add("NET_ADMIN")
         .with_cap_add("SYS_ADMIN")
         .with_mount(
-            Mount::bind_mount(binaries().to_string_lossy(), BIN_DIR)
+            Mount::bind_mount(bins.to_string_lossy(), BIN_DIR)
                 .with_access_mode(AccessMode::ReadOnly),
         )
         .start()
@@ -108,7 +130,7 @@ fn auto_picks_the_usable_backend_and_the_catalogue_passes(
     if !image_available(image) {
         return;
     }
-    let container = start(image);
+    let container = start(image, &binaries());
 
     let (code, status) = sh(&container, &format!("{BIN_DIR}/portmap status"));
     assert_eq!(code, 0, "portmap status failed in {image}:\n{status}");
@@ -149,4 +171,68 @@ fn auto_picks_the_usable_backend_and_the_catalogue_passes(
             "{image}: {ran} of {scenarios} scenarios reported on {backend}:\n{report}"
         );
     }
+}
+
+/// Debian 11 as installed (nft 0.9.8, iptables 1.8.7, glibc 2.31, CNI
+/// plugins 0.9.0): the static binaries through the whole catalogue on
+/// every backend and auto, both setups, with Debian 11's own portmap as
+/// the reference. The run negotiates CNI 0.4.0 (what 0.9.0 speaks); ours
+/// has no failure; the reference's results are reported.
+#[test]
+fn debian11_runs_the_static_binaries_through_the_catalogue() {
+    let image = "portmap-test/debian11";
+    if !image_available(image) {
+        return;
+    }
+    let Some(bins) = static_binaries() else {
+        return;
+    };
+    let container = start(image, &bins);
+    let (code, status) = sh(&container, &format!("{BIN_DIR}/portmap status"));
+    assert_eq!(code, 0, "portmap status failed in {image}:\n{status}");
+    assert_eq!(
+        auto_selection(&status),
+        Some("nftables"),
+        "nft 0.9.8 takes our JSON: {status}"
+    );
+    let (code, report) = sh(
+        &container,
+        &format!(
+            "{BIN_DIR}/portmap-conformance run --plugin {BIN_DIR}/portmap \
+             --reference /usr/lib/cni/portmap --setup veth --setup chain --json /tmp/report.json"
+        ),
+    );
+    let (_, json) = sh(&container, "cat /tmp/report.json");
+    let cells: Value = serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("report of {image} is not JSON ({e}):\n{json}\n{report}"));
+    let cells = cells.as_array().cloned().unwrap_or_default();
+    let ours: Vec<&Value> = cells.iter().filter(|c| c["binary"] == "ours").collect();
+    let failed: Vec<String> = ours
+        .iter()
+        .filter(|c| c["result"] == "fail")
+        .map(|c| {
+            format!(
+                "{} on {} ({}): {}",
+                c["scenario"], c["backend"], c["setup"], c["reason"]
+            )
+        })
+        .collect();
+    assert!(
+        code == 0 && failed.is_empty(),
+        "ours in {image} (exit {code}) failed:\n{}\n\n{report}",
+        failed.join("\n")
+    );
+    let expected = catalogue().len() * 4 * 2;
+    assert_eq!(ours.len(), expected, "cells of ours in {image}:\n{report}");
+    assert!(
+        cells.iter().all(|c| c["cniVersion"] == "0.4.0"),
+        "negotiated with CNI 0.9.0's plugins:\n{report}"
+    );
+    let reference = cells.iter().filter(|c| c["binary"] == "reference").count();
+    assert_eq!(
+        reference, expected,
+        "the reference ran beside ours:\n{report}"
+    );
+    let closing = report.lines().find(|l| l.starts_with("ours: "));
+    eprintln!("{image}: {}", closing.unwrap_or_default());
 }
