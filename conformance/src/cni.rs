@@ -132,13 +132,18 @@ pub fn negotiate(binaries: &[&Path]) -> Result<String, String> {
         .ok_or_else(|| {
             format!(
                 "no CNI version from {CANDIDATES:?} is supported by all of {}",
-                binaries
-                    .iter()
-                    .map(|b| b.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                paths(binaries)
             )
         })
+}
+
+/// `a, b, c` for messages.
+pub fn paths(binaries: &[&Path]) -> String {
+    binaries
+        .iter()
+        .map(|b| b.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether `plugin` lists CNI 1.1.0 among its VERSION answers: upstream

@@ -282,11 +282,7 @@ fn run(
     let cni_version = cni::negotiate(&speakers)?;
     println!(
         "CNI version {cni_version}: the newest that {} all support",
-        speakers
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+        cni::paths(&speakers)
     );
     let mut runs: Vec<(&str, &PathBuf, Option<&PathBuf>, Setup)> = Vec::new();
     for setup in &setups {

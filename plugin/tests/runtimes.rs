@@ -21,7 +21,7 @@ use rstest::rstest;
 
 use containerd::Containerd;
 use podman::Podman;
-use world::{serve, World};
+use world::{publish_then_remove, ten_rounds, World};
 
 /// A limit of this process from /proc/self/limits (soft value).
 fn own_limit(name: &str) -> String {
@@ -58,21 +58,7 @@ fn podman_publishes_through_our_portmap(
         return;
     }
     let world = World::new("podman");
-    let podman = Podman::new(&world, backend);
-    let (id, pod) = podman.start("web");
-    let _servers = serve(&pod, "web");
-    world
-        .expect_published(&pod, "web")
-        .unwrap_or_else(|e| panic!("{e}\n{}", world.ruleset()));
-    assert!(
-        world.ruleset().contains(&id[..12]) || world.ruleset().contains("CNI-DN-"),
-        "{}",
-        world.ruleset()
-    );
-    drop(_servers);
-    podman.stop_and_remove("web");
-    world.expect_unpublished().expect("port closed");
-    world.expect_no_rules("after podman stop + rm");
+    publish_then_remove(&world, &mut Podman::new(&world, backend));
 }
 
 #[test]
@@ -81,21 +67,7 @@ fn podman_ten_rounds_on_the_same_host_port() {
         return;
     }
     let world = World::new("podman-rounds");
-    let podman = Podman::new(&world, None);
-    for round in 0..10 {
-        let name = format!("round{round}");
-        let (_, pod) = podman.start(&name);
-        let servers = serve(&pod, &name);
-        world
-            .expect_published(&pod, &name)
-            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", world.ruleset()));
-        drop(servers);
-        podman.stop_and_remove(&name);
-        world
-            .expect_unpublished()
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
-    }
-    world.expect_no_rules("after ten rounds");
+    ten_rounds(&world, &mut Podman::new(&world, None));
 }
 
 fn containerd_prerequisites() -> bool {
@@ -122,18 +94,7 @@ fn containerd_cri_pod_publishes_through_our_portmap(
         return;
     }
     let world = World::new("containerd");
-    let mut containerd = Containerd::start(&world, backend);
-    let (id, pod) = containerd.run_pod("web");
-    let servers = serve(&pod, "web");
-    world
-        .expect_published(&pod, "web")
-        .unwrap_or_else(|e| panic!("{e}\n{}", world.ruleset()));
-    let rules = world.ruleset();
-    assert!(rules.contains(&id) || rules.contains("CNI-DN-"), "{rules}");
-    drop(servers);
-    containerd.stop_and_remove(&id);
-    world.expect_unpublished().expect("port closed");
-    world.expect_no_rules("after StopPodSandbox + RemovePodSandbox");
+    publish_then_remove(&world, &mut Containerd::start(&world, backend));
 }
 
 #[test]
@@ -142,19 +103,5 @@ fn containerd_ten_rounds_on_the_same_host_port() {
         return;
     }
     let world = World::new("containerd-rounds");
-    let mut containerd = Containerd::start(&world, None);
-    for round in 0..10 {
-        let name = format!("round{round}");
-        let (id, pod) = containerd.run_pod(&name);
-        let servers = serve(&pod, &name);
-        world
-            .expect_published(&pod, &name)
-            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", world.ruleset()));
-        drop(servers);
-        containerd.stop_and_remove(&id);
-        world
-            .expect_unpublished()
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
-    }
-    world.expect_no_rules("after ten rounds");
+    ten_rounds(&world, &mut Containerd::start(&world, None));
 }

@@ -20,7 +20,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use super::world::{World, TCP, UDP};
+use super::world::{Runtime, World, TCP, UDP};
 
 const IMAGE: &str = "localhost/portmap-test/busybox:1";
 const START_LIMIT: Duration = Duration::from_secs(30);
@@ -104,8 +104,17 @@ impl<'w> Containerd<'w> {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    fn log(&self) -> String {
+        let text =
+            std::fs::read_to_string(self.world.dir.join("containerd.log")).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Runtime for Containerd<'_> {
     /// RunPodSandbox publishing TCP and UDP; the pod's ID and namespace.
-    pub fn run_pod(&mut self, name: &str) -> (String, Netns) {
+    fn run_pod(&mut self, name: &str) -> (String, Netns) {
         let mapping = |protocol: Protocol, (host, container): (u16, u16)| PortMapping {
             protocol: protocol as i32,
             container_port: i32::from(container),
@@ -154,8 +163,9 @@ impl<'w> Containerd<'w> {
         (id, Netns::open(Path::new(&netns)).expect("pod netns"))
     }
 
-    /// StopPodSandbox (CNI DEL with the namespace), RemovePodSandbox.
-    pub fn stop_and_remove(&mut self, id: &str) {
+    /// StopPodSandbox (CNI DEL with the namespace), RemovePodSandbox
+    /// (DEL again, without it).
+    fn remove_pod(&mut self, _name: &str, id: &str) {
         let pod_sandbox_id = id.to_string();
         self.rt
             .block_on(self.client.stop_pod_sandbox(StopPodSandboxRequest {
@@ -168,13 +178,6 @@ impl<'w> Containerd<'w> {
                     .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id }),
             )
             .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", self.log()));
-    }
-
-    fn log(&self) -> String {
-        let text =
-            std::fs::read_to_string(self.world.dir.join("containerd.log")).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(15).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 }
 
@@ -251,17 +254,7 @@ fn docker_archive(world: &World) -> PathBuf {
     std::fs::write(image.join(&layer_id).join("layer.tar"), layer).expect("layer");
     std::fs::write(image.join(&config_name), config).expect("config");
     std::fs::write(image.join("manifest.json"), manifest.to_string()).expect("manifest");
-    let tar = world.dir.join("image.tar");
-    let out = Command::new("tar")
-        .arg("-C")
-        .arg(&image)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .output()
-        .expect("tar");
-    assert!(out.status.success(), "tar: {out:?}");
-    tar
+    world.tar(&image, "image.tar")
 }
 
 fn hex(bytes: &[u8]) -> String {

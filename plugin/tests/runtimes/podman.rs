@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 use portmap_conformance::netns::Netns;
 
-use super::world::{World, TCP, UDP};
+use super::world::{Runtime, World, TCP, UDP};
 
 pub struct Podman<'w> {
     world: &'w World,
@@ -91,13 +91,14 @@ impl<'w> Podman<'w> {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
+}
 
-    /// Starts a pod publishing TCP and UDP; returns its ID and network
-    /// namespace. runc, not crun: crun refuses hybrid cgroup hosts. The
-    /// ulimits are the ones conmon runs with: podman's defaults would
-    /// raise them, which needs CAP_SYS_RESOURCE that some hosts' root
-    /// (this VM's among them) lacks.
-    pub fn start(&self, name: &str) -> (String, Netns) {
+impl Runtime for Podman<'_> {
+    /// `podman run -d -p …`. runc, not crun: crun refuses hybrid cgroup
+    /// hosts. The ulimits are the ones conmon runs with: podman's defaults
+    /// would raise them, which needs CAP_SYS_RESOURCE that some hosts'
+    /// root (this VM's among them) lacks.
+    fn run_pod(&mut self, name: &str) -> (String, Netns) {
         let nofile = super::own_limit("Max open files");
         let tcp = format!("{}:{}", TCP.0, TCP.1);
         let udp = format!("{}:{}/udp", UDP.0, UDP.1);
@@ -132,7 +133,7 @@ impl<'w> Podman<'w> {
 
     /// `podman stop` then `podman rm` (CNI DEL runs at stop; rm is a no-op
     /// for the network): both must leave nothing.
-    pub fn stop_and_remove(&self, name: &str) {
+    fn remove_pod(&mut self, name: &str, _id: &str) {
         self.ok(&["stop", "-t", "0", name]);
         self.ok(&["rm", name]);
     }

@@ -89,10 +89,15 @@ impl World {
         for applet in ["sh", "sleep"] {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
         }
-        let tar = self.dir.join("rootfs.tar");
+        self.tar(&root, "rootfs.tar")
+    }
+
+    /// `dir`'s contents as the tar file `name` in the scratch dir.
+    pub fn tar(&self, dir: &Path, name: &str) -> PathBuf {
+        let tar = self.dir.join(name);
         let out = Command::new("tar")
             .arg("-C")
-            .arg(&root)
+            .arg(dir)
             .arg("-cf")
             .arg(&tar)
             .arg(".")
@@ -187,6 +192,47 @@ impl World {
             ours.join("\n")
         );
     }
+}
+
+/// What the tests ask of a container runtime.
+pub trait Runtime {
+    /// Starts a pod publishing TCP and UDP; its ID and network namespace.
+    fn run_pod(&mut self, name: &str) -> (String, Netns);
+    /// Stops and removes it, with whatever CNI DELs the runtime sends.
+    fn remove_pod(&mut self, name: &str, id: &str);
+}
+
+/// One pod: its ports answer every way, then stop and remove leave no rule.
+pub fn publish_then_remove(world: &World, runtime: &mut impl Runtime) {
+    let (id, pod) = runtime.run_pod("web");
+    let servers = serve(&pod, "web");
+    world
+        .expect_published(&pod, "web")
+        .unwrap_or_else(|e| panic!("{e}\n{}", world.ruleset()));
+    let rules = world.ruleset();
+    assert!(rules.contains(&id) || rules.contains("CNI-DN-"), "{rules}");
+    drop(servers);
+    runtime.remove_pod("web", &id);
+    world.expect_unpublished().expect("port closed");
+    world.expect_no_rules("after stop + remove");
+}
+
+/// Ten create/remove rounds on the same host port.
+pub fn ten_rounds(world: &World, runtime: &mut impl Runtime) {
+    for round in 0..10 {
+        let name = format!("round{round}");
+        let (id, pod) = runtime.run_pod(&name);
+        let servers = serve(&pod, &name);
+        world
+            .expect_published(&pod, &name)
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", world.ruleset()));
+        drop(servers);
+        runtime.remove_pod(&name, &id);
+        world
+            .expect_unpublished()
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+    world.expect_no_rules("after ten rounds");
 }
 
 /// Echo servers answering `tag` on the pod's container ports, inside the
