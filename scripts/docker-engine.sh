@@ -37,6 +37,10 @@ start() {
     return
   fi
   command -v dockerd >/dev/null || { echo "docker-engine: dockerd not found (run scripts/install-deps.sh)" >&2; exit 1; }
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "docker-engine: no engine answers, and starting dockerd needs root: run it as root, or: sudo $0 start" >&2
+    exit 1
+  fi
   mkdir -p "$STATE"
   echo "docker-engine: starting dockerd on $SOCK (log: $LOG)" >&2
   # setsid: the engine outlives this script but not `stop`.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use portmap_conformance::cni::{invoke, run_with_input, Call, Outcome};
 use portmap_conformance::netns::{prerequisites, Netns};
 use portmap_conformance::toolpath::{IptablesVariant, Nft, ToolDir, Tools};
-use portmap_conformance::topology::HOST_V4;
+use portmap_conformance::topology::{Container, HOST_V4};
 use portmap_conformance::traffic::{udp_ask, EchoServer};
 use rstest::rstest;
 use serde_json::{json, Value};
@@ -220,6 +220,62 @@ fn del_with_a_config_add_refuses_still_removes_the_rules(
     let undecodable = rig.call(&ours(), "DEL", "ctr-a", None, &json!([1]));
     assert_eq!(undecodable.exit, Some(1), "{}", undecodable.summary());
     assert_eq!(undecodable.error_code(), Some(6));
+}
+
+/// Every client fixture (containerd, CRI-O, podman, cnitool input) through
+/// ADD, CHECK, traffic and DEL on every backend. (The harness's client
+/// scenarios send CHECK only where the client does; ours must pass it for
+/// all of them.)
+#[rstest]
+#[case::nftables(Some("nftables"), IptablesVariant::Nft)]
+#[case::iptables_nft(Some("iptables"), IptablesVariant::Nft)]
+#[case::iptables_legacy(Some("iptables"), IptablesVariant::Legacy)]
+#[case::auto(None, IptablesVariant::Nft)]
+fn client_fixtures_add_check_del(#[case] backend: Option<&str>, #[case] variant: IptablesVariant) {
+    use portmap_conformance::clients::{Client, TCP, UDP};
+    let Some(rig) = Rig::new(Tools {
+        iptables: Some(variant),
+        ..Tools::default()
+    }) else {
+        return;
+    };
+    for client in Client::ALL {
+        let pod = rig.topo.container("pod", 20).expect("container");
+        let _tcp = EchoServer::start(&pod.ns, "pod", TCP.1).expect("echo");
+        let _udp = EchoServer::start(&pod.ns, "pod", UDP.1).expect("echo");
+        let add = client.add_config(&pod.prev_result(true, false), backend);
+        let send = |command: &str, cfg: &Value, netns: Option<&Container>| {
+            let mut call = Call::new(command, "ctr-pod", netns, rig.tools.path(), cfg);
+            call.env = client.env("ctr-pod");
+            let out = invoke(&ours(), &rig.topo.host, &call).expect("run");
+            assert!(
+                out.ok(),
+                "{client:?} {command}: {}\n{}",
+                out.summary(),
+                rig.ruleset()
+            );
+        };
+        send("ADD", &add, Some(&pod));
+        send("CHECK", &add, Some(&pod));
+        assert_eq!(rig.answers(TCP.0).as_deref(), Some("pod"), "{client:?} tcp");
+        let udp = udp_ask(
+            &rig.topo.host,
+            SocketAddr::new(IpAddr::V4(HOST_V4), UDP.0),
+            0,
+            Duration::from_secs(2),
+        )
+        .expect("udp");
+        assert_eq!(udp.map(|a| a.tag).as_deref(), Some("pod"), "{client:?} udp");
+        for del in client.dels(&add, backend) {
+            send("DEL", &del.config, del.with_netns.then_some(&pod));
+        }
+        assert_eq!(rig.answers(TCP.0), None, "{client:?}: port closed");
+        let left = rig.ruleset();
+        assert!(
+            !left.contains("10.88.0.20:") && !left.contains("CNI-DN-"),
+            "{client:?} left:\n{left}"
+        );
+    }
 }
 
 #[test]

@@ -255,6 +255,37 @@ fn mixed_state_is_listed_migrated_both_ways_and_cleaned() {
         ]
     );
 
+    // auto picks nftables here: status points at the two elsewhere.
+    let status = rig.cli(&["status"]);
+    let mappings = status
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("mappings: "))
+        .unwrap_or_default();
+    for backend in ["nftables", "iptables-nft", "iptables-legacy"] {
+        assert!(
+            mappings.contains(&format!("1 container(s) in {backend}")),
+            "{}",
+            status.stdout
+        );
+    }
+    for elsewhere in ["iptables-nft", "iptables-legacy"] {
+        assert!(
+            status.stdout.contains(&format!(
+                "warning: 1 container(s) have mappings in {elsewhere}, but auto-selection picks nftables now"
+            )),
+            "{}",
+            status.stdout
+        );
+    }
+    assert!(
+        status
+            .stdout
+            .contains("to move them: portmap migrate --to nftables"),
+        "{}",
+        status.stdout
+    );
+
     let before = rig.ruleset();
     let dry = rig.cli(&["migrate", "--to", "nftables", "--dry-run"]);
     assert_eq!(dry.exit, Some(0), "{}", dry.summary());
