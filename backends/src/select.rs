@@ -197,10 +197,11 @@ pub fn sweep() -> Sweep {
                 .collect(),
         )
     };
+    let legacy = legacy_nat_families();
     // Where each iptables variant can hold rules; `None`: unknown (nft
     // cannot tell, yet iptables-nft needs no nft binary), read every family.
     let families_of = |variant: Variant| match variant {
-        Variant::Legacy => Some(legacy_nat_families()),
+        Variant::Legacy => Some(legacy.clone()),
         Variant::Nft => with_table("nat"),
     };
     let mut all: Vec<Box<dyn Backend>> = Vec::new();
@@ -243,7 +244,6 @@ pub fn sweep() -> Sweep {
     // Legacy nat tables exist only where some legacy tool made them. (An
     // nf_tables `nat` table without iptables-nft tools is not counted: nft
     // users make tables of that name too.)
-    let legacy = legacy_nat_families();
     if !covered.contains(&Variant::Legacy) && !legacy.is_empty() {
         unreadable.push(format!(
             "the kernel has legacy iptables nat tables ({}) but no working iptables-legacy \

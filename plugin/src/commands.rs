@@ -121,24 +121,32 @@ pub fn run(
     stdin: &[u8],
     host: &dyn Host,
 ) -> Result<Option<Value>, CniError> {
-    if command == Command::Del {
-        let target = config::parse_del(stdin)?;
-        let _lock = host.lock()?;
-        return del(&target.key(env), host).map(|()| None);
-    }
-    let cfg = config::parse(stdin)?;
-    let _lock = match command {
-        Command::Version => None,
-        _ => host.lock()?,
-    };
     match command {
-        Command::Add => add(&cfg, env, host).map(Some),
-        Command::Check => check(&cfg, env, host).map(|()| None),
-        Command::Del => del(&cfg.key(env), host).map(|()| None),
-        Command::Status => status(&cfg, host).map(|()| None),
-        Command::Gc => gc(&cfg, host).map(|()| None),
-        Command::Version => Ok(Some(crate::cni::version_info(&cfg.cni_version))),
+        // DEL decodes no more than names the container (see parse_del).
+        Command::Del => {
+            let target = config::parse_del(stdin)?;
+            let _lock = host.lock()?;
+            del(&target.key(env), host).map(|()| None)
+        }
+        Command::Version => Ok(Some(crate::cni::version_info(
+            &config::parse(stdin)?.cni_version,
+        ))),
+        Command::Add => locked(stdin, host, |cfg| add(cfg, env, host).map(Some)),
+        Command::Check => locked(stdin, host, |cfg| check(cfg, env, host).map(|()| None)),
+        Command::Status => locked(stdin, host, |cfg| status(cfg, host).map(|()| None)),
+        Command::Gc => locked(stdin, host, |cfg| gc(cfg, host).map(|()| None)),
     }
+}
+
+/// Parses the config, then runs `f` under the plugin lock.
+fn locked<T>(
+    stdin: &[u8],
+    host: &dyn Host,
+    f: impl FnOnce(&Config) -> Result<T, CniError>,
+) -> Result<T, CniError> {
+    let cfg = config::parse(stdin)?;
+    let _lock = host.lock()?;
+    f(&cfg)
 }
 
 fn add(cfg: &Config, env: &Env, host: &dyn Host) -> Result<Value, CniError> {

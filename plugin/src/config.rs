@@ -189,10 +189,15 @@ pub struct DelConfig {
 
 impl DelConfig {
     pub fn key(&self, env: &Env) -> ContainerKey {
-        ContainerKey {
-            network: self.name.clone(),
-            container_id: env.container_id.clone(),
-        }
+        container_key(&self.name, env)
+    }
+}
+
+/// What every rule we make is keyed on: network name and container ID.
+fn container_key(network: &str, env: &Env) -> ContainerKey {
+    ContainerKey {
+        network: network.to_string(),
+        container_id: env.container_id.clone(),
     }
 }
 
@@ -337,10 +342,7 @@ fn valid_chain_name(name: &str) -> bool {
 
 impl Config {
     pub fn key(&self, env: &Env) -> ContainerKey {
-        ContainerKey {
-            network: self.name.clone(),
-            container_id: env.container_id.clone(),
-        }
+        container_key(&self.name, env)
     }
 
     /// The backend request for this container; addresses from prevResult.
