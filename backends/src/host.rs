@@ -34,6 +34,20 @@ pub fn thread_net(file: &str) -> PathBuf {
     }
 }
 
+/// This thread's network namespace as `netns-<dev>-<inode>`: where rules
+/// we install live, so that state about them is kept per namespace.
+pub fn netns_id() -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let thread_self = std::path::Path::new("/proc/thread-self/ns/net");
+    let path = if thread_self.exists() {
+        thread_self.to_path_buf()
+    } else {
+        PathBuf::from(format!("/proc/self/task/{}/ns/net", nix::unistd::gettid()))
+    };
+    let meta = std::fs::metadata(path)?;
+    Ok(format!("netns-{}-{}", meta.dev(), meta.ino()))
+}
+
 /// Sets `net.ipv4.conf.<dev>.route_localnet=1` on the interface that routes
 /// to `container` (falling back to `all`), as upstream does with snat.
 pub fn enable_route_localnet(container: Ipv4Addr) -> Result<(), HostError> {

@@ -16,6 +16,8 @@ pub mod select;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
 pub use plan::Plan;
@@ -54,7 +56,8 @@ impl fmt::Display for Family {
 }
 
 /// Transport protocol of a mapping. Ordered by name, as upstream sorts them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Sctp,
     Tcp,
@@ -87,7 +90,7 @@ impl fmt::Display for Protocol {
 }
 
 /// One `runtimeConfig.portMappings` entry, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortMapping {
     pub host_port: u16,
     pub container_port: u16,
@@ -97,7 +100,7 @@ pub struct PortMapping {
 }
 
 /// A container address with the prefix length of its network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerAddr {
     pub addr: IpAddr,
     pub prefix_len: u8,
@@ -131,7 +134,7 @@ impl ContainerAddr {
 
 /// How hairpin/localhost traffic gets marked for masquerade (iptables only;
 /// nftables masquerades by address match and ignores this).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MasqMark {
     /// Our own `CNI-HOSTPORT-SETMARK` chain sets `1 << bit`.
     Bit(u8),
@@ -151,7 +154,8 @@ impl Default for MasqMark {
 }
 
 /// Everything a backend needs for one container, already validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serializable: `portmap restore` reinstalls containers from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub key: ContainerKey,
     pub v4: Option<ContainerAddr>,
@@ -166,7 +170,7 @@ pub struct Request {
 
 /// What identifies a container's rules: iptables hashes both into the
 /// chain name, nftables comments rules with the container ID alone.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ContainerKey {
     pub network: String,
     pub container_id: String,

@@ -130,6 +130,30 @@ pub fn tool_version(tool: &std::path::Path) -> Option<String> {
     (out.status.success() && !line.is_empty()).then(|| line.to_string())
 }
 
+/// The backend a name from `Backend::name` stands for (`portmap restore`
+/// reinstalls a container where it was).
+pub fn backend_named(name: &str) -> Result<Box<dyn Backend>, String> {
+    let iptables = |variant: Variant| -> Result<Box<dyn Backend>, String> {
+        // iptables before 1.8 has no suffixed tools: plain iptables, if
+        // that is the variant.
+        match Iptables::variant(variant) {
+            Ok(ipt) => Ok(Box::new(ipt)),
+            Err(e) => match Iptables::from_path() {
+                Ok(ipt) if ipt.variant_of() == variant => Ok(Box::new(ipt)),
+                _ => Err(e.to_string()),
+            },
+        }
+    };
+    match name {
+        "nftables" => Nftables::from_path()
+            .map(|n| Box::new(n) as Box<dyn Backend>)
+            .map_err(|e| e.to_string()),
+        "iptables-nft" => iptables(Variant::Nft),
+        "iptables-legacy" => iptables(Variant::Legacy),
+        other => Err(format!("unknown backend {other:?}")),
+    }
+}
+
 /// Picks the backend for ADD/CHECK.
 pub fn select(choice: Option<Choice>) -> Result<Selected, SelectError> {
     match choice {

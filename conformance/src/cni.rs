@@ -212,10 +212,18 @@ fn debian_package_version(path: &Path) -> Option<String> {
     (!package.is_empty() && !version.is_empty()).then(|| format!("({package} {version})"))
 }
 
+/// Where a plugin run with tool directory `path` keeps its state (our
+/// journal): inside that directory, so it goes when the cell ends and
+/// nothing is written to the host's /run/cni/portmap.
+pub fn state_dir(path: &Path) -> std::path::PathBuf {
+    path.join("portmap-state")
+}
+
 impl Call<'_> {
     /// Replaces `cmd`'s environment with this call's CNI variables.
     pub fn apply_env(&self, cmd: &mut Command) {
         cmd.env_clear()
+            .env("PORTMAP_STATE_DIR", state_dir(self.path))
             .env("CNI_COMMAND", self.command)
             .env("CNI_CONTAINERID", self.container_id)
             .env("CNI_NETNS", &self.netns)

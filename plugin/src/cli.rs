@@ -6,8 +6,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use portmap_backends::iptables::{Iptables, Variant};
 use portmap_backends::migrate;
 use portmap_backends::select::{self, cleanup_backends, Choice};
-use portmap_backends::{Backend, InstalledContainer};
+use portmap_backends::{host, Backend, InstalledContainer, Plan};
 
+use crate::journal::{Entry, Journal, JournalError};
 use crate::lock;
 
 #[derive(Parser)]
@@ -44,6 +45,14 @@ enum Sub {
     },
     /// Show which backends are usable here and which one auto-selection picks.
     Status,
+    /// Reinstall every journaled container whose rules are missing or
+    /// damaged (after a firewall reload), each in its own backend and one
+    /// atomic batch. Changes nothing when everything is in place.
+    Restore {
+        /// Only print what would be reinstalled.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Move every installed mapping to one backend, container by container
     /// (add in the target, check, then delete in the source). Running it
     /// again is a no-op; after an interruption it finishes the move.
@@ -78,6 +87,7 @@ pub fn main() -> ExitCode {
     match Cli::parse().command {
         Sub::List { json } => list(json),
         Sub::Status => status(),
+        Sub::Restore { dry_run } => restore(dry_run),
         Sub::Migrate {
             to,
             network,
@@ -120,6 +130,12 @@ fn migrate_to(to: Target, network: Option<&str>, dry_run: bool) -> ExitCode {
         }
     };
     let report = migrate::migrate(target.as_ref(), &cleanup_backends(), network, dry_run);
+    if !dry_run {
+        if let Err(e) = journal_moves(&report.moved) {
+            eprintln!("portmap: migrate: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let verb = if dry_run { "would move" } else { "moved" };
     for m in &report.moved {
         println!(
@@ -142,6 +158,145 @@ fn migrate_to(to: Target, network: Option<&str>, dry_run: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Journal entries follow their containers to the new backend, so a
+/// restore reinstalls them where they now are.
+fn journal_moves(moved: &[migrate::Moved]) -> Result<(), JournalError> {
+    let journal = Journal::here()?;
+    for (_, mut entry) in journal.entries().into_iter().flatten() {
+        let id = &entry.request.key.container_id;
+        if let Some(m) = moved
+            .iter()
+            .find(|m| &m.container_id == id && m.from == entry.backend)
+        {
+            entry.backend = m.to.to_string();
+            journal.write(&entry)?;
+        }
+    }
+    Ok(())
+}
+
+/// What `restore` found for one journal entry.
+enum Restored {
+    InPlace,
+    Reinstalled(String),
+    /// Rules missing and the container's namespace gone: the entry goes.
+    Dropped,
+}
+
+fn restore_one(journal: &Journal, entry: &Entry, dry_run: bool) -> Result<Restored, String> {
+    let backend = select::backend_named(&entry.backend)?;
+    let plan = Plan::new(&entry.request);
+    let Err(why) = backend.check(&plan) else {
+        return Ok(Restored::InPlace);
+    };
+    if entry.is_stale() {
+        if !dry_run {
+            journal
+                .remove(&entry.request.key)
+                .map_err(|e| e.to_string())?;
+        }
+        return Ok(Restored::Dropped);
+    }
+    if !dry_run {
+        backend
+            .add(&plan)
+            .map_err(|e| format!("{e}: {}", e.details()))?;
+        host::after_add(&plan).map_err(|e| e.to_string())?;
+    }
+    Ok(Restored::Reinstalled(why.to_string()))
+}
+
+fn restore(dry_run: bool) -> ExitCode {
+    let journal = match Journal::here() {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("portmap: restore: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Runtimes' ADD/DEL must not interleave (an ADD journals before it
+    // installs: without the lock we would race it).
+    let _lock = match lock::acquire(std::path::Path::new(lock::LOCK_PATH)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("portmap: restore: {}", e.msg);
+            return ExitCode::FAILURE;
+        }
+    };
+    let (mut in_place, mut reinstalled, mut dropped, mut failed) = (0, 0, 0, 0);
+    for entry in journal.entries() {
+        let (path, entry) = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                failed += 1;
+                eprintln!("portmap: restore: {e}");
+                continue;
+            }
+        };
+        let id = &entry.request.key.container_id;
+        match restore_one(&journal, &entry, dry_run) {
+            Ok(Restored::InPlace) => in_place += 1,
+            Ok(Restored::Dropped) => {
+                dropped += 1;
+                println!(
+                    "{} {id}: its rules are gone and so is its network namespace {}",
+                    if dry_run { "would forget" } else { "forgot" },
+                    entry.netns
+                );
+            }
+            Ok(Restored::Reinstalled(why)) => {
+                reinstalled += 1;
+                let verb = if dry_run {
+                    "would reinstall"
+                } else {
+                    "reinstalled"
+                };
+                println!("{verb} {id} in {} ({why})", entry.backend);
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!(
+                    "portmap: restore: {} ({id} in {}): {e}",
+                    path.display(),
+                    entry.backend
+                );
+            }
+        }
+    }
+    println!(
+        "{} {reinstalled} container(s), {in_place} in place, {dropped} gone, {failed} could not be restored",
+        if dry_run {
+            "would reinstall"
+        } else {
+            "reinstalled"
+        }
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Journal entries whose rules are not all in place.
+fn missing() -> Vec<Entry> {
+    let Ok(journal) = Journal::here() else {
+        return vec![];
+    };
+    journal
+        .entries()
+        .into_iter()
+        .flatten()
+        .map(|(_, e)| e)
+        .filter(|e| !e.is_stale())
+        .filter(|e| {
+            select::backend_named(&e.backend)
+                .map(|b| b.check(&Plan::new(&e.request)).is_err())
+                .unwrap_or(true)
+        })
+        .collect()
 }
 
 fn installed() -> (Vec<InstalledContainer>, Vec<String>) {
@@ -173,9 +328,27 @@ fn list(json: bool) -> ExitCode {
                         "hostPort": m.host_port,
                         "containerIP": m.container_ip.to_string(),
                         "containerPort": m.container_port,
+                        "state": "installed",
                     })
                 })
             })
+            .chain(missing().iter().flat_map(|e| {
+                let r = &e.request;
+                let addr = r.v4.or(r.v6).map(|a| a.addr.to_string());
+                r.mappings.iter().map(move |m| {
+                    serde_json::json!({
+                        "backend": e.backend,
+                        "containerID": r.key.container_id,
+                        "network": r.key.network,
+                        "protocol": m.protocol.as_str(),
+                        "hostIP": m.host_ip.map(|ip| ip.to_string()),
+                        "hostPort": m.host_port,
+                        "containerIP": addr,
+                        "containerPort": m.container_port,
+                        "state": "missing",
+                    })
+                })
+            }))
             .collect();
         println!("{}", serde_json::Value::Array(v));
     } else {
@@ -196,6 +369,27 @@ fn list(json: bool) -> ExitCode {
                     format!("{host_ip}:{}", m.host_port),
                     std::net::SocketAddr::new(m.container_ip, m.container_port).to_string(),
                     m.protocol
+                );
+            }
+        }
+        let lost = missing();
+        if !lost.is_empty() {
+            println!(
+                "\njournaled, but their rules are missing or damaged (run `portmap restore`):"
+            );
+            for e in &lost {
+                let ports: Vec<String> = e
+                    .request
+                    .mappings
+                    .iter()
+                    .map(|m| format!("{}/{}", m.host_port, m.protocol))
+                    .collect();
+                println!(
+                    "  {} (network {}, {}): {}",
+                    e.request.key.container_id,
+                    e.request.key.network,
+                    e.backend,
+                    ports.join(" ")
                 );
             }
         }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::cni::result::convert;
 use crate::cni::{CniError, Code, Command, Env};
 use crate::config::{self, Config};
+use crate::journal::{Entry, Journal, JournalError};
 use crate::lock::{self, Lock};
 use std::path::Path;
 
@@ -27,6 +28,8 @@ pub trait Host {
     fn sweep(&self) -> Sweep;
     fn after_add(&self, plan: &Plan) -> Result<(), HostError>;
     fn after_del(&self, removed: &[InstalledMapping]);
+    /// Where installed containers are recorded for `portmap restore`.
+    fn journal(&self) -> Result<Journal, JournalError>;
 }
 
 /// The real machine.
@@ -64,6 +67,14 @@ impl Host for RealHost {
     fn after_del(&self, removed: &[InstalledMapping]) {
         host::after_del(removed)
     }
+
+    fn journal(&self) -> Result<Journal, JournalError> {
+        Journal::here()
+    }
+}
+
+fn journal_error(e: &JournalError) -> CniError {
+    CniError::new(Code::Internal, e.to_string())
 }
 
 fn backend_error(e: &BackendError, backend: &str, reason: &str) -> CniError {
@@ -163,10 +174,19 @@ fn add(cfg: &Config, env: &Env, host: &dyn Host) -> Result<Value, CniError> {
     let selected = host
         .select(cfg.backend, cfg.iptables_specific)
         .map_err(|e| select_error(&e))?;
-    selected
-        .backend
-        .add(&plan)
-        .map_err(|e| backend_error(&e, selected.backend.name(), &selected.reason))?;
+    // The journal first: one that cannot be written leaves no rules.
+    let journal = host.journal().map_err(|e| journal_error(&e))?;
+    let entry = Entry::new(
+        &env.ifname,
+        &env.netns,
+        selected.backend.name(),
+        cfg.request(env),
+    );
+    journal.write(&entry).map_err(|e| journal_error(&e))?;
+    if let Err(e) = selected.backend.add(&plan) {
+        let _ = journal.remove(&plan.key);
+        return Err(backend_error(&e, selected.backend.name(), &selected.reason));
+    }
     host.after_add(&plan)
         .map_err(|e| CniError::new(Code::Internal, e.to_string()))?;
     Ok(out)
@@ -213,7 +233,13 @@ fn check(cfg: &Config, env: &Env, host: &dyn Host) -> Result<(), CniError> {
 /// backend: nothing else of the config matters to a DEL.
 fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
     let mut removed = Vec::new();
-    let mut first_error = None;
+    // The journal entry before the rules: a DEL killed in between must not
+    // leave an entry that `portmap restore` would bring back.
+    let mut first_error = host
+        .journal()
+        .and_then(|j| j.remove(key))
+        .err()
+        .map(|e| journal_error(&e));
     let sweep = host.sweep();
     for backend in sweep.backends {
         match backend.del(key) {
@@ -254,6 +280,13 @@ fn status(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
 
 fn gc(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
     requires_version(cfg, "1.1.0", "GC")?;
+    let journal = host.journal().map_err(|e| journal_error(&e))?;
+    for (_, entry) in journal.entries().into_iter().flatten() {
+        let key = &entry.request.key;
+        if key.network == cfg.name && !cfg.valid_attachments.contains(&key.container_id) {
+            journal.remove(key).map_err(|e| journal_error(&e))?;
+        }
+    }
     let sweep = host.sweep();
     for backend in sweep.backends {
         backend
@@ -269,6 +302,7 @@ mod tests {
     use portmap_backends::{Backend, InstalledContainer};
     use serde_json::json;
     use std::collections::BTreeSet;
+    use std::path::PathBuf;
     use std::sync::{Arc, Mutex};
 
     /// Records what the commands asked of the firewall.
@@ -297,6 +331,12 @@ mod tests {
         fn add(&self, plan: &Plan) -> Result<(), BackendError> {
             self.calls
                 .record(format!("{} add {}", self.name, plan.key.container_id));
+            if self.name == "failing" {
+                return Err(BackendError::CheckFailed {
+                    backend: self.name,
+                    what: "transaction refused".into(),
+                });
+            }
             Ok(())
         }
         fn check(&self, plan: &Plan) -> Result<(), BackendError> {
@@ -331,14 +371,25 @@ mod tests {
         /// (name, check passes) of every backend; the first is selected.
         backends: Vec<(&'static str, bool)>,
         unreadable: Vec<String>,
+        journal: PathBuf,
+    }
+
+    impl Drop for FakeHost {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.journal);
+        }
     }
 
     impl FakeHost {
         fn new(backends: Vec<(&'static str, bool)>) -> FakeHost {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             FakeHost {
                 calls: Arc::new(Calls::default()),
                 backends,
                 unreadable: vec![],
+                journal: std::env::temp_dir()
+                    .join(format!("portmap-fake-journal-{}-{n}", std::process::id())),
             }
         }
         fn backend(&self, (name, check_ok): (&'static str, bool)) -> Box<dyn Backend> {
@@ -376,6 +427,9 @@ mod tests {
         }
         fn after_del(&self, _: &[InstalledMapping]) {
             self.calls.0.lock().expect("calls").push("after_del".into());
+        }
+        fn journal(&self) -> Result<Journal, JournalError> {
+            Ok(Journal::at(self.journal.clone()))
         }
     }
 
@@ -422,6 +476,72 @@ mod tests {
         assert_eq!(out["cniVersion"], "0.4.0");
         assert_eq!(out["ips"][0]["version"], "4");
         assert_eq!(host.calls(), vec!["fake add c1", "after_add c1"]);
+    }
+
+    fn journaled(host: &FakeHost) -> Vec<(String, String)> {
+        Journal::at(host.journal.clone())
+            .entries()
+            .into_iter()
+            .map(|e| {
+                let (_, e) = e.expect("readable");
+                (e.request.key.container_id, e.backend)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn add_journals_the_container_and_del_and_gc_remove_it() {
+        let host = FakeHost::new(vec![("fake", true)]);
+        run(Command::Add, &env(), &config(one_mapping(), "1.1.0"), &host).expect("ok");
+        assert_eq!(
+            journaled(&host),
+            vec![("c1".to_string(), "fake".to_string())]
+        );
+        let entry = &Journal::at(host.journal.clone()).entries()[0];
+        let request = &entry.as_ref().expect("entry").1.request;
+        assert_eq!(request.mappings[0].host_port, 8080);
+        assert_eq!(
+            request.v4.map(|a| a.addr.to_string()),
+            Some("10.0.0.2".into())
+        );
+        run(
+            Command::Del,
+            &env(),
+            br#"{"cniVersion":"1.0.0","name":"net"}"#,
+            &host,
+        )
+        .expect("ok");
+        assert_eq!(journaled(&host), vec![]);
+
+        run(Command::Add, &env(), &config(one_mapping(), "1.1.0"), &host).expect("ok");
+        let keep_c1 = br#"{"cniVersion":"1.1.0","name":"net","cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]}"#;
+        run(Command::Gc, &env(), keep_c1, &host).expect("ok");
+        assert_eq!(journaled(&host).len(), 1, "a valid attachment stays");
+        let other_network =
+            br#"{"cniVersion":"1.1.0","name":"other","cni.dev/valid-attachments":[]}"#;
+        run(Command::Gc, &env(), other_network, &host).expect("ok");
+        assert_eq!(journaled(&host).len(), 1, "another network's GC leaves it");
+        let keep_none = br#"{"cniVersion":"1.1.0","name":"net","cni.dev/valid-attachments":[]}"#;
+        run(Command::Gc, &env(), keep_none, &host).expect("ok");
+        assert_eq!(journaled(&host), vec![]);
+    }
+
+    #[test]
+    fn a_failed_add_leaves_no_entry_and_an_unwritable_journal_no_rules() {
+        let host = FakeHost::new(vec![("failing", true)]);
+        run(Command::Add, &env(), &config(one_mapping(), "1.0.0"), &host).expect_err("refused");
+        assert_eq!(journaled(&host), vec![]);
+
+        let mut host = FakeHost::new(vec![("fake", true)]);
+        host.journal = PathBuf::from("/proc/portmap-journal-cannot-exist");
+        let e = run(Command::Add, &env(), &config(one_mapping(), "1.0.0"), &host)
+            .expect_err("no journal, no ADD");
+        assert!(e.msg.starts_with("cannot write journal entry"), "{}", e.msg);
+        assert!(
+            host.calls().is_empty(),
+            "no rules were made: {:?}",
+            host.calls()
+        );
     }
 
     #[test]

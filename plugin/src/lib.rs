@@ -6,4 +6,5 @@ pub mod cni;
 pub mod commands;
 pub mod config;
 pub mod gojson;
+pub mod journal;
 pub mod lock;

@@ -11,8 +11,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{config, ours, tcp_8080, Rig};
-use portmap_conformance::cni::{invoke, run_with_input, Call};
+use common::{cli_with, config, ours, tcp_8080, Rig};
+use portmap_conformance::cni::{invoke, Call};
 use portmap_conformance::toolpath::{Nft, Tools};
 use portmap_conformance::traffic::EchoServer;
 use serde_json::Value;
@@ -135,11 +135,7 @@ fn iptables_1_6_1_add_check_list_migrate_del() {
     std::fs::create_dir_all(&with_nft).expect("dir");
     iptables_1_6_1(&with_nft, &log);
     std::os::unix::fs::symlink(real("nft"), with_nft.join("nft")).expect("nft link");
-    let cli = |path: &Path, args: &[&str]| {
-        let mut cmd = rig.topo.host.command(ours());
-        cmd.env_clear().env("PATH", path).args(args);
-        run_with_input(cmd, b"").expect("portmap cli")
-    };
+    let cli = |path: &Path, args: &[&str]| cli_with(&rig.topo.host, path, args);
     let to_nft = cli(&with_nft, &["migrate", "--to", "nftables"]);
     assert_eq!(to_nft.exit, Some(0), "{}", to_nft.summary());
     let listed = cli(&with_nft, &["list", "--json"]);

@@ -427,6 +427,22 @@ fn switching_back_to_an_iptables_only_upstream(#[values(true, false)] migrate_fi
     if !migrate_first {
         // Ours cleans what upstream could not see.
         rig.must(&ours(), "DEL", "ctr-a", None, &a_cfg);
+    } else {
+        // Our journal never heard of upstream's DEL: once a's namespace is
+        // gone, a restore forgets it instead of bringing it back.
+        drop(cs);
+        let restore = rig.cli(&["restore"]);
+        assert_eq!(restore.exit, Some(0), "{}", restore.summary());
+        assert!(
+            restore.stdout.contains("forgot ctr-a"),
+            "{}",
+            restore.stdout
+        );
+        assert!(
+            restore.stdout.contains("reinstalled 0 container(s)"),
+            "{}",
+            restore.stdout
+        );
     }
     assert_nothing_left(&rig);
 }

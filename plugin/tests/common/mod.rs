@@ -5,9 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portmap_conformance::cni::{invoke, run_with_input, Call, Outcome};
+use portmap_conformance::cni::{invoke, run_with_input, state_dir, Call, Outcome};
 use portmap_conformance::firewall;
-use portmap_conformance::netns::prerequisites;
+use portmap_conformance::netns::{prerequisites, Netns};
 use portmap_conformance::toolpath::{ToolDir, Tools};
 use portmap_conformance::topology::{Container, Topology, HOST_V4};
 use portmap_conformance::traffic::tcp_ask;
@@ -72,20 +72,21 @@ impl Rig {
         out
     }
 
-    /// Runs `portmap ARGS` (the human CLI) in the host namespace.
+    /// Runs `portmap ARGS` (the human CLI) in the host namespace, with the
+    /// PATH and journal the rig's plugin calls use.
     pub fn cli(&self, args: &[&str]) -> Outcome {
-        let mut cmd = self.topo.host.command(ours());
-        cmd.env_clear().env("PATH", self.tools.path()).args(args);
-        run_with_input(cmd, b"").expect("run portmap cli")
+        cli_with(&self.topo.host, self.tools.path(), args)
     }
 
-    /// `portmap list --json` as (backend, container ID, hostPort) rows, sorted.
+    /// `portmap list --json` as (backend, container ID, hostPort) rows of
+    /// installed mappings, sorted.
     pub fn listed(&self) -> Vec<(String, String, u64)> {
         let out = self.cli(&["list", "--json"]);
         assert_eq!(out.exit, Some(0), "list: {}", out.summary());
         let rows: Vec<Value> = serde_json::from_str(&out.stdout).expect("list JSON");
         let mut v: Vec<(String, String, u64)> = rows
             .iter()
+            .filter(|r| r["state"] == "installed")
             .map(|r| {
                 (
                     r["backend"].as_str().unwrap_or_default().to_string(),
@@ -112,6 +113,16 @@ impl Rig {
         .expect("client")
         .map(|a| a.tag)
     }
+}
+
+/// `portmap ARGS` in `ns` with tool directory `path` (PATH and journal).
+pub fn cli_with(ns: &Netns, path: &Path, args: &[&str]) -> Outcome {
+    let mut cmd = ns.command(ours());
+    cmd.env_clear()
+        .env("PATH", path)
+        .env("PORTMAP_STATE_DIR", state_dir(path))
+        .args(args);
+    run_with_input(cmd, b"").expect("run portmap cli")
 }
 
 pub fn config(c: &Container, backend: Option<&str>, mappings: Value) -> Value {

@@ -51,6 +51,7 @@ impl<'w> Containerd<'w> {
             .topo
             .host
             .command("containerd")
+            .env("PORTMAP_STATE_DIR", dir.join("portmap-state"))
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())

@@ -66,6 +66,7 @@ impl<'w> Podman<'w> {
         std::fs::create_dir_all(dir.join("tmp")).expect("tmp dir");
         let mut cmd = self.world.topo.host.command("podman");
         cmd.env("CONTAINERS_CONF", &self.conf)
+            .env("PORTMAP_STATE_DIR", dir.join("portmap-state"))
             .env("CONTAINERS_STORAGE_CONF", &self.storage)
             .env("TMPDIR", dir.join("tmp"))
             .arg("--root")

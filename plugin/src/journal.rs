@@ -1,0 +1,307 @@
+//! The journal of installed containers, for `portmap restore` after a
+//! firewall reload wiped our rules. One file per container holds the
+//! validated request and the backend that installed it. Kept per network
+//! namespace (a restore run in one namespace never touches another's), in
+//! /run (tmpfs): rules and journal both end at reboot.
+//!
+//! ADD writes the entry before the rules (an entry that cannot be written
+//! fails the ADD with no rules made) and removes it again when the rules
+//! fail; DEL and GC remove entries before the rules, so a DEL killed
+//! half-way never leaves an entry that a restore would bring back.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use portmap_backends::{host, ContainerKey, Request};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_DIR: &str = "/run/cni/portmap";
+/// Overrides [`DEFAULT_DIR`] (tests, unusual hosts).
+pub const DIR_ENV: &str = "PORTMAP_STATE_DIR";
+const FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot find this network namespace: {0}")]
+    Netns(std::io::Error),
+    #[error("cannot write journal entry {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot remove journal entry {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read journal entry {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+}
+
+/// What it takes to reinstall one container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub format: u32,
+    pub ifname: String,
+    /// `CNI_NETNS` at ADD: a container whose namespace is gone is gone,
+    /// whatever the journal says (a firewall reload never removes one).
+    #[serde(default)]
+    pub netns: String,
+    /// `Backend::name` of the backend that installed it.
+    pub backend: String,
+    pub request: Request,
+}
+
+impl Entry {
+    pub fn new(ifname: &str, netns: &str, backend: &str, request: Request) -> Entry {
+        Entry {
+            format: FORMAT,
+            ifname: ifname.to_string(),
+            netns: netns.to_string(),
+            backend: backend.to_string(),
+            request,
+        }
+    }
+
+    /// The container's namespace no longer exists: it was removed without
+    /// our DEL (by another binary, or a runtime that crashed).
+    pub fn is_stale(&self) -> bool {
+        !self.netns.is_empty() && !Path::new(&self.netns).exists()
+    }
+}
+
+/// One network namespace's journal directory.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    dir: PathBuf,
+}
+
+/// Names that can be part of a file name: network names and container IDs
+/// as ADD validates them, interface names without `/` or `:`.
+fn safe(part: &str) -> bool {
+    !part.is_empty() && part != "." && part != ".." && !part.contains(['/', ':', '\0'])
+}
+
+impl Journal {
+    /// This namespace's journal under `$PORTMAP_STATE_DIR` or [`DEFAULT_DIR`].
+    pub fn here() -> Result<Journal, JournalError> {
+        let root =
+            std::env::var_os(DIR_ENV).map_or_else(|| PathBuf::from(DEFAULT_DIR), PathBuf::from);
+        let netns = host::netns_id().map_err(JournalError::Netns)?;
+        Ok(Journal::at(root.join(netns)))
+    }
+
+    pub fn at(dir: PathBuf) -> Journal {
+        Journal { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn prefix(key: &ContainerKey) -> Option<String> {
+        (safe(&key.network) && safe(&key.container_id))
+            .then(|| format!("{}:{}:", key.network, key.container_id))
+    }
+
+    /// Written atomically: a temp file, fsync, rename, fsync of the directory.
+    pub fn write(&self, entry: &Entry) -> Result<(), JournalError> {
+        let key = &entry.request.key;
+        let name = Self::prefix(key)
+            .filter(|_| safe(&entry.ifname))
+            .map(|p| format!("{p}{}.json", entry.ifname))
+            .ok_or_else(|| JournalError::Write {
+                path: self.dir.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("unusable names {key:?} / {:?}", entry.ifname),
+                ),
+            })?;
+        let path = self.dir.join(&name);
+        let fail = |source| JournalError::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(fail)?;
+        let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let text = serde_json::to_vec_pretty(entry).map_err(|e| fail(e.into()))?;
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(&text)?;
+            f.sync_all()
+        });
+        if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(fail(e));
+        }
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(fail)
+    }
+
+    /// Removes every entry of the container (whatever its interface); none
+    /// is fine. The namespace's directory goes with its last entry.
+    pub fn remove(&self, key: &ContainerKey) -> Result<(), JournalError> {
+        let Some(prefix) = Self::prefix(key) else {
+            return Ok(()); // ADD never wrote such a name
+        };
+        for path in self.paths() {
+            let mine = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix));
+            if mine {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(JournalError::Remove { path, source }),
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir); // only when empty
+        Ok(())
+    }
+
+    fn paths(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    /// Every entry, in name order; an unreadable one is reported, not fatal.
+    pub fn entries(&self) -> Vec<Result<(PathBuf, Entry), JournalError>> {
+        self.paths()
+            .into_iter()
+            .map(|path| {
+                let unreadable = |reason: String| JournalError::Unreadable {
+                    path: path.clone(),
+                    reason,
+                };
+                let text = std::fs::read(&path).map_err(|e| unreadable(e.to_string()))?;
+                let entry: Entry =
+                    serde_json::from_slice(&text).map_err(|e| unreadable(e.to_string()))?;
+                if entry.format != FORMAT {
+                    return Err(unreadable(format!(
+                        "format {} is not {FORMAT}",
+                        entry.format
+                    )));
+                }
+                Ok((path, entry))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portmap_backends::{MasqMark, PortMapping, Protocol};
+
+    fn request(network: &str, id: &str) -> Request {
+        Request {
+            key: ContainerKey {
+                network: network.into(),
+                container_id: id.into(),
+            },
+            v4: None,
+            v6: None,
+            mappings: vec![PortMapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: Protocol::Tcp,
+                host_ip: None,
+            }],
+            snat: true,
+            masq_all: false,
+            mark: MasqMark::default(),
+            conditions_v4: vec![],
+            conditions_v6: vec![],
+        }
+    }
+
+    fn scratch(label: &str) -> Journal {
+        let dir =
+            std::env::temp_dir().join(format!("portmap-journal-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Journal::at(dir.join("netns-1-2"))
+    }
+
+    #[test]
+    fn entries_round_trip_and_go_with_their_container() {
+        let j = scratch("round-trip");
+        let a = Entry::new("eth0", "", "nftables", request("net", "a"));
+        let b = Entry::new("eth0", "", "iptables-legacy", request("net", "b"));
+        j.write(&a).expect("write a");
+        j.write(&b).expect("write b");
+        j.write(&a).expect("rewrite a");
+        let got: Vec<Entry> = j
+            .entries()
+            .into_iter()
+            .map(|e| e.expect("entry").1)
+            .collect();
+        assert_eq!(got, vec![a.clone(), b]);
+        j.remove(&a.request.key).expect("remove a");
+        assert_eq!(j.entries().len(), 1);
+        j.remove(&a.request.key).expect("removing again is fine");
+        j.remove(&request("net", "b").key).expect("remove b");
+        assert!(!j.dir().exists(), "the last entry takes the directory");
+    }
+
+    #[test]
+    fn a_corrupt_entry_is_reported_and_the_others_read() {
+        let j = scratch("corrupt");
+        j.write(&Entry::new("eth0", "", "nftables", request("net", "good")))
+            .expect("write");
+        std::fs::write(j.dir().join("net:bad:eth0.json"), b"{not json").expect("corrupt");
+        let entries = j.entries();
+        assert_eq!(entries.len(), 2);
+        let bad = entries
+            .iter()
+            .find_map(|e| e.as_ref().err())
+            .expect("reported");
+        assert!(bad.to_string().contains("net:bad:eth0.json"), "{bad}");
+        assert!(entries.iter().any(|e| e
+            .as_ref()
+            .is_ok_and(|(_, e)| e.request.key.container_id == "good")));
+        let _ = std::fs::remove_dir_all(j.dir());
+    }
+
+    #[test]
+    fn unusable_names_write_nothing() {
+        let j = scratch("names");
+        let e = Entry::new("eth0", "", "nftables", request("a/b", "c"));
+        assert!(j.write(&e).is_err());
+        assert!(
+            j.remove(&e.request.key).is_ok(),
+            "DEL of such a name has nothing to remove"
+        );
+        let _ = std::fs::remove_dir_all(j.dir());
+    }
+
+    #[test]
+    fn an_entry_whose_namespace_is_gone_is_stale() {
+        let gone = Entry::new(
+            "eth0",
+            "/run/netns/portmap-no-such-ns",
+            "nftables",
+            request("n", "c"),
+        );
+        assert!(gone.is_stale());
+        assert!(!Entry::new("eth0", "/proc/self/ns/net", "nftables", request("n", "c")).is_stale());
+        assert!(
+            !Entry::new("eth0", "", "nftables", request("n", "c")).is_stale(),
+            "unknown is not gone"
+        );
+    }
+
+    #[test]
+    fn an_unwritable_journal_is_an_error() {
+        let j = Journal::at(PathBuf::from("/proc/portmap-journal-cannot-exist"));
+        let err = j.write(&Entry::new("eth0", "", "nftables", request("n", "c")));
+        assert!(matches!(err, Err(JournalError::Write { .. })), "{err:?}");
+    }
+}

@@ -1,0 +1,206 @@
+//! `portmap restore` after the firewall was reloaded behind the plugin's
+//! back, per backend, with real traffic: the journal written at ADD brings
+//! every container back, a second restore writes nothing, containers
+//! deleted since are not brought back, and a corrupt journal entry is
+//! reported and skipped.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::{config, ours, tcp_8080, Rig};
+use portmap_conformance::cni::state_dir;
+use portmap_conformance::toolpath::{IptablesVariant, Tools};
+use portmap_conformance::traffic::EchoServer;
+use rstest::rstest;
+use serde_json::json;
+
+/// Replaces the tools that write the firewall with wrappers that log each
+/// call to `writes.log` before running the real one.
+fn log_writes(rig: &Rig) -> PathBuf {
+    let dir = rig.tools.path();
+    let log = dir.join("writes.log");
+    for tool in [
+        "nft",
+        "iptables-restore",
+        "ip6tables-restore",
+        "iptables-nft-restore",
+        "ip6tables-nft-restore",
+        "iptables-legacy-restore",
+        "ip6tables-legacy-restore",
+    ] {
+        let link = dir.join(tool);
+        let Ok(real) = std::fs::read_link(&link) else {
+            continue;
+        };
+        std::fs::remove_file(&link).expect("unlink");
+        // `nft` reads (list) are not writes; `-f` is.
+        let script = format!(
+            "#!/bin/sh\ncase \"$*\" in *-f*|*restore*) echo \"{tool} $*\" >> {log};; esac\n\
+             [ \"{tool}\" = nft ] || echo \"{tool} $*\" >> {log}\nexec {real} \"$@\"\n",
+            log = log.display(),
+            real = real.display()
+        );
+        std::fs::write(&link, script).expect("wrapper");
+        std::fs::set_permissions(&link, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    log
+}
+
+/// What a firewall reload does to us: everything of ours is gone.
+fn flush_behind_the_back(rig: &Rig, backend: &str) {
+    let host = &rig.topo.host;
+    match backend {
+        "nftables" => {
+            host.exec("nft", &["flush", "ruleset"]).expect("nft flush");
+        }
+        variant => {
+            for tool in [
+                format!("iptables-{variant}"),
+                format!("ip6tables-{variant}"),
+            ] {
+                host.exec(&tool, &["-t", "nat", "-F"]).expect("flush");
+                host.exec(&tool, &["-t", "nat", "-X"])
+                    .expect("delete chains");
+            }
+        }
+    }
+}
+
+fn journal_dir(rig: &Rig) -> PathBuf {
+    let root = state_dir(rig.tools.path());
+    std::fs::read_dir(&root)
+        .expect("state dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("netns-"))
+        })
+        .expect("the namespace's journal")
+}
+
+#[rstest]
+#[case::nftables("nftables", Tools::default())]
+#[case::iptables_nft("nft", Tools { iptables: Some(IptablesVariant::Nft), ..Tools::default() })]
+#[case::iptables_legacy("legacy", Tools { iptables: Some(IptablesVariant::Legacy), both_variants: false, ..Tools::default() })]
+fn restore_brings_back_what_a_reload_removed(#[case] backend: &str, #[case] tools: Tools) {
+    let Some(rig) = Rig::new(tools) else { return };
+    let key = if backend == "nftables" {
+        "nftables"
+    } else {
+        "iptables"
+    };
+    let a = rig.topo.container("a", 5).expect("container a");
+    let b = rig.topo.container("b", 6).expect("container b");
+    let _sa = EchoServer::start(&a.ns, "a", 80).expect("echo a");
+    let _sb = EchoServer::start(&b.ns, "b", 80).expect("echo b");
+    let cfg_a = config(&a, Some(key), tcp_8080());
+    let cfg_b = config(
+        &b,
+        Some(key),
+        json!([{"hostPort": 8081, "containerPort": 80}]),
+    );
+    rig.must(&ours(), "ADD", "ctr-a", Some(&a), &cfg_a);
+    rig.must(&ours(), "ADD", "ctr-b", Some(&b), &cfg_b);
+    let before = rig.ruleset();
+    assert_eq!(rig.answers(8080).as_deref(), Some("a"));
+
+    flush_behind_the_back(&rig, backend);
+    assert_eq!(rig.answers(8080), None, "the reload took the mapping");
+    assert!(!rig.call(&ours(), "CHECK", "ctr-a", Some(&a), &cfg_a).ok());
+    let list = rig.cli(&["list"]);
+    assert!(
+        list.stdout
+            .contains("journaled, but their rules are missing")
+            && list.stdout.contains("ctr-a (network e2e")
+            && list.stdout.contains("ctr-b (network e2e"),
+        "{}",
+        list.stdout
+    );
+    let dry = rig.cli(&["restore", "--dry-run"]);
+    assert!(
+        dry.stdout.contains("would reinstall 2 container(s)"),
+        "{}",
+        dry.summary()
+    );
+    assert_eq!(rig.answers(8080), None, "a dry run changes nothing");
+
+    let restored = rig.cli(&["restore"]);
+    assert_eq!(restored.exit, Some(0), "{}", restored.summary());
+    assert!(
+        restored
+            .stdout
+            .contains("reinstalled 2 container(s), 0 in place, 0 gone, 0 could not be restored"),
+        "{}",
+        restored.stdout
+    );
+    rig.must(&ours(), "CHECK", "ctr-a", Some(&a), &cfg_a);
+    rig.must(&ours(), "CHECK", "ctr-b", Some(&b), &cfg_b);
+    assert_eq!(rig.answers(8080).as_deref(), Some("a"));
+    assert_eq!(rig.answers(8081).as_deref(), Some("b"));
+    assert_eq!(rig.ruleset(), before, "the ruleset is as it was");
+
+    // Everything in place: a second restore writes nothing at all.
+    let writes = log_writes(&rig);
+    let again = rig.cli(&["restore"]);
+    assert!(
+        again
+            .stdout
+            .contains("reinstalled 0 container(s), 2 in place"),
+        "{}",
+        again.summary()
+    );
+    assert!(
+        !writes.exists(),
+        "no firewall write: {:?}",
+        std::fs::read_to_string(&writes)
+    );
+
+    // A container deleted since is not brought back; a corrupt entry is
+    // reported and the others still restored.
+    rig.must(&ours(), "DEL", "ctr-b", Some(&b), &cfg_b);
+    std::fs::write(
+        journal_dir(&rig).join("e2e:broken:eth0.json"),
+        b"{\"format\": 1,",
+    )
+    .expect("corrupt");
+    flush_behind_the_back(&rig, backend);
+    let partial = rig.cli(&["restore"]);
+    assert_eq!(partial.exit, Some(1), "{}", partial.summary());
+    assert!(
+        partial.stderr.contains("e2e:broken:eth0.json"),
+        "{}",
+        partial.stderr
+    );
+    assert!(
+        partial
+            .stdout
+            .contains("reinstalled 1 container(s), 0 in place, 0 gone, 1 could not be restored"),
+        "{}",
+        partial.stdout
+    );
+    assert_eq!(rig.answers(8080).as_deref(), Some("a"));
+    assert_eq!(rig.answers(8081), None, "ctr-b was deleted: not restored");
+    assert!(writes.exists(), "the wrappers do see a restore that writes");
+
+    std::fs::remove_file(journal_dir(&rig).join("e2e:broken:eth0.json")).expect("rm");
+    rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg_a);
+    assert!(!Path::new(&state_dir(rig.tools.path())).join("x").exists());
+    assert!(
+        std::fs::read_dir(state_dir(rig.tools.path()))
+            .expect("state")
+            .next()
+            .is_none(),
+        "the last DEL leaves no journal behind"
+    );
+    let nothing = rig.cli(&["restore"]);
+    assert!(
+        nothing
+            .stdout
+            .contains("reinstalled 0 container(s), 0 in place"),
+        "{}",
+        nothing.summary()
+    );
+}
