@@ -71,6 +71,79 @@ pub fn tables() -> Result<Vec<(String, String)>, NetlinkError> {
     }
 }
 
+/// The nf_tables multicast group: every ruleset change in the namespace.
+const NFNLGRP_NFTABLES: u32 = 7;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFT_MSG_DELCHAIN: u16 = 5;
+const NFT_MSG_DELRULE: u16 = 8;
+
+/// A subscription to nf_tables change notifications (what `nft monitor`
+/// reads), for `portmap watch`.
+pub struct Events {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Events {
+    /// Subscribes in this thread's network namespace; `timeout` bounds
+    /// each [`Events::removed`] wait.
+    pub fn subscribe(timeout: Duration) -> Result<Events, NetlinkError> {
+        let sys = |step| move |source| NetlinkError::Sys { step, source };
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkNetFilter,
+        )
+        .map_err(sys("socket"))?;
+        let micros = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
+        let tv = TimeVal::new(micros / 1_000_000, micros % 1_000_000);
+        setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(sys("setsockopt"))?;
+        let groups = 1 << (NFNLGRP_NFTABLES - 1);
+        nix::sys::socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))
+            .map_err(sys("bind"))?;
+        Ok(Events { fd })
+    }
+
+    /// Waits up to the timeout; true when something removed a table, a
+    /// chain or a rule (a flush, a reload, a delete, ours included).
+    pub fn removed(&self) -> Result<bool, NetlinkError> {
+        let mut buf = vec![0u8; 64 * 1024];
+        match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(n) => Ok(has_removal(&buf[..n])),
+            Err(nix::Error::EAGAIN | nix::Error::EINTR) => Ok(false),
+            // The kernel dropped notifications (we were slow): assume the worst.
+            Err(nix::Error::ENOBUFS) => Ok(true),
+            Err(source) => Err(NetlinkError::Sys {
+                step: "recv",
+                source,
+            }),
+        }
+    }
+}
+
+/// Whether a datagram of notifications holds a table, chain or rule removal.
+fn has_removal(mut b: &[u8]) -> bool {
+    while b.len() >= HEADER {
+        let (Some(len), Some(kind)) = (u32_at(b, 0), u16_at(b, 4)) else {
+            return false;
+        };
+        let len = len as usize;
+        if len < HEADER || len > b.len() {
+            return false;
+        }
+        if kind >> 8 == NFNL_SUBSYS_NFTABLES
+            && matches!(
+                kind & 0xff,
+                NFT_MSG_DELTABLE | NFT_MSG_DELCHAIN | NFT_MSG_DELRULE
+            )
+        {
+            return true;
+        }
+        b = &b[align4(len).min(b.len())..];
+    }
+    false
+}
+
 fn dump_request() -> Vec<u8> {
     let mut msg = Vec::with_capacity(HEADER + 4);
     msg.extend_from_slice(&((HEADER + 4) as u32).to_ne_bytes());
@@ -203,6 +276,52 @@ mod tests {
         for cut in 1..whole.len() {
             let _ = parse_reply(&whole[..cut], &mut Vec::new());
         }
+    }
+
+    #[test]
+    fn removals_are_told_from_additions() {
+        let kind = |msg: u16| NFNL_SUBSYS_NFTABLES << 8 | msg;
+        let add_rule = message(kind(6), &[2, 0, 0, 0]);
+        let del_rule = message(kind(NFT_MSG_DELRULE), &[2, 0, 0, 0]);
+        let del_table = message(kind(NFT_MSG_DELTABLE), &[2, 0, 0, 0]);
+        assert!(!has_removal(&add_rule));
+        assert!(has_removal(&[add_rule.clone(), del_rule].concat()));
+        assert!(has_removal(&del_table));
+        assert!(
+            !has_removal(&del_table[..HEADER - 1]),
+            "truncated: no panic"
+        );
+    }
+
+    /// A real subscription in a namespace of the test's own: a rule deleted
+    /// by nft is seen, an added one is not a removal.
+    #[test]
+    fn a_subscription_sees_a_flush() {
+        use portmap_conformance::netns::{prerequisites, Netns};
+        if !prerequisites(&["nft"]) {
+            return;
+        }
+        let ns = Netns::new("events").expect("netns");
+        ns.exec("nft", &["add", "table", "ip", "pmt_events"])
+            .expect("table");
+        ns.exec("nft", &["add", "chain", "ip", "pmt_events", "c"])
+            .expect("chain");
+        let seen = ns
+            .run(|| {
+                let events = Events::subscribe(Duration::from_millis(300)).expect("subscribe");
+                let quiet = events.removed().expect("recv");
+                std::process::Command::new("nft")
+                    .args(["flush", "ruleset"])
+                    .status()
+                    .expect("nft");
+                let mut removed = false;
+                for _ in 0..10 {
+                    removed |= events.removed().expect("recv");
+                }
+                (quiet, removed)
+            })
+            .expect("in netns");
+        assert_eq!(seen, (false, true));
     }
 
     #[test]

@@ -8,6 +8,12 @@ use portmap_backends::migrate;
 use portmap_backends::select::{self, cleanup_backends, Choice};
 use portmap_backends::{host, Backend, InstalledContainer, Plan};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use portmap_backends::nfnetlink;
+
 use crate::journal::{Entry, Journal, JournalError};
 use crate::lock;
 
@@ -53,6 +59,15 @@ enum Sub {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Keep restoring: after nf_tables reports a removed table, chain or
+    /// rule (a flush, `systemctl restart nftables`, a firewalld reload),
+    /// within a second; iptables, which has no events, every --interval.
+    /// One line per reinstalled container. Stops on SIGTERM or SIGINT.
+    Watch {
+        /// Seconds between checks of iptables-held containers.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        interval: u64,
+    },
     /// Move every installed mapping to one backend, container by container
     /// (add in the target, check, then delete in the source). Running it
     /// again is a no-op; after an interruption it finishes the move.
@@ -88,6 +103,7 @@ pub fn main() -> ExitCode {
         Sub::List { json } => list(json),
         Sub::Status => status(),
         Sub::Restore { dry_run } => restore(dry_run),
+        Sub::Watch { interval } => watch(Duration::from_secs(interval)),
         Sub::Migrate {
             to,
             network,
@@ -208,38 +224,46 @@ fn restore_one(journal: &Journal, entry: &Entry, dry_run: bool) -> Result<Restor
     Ok(Restored::Reinstalled(why.to_string()))
 }
 
-fn restore(dry_run: bool) -> ExitCode {
-    let journal = match Journal::here() {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("portmap: restore: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+/// What one restore pass did.
+#[derive(Default)]
+struct Pass {
+    in_place: usize,
+    reinstalled: usize,
+    dropped: usize,
+    failed: usize,
+}
+
+/// Checks the `wanted` entries of `journal` under the plugin lock and
+/// reinstalls what is missing; one line per container it acted on.
+fn restore_pass(journal: &Journal, dry_run: bool, wanted: &dyn Fn(&Entry) -> bool) -> Pass {
+    let mut pass = Pass::default();
     // Runtimes' ADD/DEL must not interleave (an ADD journals before it
     // installs: without the lock we would race it).
     let _lock = match lock::acquire(std::path::Path::new(lock::LOCK_PATH)) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("portmap: restore: {}", e.msg);
-            return ExitCode::FAILURE;
+            pass.failed += 1;
+            return pass;
         }
     };
-    let (mut in_place, mut reinstalled, mut dropped, mut failed) = (0, 0, 0, 0);
     for entry in journal.entries() {
         let (path, entry) = match entry {
             Ok(e) => e,
             Err(e) => {
-                failed += 1;
+                pass.failed += 1;
                 eprintln!("portmap: restore: {e}");
                 continue;
             }
         };
+        if !wanted(&entry) {
+            continue;
+        }
         let id = &entry.request.key.container_id;
-        match restore_one(&journal, &entry, dry_run) {
-            Ok(Restored::InPlace) => in_place += 1,
+        match restore_one(journal, &entry, dry_run) {
+            Ok(Restored::InPlace) => pass.in_place += 1,
             Ok(Restored::Dropped) => {
-                dropped += 1;
+                pass.dropped += 1;
                 println!(
                     "{} {id}: its rules are gone and so is its network namespace {}",
                     if dry_run { "would forget" } else { "forgot" },
@@ -247,7 +271,7 @@ fn restore(dry_run: bool) -> ExitCode {
                 );
             }
             Ok(Restored::Reinstalled(why)) => {
-                reinstalled += 1;
+                pass.reinstalled += 1;
                 let verb = if dry_run {
                     "would reinstall"
                 } else {
@@ -256,7 +280,7 @@ fn restore(dry_run: bool) -> ExitCode {
                 println!("{verb} {id} in {} ({why})", entry.backend);
             }
             Err(e) => {
-                failed += 1;
+                pass.failed += 1;
                 eprintln!(
                     "portmap: restore: {} ({id} in {}): {e}",
                     path.display(),
@@ -265,19 +289,107 @@ fn restore(dry_run: bool) -> ExitCode {
             }
         }
     }
+    pass
+}
+
+fn restore(dry_run: bool) -> ExitCode {
+    let journal = match Journal::here() {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("portmap: restore: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let pass = restore_pass(&journal, dry_run, &|_| true);
     println!(
-        "{} {reinstalled} container(s), {in_place} in place, {dropped} gone, {failed} could not be restored",
+        "{} {} container(s), {} in place, {} gone, {} could not be restored",
         if dry_run {
             "would reinstall"
         } else {
             "reinstalled"
-        }
+        },
+        pass.reinstalled,
+        pass.in_place,
+        pass.dropped,
+        pass.failed
     );
-    if failed == 0 {
+    if pass.failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn stop(_: nix::libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Quiet time after the last removal before restoring: a reload removes
+/// many things, one pass should follow it, not one per notification.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+/// How long one wait for notifications lasts (and so how soon SIGTERM is seen).
+const TICK: Duration = Duration::from_millis(200);
+
+fn watch(interval: Duration) -> ExitCode {
+    let handler = SigAction::new(SigHandler::Handler(stop), SaFlags::empty(), SigSet::empty());
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe; no other handler for these signals is replaced
+        // that anything else relies on.
+        if let Err(e) = unsafe { sigaction(signal, &handler) } {
+            eprintln!("portmap: watch: cannot handle {signal}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let journal = match Journal::here() {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("portmap: watch: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let events = match nfnetlink::Events::subscribe(TICK) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            eprintln!(
+                "portmap: watch: no nf_tables notifications ({e}): checking every {interval:?}"
+            );
+            None
+        }
+    };
+    println!(
+        "portmap watch: journal {}; nf_tables notifications: {}; iptables every {interval:?}",
+        journal.dir().display(),
+        if events.is_some() { "on" } else { "off" }
+    );
+    let mut removal_at: Option<Instant> = None;
+    let mut next_check = Instant::now() + interval;
+    while !STOP.load(Ordering::SeqCst) {
+        match &events {
+            Some(ev) => match ev.removed() {
+                Ok(true) => removal_at = Some(Instant::now()),
+                Ok(false) => {}
+                Err(e) => eprintln!("portmap: watch: {e}"),
+            },
+            None => std::thread::sleep(TICK),
+        }
+        if removal_at.is_some_and(|t| t.elapsed() >= DEBOUNCE) {
+            removal_at = None;
+            restore_pass(&journal, false, &|_| true);
+        }
+        // Without events (or for iptables, which has none) check on a timer.
+        if Instant::now() >= next_check {
+            next_check = Instant::now() + interval;
+            let nft_covered = events.is_some();
+            restore_pass(&journal, false, &|e| {
+                !(nft_covered && e.backend == "nftables")
+            });
+        }
+    }
+    println!("portmap watch: stopped");
+    ExitCode::SUCCESS
 }
 
 /// Journal entries whose rules are not all in place.

@@ -204,3 +204,98 @@ fn restore_brings_back_what_a_reload_removed(#[case] backend: &str, #[case] tool
         nothing.summary()
     );
 }
+
+/// `portmap watch` brings rules back by itself: within 2 s of a flush on
+/// nftables and iptables-nft (nf_tables notifications), within its
+/// interval on iptables-legacy (no notifications); stops on SIGTERM.
+#[rstest]
+#[case::nftables("nftables", Tools::default(), 2)]
+#[case::iptables_nft("nft", Tools { iptables: Some(IptablesVariant::Nft), ..Tools::default() }, 2)]
+#[case::iptables_legacy("legacy", Tools { iptables: Some(IptablesVariant::Legacy), both_variants: false, ..Tools::default() }, 1 + 2)]
+fn watch_restores_by_itself(#[case] backend: &str, #[case] tools: Tools, #[case] within_secs: u64) {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let Some(rig) = Rig::new(tools) else { return };
+    let key = if backend == "nftables" {
+        "nftables"
+    } else {
+        "iptables"
+    };
+    let a = rig.topo.container("a", 5).expect("container a");
+    let _sa = EchoServer::start(&a.ns, "a", 80).expect("echo a");
+    let cfg = config(&a, Some(key), tcp_8080());
+    rig.must(&ours(), "ADD", "ctr-a", Some(&a), &cfg);
+
+    let log = rig.tools.path().join("watch.log");
+    let mut watch = rig
+        .topo
+        .host
+        .command(ours())
+        .env_clear()
+        .env("PATH", rig.tools.path())
+        .env("PORTMAP_STATE_DIR", state_dir(rig.tools.path()))
+        .args(["watch", "--interval", "1"])
+        .stdout(std::fs::File::create(&log).expect("log"))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start portmap watch");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("portmap watch:")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "watch did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    flush_behind_the_back(&rig, backend);
+    let flushed = Instant::now();
+    let mut back = None;
+    while flushed.elapsed() < Duration::from_secs(within_secs + 3) {
+        if rig.answers(8080).as_deref() == Some("a") {
+            back = Some(flushed.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let back = back.unwrap_or_else(|| {
+        panic!(
+            "not restored; watch said:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    eprintln!("{backend}: restored {back:?} after the flush");
+    assert!(
+        back <= Duration::from_secs(within_secs),
+        "restored after {back:?}, wanted {within_secs} s"
+    );
+    rig.must(&ours(), "CHECK", "ctr-a", Some(&a), &cfg);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watch.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = watch.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(3),
+            "watch ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let said = std::fs::read_to_string(&log).expect("log");
+    assert!(said.contains("reinstalled ctr-a in"), "{said}");
+    assert!(
+        said.trim_end().ends_with("portmap watch: stopped"),
+        "{said}"
+    );
+    rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg);
+}
