@@ -23,6 +23,7 @@ packages=(
   tar
   qemu-user-static    # scripts/release.sh smoke-tests the aarch64 binaries
   file
+  systemd             # systemd-analyze verifies contrib/systemd units
 )
 
 # The distro suite needs a Docker engine, the runtime tests containerd and

@@ -299,3 +299,54 @@ fn watch_restores_by_itself(#[case] backend: &str, #[case] tools: Tools, #[case]
     );
     rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg);
 }
+
+/// The shipped systemd units pass `systemd-analyze verify` (with ExecStart
+/// pointed at the binary built here); a broken copy does not.
+#[test]
+fn systemd_units_verify() {
+    use portmap_conformance::netns::prerequisites;
+    if !prerequisites(&["systemd-analyze"]) {
+        return;
+    }
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/systemd");
+    let dir = std::env::temp_dir().join(format!("portmap-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let verify = |names: &[PathBuf]| {
+        std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .args(names)
+            .output()
+            .expect("systemd-analyze")
+    };
+    let mut copies = Vec::new();
+    for name in ["portmap-restore.service", "portmap-watch.service"] {
+        let text = std::fs::read_to_string(units.join(name)).expect("unit");
+        assert!(text.contains("ExecStart=/opt/cni/bin/portmap "), "{name}");
+        let copy = dir.join(name);
+        let here = ours().display().to_string();
+        std::fs::write(&copy, text.replace("/opt/cni/bin/portmap", &here)).expect("copy");
+        copies.push(copy);
+    }
+    // Not even a warning for ours; a unit systemd would ignore a line of,
+    // or refuse, is caught.
+    let out = verify(&copies);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    let text = std::fs::read_to_string(&copies[0]).expect("copy");
+    for (name, broken) in [
+        ("bad-type", text.replace("Type=oneshot", "Type=sometimes")),
+        (
+            "relative",
+            text.replace(&ours().display().to_string(), "portmap"),
+        ),
+    ] {
+        let path = dir.join(format!("portmap-{name}.service"));
+        std::fs::write(&path, broken).expect("broken");
+        let out = verify(std::slice::from_ref(&path));
+        assert!(
+            !out.status.success() || !out.stderr.is_empty(),
+            "{name} passed verify"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
