@@ -138,16 +138,24 @@ impl Journal {
             .map_err(fail)
     }
 
-    /// Removes every entry of the container (whatever its interface); none
-    /// is fine. The namespace's directory goes with its last entry.
+    /// Removes every entry of the container (whatever its interface), and
+    /// temp files a killed writer left for it; none is fine. The
+    /// namespace's directory goes with its last file.
     pub fn remove(&self, key: &ContainerKey) -> Result<(), JournalError> {
         let Some(prefix) = Self::prefix(key) else {
             return Ok(()); // ADD never wrote such a name
         };
-        for path in self.paths() {
-            let mine = path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix));
+        let temp = format!(".{prefix}");
+        let files = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path());
+        for path in files {
+            let mine = path.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with(&prefix) || n.starts_with(&temp)
+            });
             if mine {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
@@ -247,6 +255,10 @@ mod tests {
         j.remove(&a.request.key).expect("remove a");
         assert_eq!(j.entries().len(), 1);
         j.remove(&a.request.key).expect("removing again is fine");
+        // A writer killed before its rename leaves a temp file: not an
+        // entry, and removed with the container's entries.
+        std::fs::write(j.dir().join(".net:b:eth0.json.123.tmp"), b"{").expect("temp");
+        assert_eq!(j.entries().len(), 1);
         j.remove(&request("net", "b").key).expect("remove b");
         assert!(!j.dir().exists(), "the last entry takes the directory");
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use portmap_conformance::cni::{invoke, Call};
+use portmap_conformance::cni::{invoke, state_dir, Call};
 use portmap_conformance::netns::Netns;
 use portmap_conformance::toolpath::{IptablesVariant, Tools};
 use portmap_conformance::traffic::EchoServer;
@@ -177,9 +177,27 @@ fn state_of(rig: &Rig, sandbox: &Netns, id: &str, cfg: &Value) -> &'static str {
     }
 }
 
+/// Whether the journal (in the rig's state dir) has an entry for `id`.
+fn journaled(rig: &Rig, id: &str) -> bool {
+    let needle = format!(":{id}:");
+    std::fs::read_dir(state_dir(rig.tools.path()))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten())
+        .any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // Not a temp file a killed writer left: those are not entries.
+            name.contains(&needle) && name.ends_with(".json") && !name.starts_with('.')
+        })
+}
+
 /// SIGKILL at random points of 100 ADDs and 100 DELs: the container's
 /// rules are always all there or all absent, and the next re-ADD or DEL
-/// repairs whatever the kill interrupted.
+/// repairs whatever the kill interrupted. The journal agrees: a killed ADD
+/// whose rules are in place has its entry (written first), and the next
+/// `portmap restore` completes an ADD that journaled; a killed DEL that
+/// left its entry left all its rules (the entry goes first).
 #[rstest]
 fn sigkill_at_random_points_never_half_applies(
     #[values("nftables", "iptables-nft", "iptables-legacy")] name: &str,
@@ -222,6 +240,21 @@ fn sigkill_at_random_points_never_half_applies(
                 "{command} {id} killed after {delay:?}:\n{}",
                 rig.ruleset()
             );
+            let entry = journaled(&rig, &id);
+            match command {
+                "ADD" => {
+                    assert!(state != "all" || entry, "ADD {id}: rules without entry");
+                    let restore = rig.cli(&["restore"]);
+                    assert_eq!(restore.exit, Some(0), "{}", restore.summary());
+                    let want = if entry { "all" } else { "none" };
+                    assert_eq!(
+                        state_of(&rig, &sandbox, &id, &cfg),
+                        want,
+                        "restore after ADD {id} killed after {delay:?} (entry: {entry})"
+                    );
+                }
+                _ => assert!(!entry || state == "all", "DEL {id}: entry without rules"),
+            }
             // Repair: the next complete ADD (or DEL) wins whatever the state.
             assert!(!run_and_kill(
                 &rig,
@@ -236,6 +269,11 @@ fn sigkill_at_random_points_never_half_applies(
                 state_of(&rig, &sandbox, &id, &cfg),
                 want,
                 "after repeating {command} {id}"
+            );
+            assert_eq!(
+                journaled(&rig, &id),
+                command == "ADD",
+                "journal after {command} {id}"
             );
         }
     }
