@@ -278,6 +278,33 @@ fn client_fixtures_add_check_del(#[case] backend: Option<&str>, #[case] variant:
     }
 }
 
+/// A journal that cannot be written fails the ADD with a clear error and
+/// the firewall untouched (no rules a restore would not know about).
+#[rstest]
+#[case::nftables(Some("nftables"))]
+#[case::iptables(Some("iptables"))]
+fn an_unwritable_journal_fails_add_and_writes_no_rule(#[case] backend: Option<&str>) {
+    let Some(rig) = Rig::new(Tools::default()) else {
+        return;
+    };
+    let a = rig.topo.container("a", 5).expect("container");
+    let before = rig.ruleset();
+    let cfg = config(&a, backend, tcp_8080());
+    let mut cmd = rig.topo.host.command(ours());
+    Call::new("ADD", "ctr-a", Some(&a), rig.tools.path(), &cfg).apply_env(&mut cmd);
+    // /proc refuses new directories: no journal can be made there.
+    cmd.env("PORTMAP_STATE_DIR", "/proc/portmap-state");
+    let out = run_with_input(cmd, cfg.to_string().as_bytes()).expect("run");
+    assert_eq!(out.exit, Some(1), "{}", out.summary());
+    assert!(
+        out.error_msg()
+            .starts_with("cannot write journal entry /proc/portmap-state/netns-"),
+        "{}",
+        out.summary()
+    );
+    assert_eq!(rig.ruleset(), before, "no rule without a journal entry");
+}
+
 #[test]
 fn del_without_backend_cleans_rules_of_every_backend() {
     let Some(rig) = Rig::new(Tools::default()) else {

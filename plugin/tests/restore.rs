@@ -68,6 +68,14 @@ fn flush_behind_the_back(rig: &Rig, backend: &str) {
     }
 }
 
+/// `Backend::name` of a test case's backend.
+fn backend_name(backend: &str) -> String {
+    match backend {
+        "nftables" => "nftables".to_string(),
+        variant => format!("iptables-{variant}"),
+    }
+}
+
 fn journal_dir(rig: &Rig) -> PathBuf {
     let root = state_dir(rig.tools.path());
     std::fs::read_dir(&root)
@@ -186,6 +194,28 @@ fn restore_brings_back_what_a_reload_removed(#[case] backend: &str, #[case] tool
     assert!(writes.exists(), "the wrappers do see a restore that writes");
 
     std::fs::remove_file(journal_dir(&rig).join("e2e:broken:eth0.json")).expect("rm");
+    // An entry whose backend is not here any more is named, not fatal.
+    let entry = journal_dir(&rig).join("e2e:ctr-a:eth0.json");
+    let text = std::fs::read_to_string(&entry).expect("entry of ctr-a");
+    let gone = journal_dir(&rig).join("e2e:ctr-gone:eth0.json");
+    std::fs::write(
+        &gone,
+        text.replace("\"ctr-a\"", "\"ctr-gone\"").replace(
+            &format!("\"backend\": \"{}\"", backend_name(backend)),
+            "\"backend\": \"pf\"",
+        ),
+    )
+    .expect("entry");
+    let named = rig.cli(&["restore"]);
+    assert_eq!(named.exit, Some(1), "{}", named.summary());
+    assert!(
+        named
+            .stderr
+            .contains("e2e:ctr-gone:eth0.json (ctr-gone in pf): unknown backend \"pf\""),
+        "{}",
+        named.stderr
+    );
+    std::fs::remove_file(&gone).expect("rm");
     rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg_a);
     assert!(!Path::new(&state_dir(rig.tools.path())).join("x").exists());
     assert!(
