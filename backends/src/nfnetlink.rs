@@ -42,15 +42,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// (`ip`, `ip6`, `inet`...). Fails where nf_tables does not work.
 pub fn tables() -> Result<Vec<(String, String)>, NetlinkError> {
     let sys = |step| move |source| NetlinkError::Sys { step, source };
-    let fd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkNetFilter,
-    )
-    .map_err(sys("socket"))?;
-    let timeout = TimeVal::new(REPLY_TIMEOUT.as_secs() as i64, 0);
-    setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(sys("setsockopt"))?;
+    let fd = netfilter_socket(REPLY_TIMEOUT)?;
     sendto(
         fd.as_raw_fd(),
         &dump_request(),
@@ -71,6 +63,22 @@ pub fn tables() -> Result<Vec<(String, String)>, NetlinkError> {
     }
 }
 
+/// A netfilter netlink socket whose receives give up after `timeout`.
+fn netfilter_socket(timeout: Duration) -> Result<std::os::fd::OwnedFd, NetlinkError> {
+    let sys = |step| move |source| NetlinkError::Sys { step, source };
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkNetFilter,
+    )
+    .map_err(sys("socket"))?;
+    let micros = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
+    let tv = TimeVal::new(micros / 1_000_000, micros % 1_000_000);
+    setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(sys("setsockopt"))?;
+    Ok(fd)
+}
+
 /// The nf_tables multicast group: every ruleset change in the namespace.
 const NFNLGRP_NFTABLES: u32 = 7;
 const NFT_MSG_DELTABLE: u16 = 2;
@@ -87,20 +95,14 @@ impl Events {
     /// Subscribes in this thread's network namespace; `timeout` bounds
     /// each [`Events::removed`] wait.
     pub fn subscribe(timeout: Duration) -> Result<Events, NetlinkError> {
-        let sys = |step| move |source| NetlinkError::Sys { step, source };
-        let fd = socket(
-            AddressFamily::Netlink,
-            SockType::Raw,
-            SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkNetFilter,
-        )
-        .map_err(sys("socket"))?;
-        let micros = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
-        let tv = TimeVal::new(micros / 1_000_000, micros % 1_000_000);
-        setsockopt(&fd, sockopt::ReceiveTimeout, &tv).map_err(sys("setsockopt"))?;
+        let fd = netfilter_socket(timeout)?;
         let groups = 1 << (NFNLGRP_NFTABLES - 1);
-        nix::sys::socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))
-            .map_err(sys("bind"))?;
+        nix::sys::socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups)).map_err(|source| {
+            NetlinkError::Sys {
+                step: "bind",
+                source,
+            }
+        })?;
         Ok(Events { fd })
     }
 

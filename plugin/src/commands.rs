@@ -478,6 +478,16 @@ mod tests {
         assert_eq!(host.calls(), vec!["fake add c1", "after_add c1"]);
     }
 
+    /// DEL as runtimes send it: network `net`, no mappings.
+    fn del_net(host: &FakeHost) -> Result<Option<Value>, CniError> {
+        run(
+            Command::Del,
+            &env(),
+            br#"{"cniVersion":"1.0.0","name":"net"}"#,
+            host,
+        )
+    }
+
     fn journaled(host: &FakeHost) -> Vec<(String, String)> {
         Journal::at(host.journal.clone())
             .entries()
@@ -504,13 +514,7 @@ mod tests {
             request.v4.map(|a| a.addr.to_string()),
             Some("10.0.0.2".into())
         );
-        run(
-            Command::Del,
-            &env(),
-            br#"{"cniVersion":"1.0.0","name":"net"}"#,
-            &host,
-        )
-        .expect("ok");
+        del_net(&host).expect("ok");
         assert_eq!(journaled(&host), vec![]);
 
         run(Command::Add, &env(), &config(one_mapping(), "1.1.0"), &host).expect("ok");
@@ -557,13 +561,7 @@ mod tests {
     #[test]
     fn del_sweeps_every_backend_even_without_mappings() {
         let host = FakeHost::new(vec![("a", true), ("b", true)]);
-        run(
-            Command::Del,
-            &env(),
-            br#"{"cniVersion":"1.0.0","name":"net"}"#,
-            &host,
-        )
-        .expect("ok");
+        del_net(&host).expect("ok");
         assert_eq!(host.calls(), vec!["a del c1", "b del c1", "after_del"]);
     }
 

@@ -89,16 +89,33 @@ fn journal_dir(rig: &Rig) -> PathBuf {
         .expect("the namespace's journal")
 }
 
-#[rstest]
-#[case::nftables("nftables", Tools::default())]
-#[case::iptables_nft("nft", Tools { iptables: Some(IptablesVariant::Nft), ..Tools::default() })]
-#[case::iptables_legacy("legacy", Tools { iptables: Some(IptablesVariant::Legacy), both_variants: false, ..Tools::default() })]
-fn restore_brings_back_what_a_reload_removed(#[case] backend: &str, #[case] tools: Tools) {
-    let Some(rig) = Rig::new(tools) else { return };
+/// The rig and config `backend` key for a test's backend: `nftables`,
+/// or the iptables variant `nft` / `legacy`.
+fn rig_for(backend: &str) -> Option<(Rig, &'static str)> {
+    let tools = match backend {
+        "nftables" => Tools::default(),
+        "nft" => Tools {
+            iptables: Some(IptablesVariant::Nft),
+            ..Tools::default()
+        },
+        _ => Tools {
+            iptables: Some(IptablesVariant::Legacy),
+            both_variants: false,
+            ..Tools::default()
+        },
+    };
     let key = if backend == "nftables" {
         "nftables"
     } else {
         "iptables"
+    };
+    Some((Rig::new(tools)?, key))
+}
+
+#[rstest]
+fn restore_brings_back_what_a_reload_removed(#[values("nftables", "nft", "legacy")] backend: &str) {
+    let Some((rig, key)) = rig_for(backend) else {
+        return;
     };
     let a = rig.topo.container("a", 5).expect("container a");
     let b = rig.topo.container("b", 6).expect("container b");
@@ -239,18 +256,15 @@ fn restore_brings_back_what_a_reload_removed(#[case] backend: &str, #[case] tool
 /// nftables and iptables-nft (nf_tables notifications), within its
 /// interval on iptables-legacy (no notifications); stops on SIGTERM.
 #[rstest]
-#[case::nftables("nftables", Tools::default(), 2)]
-#[case::iptables_nft("nft", Tools { iptables: Some(IptablesVariant::Nft), ..Tools::default() }, 2)]
-#[case::iptables_legacy("legacy", Tools { iptables: Some(IptablesVariant::Legacy), both_variants: false, ..Tools::default() }, 1 + 2)]
-fn watch_restores_by_itself(#[case] backend: &str, #[case] tools: Tools, #[case] within_secs: u64) {
+fn watch_restores_by_itself(#[values("nftables", "nft", "legacy")] backend: &str) {
     use std::process::Stdio;
     use std::time::{Duration, Instant};
-    let Some(rig) = Rig::new(tools) else { return };
-    let key = if backend == "nftables" {
-        "nftables"
-    } else {
-        "iptables"
+    let Some((rig, key)) = rig_for(backend) else {
+        return;
     };
+    // nf_tables notifications (iptables-nft's rules are nf_tables too);
+    // legacy only has the 1 s interval.
+    let within_secs = if backend == "legacy" { 1 + 2 } else { 2 };
     let a = rig.topo.container("a", 5).expect("container a");
     let _sa = EchoServer::start(&a.ns, "a", 80).expect("echo a");
     let cfg = config(&a, Some(key), tcp_8080());
