@@ -1,0 +1,189 @@
+//! Reading our table back: `nft -j list table` per family, expressions
+//! parsed only for the rules a command needs, and the rules turned back
+//! into containers, mappings and options (`list`, `migrate`, DEL's
+//! conntrack flush).
+
+use super::*;
+
+/// `nft -j list table` output, expressions left unparsed.
+#[derive(serde::Deserialize)]
+pub(super) struct ListedDoc<'a> {
+    #[serde(borrow)]
+    nftables: Vec<ListedItem<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct ListedItem<'a> {
+    #[serde(borrow, default)]
+    rule: Option<ListedRule<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct ListedRule<'a> {
+    chain: String,
+    #[serde(default)]
+    handle: u32,
+    #[serde(default)]
+    comment: Option<String>,
+    #[serde(borrow)]
+    expr: &'a serde_json::value::RawValue,
+}
+
+/// A rule as listed from the kernel; `expr` empty unless it was wanted.
+#[derive(Debug, Clone)]
+pub(super) struct Listed {
+    pub(super) chain: String,
+    pub(super) handle: u32,
+    pub(super) comment: Option<String>,
+    pub(super) expr: Vec<Statement<'static>>,
+}
+
+impl Nftables {
+    /// Lists the rules of `<family> cni_hostport`; `None` when the table is
+    /// missing. Only rules `wanted` (by chain and comment) get their
+    /// expressions: parsing them is most of a read's cost with many
+    /// containers, and most callers need few.
+    pub(super) fn read(
+        &self,
+        family: Family,
+        wanted: Wanted<'_>,
+    ) -> Result<Option<Vec<Listed>>, NftError> {
+        if self
+            .tables_in
+            .as_ref()
+            .is_some_and(|f| !f.contains(&family))
+        {
+            return Ok(None);
+        }
+        let args = ["list", "table", nf_family_name(family), TABLE];
+        let raw = match helper::get_current_ruleset_raw(Some(&self.nft), args) {
+            Ok(raw) => raw,
+            Err(NftablesError::NftFailed { ref stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                return Ok(None)
+            }
+            Err(source) => {
+                return Err(NftError::Nft {
+                    action: format!("list table {} {TABLE}", nf_family_name(family)),
+                    source,
+                })
+            }
+        };
+        let doc: ListedDoc<'_> = serde_json::from_str(&raw)?;
+        let mut rules = Vec::new();
+        for r in doc.nftables.into_iter().filter_map(|item| item.rule) {
+            let expr = if wanted(&r.chain, r.comment.as_deref()) {
+                serde_json::from_str(r.expr.get())?
+            } else {
+                Vec::new()
+            };
+            rules.push(Listed {
+                chain: r.chain,
+                handle: r.handle,
+                comment: r.comment,
+                expr,
+            });
+        }
+        Ok(Some(rules))
+    }
+}
+
+/// The containers whose rules the listed tables hold.
+pub(super) fn containers(tables: &[(Family, Vec<Listed>)]) -> Vec<InstalledContainer> {
+    let mut by_id: BTreeMap<String, (Vec<InstalledMapping>, InstalledOptions)> = BTreeMap::new();
+    for (family, rules) in tables {
+        for r in rules {
+            let Some(id) = owner(r).map(str::to_string) else {
+                continue;
+            };
+            let (mappings, options) = by_id.entry(id).or_default();
+            mappings.extend(parse_mapping(*family, r));
+            read_options(r, options);
+        }
+    }
+    by_id
+        .into_iter()
+        .map(|(container_id, (mut mappings, options))| {
+            mappings.sort();
+            InstalledContainer {
+                backend: NAME,
+                container_id,
+                network: None,
+                mappings,
+                options,
+            }
+        })
+        .collect()
+}
+
+/// Reads a DNAT rule back into a mapping; masquerade rules yield nothing.
+pub(super) fn parse_mapping(family: Family, r: &Listed) -> Option<InstalledMapping> {
+    let mut protocol = None;
+    let mut host_port = None;
+    let mut host_ip = None;
+    let mut target = None;
+    for s in &r.expr {
+        match s {
+            Statement::Match(Match {
+                left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(p))),
+                right,
+                op: Operator::EQ,
+            }) => match (p.field.as_ref(), right) {
+                ("dport", Expression::Number(n)) => {
+                    protocol = Protocol::parse(&p.protocol);
+                    host_port = u16::try_from(*n).ok();
+                }
+                ("daddr", Expression::String(a)) => host_ip = a.parse().ok(),
+                _ => {}
+            },
+            Statement::DNAT(Some(NAT {
+                addr: Some(Expression::String(a)),
+                port: Some(Expression::Number(p)),
+                ..
+            })) => target = Some((a.parse().ok()?, u16::try_from(*p).ok()?)),
+            _ => {}
+        }
+    }
+    let (container_ip, container_port) = target?;
+    Some(InstalledMapping {
+        family,
+        protocol: protocol?,
+        host_ip,
+        host_port: host_port?,
+        container_ip,
+        container_port,
+    })
+}
+
+/// Adds what one rule says about snat, masqAll and conditions to `options`.
+pub(super) fn read_options(r: &Listed, options: &mut InstalledOptions) {
+    let payload_matches = r.expr.iter().filter_map(|s| match s {
+        Statement::Match(Match {
+            left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(p))),
+            right,
+            op,
+        }) => Some((p.field.as_ref(), right, op)),
+        _ => None,
+    });
+    if r.chain == MASQUERADING {
+        options.snat = true;
+        for (field, right, _) in payload_matches {
+            if let ("saddr", Expression::Named(NamedExpression::Prefix(p))) = (field, right) {
+                options.masq_all |= p.len == 0;
+            }
+        }
+        return;
+    }
+    // A DNAT rule we write matches one dport and at most one daddr; any
+    // other match came from the config's conditions.
+    let ours = payload_matches
+        .filter(|(field, _, op)| matches!(op, Operator::EQ) && matches!(*field, "dport" | "daddr"))
+        .count();
+    let all = r
+        .expr
+        .iter()
+        .filter(|s| matches!(s, Statement::Match(_)))
+        .count();
+    options.conditions |= all > ours || ours > 2;
+}
