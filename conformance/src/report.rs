@@ -128,13 +128,14 @@ pub fn closing_line(cells: &[Cell], reference: Option<&str>) -> String {
     line
 }
 
-static VARYING: LazyLock<[(Regex, &'static str); 6]> = LazyLock::new(|| {
+static VARYING: LazyLock<[(Regex, &'static str); 7]> = LazyLock::new(|| {
     let re = |s: &str| Regex::new(s).unwrap_or_else(|e| panic!("pattern {s}: {e}"));
     [
         (re(r"CNI-(DN|SN)-[0-9a-f]+"), "CNI-$1-<hash>"),
         (re(r"\b[0-9a-f]{12,}\b"), "<id>"),
         (re(r"\bhandle [0-9]+"), "handle <n>"),
         (re(r"\bpmt-[a-z]+-[0-9]+-[0-9]+"), "<netns>"),
+        (re(r"/[^ ]*portmap-tools-[0-9]+-[0-9]+"), "<tools>"),
         (re(r"\bctr-[a-z0-9]+\b"), "<container>"),
         (re(r"\s+"), " "),
     ]
@@ -485,8 +486,8 @@ mod tests {
         );
         assert!(m.contains("     1  GC: missing containerID"), "{m}");
         assert_eq!(
-            cause("ADD ctr-pod: {   \"code\": handle 42 in pmt-host-123-4, id 8732e00d5145221dcf3a6f06"),
-            "ADD <container>: { \"code\": handle <n> in <netns>, id <id>"
+            cause("ADD ctr-pod: {   \"code\": handle 42 in pmt-host-123-4, id 8732e00d5145221dcf3a6f06, running [/tmp/portmap-tools-30973-129/iptables -t nat]"),
+            "ADD <container>: { \"code\": handle <n> in <netns>, id <id>, running [<tools>/iptables -t nat]"
         );
     }
 
