@@ -185,7 +185,7 @@ pub fn after_add(plan: &Plan) -> Result<(), HostError> {
 }
 
 /// The host side effects of a DEL: flush conntrack of removed UDP mappings.
-pub fn after_del(removed: &[crate::InstalledMapping]) {
+pub fn after_del(removed: &[crate::ClosedPort]) {
     flush_udp_conntrack(
         removed
             .iter()

@@ -187,6 +187,24 @@ pub struct InstalledMapping {
     pub container_port: u16,
 }
 
+/// A host port a DEL closed: what the UDP conntrack flush after it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClosedPort {
+    pub family: Family,
+    pub protocol: Protocol,
+    pub host_port: u16,
+}
+
+impl From<&InstalledMapping> for ClosedPort {
+    fn from(m: &InstalledMapping) -> ClosedPort {
+        ClosedPort {
+            family: m.family,
+            protocol: m.protocol,
+            host_port: m.host_port,
+        }
+    }
+}
+
 /// The mappings of one container in one backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstalledContainer {
@@ -228,7 +246,7 @@ pub trait Backend: Send + Sync {
     fn check(&self, plan: &Plan) -> Result<(), BackendError>;
     /// Removes every rule of the container; succeeds when there is none.
     /// Returns the mappings it removed (for the conntrack flush).
-    fn del(&self, key: &ContainerKey) -> Result<Vec<InstalledMapping>, BackendError>;
+    fn del(&self, key: &ContainerKey) -> Result<Vec<ClosedPort>, BackendError>;
     /// Lists installed mappings grouped by container.
     fn list(&self) -> Result<Vec<InstalledContainer>, BackendError>;
     /// Removes the rules of every container of `network` not in `keep`;

@@ -41,26 +41,63 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// (family, name) of every nf_tables table, family as nft spells it
 /// (`ip`, `ip6`, `inet`...). Fails where nf_tables does not work.
 pub fn tables() -> Result<Vec<(String, String)>, NetlinkError> {
+    let mut found = Vec::new();
+    dump(NFT_MSG_GETTABLE, 0, &[], &mut |body| {
+        found.extend(table_of(body))
+    })?;
+    Ok(found)
+}
+
+/// Sends one dump request (`msg`, an NFT_MSG_GET* type, for nfgenmsg
+/// `family`, with netlink attributes `attrs`) and hands the body of every
+/// reply message (nfgenmsg, then attributes) to `each`.
+pub(crate) fn dump(
+    msg: u16,
+    family: u8,
+    attrs: &[u8],
+    each: &mut dyn FnMut(&[u8]),
+) -> Result<(), NetlinkError> {
     let sys = |step| move |source| NetlinkError::Sys { step, source };
     let fd = netfilter_socket(REPLY_TIMEOUT)?;
     sendto(
         fd.as_raw_fd(),
-        &dump_request(),
+        &request(msg, family, attrs),
         &NetlinkAddr::new(0, 0),
         MsgFlags::empty(),
     )
     .map_err(sys("send"))?;
-    let mut found = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(sys("recv"))?;
         if n == 0 {
             return Err(NetlinkError::Malformed);
         }
-        if parse_reply(&buf[..n], &mut found)? {
-            return Ok(found);
+        if parse_reply(&buf[..n], each)? {
+            return Ok(());
         }
     }
+}
+
+/// One netlink attribute (`len`, `type`, value, padded to 4 bytes).
+pub(crate) fn attr(kind: u16, value: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(align4(4 + value.len()));
+    a.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+    a.extend_from_slice(&kind.to_ne_bytes());
+    a.extend_from_slice(value);
+    a.resize(align4(a.len()), 0);
+    a
+}
+
+/// The (type, value) attributes packed in `b`; stops at the first
+/// malformed one.
+pub(crate) fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        let len = usize::from(u16_at(b, 0)?);
+        let kind = u16_at(b, 2)? & NLA_TYPE_MASK;
+        let value = b.get(4..len)?;
+        b = b.get(align4(len).min(b.len())..)?;
+        Some((kind, value))
+    })
 }
 
 /// A netfilter netlink socket whose receives give up after `timeout`.
@@ -146,16 +183,24 @@ fn has_removal(mut b: &[u8]) -> bool {
     false
 }
 
-fn dump_request() -> Vec<u8> {
-    let mut msg = Vec::with_capacity(HEADER + 4);
-    msg.extend_from_slice(&((HEADER + 4) as u32).to_ne_bytes());
-    msg.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE).to_ne_bytes());
+fn request(kind: u16, family: u8, attrs: &[u8]) -> Vec<u8> {
+    let len = HEADER + 4 + attrs.len();
+    let mut msg = Vec::with_capacity(len);
+    msg.extend_from_slice(&(len as u32).to_ne_bytes());
+    msg.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | kind).to_ne_bytes());
     msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     msg.extend_from_slice(&SEQ.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes());
-    // nfgenmsg: every family, NFNETLINK_V0, resource id 0.
-    msg.extend_from_slice(&[0, 0, 0, 0]);
+    // nfgenmsg: the family (0: every one), NFNETLINK_V0, resource id 0.
+    msg.extend_from_slice(&[family, 0, 0, 0]);
+    msg.extend_from_slice(attrs);
     msg
+}
+
+/// A NUL-terminated netlink string.
+pub(crate) fn string(value: &[u8]) -> String {
+    let bytes = value.split(|&c| c == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -170,8 +215,8 @@ const fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// Adds the tables of one datagram to `found`; true once the dump is done.
-fn parse_reply(mut b: &[u8], found: &mut Vec<(String, String)>) -> Result<bool, NetlinkError> {
+/// Hands the messages of one datagram to `each`; true once the dump is done.
+fn parse_reply(mut b: &[u8], each: &mut dyn FnMut(&[u8])) -> Result<bool, NetlinkError> {
     while b.len() >= HEADER {
         let len = u32_at(b, 0).ok_or(NetlinkError::Malformed)? as usize;
         let kind = u16_at(b, 4).ok_or(NetlinkError::Malformed)?;
@@ -187,11 +232,7 @@ fn parse_reply(mut b: &[u8], found: &mut Vec<(String, String)>) -> Result<bool, 
                     return Err(NetlinkError::Refused(nix::Error::from_raw(-code)));
                 }
             }
-            _ => {
-                if let Some(table) = table_of(body) {
-                    found.push(table);
-                }
-            }
+            _ => each(body),
         }
         b = &b[align4(len).min(b.len())..];
     }
@@ -209,28 +250,17 @@ fn table_of(body: &[u8]) -> Option<(String, String)> {
         10 => "ip6",
         _ => return None,
     };
-    let mut attrs = body.get(4..)?;
-    while attrs.len() >= 4 {
-        let len = usize::from(u16_at(attrs, 0)?);
-        let kind = u16_at(attrs, 2)? & NLA_TYPE_MASK;
-        let payload = attrs.get(4..len)?;
-        if kind == NFTA_TABLE_NAME {
-            let name = payload.split(|&c| c == 0).next()?;
-            return Some((
-                family.to_string(),
-                String::from_utf8_lossy(name).into_owned(),
-            ));
-        }
-        attrs = attrs.get(align4(len).min(attrs.len())..)?;
-    }
-    None
+    let name = attrs(body.get(4..)?)
+        .find(|(kind, _)| *kind == NFTA_TABLE_NAME)?
+        .1;
+    Some((family.to_string(), string(name)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn message(kind: u16, body: &[u8]) -> Vec<u8> {
+    pub(crate) fn message(kind: u16, body: &[u8]) -> Vec<u8> {
         let mut m = Vec::new();
         m.extend_from_slice(&((HEADER + body.len()) as u32).to_ne_bytes());
         m.extend_from_slice(&kind.to_ne_bytes());
@@ -242,21 +272,18 @@ mod tests {
 
     fn table(family: u8, name: &str) -> Vec<u8> {
         let mut body = vec![family, 0, 0, 0];
-        let value = [name.as_bytes(), &[0]].concat();
-        body.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-        body.extend_from_slice(&NFTA_TABLE_NAME.to_ne_bytes());
-        body.extend_from_slice(&value);
-        body.resize(align4(body.len()), 0);
+        body.extend(attr(NFTA_TABLE_NAME, &[name.as_bytes(), &[0]].concat()));
         message(NFNL_SUBSYS_NFTABLES << 8, &body)
     }
 
     #[test]
     fn tables_are_read_until_done() {
         let mut found = Vec::new();
+        let mut each = |body: &[u8]| found.extend(table_of(body));
         let first = [table(2, "cni_hostport"), table(10, "nat")].concat();
-        assert!(!parse_reply(&first, &mut found).expect("parse"));
+        assert!(!parse_reply(&first, &mut each).expect("parse"));
         let last = [table(1, "filter"), message(NLMSG_DONE, &[0; 4])].concat();
-        assert!(parse_reply(&last, &mut found).expect("parse"));
+        assert!(parse_reply(&last, &mut each).expect("parse"));
         let names: Vec<(&str, &str)> = found
             .iter()
             .map(|(f, n)| (f.as_str(), n.as_str()))
@@ -271,12 +298,14 @@ mod tests {
     fn an_error_reply_and_truncation_are_errors_not_panics() {
         let eperm = message(NLMSG_ERROR, &(-1i32).to_ne_bytes());
         assert!(matches!(
-            parse_reply(&eperm, &mut Vec::new()),
+            parse_reply(&eperm, &mut |_| {}),
             Err(NetlinkError::Refused(nix::Error::EPERM))
         ));
         let whole = table(2, "cni_hostport");
         for cut in 1..whole.len() {
-            let _ = parse_reply(&whole[..cut], &mut Vec::new());
+            let _ = parse_reply(&whole[..cut], &mut |b| {
+                let _ = table_of(b);
+            });
         }
     }
 
@@ -328,7 +357,7 @@ mod tests {
 
     #[test]
     fn the_request_is_a_table_dump() {
-        let r = dump_request();
+        let r = request(NFT_MSG_GETTABLE, 0, &[]);
         assert_eq!(u32_at(&r, 0), Some(20));
         assert_eq!(u16_at(&r, 4), Some(0x0a01));
         assert_eq!(u16_at(&r, 6), Some(0x301));

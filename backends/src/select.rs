@@ -154,18 +154,52 @@ pub fn backend_named(name: &str) -> Result<Box<dyn Backend>, String> {
     }
 }
 
-/// Picks the backend for ADD/CHECK.
+/// nftables as far as can be told without a process: an `nft` in PATH and
+/// a kernel that answers an nf_tables dump. Whether that nft works shows
+/// in the command's own transaction (ADD falls back to iptables when it
+/// fails; nothing was applied, the transaction being atomic).
+fn nftables_here() -> Result<Nftables, NftUnusable> {
+    let nft = match Nftables::from_path() {
+        Ok(n) => n,
+        Err(_) => return Err(NftUnusable::Missing),
+    };
+    nfnetlink::tables().map_err(|e| NftUnusable::NoKernelSupport {
+        detail: e.to_string(),
+    })?;
+    Ok(nft)
+}
+
+/// Picks the backend for ADD and CHECK, starting no process.
 pub fn select(choice: Option<Choice>) -> Result<Selected, SelectError> {
+    pick(
+        choice,
+        nftables_here,
+        "auto: the kernel has nf_tables and nft is in PATH",
+    )
+}
+
+/// [`select`], but nftables only after `nft -c` completed a checked
+/// transaction: for CNI STATUS and `portmap status`, which must answer
+/// whether it works without installing anything.
+pub fn select_checked(choice: Option<Choice>) -> Result<Selected, SelectError> {
+    pick(choice, probe_nftables, "auto: nftables is usable")
+}
+
+fn pick(
+    choice: Option<Choice>,
+    nftables: fn() -> Result<Nftables, NftUnusable>,
+    auto: &str,
+) -> Result<Selected, SelectError> {
     match choice {
-        Some(Choice::Nftables) => match probe_nftables() {
+        Some(Choice::Nftables) => match nftables() {
             Ok(nft) => Ok(selected(nft, "requested by config")),
             Err(why) => Err(SelectError::NftablesUnusable {
                 reason: why.to_string(),
             }),
         },
         Some(Choice::Iptables) => Ok(iptables("requested by config")?),
-        None => match probe_nftables() {
-            Ok(nft) => Ok(selected(nft, "auto: nftables is usable")),
+        None => match nftables() {
+            Ok(nft) => Ok(selected(nft, auto)),
             Err(why) => Ok(iptables(&format!("auto: {why}; falling back to iptables"))?),
         },
     }

@@ -537,7 +537,7 @@ fn status() -> ExitCode {
             Err(e) => println!("iptables-{variant}: not usable: {e}"),
         }
     }
-    let picked = match select::select(None) {
+    let picked = match select::select_checked(None) {
         Ok(s) => {
             println!("auto-selection: {} ({})", s.backend.name(), s.reason);
             s.backend.name()

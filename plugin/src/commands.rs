@@ -2,8 +2,9 @@
 //! which firewall runs comes from a [`Host`], so unit tests use a fake.
 
 use portmap_backends::host::HostError;
+use portmap_backends::nftables::NAME as NFTABLES;
 use portmap_backends::select::{self, Choice, SelectError, Selected, Sweep};
-use portmap_backends::{host, BackendError, ContainerKey, InstalledMapping, Plan};
+use portmap_backends::{host, BackendError, ClosedPort, ContainerKey, Plan};
 use serde_json::Value;
 
 use crate::cni::result::convert;
@@ -17,8 +18,14 @@ use std::path::Path;
 pub trait Host {
     /// Serialises firewall read-modify-write across invocations.
     fn lock(&self) -> Result<Option<Lock>, CniError>;
-    /// The backend for ADD/CHECK/STATUS.
+    /// The backend for ADD/CHECK, chosen without starting a process.
     fn select(
+        &self,
+        choice: Option<Choice>,
+        iptables_specific: bool,
+    ) -> Result<Selected, SelectError>;
+    /// The same, nftables only after a checked transaction (STATUS).
+    fn select_checked(
         &self,
         choice: Option<Choice>,
         iptables_specific: bool,
@@ -27,7 +34,7 @@ pub trait Host {
     /// and what may hold some but cannot be read here.
     fn sweep(&self) -> Sweep;
     fn after_add(&self, plan: &Plan) -> Result<(), HostError>;
-    fn after_del(&self, removed: &[InstalledMapping]);
+    fn after_del(&self, removed: &[ClosedPort]);
     /// Where installed containers are recorded for `portmap restore`.
     fn journal(&self) -> Result<Journal, JournalError>;
 }
@@ -45,15 +52,15 @@ impl Host for RealHost {
         choice: Option<Choice>,
         iptables_specific: bool,
     ) -> Result<Selected, SelectError> {
-        match (choice, iptables_specific) {
-            // markMasqBit / externalSetMarkChain only mean something to iptables.
-            (None, true) => {
-                let mut s = select::select(Some(Choice::Iptables))?;
-                s.reason = format!("auto: config has iptables-specific options; {}", s.reason);
-                Ok(s)
-            }
-            (choice, _) => select::select(choice),
-        }
+        choose(choice, iptables_specific, select::select)
+    }
+
+    fn select_checked(
+        &self,
+        choice: Option<Choice>,
+        iptables_specific: bool,
+    ) -> Result<Selected, SelectError> {
+        choose(choice, iptables_specific, select::select_checked)
     }
 
     fn sweep(&self) -> Sweep {
@@ -64,12 +71,28 @@ impl Host for RealHost {
         host::after_add(plan)
     }
 
-    fn after_del(&self, removed: &[InstalledMapping]) {
+    fn after_del(&self, removed: &[ClosedPort]) {
         host::after_del(removed)
     }
 
     fn journal(&self) -> Result<Journal, JournalError> {
         Journal::here()
+    }
+}
+
+fn choose(
+    choice: Option<Choice>,
+    iptables_specific: bool,
+    pick: fn(Option<Choice>) -> Result<Selected, SelectError>,
+) -> Result<Selected, SelectError> {
+    match (choice, iptables_specific) {
+        // markMasqBit / externalSetMarkChain only mean something to iptables.
+        (None, true) => {
+            let mut s = pick(Some(Choice::Iptables))?;
+            s.reason = format!("auto: config has iptables-specific options; {}", s.reason);
+            Ok(s)
+        }
+        (choice, _) => pick(choice),
     }
 }
 
@@ -174,8 +197,43 @@ fn add(cfg: &Config, env: &Env, host: &dyn Host) -> Result<Value, CniError> {
     let selected = host
         .select(cfg.backend, cfg.iptables_specific)
         .map_err(|e| select_error(&e))?;
-    // The journal first: one that cannot be written leaves no rules.
     let journal = host.journal().map_err(|e| journal_error(&e))?;
+    let installed = install(&journal, &selected, cfg, env, &plan);
+    let auto_nftables = cfg.backend.is_none() && selected.backend.name() == NFTABLES;
+    match installed {
+        Ok(()) => {}
+        // Auto picked nftables without trying nft: its transaction failed
+        // (nft cannot run or parse, or the kernel refused it) and, being
+        // atomic, applied nothing. Same invocation, iptables.
+        Err(nft_error) if auto_nftables => {
+            let mut fallback = host
+                .select(Some(Choice::Iptables), cfg.iptables_specific)
+                .map_err(|e| select_error(&e))?;
+            fallback.reason = format!(
+                "auto: nftables failed ({}); {}",
+                nft_error.msg, fallback.reason
+            );
+            install(&journal, &fallback, cfg, env, &plan).map_err(|e| {
+                let details = format!("{}\nnftables before it: {}", e.details, nft_error.details);
+                e.with_details(details)
+            })?;
+        }
+        Err(e) => return Err(e),
+    }
+    host.after_add(&plan)
+        .map_err(|e| CniError::new(Code::Internal, e.to_string()))?;
+    Ok(out)
+}
+
+/// The journal entry, then the rules in `selected`'s backend; a journal
+/// that cannot be written leaves no rules, rules that fail no entry.
+fn install(
+    journal: &Journal,
+    selected: &Selected,
+    cfg: &Config,
+    env: &Env,
+    plan: &Plan,
+) -> Result<(), CniError> {
     let entry = Entry::new(
         &env.ifname,
         &env.netns,
@@ -183,13 +241,10 @@ fn add(cfg: &Config, env: &Env, host: &dyn Host) -> Result<Value, CniError> {
         cfg.request(env),
     );
     journal.write(&entry).map_err(|e| journal_error(&e))?;
-    if let Err(e) = selected.backend.add(&plan) {
+    selected.backend.add(plan).map_err(|e| {
         let _ = journal.remove(&plan.key);
-        return Err(backend_error(&e, selected.backend.name(), &selected.reason));
-    }
-    host.after_add(&plan)
-        .map_err(|e| CniError::new(Code::Internal, e.to_string()))?;
-    Ok(out)
+        backend_error(&e, selected.backend.name(), &selected.reason)
+    })
 }
 
 fn check(cfg: &Config, env: &Env, host: &dyn Host) -> Result<(), CniError> {
@@ -271,7 +326,7 @@ fn unreadable_error(unreadable: &[String]) -> Result<(), CniError> {
 
 fn status(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
     requires_version(cfg, "1.1.0", "STATUS")?;
-    host.select(cfg.backend, cfg.iptables_specific)
+    host.select_checked(cfg.backend, cfg.iptables_specific)
         .map(|_| ())
         .map_err(|e| {
             CniError::new(Code::PluginNotAvailable, e.to_string()).with_details(e.details())
@@ -319,6 +374,7 @@ mod tests {
         name: &'static str,
         calls: Arc<Calls>,
         check_ok: bool,
+        add_fails: bool,
     }
 
     impl Backend for FakeBackend {
@@ -331,7 +387,7 @@ mod tests {
         fn add(&self, plan: &Plan) -> Result<(), BackendError> {
             self.calls
                 .record(format!("{} add {}", self.name, plan.key.container_id));
-            if self.name == "failing" {
+            if self.name == "failing" || self.add_fails {
                 return Err(BackendError::CheckFailed {
                     backend: self.name,
                     what: "transaction refused".into(),
@@ -351,7 +407,7 @@ mod tests {
                 })
             }
         }
-        fn del(&self, key: &ContainerKey) -> Result<Vec<InstalledMapping>, BackendError> {
+        fn del(&self, key: &ContainerKey) -> Result<Vec<ClosedPort>, BackendError> {
             self.calls
                 .record(format!("{} del {}", self.name, key.container_id));
             Ok(vec![])
@@ -372,6 +428,8 @@ mod tests {
         backends: Vec<(&'static str, bool)>,
         unreadable: Vec<String>,
         journal: PathBuf,
+        /// Backends whose ADD fails (as a broken nft's transaction would).
+        failing_adds: Vec<&'static str>,
     }
 
     impl Drop for FakeHost {
@@ -388,6 +446,7 @@ mod tests {
                 calls: Arc::new(Calls::default()),
                 backends,
                 unreadable: vec![],
+                failing_adds: vec![],
                 journal: std::env::temp_dir()
                     .join(format!("portmap-fake-journal-{}-{n}", std::process::id())),
             }
@@ -397,6 +456,7 @@ mod tests {
                 name,
                 calls: self.calls.clone(),
                 check_ok,
+                add_fails: self.failing_adds.contains(&name),
             })
         }
         fn calls(&self) -> Vec<String> {
@@ -408,11 +468,20 @@ mod tests {
         fn lock(&self) -> Result<Option<Lock>, CniError> {
             Ok(None)
         }
-        fn select(&self, _: Option<Choice>, _: bool) -> Result<Selected, SelectError> {
+        fn select(&self, choice: Option<Choice>, _: bool) -> Result<Selected, SelectError> {
+            // An explicit iptables is the second backend (the fallback).
+            let i = usize::from(choice == Some(Choice::Iptables) && self.backends.len() > 1);
             Ok(Selected {
-                backend: self.backend(self.backends[0]),
+                backend: self.backend(self.backends[i]),
                 reason: "fake".into(),
             })
+        }
+        fn select_checked(
+            &self,
+            choice: Option<Choice>,
+            iptables_specific: bool,
+        ) -> Result<Selected, SelectError> {
+            self.select(choice, iptables_specific)
         }
         fn sweep(&self) -> Sweep {
             Sweep {
@@ -425,7 +494,7 @@ mod tests {
                 .record(format!("after_add {}", plan.key.container_id));
             Ok(())
         }
-        fn after_del(&self, _: &[InstalledMapping]) {
+        fn after_del(&self, _: &[ClosedPort]) {
             self.calls.0.lock().expect("calls").push("after_del".into());
         }
         fn journal(&self) -> Result<Journal, JournalError> {
@@ -527,6 +596,32 @@ mod tests {
         assert_eq!(journaled(&host).len(), 1, "another network's GC leaves it");
         let keep_none = br#"{"cniVersion":"1.1.0","name":"net","cni.dev/valid-attachments":[]}"#;
         run(Command::Gc, &env(), keep_none, &host).expect("ok");
+        assert_eq!(journaled(&host), vec![]);
+    }
+
+    #[test]
+    fn auto_falls_back_to_iptables_when_the_nftables_transaction_fails() {
+        let mut host = FakeHost::new(vec![("nftables", true), ("iptables-nft", true)]);
+        host.failing_adds = vec!["nftables"];
+        run(Command::Add, &env(), &config(one_mapping(), "1.0.0"), &host).expect("fell back");
+        assert_eq!(
+            host.calls(),
+            vec!["nftables add c1", "iptables-nft add c1", "after_add c1"]
+        );
+        assert_eq!(
+            journaled(&host),
+            vec![("c1".to_string(), "iptables-nft".to_string())]
+        );
+
+        // An explicit nftables fails with nft's error, and journals nothing.
+        let mut host = FakeHost::new(vec![("nftables", true), ("iptables-nft", true)]);
+        host.failing_adds = vec!["nftables"];
+        let mut cfg: Value = serde_json::from_slice(&config(one_mapping(), "1.0.0")).expect("json");
+        cfg["backend"] = json!("nftables");
+        let stdin = serde_json::to_vec(&cfg).expect("json");
+        let e = run(Command::Add, &env(), &stdin, &host).expect_err("no fallback");
+        assert_eq!(e.msg, "nftables: transaction refused");
+        assert_eq!(host.calls(), vec!["nftables add c1"]);
         assert_eq!(journaled(&host), vec![]);
     }
 

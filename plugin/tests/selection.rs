@@ -123,7 +123,7 @@ fn assert_nothing_left(rig: &Rig) {
     Nft::KernelRefuses,
     Some(IptablesVariant::Nft),
     "nftables",
-    "kernel refused an nf_tables transaction"
+    "Could not process rule: Operation not supported"
 )]
 #[case::no_iptables(Nft::Present, None, "iptables", "iptables")]
 fn unusable_explicit_backend_is_a_clear_error(

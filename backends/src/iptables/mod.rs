@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use crate::plan::{FamilyPlan, Plan};
 use crate::{
-    Backend, BackendError, ContainerKey, Family, InstalledContainer, InstalledMapping,
+    Backend, BackendError, ClosedPort, ContainerKey, Family, InstalledContainer, InstalledMapping,
     InstalledOptions, MasqMark, Protocol,
 };
 use rules::SavedTable;
@@ -249,8 +249,9 @@ impl Backend for Iptables {
         }
     }
 
-    fn del(&self, key: &ContainerKey) -> Result<Vec<InstalledMapping>, BackendError> {
-        Ok(self.del_where(|_| vec![key.clone()])?.0)
+    fn del(&self, key: &ContainerKey) -> Result<Vec<ClosedPort>, BackendError> {
+        let (removed, _) = self.del_where(|_| vec![key.clone()])?;
+        Ok(removed.iter().map(ClosedPort::from).collect())
     }
 
     fn list(&self) -> Result<Vec<InstalledContainer>, BackendError> {

@@ -26,17 +26,19 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use crate::plan::{Dnat, FamilyPlan, MasqSource, Plan};
 use crate::{
-    Backend, BackendError, ContainerKey, Family, InstalledContainer, InstalledMapping,
+    Backend, BackendError, ClosedPort, ContainerKey, Family, InstalledContainer, InstalledMapping,
     InstalledOptions, Protocol,
 };
 
 mod conditions;
+mod kernel;
 mod read;
 mod render;
 #[cfg(test)]
 mod tests;
 
 pub use conditions::parse_conditions;
+use kernel::KernelRule;
 use read::*;
 use render::*;
 
@@ -71,6 +73,8 @@ pub enum NftError {
         #[source]
         source: std::io::Error,
     },
+    #[error("nftables: reading our table over netlink failed: {0}")]
+    Netlink(#[from] crate::nfnetlink::NetlinkError),
     #[error("nftables: cannot parse the output of nft: {0}")]
     Parse(#[from] serde_json::Error),
     #[error("nftables: unsupported condition {condition:?}: {reason}")]
@@ -162,11 +166,13 @@ impl Nftables {
                 continue;
             }
             let expected = expected_rules(fam)?;
-            let existing = self.read(fam.family, &|_, _| false)?.unwrap_or_default();
+            // Over netlink, no process: only where this container's old
+            // rules are (a re-ADD replaces them).
+            let existing = kernel::rules(fam.family)?;
             add_skeleton(&mut batch, fam.family, !fam.masquerade.is_empty());
             for old in existing
                 .iter()
-                .filter(|r| is_ours(r, &plan.key.container_id))
+                .filter(|r| r.owner() == Some(plan.key.container_id.as_str()))
             {
                 batch.delete(NfListObject::Rule(rule_ref(
                     fam.family, &old.chain, old.handle,
@@ -247,30 +253,40 @@ impl Nftables {
     }
 
     /// Deletes, in one transaction, the rules of every container `doomed`
-    /// picks; returns the removed mappings and container IDs. DEL picks
-    /// one container, GC every one not kept: one read per family either way.
+    /// picks; returns the closed ports and container IDs. DEL picks one
+    /// container, GC every one not kept: one netlink dump per family (no
+    /// process) either way, and no transaction when nothing is ours.
     fn del_where(
         &self,
         doomed: impl Fn(&str) -> bool,
-    ) -> Result<(Vec<InstalledMapping>, BTreeSet<String>), NftError> {
+    ) -> Result<(Vec<ClosedPort>, BTreeSet<String>), NftError> {
         let mut batch = Batch::new();
-        let mut removed = Vec::new();
+        let mut closed = Vec::new();
         let mut ids = BTreeSet::new();
-        let wanted =
-            |chain: &str, comment: Option<&str>| owner_of(chain, comment).is_some_and(&doomed);
         for family in [Family::V4, Family::V6] {
-            let Some(listed) = self.read(family, &wanted)? else {
+            if self
+                .tables_in
+                .as_ref()
+                .is_some_and(|f| !f.contains(&family))
+            {
                 continue;
-            };
-            let (ours, others): (Vec<&Listed>, Vec<&Listed>) = listed
+            }
+            let rules = kernel::rules(family)?;
+            let (ours, others): (Vec<&KernelRule>, Vec<&KernelRule>) = rules
                 .iter()
-                .filter(|r| owner(r).is_some())
-                .partition(|r| owner(r).is_some_and(&doomed));
+                .filter(|r| r.owner().is_some())
+                .partition(|r| r.owner().is_some_and(&doomed));
             if ours.is_empty() {
                 continue;
             }
-            ids.extend(ours.iter().filter_map(|r| owner(r)).map(str::to_string));
-            removed.extend(ours.iter().filter_map(|r| parse_mapping(family, r)));
+            ids.extend(ours.iter().filter_map(|r| r.owner()).map(str::to_string));
+            closed.extend(ours.iter().filter_map(|r| {
+                r.port.map(|(protocol, host_port)| ClosedPort {
+                    family,
+                    protocol,
+                    host_port,
+                })
+            }));
             if others.is_empty() {
                 // Last container out: the whole table goes, in the same transaction.
                 batch.delete(NfListObject::Table(Table {
@@ -291,7 +307,7 @@ impl Nftables {
                 &format!("delete rules of container {}", names.join(", ")),
             )?;
         }
-        Ok((removed, ids))
+        Ok((closed, ids))
     }
 
     fn list_inner(&self) -> Result<Vec<InstalledContainer>, NftError> {
@@ -328,7 +344,7 @@ impl Backend for Nftables {
         }
     }
 
-    fn del(&self, key: &ContainerKey) -> Result<Vec<InstalledMapping>, BackendError> {
+    fn del(&self, key: &ContainerKey) -> Result<Vec<ClosedPort>, BackendError> {
         Ok(self.del_where(|id| id == key.container_id)?.0)
     }
 

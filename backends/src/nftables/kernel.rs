@@ -1,0 +1,284 @@
+//! Our table as the kernel keeps it, read over netlink: one rule dump per
+//! family filtered to `cni_hostport`, no process (`nft -j list table`
+//! costs a process and O(N) JSON: 123 ms at 1,000 containers). ADD and DEL
+//! need only where each rule is (chain, handle), whose it is (its
+//! comment) and, for DEL's conntrack flush, the protocol and port a DNAT
+//! rule matches. CHECK and `list` compare and describe whole rules and keep
+//! `nft -j` (read.rs): rebuilding nft's JSON from netlink expressions would
+//! duplicate nft.
+
+use super::*;
+use crate::nfnetlink::{self, attr, attrs, string, NetlinkError};
+
+const NFT_MSG_GETRULE: u16 = 7;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_HANDLE: u16 = 3;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_RULE_USERDATA: u16 = 7;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_META_KEY: u16 = 2;
+const NFT_META_L4PROTO: u32 = 16;
+const NFTA_PAYLOAD_BASE: u16 = 2;
+const NFTA_PAYLOAD_OFFSET: u16 = 3;
+const NFTA_PAYLOAD_LEN: u16 = 4;
+const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NFTA_CMP_DATA: u16 = 3;
+const NFTA_DATA_VALUE: u16 = 1;
+/// libnftnl's rule user data: type-length-value, the comment is type 0.
+const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
+
+/// One rule of our table, as much as ADD and DEL need of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct KernelRule {
+    pub(super) chain: String,
+    /// u32 as the JSON schema (and nft) take it.
+    pub(super) handle: u32,
+    pub(super) comment: Option<String>,
+    /// The protocol and destination port a rule matches (DNAT rules).
+    pub(super) port: Option<(Protocol, u16)>,
+}
+
+impl KernelRule {
+    pub(super) fn owner(&self) -> Option<&str> {
+        owner_of(&self.chain, self.comment.as_deref())
+    }
+}
+
+/// Every rule of `<family> cni_hostport` (none when the table is missing:
+/// a dump filtered to a table that does not exist is simply empty).
+pub(super) fn rules(family: Family) -> Result<Vec<KernelRule>, NetlinkError> {
+    let nfproto = match family {
+        Family::V4 => 2,
+        Family::V6 => 10,
+    };
+    let table = attr(NFTA_RULE_TABLE, &[TABLE.as_bytes(), &[0]].concat());
+    let mut found = Vec::new();
+    match nfnetlink::dump(NFT_MSG_GETRULE, nfproto, &table, &mut |body| {
+        found.extend(parse_rule(body))
+    }) {
+        Ok(()) | Err(NetlinkError::Refused(nix::Error::ENOENT)) => Ok(found),
+        Err(e) => Err(e),
+    }
+}
+
+/// An NFT_MSG_NEWRULE body: nfgenmsg, then attributes.
+pub(super) fn parse_rule(body: &[u8]) -> Option<KernelRule> {
+    let (mut chain, mut handle, mut comment, mut port) = (None, None, None, None);
+    for (kind, value) in attrs(body.get(4..)?) {
+        match kind {
+            NFTA_RULE_CHAIN => chain = Some(string(value)),
+            NFTA_RULE_HANDLE => {
+                let h = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+                // Handles count up per table from 1; one past u32 would make
+                // the delete by handle fail loudly, not hit another rule.
+                handle = Some(u32::try_from(h).unwrap_or(u32::MAX));
+            }
+            NFTA_RULE_USERDATA => comment = comment_of(value),
+            NFTA_RULE_EXPRESSIONS => port = port_of(value),
+            _ => {}
+        }
+    }
+    Some(KernelRule {
+        chain: chain?,
+        handle: handle?,
+        comment,
+        port,
+    })
+}
+
+fn comment_of(mut udata: &[u8]) -> Option<String> {
+    while let [kind, len, rest @ ..] = udata {
+        let value = rest.get(..usize::from(*len))?;
+        if *kind == NFTNL_UDATA_RULE_COMMENT {
+            return Some(string(value));
+        }
+        udata = &rest[usize::from(*len)..];
+    }
+    None
+}
+
+/// What a register holds before a compare reads it.
+#[derive(Clone, Copy, PartialEq)]
+enum Loaded {
+    Other,
+    L4proto,
+    Dport,
+}
+
+/// `tcp dport 8080` as nft encodes it: the layer 4 protocol loaded (meta
+/// l4proto, or the IPv4 protocol / IPv6 next header field) and compared,
+/// then the transport header's bytes 2..4 loaded and compared.
+fn port_of(exprs: &[u8]) -> Option<(Protocol, u16)> {
+    let (mut loaded, mut proto, mut dport) = (Loaded::Other, None, None);
+    for (kind, elem) in attrs(exprs) {
+        if kind != NFTA_LIST_ELEM {
+            continue;
+        }
+        let (mut name, mut data) = (String::new(), &[][..]);
+        for (k, v) in attrs(elem) {
+            match k {
+                NFTA_EXPR_NAME => name = string(v),
+                NFTA_EXPR_DATA => data = v,
+                _ => {}
+            }
+        }
+        let be32 = |key| {
+            attrs(data)
+                .find(|(k, _)| *k == key)
+                .and_then(|(_, v)| Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?)))
+        };
+        loaded = match name.as_str() {
+            "meta" if be32(NFTA_META_KEY) == Some(NFT_META_L4PROTO) => Loaded::L4proto,
+            "payload" => match (
+                be32(NFTA_PAYLOAD_BASE),
+                be32(NFTA_PAYLOAD_OFFSET),
+                be32(NFTA_PAYLOAD_LEN),
+            ) {
+                (Some(NFT_PAYLOAD_TRANSPORT_HEADER), Some(2), Some(2)) => Loaded::Dport,
+                // IPv4 protocol (offset 9), IPv6 next header (offset 6).
+                (Some(NFT_PAYLOAD_NETWORK_HEADER), Some(9 | 6), Some(1)) => Loaded::L4proto,
+                _ => Loaded::Other,
+            },
+            "cmp" => {
+                let value = attrs(data)
+                    .find(|(k, _)| *k == NFTA_CMP_DATA)
+                    .and_then(|(_, d)| attrs(d).find(|(k, _)| *k == NFTA_DATA_VALUE))
+                    .map(|(_, v)| v);
+                match (loaded, value) {
+                    (Loaded::L4proto, Some([p, ..])) => proto = Some(*p),
+                    (Loaded::Dport, Some([hi, lo, ..])) => {
+                        dport = Some(u16::from_be_bytes([*hi, *lo]))
+                    }
+                    _ => {}
+                }
+                Loaded::Other
+            }
+            _ => Loaded::Other,
+        };
+    }
+    let protocol = match proto? {
+        6 => Protocol::Tcp,
+        17 => Protocol::Udp,
+        132 => Protocol::Sctp,
+        _ => return None,
+    };
+    Some((protocol, dport?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::tests::golden_request;
+    use portmap_conformance::netns::{prerequisites, Netns};
+
+    /// What our own transaction installs, read back over netlink, agrees
+    /// with `nft -a -j list table` (chains, handles, comments) and yields
+    /// the DNAT rules' protocol and port; after the last DEL the table is
+    /// reported missing.
+    #[test]
+    fn the_dump_reads_what_our_transaction_installed() {
+        if !prerequisites(&["nft"]) {
+            return;
+        }
+        let ns = Netns::new("kernel-rules").expect("netns");
+        let plan = Plan::new(&golden_request());
+        let (v4, v6) = ns
+            .run(|| {
+                Nftables::from_path().expect("nft").add(&plan).expect("add");
+                (
+                    rules(Family::V4).expect("v4"),
+                    rules(Family::V6).expect("v6"),
+                )
+            })
+            .expect("in netns");
+        assert!(!v4.is_empty() && !v6.is_empty());
+
+        let text = ns
+            .exec("nft", &["-a", "-j", "list", "table", "ip", TABLE])
+            .expect("nft list");
+        let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let mut by_nft: Vec<(String, u64, Option<String>)> = doc["nftables"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|i| i.get("rule"))
+            .map(|r| {
+                (
+                    r["chain"].as_str().unwrap_or_default().to_string(),
+                    r["handle"].as_u64().unwrap_or_default(),
+                    r["comment"].as_str().map(str::to_string),
+                )
+            })
+            .collect();
+        let mut by_netlink: Vec<(String, u64, Option<String>)> = v4
+            .iter()
+            .map(|r| (r.chain.clone(), u64::from(r.handle), r.comment.clone()))
+            .collect();
+        by_nft.sort();
+        by_netlink.sort();
+        assert!(!by_nft.is_empty());
+        assert_eq!(by_netlink, by_nft);
+
+        let ports = |rules: &[KernelRule]| {
+            let mut p: Vec<(Protocol, u16)> = rules
+                .iter()
+                .filter(|r| r.owner() == Some("golden-1"))
+                .filter_map(|r| r.port)
+                .collect();
+            p.sort();
+            p
+        };
+        assert_eq!(
+            ports(&v4),
+            [
+                (Protocol::Tcp, 8080),
+                (Protocol::Tcp, 9090),
+                (Protocol::Udp, 8080)
+            ]
+        );
+        assert_eq!(
+            ports(&v6),
+            [
+                (Protocol::Tcp, 8080),
+                (Protocol::Tcp, 9443),
+                (Protocol::Udp, 8080)
+            ]
+        );
+        assert!(
+            v4.iter()
+                .filter(|r| r.chain == MASQUERADING || r.owner().is_none())
+                .all(|r| r.port.is_none()),
+            "only DNAT rules match a port: {v4:?}"
+        );
+
+        let gone = ns
+            .run(|| {
+                Nftables::from_path()
+                    .expect("nft")
+                    .del(&plan.key)
+                    .expect("del");
+                rules(Family::V4).expect("v4 after del")
+            })
+            .expect("in netns");
+        assert_eq!(gone, vec![], "the last container took the table");
+        assert!(
+            ns.exec("nft", &["list", "table", "ip", TABLE]).is_err(),
+            "and nft agrees"
+        );
+    }
+
+    #[test]
+    fn malformed_rule_messages_are_skipped_not_panics() {
+        let body = [vec![2, 0, 0, 0], attr(NFTA_RULE_CHAIN, b"hostports\0")].concat();
+        assert_eq!(parse_rule(&body), None, "no handle");
+        for cut in 0..body.len() {
+            let _ = parse_rule(&body[..cut]);
+        }
+        assert_eq!(comment_of(&[0, 200, b'x']), None);
+        assert_eq!(comment_of(&[0, 2, b'c', 0]).as_deref(), Some("c"));
+    }
+}
