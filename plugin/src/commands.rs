@@ -198,14 +198,13 @@ fn add(cfg: &Config, env: &Env, host: &dyn Host) -> Result<Value, CniError> {
         .select(cfg.backend, cfg.iptables_specific)
         .map_err(|e| select_error(&e))?;
     let journal = host.journal().map_err(|e| journal_error(&e))?;
-    let installed = install(&journal, &selected, cfg, env, &plan);
     let auto_nftables = cfg.backend.is_none() && selected.backend.name() == NFTABLES;
-    match installed {
+    match install(&journal, &selected, cfg, env, &plan) {
         Ok(()) => {}
         // Auto picked nftables without trying nft: its transaction failed
         // (nft cannot run or parse, or the kernel refused it) and, being
         // atomic, applied nothing. Same invocation, iptables.
-        Err(nft_error) if auto_nftables => {
+        Err(Failed::Rules(nft_error)) if auto_nftables => {
             let mut fallback = host
                 .select(Some(Choice::Iptables), cfg.iptables_specific)
                 .map_err(|e| select_error(&e))?;
@@ -214,15 +213,31 @@ fn add(cfg: &Config, env: &Env, host: &dyn Host) -> Result<Value, CniError> {
                 nft_error.msg, fallback.reason
             );
             install(&journal, &fallback, cfg, env, &plan).map_err(|e| {
+                let e = e.into_error();
                 let details = format!("{}\nnftables before it: {}", e.details, nft_error.details);
                 e.with_details(details)
             })?;
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into_error()),
     }
     host.after_add(&plan)
         .map_err(|e| CniError::new(Code::Internal, e.to_string()))?;
     Ok(out)
+}
+
+/// Which step of [`install`] failed: only failed rules may be retried in
+/// another backend; a journal that cannot be written fails anywhere.
+enum Failed {
+    Journal(CniError),
+    Rules(CniError),
+}
+
+impl Failed {
+    fn into_error(self) -> CniError {
+        match self {
+            Failed::Journal(e) | Failed::Rules(e) => e,
+        }
+    }
 }
 
 /// The journal entry, then the rules in `selected`'s backend; a journal
@@ -233,17 +248,19 @@ fn install(
     cfg: &Config,
     env: &Env,
     plan: &Plan,
-) -> Result<(), CniError> {
+) -> Result<(), Failed> {
     let entry = Entry::new(
         &env.ifname,
         &env.netns,
         selected.backend.name(),
         cfg.request(env),
     );
-    journal.write(&entry).map_err(|e| journal_error(&e))?;
+    journal
+        .write(&entry)
+        .map_err(|e| Failed::Journal(journal_error(&e)))?;
     selected.backend.add(plan).map_err(|e| {
         let _ = journal.remove(&plan.key);
-        backend_error(&e, selected.backend.name(), &selected.reason)
+        Failed::Rules(backend_error(&e, selected.backend.name(), &selected.reason))
     })
 }
 
@@ -631,11 +648,16 @@ mod tests {
         run(Command::Add, &env(), &config(one_mapping(), "1.0.0"), &host).expect_err("refused");
         assert_eq!(journaled(&host), vec![]);
 
-        let mut host = FakeHost::new(vec![("fake", true)]);
+        let mut host = FakeHost::new(vec![("nftables", true), ("iptables-nft", true)]);
         host.journal = PathBuf::from("/proc/portmap-journal-cannot-exist");
         let e = run(Command::Add, &env(), &config(one_mapping(), "1.0.0"), &host)
             .expect_err("no journal, no ADD");
         assert!(e.msg.starts_with("cannot write journal entry"), "{}", e.msg);
+        assert!(
+            !e.details.contains("nftables before it"),
+            "a journal failure is no reason to try iptables: {}",
+            e.details
+        );
         assert!(
             host.calls().is_empty(),
             "no rules were made: {:?}",
