@@ -23,14 +23,17 @@ pub enum HostError {
 /// another one on this thread). Linux before 3.17 has no thread-self; the
 /// same file is under `/proc/self/task/<tid>/net` there.
 pub fn thread_net(file: &str) -> PathBuf {
+    thread_proc(&format!("net/{file}"))
+}
+
+/// `/proc/thread-self/<path>`, or `/proc/self/task/<tid>/<path>` where the
+/// kernel predates thread-self.
+fn thread_proc(path: &str) -> PathBuf {
     let thread_self = std::path::Path::new("/proc/thread-self");
     if thread_self.exists() {
-        thread_self.join("net").join(file)
+        thread_self.join(path)
     } else {
-        PathBuf::from(format!(
-            "/proc/self/task/{}/net/{file}",
-            nix::unistd::gettid()
-        ))
+        PathBuf::from(format!("/proc/self/task/{}/{path}", nix::unistd::gettid()))
     }
 }
 
@@ -38,13 +41,7 @@ pub fn thread_net(file: &str) -> PathBuf {
 /// we install live, so that state about them is kept per namespace.
 pub fn netns_id() -> std::io::Result<String> {
     use std::os::unix::fs::MetadataExt;
-    let thread_self = std::path::Path::new("/proc/thread-self/ns/net");
-    let path = if thread_self.exists() {
-        thread_self.to_path_buf()
-    } else {
-        PathBuf::from(format!("/proc/self/task/{}/ns/net", nix::unistd::gettid()))
-    };
-    let meta = std::fs::metadata(path)?;
+    let meta = std::fs::metadata(thread_proc("ns/net"))?;
     Ok(format!("netns-{}-{}", meta.dev(), meta.ino()))
 }
 

@@ -16,9 +16,9 @@ pub mod select;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use std::net::IpAddr;
 
 pub use plan::Plan;
 

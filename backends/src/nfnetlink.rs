@@ -126,6 +126,8 @@ const NFT_MSG_DELRULE: u16 = 8;
 /// reads), for `portmap watch`.
 pub struct Events {
     fd: std::os::fd::OwnedFd,
+    /// Reused by every wait (one datagram of notifications at a time).
+    buf: Vec<u8>,
 }
 
 impl Events {
@@ -140,15 +142,17 @@ impl Events {
                 source,
             }
         })?;
-        Ok(Events { fd })
+        Ok(Events {
+            fd,
+            buf: vec![0u8; 64 * 1024],
+        })
     }
 
     /// Waits up to the timeout; true when something removed a table, a
     /// chain or a rule (a flush, a reload, a delete, ours included).
-    pub fn removed(&self) -> Result<bool, NetlinkError> {
-        let mut buf = vec![0u8; 64 * 1024];
-        match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-            Ok(n) => Ok(has_removal(&buf[..n])),
+    pub fn removed(&mut self) -> Result<bool, NetlinkError> {
+        match recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty()) {
+            Ok(n) => Ok(has_removal(&self.buf[..n])),
             Err(nix::Error::EAGAIN | nix::Error::EINTR) => Ok(false),
             // The kernel dropped notifications (we were slow): assume the worst.
             Err(nix::Error::ENOBUFS) => Ok(true),
@@ -339,7 +343,7 @@ mod tests {
             .expect("chain");
         let seen = ns
             .run(|| {
-                let events = Events::subscribe(Duration::from_millis(300)).expect("subscribe");
+                let mut events = Events::subscribe(Duration::from_millis(300)).expect("subscribe");
                 let quiet = events.removed().expect("recv");
                 std::process::Command::new("nft")
                     .args(["flush", "ruleset"])

@@ -350,7 +350,7 @@ fn watch(interval: Duration) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let events = match nfnetlink::Events::subscribe(TICK) {
+    let mut events = match nfnetlink::Events::subscribe(TICK) {
         Ok(e) => Some(e),
         Err(e) => {
             eprintln!(
@@ -367,7 +367,7 @@ fn watch(interval: Duration) -> ExitCode {
     let mut removal_at: Option<Instant> = None;
     let mut next_check = Instant::now() + interval;
     while !STOP.load(Ordering::SeqCst) {
-        match &events {
+        match &mut events {
             Some(ev) => match ev.removed() {
                 Ok(true) => removal_at = Some(Instant::now()),
                 Ok(false) => {}
@@ -384,7 +384,7 @@ fn watch(interval: Duration) -> ExitCode {
             next_check = Instant::now() + interval;
             let nft_covered = events.is_some();
             restore_pass(&journal, false, &|e| {
-                !(nft_covered && e.backend == "nftables")
+                !(nft_covered && e.backend == portmap_backends::nftables::NAME)
             });
         }
     }
