@@ -242,6 +242,12 @@ pub trait Backend: Send + Sync {
     fn records_network(&self) -> bool;
     /// Installs (or replaces) the container's rules in one atomic batch per family.
     fn add(&self, plan: &Plan) -> Result<(), BackendError>;
+    /// [`Backend::add`] of a container known to have no rules yet (the
+    /// plugin's journal has never seen its ID): a backend may skip looking
+    /// for earlier rules to replace, which costs O(containers).
+    fn add_new(&self, plan: &Plan) -> Result<(), BackendError> {
+        self.add(plan)
+    }
     /// Verifies that every rule of the plan is installed exactly.
     fn check(&self, plan: &Plan) -> Result<(), BackendError>;
     /// Removes every rule of the container; succeeds when there is none.

@@ -1,7 +1,8 @@
-//! Which nf_tables tables exist in this network namespace, asked of the
-//! kernel with one netlink dump and no process. `nft list tables` would do,
-//! but nft 1.0.x builds its whole cache first: 50 ms with 1000 containers'
-//! rules, on every DEL.
+//! Asking the kernel's nf_tables over netlink, no process: which tables
+//! exist (one dump), one table's rules (nftables/kernel.rs), one chain,
+//! and change notifications for `portmap watch`. `nft list tables` would
+//! do for the first, but nft 1.0.x builds its whole cache first: 50 ms
+//! with 1000 containers' rules, on every DEL.
 
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -19,7 +20,7 @@ pub enum NetlinkError {
         step: &'static str,
         source: nix::Error,
     },
-    #[error("kernel refused the nf_tables table dump: {0}")]
+    #[error("kernel refused the nf_tables request: {0}")]
     Refused(nix::Error),
     #[error("malformed netlink reply")]
     Malformed,
@@ -29,6 +30,7 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFTA_TABLE_NAME: u16 = 1;
 const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
@@ -57,11 +59,27 @@ pub(crate) fn dump(
     attrs: &[u8],
     each: &mut dyn FnMut(&[u8]),
 ) -> Result<(), NetlinkError> {
+    exchange(&request(msg, NLM_F_DUMP, family, attrs), each)
+}
+
+/// Asks for one object (`attrs` name it) and hands its message body to
+/// `each`; the kernel's ACK ends the answer. A missing object is
+/// `Refused(ENOENT)`.
+pub(crate) fn get(
+    msg: u16,
+    family: u8,
+    attrs: &[u8],
+    each: &mut dyn FnMut(&[u8]),
+) -> Result<(), NetlinkError> {
+    exchange(&request(msg, NLM_F_ACK, family, attrs), each)
+}
+
+fn exchange(request: &[u8], each: &mut dyn FnMut(&[u8])) -> Result<(), NetlinkError> {
     let sys = |step| move |source| NetlinkError::Sys { step, source };
     let fd = netfilter_socket(REPLY_TIMEOUT)?;
     sendto(
         fd.as_raw_fd(),
-        &request(msg, family, attrs),
+        request,
         &NetlinkAddr::new(0, 0),
         MsgFlags::empty(),
     )
@@ -187,12 +205,13 @@ fn has_removal(mut b: &[u8]) -> bool {
     false
 }
 
-fn request(kind: u16, family: u8, attrs: &[u8]) -> Vec<u8> {
+/// A request of `kind` with `flags` besides NLM_F_REQUEST.
+fn request(kind: u16, flags: u16, family: u8, attrs: &[u8]) -> Vec<u8> {
     let len = HEADER + 4 + attrs.len();
     let mut msg = Vec::with_capacity(len);
     msg.extend_from_slice(&(len as u32).to_ne_bytes());
     msg.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | kind).to_ne_bytes());
-    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
     msg.extend_from_slice(&SEQ.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes());
     // nfgenmsg: the family (0: every one), NFNETLINK_V0, resource id 0.
@@ -219,7 +238,8 @@ const fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// Hands the messages of one datagram to `each`; true once the dump is done.
+/// Hands the messages of one datagram to `each`; true once the answer is
+/// complete (a dump's DONE, a request's ACK).
 fn parse_reply(mut b: &[u8], each: &mut dyn FnMut(&[u8])) -> Result<bool, NetlinkError> {
     while b.len() >= HEADER {
         let len = u32_at(b, 0).ok_or(NetlinkError::Malformed)? as usize;
@@ -235,6 +255,7 @@ fn parse_reply(mut b: &[u8], each: &mut dyn FnMut(&[u8])) -> Result<bool, Netlin
                 if code != 0 {
                     return Err(NetlinkError::Refused(nix::Error::from_raw(-code)));
                 }
+                return Ok(true);
             }
             _ => each(body),
         }
@@ -300,6 +321,13 @@ mod tests {
 
     #[test]
     fn an_error_reply_and_truncation_are_errors_not_panics() {
+        let ack = [table(2, "cni_hostport"), message(NLMSG_ERROR, &0i32.to_ne_bytes())].concat();
+        let mut got = 0;
+        assert!(
+            parse_reply(&ack, &mut |_| got += 1).expect("ack"),
+            "an ACK ends a request's answer"
+        );
+        assert_eq!(got, 1);
         let eperm = message(NLMSG_ERROR, &(-1i32).to_ne_bytes());
         assert!(matches!(
             parse_reply(&eperm, &mut |_| {}),
@@ -361,7 +389,7 @@ mod tests {
 
     #[test]
     fn the_request_is_a_table_dump() {
-        let r = request(NFT_MSG_GETTABLE, 0, &[]);
+        let r = request(NFT_MSG_GETTABLE, NLM_F_DUMP, 0, &[]);
         assert_eq!(u32_at(&r, 0), Some(20));
         assert_eq!(u16_at(&r, 4), Some(0x0a01));
         assert_eq!(u16_at(&r, 6), Some(0x301));

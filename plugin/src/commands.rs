@@ -255,11 +255,23 @@ fn install(
         selected.backend.name(),
         cfg.request(env),
     );
+    let replacing = journal.may_hold(&plan.key.container_id);
     journal
         .write(&entry)
         .map_err(|e| Failed::Journal(journal_error(&e)))?;
-    selected.backend.add(plan).map_err(|e| {
-        let _ = journal.remove(&plan.key);
+    let added = if replacing {
+        selected.backend.add(plan)
+    } else {
+        selected.backend.add_new(plan)
+    };
+    added.map_err(|e| {
+        // The failed transaction left any earlier rules in place: their
+        // ID stays known (retired), but not restorable.
+        let _ = if replacing {
+            journal.retire(&plan.key)
+        } else {
+            journal.remove(&plan.key)
+        };
         Failed::Rules(backend_error(&e, selected.backend.name(), &selected.reason))
     })
 }
@@ -305,13 +317,15 @@ fn check(cfg: &Config, env: &Env, host: &dyn Host) -> Result<(), CniError> {
 /// backend: nothing else of the config matters to a DEL.
 fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
     let mut removed = Vec::new();
-    // The journal entry before the rules: a DEL killed in between must not
-    // leave an entry that `portmap restore` would bring back.
-    let mut first_error = host
-        .journal()
-        .and_then(|j| j.remove(key))
-        .err()
-        .map(|e| journal_error(&e));
+    // The journal entry retired before the rules: a DEL killed in between
+    // must not leave an entry that `portmap restore` would bring back; it
+    // goes for good once the rules are gone.
+    let journal = host.journal();
+    let mut first_error = journal
+        .as_ref()
+        .map_err(|e| journal_error(e))
+        .and_then(|j| j.retire(key).map_err(|e| journal_error(&e)))
+        .err();
     let sweep = host.sweep();
     for backend in sweep.backends {
         match backend.del(key) {
@@ -327,7 +341,11 @@ fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
     }
     // Success would tell the runtime never to retry: not while rules may
     // remain where we could not look.
-    unreadable_error(&sweep.unreadable)
+    unreadable_error(&sweep.unreadable)?;
+    match &journal {
+        Ok(j) => j.remove(key).map_err(|e| journal_error(&e)),
+        Err(_) => Ok(()),
+    }
 }
 
 fn unreadable_error(unreadable: &[String]) -> Result<(), CniError> {
@@ -353,10 +371,16 @@ fn status(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
 fn gc(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
     requires_version(cfg, "1.1.0", "GC")?;
     let journal = host.journal().map_err(|e| journal_error(&e))?;
+    let collected = |key: &ContainerKey| {
+        key.network == cfg.name && !cfg.valid_attachments.contains(&key.container_id)
+    };
+    // Entries of an earlier DEL or GC that did not finish go too.
+    let mut gone: Vec<ContainerKey> = journal.retired().into_iter().filter(collected).collect();
     for (_, entry) in journal.entries().into_iter().flatten() {
-        let key = &entry.request.key;
-        if key.network == cfg.name && !cfg.valid_attachments.contains(&key.container_id) {
-            journal.remove(key).map_err(|e| journal_error(&e))?;
+        let key = entry.request.key;
+        if collected(&key) {
+            journal.retire(&key).map_err(|e| journal_error(&e))?;
+            gone.push(key);
         }
     }
     let sweep = host.sweep();
@@ -365,7 +389,11 @@ fn gc(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
             .gc(&cfg.name, &cfg.valid_attachments)
             .map_err(|e| backend_error(&e, backend.name(), "gc"))?;
     }
-    unreadable_error(&sweep.unreadable)
+    unreadable_error(&sweep.unreadable)?;
+    for key in &gone {
+        journal.remove(key).map_err(|e| journal_error(&e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -394,6 +422,20 @@ mod tests {
         add_fails: bool,
     }
 
+    impl FakeBackend {
+        fn install(&self, plan: &Plan, new: &str) -> Result<(), BackendError> {
+            self.calls
+                .record(format!("{} add {}{new}", self.name, plan.key.container_id));
+            if self.name == "failing" || self.add_fails {
+                return Err(BackendError::CheckFailed {
+                    backend: self.name,
+                    what: "transaction refused".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
     impl Backend for FakeBackend {
         fn name(&self) -> &'static str {
             self.name
@@ -402,15 +444,10 @@ mod tests {
             self.name.starts_with("iptables")
         }
         fn add(&self, plan: &Plan) -> Result<(), BackendError> {
-            self.calls
-                .record(format!("{} add {}", self.name, plan.key.container_id));
-            if self.name == "failing" || self.add_fails {
-                return Err(BackendError::CheckFailed {
-                    backend: self.name,
-                    what: "transaction refused".into(),
-                });
-            }
-            Ok(())
+            self.install(plan, "")
+        }
+        fn add_new(&self, plan: &Plan) -> Result<(), BackendError> {
+            self.install(plan, " (new)")
         }
         fn check(&self, plan: &Plan) -> Result<(), BackendError> {
             self.calls
@@ -561,7 +598,7 @@ mod tests {
             .expect("json");
         assert_eq!(out["cniVersion"], "0.4.0");
         assert_eq!(out["ips"][0]["version"], "4");
-        assert_eq!(host.calls(), vec!["fake add c1", "after_add c1"]);
+        assert_eq!(host.calls(), vec!["fake add c1 (new)", "after_add c1"]);
     }
 
     /// DEL as runtimes send it: network `net`, no mappings.
@@ -616,6 +653,50 @@ mod tests {
         assert_eq!(journaled(&host), vec![]);
     }
 
+    /// ADD looks for earlier rules to replace only where the journal says
+    /// there may be some: a re-ADD, or a DEL that could not finish.
+    #[test]
+    fn only_a_container_the_journal_knows_is_searched_for_rules_to_replace() {
+        let mut host = FakeHost::new(vec![("fake", true)]);
+        let add = |host: &FakeHost| {
+            run(Command::Add, &env(), &config(one_mapping(), "1.1.0"), host).expect("add")
+        };
+        add(&host);
+        add(&host);
+        del_net(&host).expect("del");
+        add(&host);
+        host.unreadable = vec!["legacy nat tables, no iptables-legacy".into()];
+        del_net(&host).expect_err("rules may remain");
+        assert_eq!(journaled(&host), vec![], "retired: out of a restore's sight");
+        host.unreadable = vec![];
+        add(&host);
+        let keep_none = br#"{"cniVersion":"1.1.0","name":"net","cni.dev/valid-attachments":[]}"#;
+        run(Command::Gc, &env(), keep_none, &host).expect("gc");
+        add(&host);
+        // GC also clears what a failed DEL retired.
+        host.unreadable = vec!["legacy nat tables, no iptables-legacy".into()];
+        del_net(&host).expect_err("rules may remain");
+        host.unreadable = vec![];
+        run(Command::Gc, &env(), keep_none, &host).expect("gc");
+        add(&host);
+        let adds: Vec<String> = host
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("fake add"))
+            .collect();
+        assert_eq!(
+            adds,
+            [
+                "fake add c1 (new)",
+                "fake add c1",
+                "fake add c1 (new)",
+                "fake add c1",
+                "fake add c1 (new)",
+                "fake add c1 (new)"
+            ]
+        );
+    }
+
     #[test]
     fn auto_falls_back_to_iptables_when_the_nftables_transaction_fails() {
         let mut host = FakeHost::new(vec![("nftables", true), ("iptables-nft", true)]);
@@ -623,7 +704,11 @@ mod tests {
         run(Command::Add, &env(), &config(one_mapping(), "1.0.0"), &host).expect("fell back");
         assert_eq!(
             host.calls(),
-            vec!["nftables add c1", "iptables-nft add c1", "after_add c1"]
+            vec![
+                "nftables add c1 (new)",
+                "iptables-nft add c1 (new)",
+                "after_add c1"
+            ]
         );
         assert_eq!(
             journaled(&host),
@@ -638,7 +723,7 @@ mod tests {
         let stdin = serde_json::to_vec(&cfg).expect("json");
         let e = run(Command::Add, &env(), &stdin, &host).expect_err("no fallback");
         assert_eq!(e.msg, "nftables: transaction refused");
-        assert_eq!(host.calls(), vec!["nftables add c1"]);
+        assert_eq!(host.calls(), vec!["nftables add c1 (new)"]);
         assert_eq!(journaled(&host), vec![]);
     }
 

@@ -6,8 +6,11 @@
 //!
 //! ADD writes the entry before the rules (an entry that cannot be written
 //! fails the ADD with no rules made) and removes it again when the rules
-//! fail; DEL and GC remove entries before the rules, so a DEL killed
-//! half-way never leaves an entry that a restore would bring back.
+//! fail; DEL and GC retire entries before the rules (renamed out of a
+//! restore's sight: a DEL killed half-way never leaves an entry that a
+//! restore would bring back) and remove them once the rules are gone.
+//! So a container ID the journal has no file for has no rules of ours,
+//! and its ADD need not search the firewall for rules to replace.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,8 @@ pub const DEFAULT_DIR: &str = "/run/cni/portmap";
 /// Overrides [`DEFAULT_DIR`] (tests, unusual hosts).
 pub const DIR_ENV: &str = "PORTMAP_STATE_DIR";
 const FORMAT: u32 = 1;
+/// Appended to a retired entry's name: no longer `.json`, same prefix.
+const RETIRED: &str = ".retired";
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -31,6 +36,11 @@ pub enum JournalError {
     },
     #[error("cannot remove journal entry {path}: {source}")]
     Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot retire journal entry {path}: {source}")]
+    Retire {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -138,8 +148,64 @@ impl Journal {
             .map_err(fail)
     }
 
-    /// Removes every entry of the container (whatever its interface), and
-    /// temp files a killed writer left for it; none is fine. The
+    /// Whether rules of container `id` may exist: a file (entry or retired
+    /// entry) of that ID in any network. Unsure (the directory cannot be
+    /// read) is yes.
+    pub fn may_hold(&self, id: &str) -> bool {
+        let files = match std::fs::read_dir(&self.dir) {
+            Ok(files) => files,
+            Err(e) => return e.kind() != std::io::ErrorKind::NotFound,
+        };
+        files.flatten().any(|f| {
+            let name = f.file_name();
+            let name = name.to_string_lossy();
+            // `.<name>.<pid>.tmp`: a writer killed before its rename, which
+            // comes before any rule.
+            !name.starts_with('.') && name.split(':').nth(1) == Some(id)
+        })
+    }
+
+    /// Takes the container's entries out of `entries()` (a restore's
+    /// sight) while keeping the knowledge that it may have rules: renamed,
+    /// not removed, until [`Journal::remove`] once the rules are gone.
+    pub fn retire(&self, key: &ContainerKey) -> Result<(), JournalError> {
+        let Some(prefix) = Self::prefix(key) else {
+            return Ok(());
+        };
+        for path in self.paths() {
+            let mine = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix));
+            if mine {
+                let mut retired = path.clone().into_os_string();
+                retired.push(RETIRED);
+                match std::fs::rename(&path, &retired) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(JournalError::Retire { path, source }),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The containers of retired entries (a DEL or GC that did not finish).
+    pub fn retired(&self) -> Vec<ContainerKey> {
+        let files = std::fs::read_dir(&self.dir).into_iter().flatten().flatten();
+        files
+            .filter_map(|f| {
+                let name = f.file_name().to_string_lossy().into_owned();
+                let mut parts = name.strip_suffix(RETIRED)?.splitn(3, ':');
+                Some(ContainerKey {
+                    network: parts.next()?.to_string(),
+                    container_id: parts.next()?.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Removes every entry of the container (whatever its interface),
+    /// retired ones and temp files a killed writer left for it; none is fine. The
     /// namespace's directory goes with its last file.
     pub fn remove(&self, key: &ContainerKey) -> Result<(), JournalError> {
         let Some(prefix) = Self::prefix(key) else {
@@ -236,6 +302,31 @@ mod tests {
             std::env::temp_dir().join(format!("portmap-journal-{label}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         Journal::at(dir.join("netns-1-2"))
+    }
+
+    #[test]
+    fn retired_entries_leave_entries_but_keep_the_id_known_until_removed() {
+        let j = scratch("retire");
+        assert!(!j.may_hold("a"), "no directory yet");
+        let a = Entry::new("eth0", "", "nftables", request("net", "a"));
+        let a2 = Entry::new("eth1", "", "nftables", request("other", "a"));
+        j.write(&a).expect("write a");
+        j.write(&a2).expect("write a on another network");
+        assert!(j.may_hold("a") && !j.may_hold("b") && !j.may_hold("net"));
+        j.retire(&a.request.key).expect("retire");
+        let left: Vec<Entry> = j.entries().into_iter().map(|e| e.expect("entry").1).collect();
+        assert_eq!(left, vec![a2.clone()], "only the other network's entry");
+        j.remove(&a2.request.key).expect("remove other");
+        assert!(j.may_hold("a"), "the retired entry still counts");
+        assert_eq!(j.retired(), vec![a.request.key.clone()]);
+        j.retire(&a.request.key).expect("retiring again is fine");
+        j.remove(&a.request.key).expect("remove");
+        assert!(!j.may_hold("a"));
+        // A writer killed before its rename made no rules.
+        std::fs::create_dir_all(j.dir()).expect("dir");
+        std::fs::write(j.dir().join(".net:a:eth0.json.9.tmp"), b"{").expect("temp");
+        assert!(!j.may_hold("a"));
+        let _ = std::fs::remove_dir_all(j.dir().parent().expect("root"));
     }
 
     #[test]

@@ -1,16 +1,20 @@
-//! Our table as the kernel keeps it, read over netlink: one rule dump per
-//! family filtered to `cni_hostport`, no process (`nft -j list table`
-//! costs a process and O(N) JSON: 123 ms at 1,000 containers). ADD and DEL
-//! need only where each rule is (chain, handle), whose it is (its
-//! comment) and, for DEL's conntrack flush, the protocol and port a DNAT
-//! rule matches. CHECK and `list` compare and describe whole rules and keep
-//! `nft -j` (read.rs): rebuilding nft's JSON from netlink expressions would
-//! duplicate nft.
+//! Our table as the kernel keeps it, read over netlink: rule dumps
+//! filtered to `cni_hostport` (and to one chain where that will do), no
+//! process (`nft -j list table` costs a process and O(N) JSON: 123 ms at
+//! 1,000 containers). ADD and DEL need only where each rule is (chain,
+//! handle), whose it is (its comment), whether a wiring rule is the one we
+//! install (its [`Shape`]) and, for DEL's conntrack flush, the protocol and
+//! port a DNAT rule matches. CHECK and `list` compare and describe whole
+//! rules and keep `nft -j` (read.rs): rebuilding nft's JSON from netlink
+//! expressions would duplicate nft.
 
 use super::*;
 use crate::nfnetlink::{self, attr, attrs, string, NetlinkError};
 
+const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_GETRULE: u16 = 7;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
@@ -27,7 +31,25 @@ const NFTA_PAYLOAD_LEN: u16 = 4;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFTA_CMP_DATA: u16 = 3;
+const NFTA_CMP_SREG: u16 = 1;
+const NFTA_CMP_OP: u16 = 2;
+const NFT_CMP_EQ: u32 = 0;
 const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+/// NFT_JUMP, -3 as the kernel's be32 holds it.
+const NFT_JUMP: u32 = (-3i32) as u32;
+const NFTA_IMMEDIATE_DREG: u16 = 1;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFT_REG_VERDICT: u32 = 0;
+const NFTA_FIB_DREG: u16 = 1;
+const NFTA_FIB_RESULT: u16 = 2;
+const NFTA_FIB_FLAGS: u16 = 3;
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+/// RTN_LOCAL, the address type `fib daddr type local` compares with.
+const RTN_LOCAL: u32 = 2;
 /// libnftnl's rule user data: type-length-value, the comment is type 0.
 const NFTNL_UDATA_RULE_COMMENT: u8 = 0;
 
@@ -40,6 +62,18 @@ pub(super) struct KernelRule {
     pub(super) comment: Option<String>,
     /// The protocol and destination port a rule matches (DNAT rules).
     pub(super) port: Option<(Protocol, u16)>,
+    pub(super) shape: Shape,
+}
+
+/// What a rule does, as far as ADD must tell the wiring it installs
+/// (render.rs `wiring_rules`) from anything else in those chains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Shape {
+    /// `jump <chain>`, nothing else.
+    Jump(String),
+    /// `fib daddr type local jump <chain>`, nothing else.
+    LocalJump(String),
+    Other,
 }
 
 impl KernelRule {
@@ -48,16 +82,16 @@ impl KernelRule {
     }
 }
 
-/// Every rule of `<family> cni_hostport` (none when the table is missing:
-/// a dump filtered to a table that does not exist is simply empty).
-pub(super) fn rules(family: Family) -> Result<Vec<KernelRule>, NetlinkError> {
-    let nfproto = match family {
-        Family::V4 => 2,
-        Family::V6 => 10,
-    };
-    let table = attr(NFTA_RULE_TABLE, &[TABLE.as_bytes(), &[0]].concat());
+/// Every rule of `<family> cni_hostport`, or of its `chain` only, in
+/// chain order (none when the table or chain is missing: a dump filtered
+/// to what does not exist is simply empty).
+pub(super) fn rules(family: Family, chain: Option<&str>) -> Result<Vec<KernelRule>, NetlinkError> {
+    let mut filter = attr(NFTA_RULE_TABLE, &nul_terminated(TABLE));
+    if let Some(chain) = chain {
+        filter.extend(attr(NFTA_RULE_CHAIN, &nul_terminated(chain)));
+    }
     let mut found = Vec::new();
-    match nfnetlink::dump(NFT_MSG_GETRULE, nfproto, &table, &mut |body| {
+    match nfnetlink::dump(NFT_MSG_GETRULE, nfproto(family), &filter, &mut |body| {
         found.extend(parse_rule(body))
     }) {
         Ok(()) | Err(NetlinkError::Refused(nix::Error::ENOENT)) => Ok(found),
@@ -65,9 +99,37 @@ pub(super) fn rules(family: Family) -> Result<Vec<KernelRule>, NetlinkError> {
     }
 }
 
+/// Whether `<family> cni_hostport` has chain `name` (asked for that one
+/// chain: a chain dump would list every chain of the family, thousands
+/// on a kube-proxy host).
+pub(super) fn has_chain(family: Family, name: &str) -> Result<bool, NetlinkError> {
+    let which = [
+        attr(NFTA_CHAIN_TABLE, &nul_terminated(TABLE)),
+        attr(NFTA_CHAIN_NAME, &nul_terminated(name)),
+    ]
+    .concat();
+    match nfnetlink::get(NFT_MSG_GETCHAIN, nfproto(family), &which, &mut |_| {}) {
+        Ok(()) => Ok(true),
+        Err(NetlinkError::Refused(nix::Error::ENOENT)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn nfproto(family: Family) -> u8 {
+    match family {
+        Family::V4 => 2,
+        Family::V6 => 10,
+    }
+}
+
+fn nul_terminated(name: &str) -> Vec<u8> {
+    [name.as_bytes(), &[0]].concat()
+}
+
 /// An NFT_MSG_NEWRULE body: nfgenmsg, then attributes.
 pub(super) fn parse_rule(body: &[u8]) -> Option<KernelRule> {
-    let (mut chain, mut handle, mut comment, mut port) = (None, None, None, None);
+    let (mut chain, mut handle, mut comment) = (None, None, None);
+    let (mut port, mut shape) = (None, Shape::Other);
     for (kind, value) in attrs(body.get(4..)?) {
         match kind {
             NFTA_RULE_CHAIN => chain = Some(string(value)),
@@ -78,7 +140,11 @@ pub(super) fn parse_rule(body: &[u8]) -> Option<KernelRule> {
                 handle = Some(u32::try_from(h).unwrap_or(u32::MAX));
             }
             NFTA_RULE_USERDATA => comment = comment_of(value),
-            NFTA_RULE_EXPRESSIONS => port = port_of(value),
+            NFTA_RULE_EXPRESSIONS => {
+                let list = exprs(value);
+                port = port_of(&list);
+                shape = shape_of(&list);
+            }
             _ => {}
         }
     }
@@ -87,6 +153,7 @@ pub(super) fn parse_rule(body: &[u8]) -> Option<KernelRule> {
         handle: handle?,
         comment,
         port,
+        shape,
     })
 }
 
@@ -109,34 +176,91 @@ enum Loaded {
     Dport,
 }
 
+/// One expression of a rule: its name and its attributes.
+struct Expr<'a> {
+    name: String,
+    data: &'a [u8],
+}
+
+impl Expr<'_> {
+    fn attr(&self, key: u16) -> Option<&[u8]> {
+        attrs(self.data).find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// A u32 attribute in network order (as the kernel keeps most).
+    fn be32(&self, key: u16) -> Option<u32> {
+        Some(u32::from_be_bytes(self.attr(key)?.get(..4)?.try_into().ok()?))
+    }
+
+    /// The value a `cmp` compares with (nested NFTA_DATA_VALUE).
+    fn cmp_value(&self) -> Option<&[u8]> {
+        attrs(self.attr(NFTA_CMP_DATA)?)
+            .find(|(k, _)| *k == NFTA_DATA_VALUE)
+            .map(|(_, v)| v)
+    }
+}
+
+fn exprs(list: &[u8]) -> Vec<Expr<'_>> {
+    attrs(list)
+        .filter(|(kind, _)| *kind == NFTA_LIST_ELEM)
+        .map(|(_, elem)| {
+            let mut e = Expr {
+                name: String::new(),
+                data: &[],
+            };
+            for (k, v) in attrs(elem) {
+                match k {
+                    NFTA_EXPR_NAME => e.name = string(v),
+                    NFTA_EXPR_DATA => e.data = v,
+                    _ => {}
+                }
+            }
+            e
+        })
+        .collect()
+}
+
+/// `jump <chain>` and `fib daddr type local jump <chain>` as nft encodes
+/// them: an immediate verdict, after a fib address-type lookup into the
+/// register a compare with RTN_LOCAL reads.
+fn shape_of(list: &[Expr<'_>]) -> Shape {
+    let jump = |e: &Expr<'_>| {
+        if e.name != "immediate" || e.be32(NFTA_IMMEDIATE_DREG) != Some(NFT_REG_VERDICT) {
+            return None;
+        }
+        let verdict = attrs(e.attr(NFTA_IMMEDIATE_DATA)?).find(|(k, _)| *k == NFTA_DATA_VERDICT)?;
+        let code = attrs(verdict.1).find(|(k, _)| *k == NFTA_VERDICT_CODE)?.1;
+        let chain = attrs(verdict.1).find(|(k, _)| *k == NFTA_VERDICT_CHAIN)?.1;
+        (u32::from_be_bytes(code.get(..4)?.try_into().ok()?) == NFT_JUMP).then(|| string(chain))
+    };
+    let local = |fib: &Expr<'_>, cmp: &Expr<'_>| {
+        fib.name == "fib"
+            && fib.be32(NFTA_FIB_RESULT) == Some(NFT_FIB_RESULT_ADDRTYPE)
+            && fib.be32(NFTA_FIB_FLAGS) == Some(NFTA_FIB_F_DADDR)
+            && cmp.name == "cmp"
+            && cmp.be32(NFTA_CMP_OP) == Some(NFT_CMP_EQ)
+            && fib.be32(NFTA_FIB_DREG) == cmp.be32(NFTA_CMP_SREG)
+            && cmp.cmp_value() == Some(&RTN_LOCAL.to_ne_bytes()[..])
+    };
+    match list {
+        [j] => jump(j).map_or(Shape::Other, Shape::Jump),
+        [fib, cmp, j] if local(fib, cmp) => jump(j).map_or(Shape::Other, Shape::LocalJump),
+        _ => Shape::Other,
+    }
+}
+
 /// `tcp dport 8080` as nft encodes it: the layer 4 protocol loaded (meta
 /// l4proto, or the IPv4 protocol / IPv6 next header field) and compared,
 /// then the transport header's bytes 2..4 loaded and compared.
-fn port_of(exprs: &[u8]) -> Option<(Protocol, u16)> {
+fn port_of(list: &[Expr<'_>]) -> Option<(Protocol, u16)> {
     let (mut loaded, mut proto, mut dport) = (Loaded::Other, None, None);
-    for (kind, elem) in attrs(exprs) {
-        if kind != NFTA_LIST_ELEM {
-            continue;
-        }
-        let (mut name, mut data) = (String::new(), &[][..]);
-        for (k, v) in attrs(elem) {
-            match k {
-                NFTA_EXPR_NAME => name = string(v),
-                NFTA_EXPR_DATA => data = v,
-                _ => {}
-            }
-        }
-        let be32 = |key| {
-            attrs(data)
-                .find(|(k, _)| *k == key)
-                .and_then(|(_, v)| Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?)))
-        };
-        loaded = match name.as_str() {
-            "meta" if be32(NFTA_META_KEY) == Some(NFT_META_L4PROTO) => Loaded::L4proto,
+    for e in list {
+        loaded = match e.name.as_str() {
+            "meta" if e.be32(NFTA_META_KEY) == Some(NFT_META_L4PROTO) => Loaded::L4proto,
             "payload" => match (
-                be32(NFTA_PAYLOAD_BASE),
-                be32(NFTA_PAYLOAD_OFFSET),
-                be32(NFTA_PAYLOAD_LEN),
+                e.be32(NFTA_PAYLOAD_BASE),
+                e.be32(NFTA_PAYLOAD_OFFSET),
+                e.be32(NFTA_PAYLOAD_LEN),
             ) {
                 (Some(NFT_PAYLOAD_TRANSPORT_HEADER), Some(2), Some(2)) => Loaded::Dport,
                 // IPv4 protocol (offset 9), IPv6 next header (offset 6).
@@ -144,11 +268,7 @@ fn port_of(exprs: &[u8]) -> Option<(Protocol, u16)> {
                 _ => Loaded::Other,
             },
             "cmp" => {
-                let value = attrs(data)
-                    .find(|(k, _)| *k == NFTA_CMP_DATA)
-                    .and_then(|(_, d)| attrs(d).find(|(k, _)| *k == NFTA_DATA_VALUE))
-                    .map(|(_, v)| v);
-                match (loaded, value) {
+                match (loaded, e.cmp_value()) {
                     (Loaded::L4proto, Some([p, ..])) => proto = Some(*p),
                     (Loaded::Dport, Some([hi, lo, ..])) => {
                         dport = Some(u16::from_be_bytes([*hi, *lo]))
@@ -190,8 +310,8 @@ mod tests {
             .run(|| {
                 Nftables::from_path().expect("nft").add(&plan).expect("add");
                 (
-                    rules(Family::V4).expect("v4"),
-                    rules(Family::V6).expect("v6"),
+                    rules(Family::V4, None).expect("v4"),
+                    rules(Family::V6, None).expect("v6"),
                 )
             })
             .expect("in netns");
@@ -261,7 +381,7 @@ mod tests {
                     .expect("nft")
                     .del(&plan.key)
                     .expect("del");
-                rules(Family::V4).expect("v4 after del")
+                rules(Family::V4, None).expect("v4 after del")
             })
             .expect("in netns");
         assert_eq!(gone, vec![], "the last container took the table");

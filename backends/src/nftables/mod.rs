@@ -105,6 +105,30 @@ pub struct Nftables {
     tables_in: Option<Vec<Family>>,
 }
 
+/// An ADD transaction, and whether it leaves out a skeleton the read found
+/// whole.
+struct AddBatch<'b> {
+    batch: Batch<'b>,
+    trimmed: bool,
+}
+
+/// Whether `<family> cni_hostport` has the chains and exactly the wiring
+/// rules an ADD would install: three small reads (the wiring chains) and,
+/// with masquerading, one chain lookup, whatever the number of containers.
+fn skeleton_intact(family: Family, masquerade: bool) -> Result<bool, NftError> {
+    for (chain, shapes) in wiring_shapes() {
+        let found: Vec<kernel::Shape> = kernel::rules(family, Some(chain))?
+            .into_iter()
+            .map(|r| r.shape)
+            .collect();
+        if found != shapes {
+            return Ok(false);
+        }
+    }
+    // The jumps prove the other chains exist; masquerading may not.
+    Ok(!masquerade || kernel::has_chain(family, MASQUERADING)?)
+}
+
 /// Picks, by chain and comment, the listed rules whose expressions a
 /// caller needs.
 type Wanted<'w> = &'w dyn Fn(&str, Option<&str>) -> bool;
@@ -159,21 +183,53 @@ impl Nftables {
         Ok(())
     }
 
-    fn add_inner(&self, plan: &Plan) -> Result<(), NftError> {
+    /// ADD in one transaction. `replacing`: the container may have rules
+    /// already (a re-ADD), found with a dump of the whole table and replaced;
+    /// otherwise only the wiring chains are read (flat in N).
+    fn add_inner(&self, plan: &Plan, replacing: bool) -> Result<(), NftError> {
+        let action = format!("add rules for container {}", plan.key.container_id);
+        let first = self.add_batch(plan, replacing, false)?;
+        let trimmed = first.trimmed;
+        match self.apply(first.batch, &action) {
+            // The skeleton was left out because the read found it whole; a
+            // reload or another tool may have removed it since. Nothing
+            // was applied: read again and send the whole skeleton.
+            Err(_) if trimmed => self.apply(self.add_batch(plan, replacing, true)?.batch, &action),
+            done => done,
+        }
+    }
+
+    fn add_batch(
+        &self,
+        plan: &Plan,
+        replacing: bool,
+        whole_skeleton: bool,
+    ) -> Result<AddBatch<'static>, NftError> {
         let mut batch = Batch::new();
+        let mut trimmed = false;
         for fam in &plan.families {
             if fam.dnats.is_empty() {
                 continue;
             }
             let expected = expected_rules(fam)?;
-            // Over netlink, no process: only where this container's old
-            // rules are (a re-ADD replaces them).
-            let existing = kernel::rules(fam.family)?;
-            add_skeleton(&mut batch, fam.family, !fam.masquerade.is_empty());
-            for old in existing
-                .iter()
-                .filter(|r| r.owner() == Some(plan.key.container_id.as_str()))
-            {
+            let masquerade = !fam.masquerade.is_empty();
+            let earlier = if replacing {
+                kernel::rules(fam.family, None)?
+                    .into_iter()
+                    .filter(|r| r.owner() == Some(plan.key.container_id.as_str()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            // Re-adding existing chains and re-writing the wiring would cost
+            // every ADD a wait for an RCU grace period in the kernel (8-16 ms
+            // when nft closes its socket): send them only where missing.
+            if whole_skeleton || !skeleton_intact(fam.family, masquerade)? {
+                add_skeleton(&mut batch, fam.family, masquerade);
+            } else {
+                trimmed = true;
+            }
+            for old in &earlier {
                 batch.delete(NfListObject::Rule(rule_ref(
                     fam.family, &old.chain, old.handle,
                 )));
@@ -197,10 +253,7 @@ impl Nftables {
                 )));
             }
         }
-        self.apply(
-            batch,
-            &format!("add rules for container {}", plan.key.container_id),
-        )
+        Ok(AddBatch { batch, trimmed })
     }
 
     fn check_inner(&self, plan: &Plan) -> Result<Option<String>, NftError> {
@@ -271,7 +324,7 @@ impl Nftables {
             {
                 continue;
             }
-            let rules = kernel::rules(family)?;
+            let rules = kernel::rules(family, None)?;
             let (ours, others): (Vec<&KernelRule>, Vec<&KernelRule>) = rules
                 .iter()
                 .filter(|r| r.owner().is_some())
@@ -331,7 +384,11 @@ impl Backend for Nftables {
     }
 
     fn add(&self, plan: &Plan) -> Result<(), BackendError> {
-        Ok(self.add_inner(plan)?)
+        Ok(self.add_inner(plan, true)?)
+    }
+
+    fn add_new(&self, plan: &Plan) -> Result<(), BackendError> {
+        Ok(self.add_inner(plan, false)?)
     }
 
     fn check(&self, plan: &Plan) -> Result<(), BackendError> {

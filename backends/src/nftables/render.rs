@@ -82,6 +82,24 @@ pub(super) fn wiring_rules() -> Vec<(&'static str, Vec<Statement<'static>>)> {
     ]
 }
 
+/// The wiring as the kernel shows it: per chain, its rules' shapes in order.
+pub(super) fn wiring_shapes() -> Vec<(&'static str, Vec<kernel::Shape>)> {
+    let mut chains: Vec<(&'static str, Vec<kernel::Shape>)> = Vec::new();
+    for (chain, expr) in wiring_rules() {
+        let target = jump_target(&expr);
+        let shape = match expr.as_slice() {
+            [Statement::Jump(_)] => kernel::Shape::Jump(target),
+            [Statement::Match(_), Statement::Jump(_)] => kernel::Shape::LocalJump(target),
+            _ => kernel::Shape::Other,
+        };
+        match chains.iter_mut().find(|(c, _)| *c == chain) {
+            Some((_, shapes)) => shapes.push(shape),
+            None => chains.push((chain, vec![shape])),
+        }
+    }
+    chains
+}
+
 pub(super) fn jump(target: &'static str) -> Statement<'static> {
     Statement::Jump(JumpTarget {
         target: target.into(),

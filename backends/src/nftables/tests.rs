@@ -103,3 +103,125 @@ fn table_comment_is_added_to_table_objects_only() {
     );
     assert_eq!(doc.pointer("/nftables/1/add/chain/comment"), None);
 }
+
+/// Another container beside the golden one: its own ID, IP and ports.
+fn neighbour(id: &str, last_octet: u8) -> Plan {
+    let mut req = golden_request();
+    req.key.container_id = id.into();
+    req.v4 = Some(crate::plan::tests::addr(&format!("10.88.0.{last_octet}/16")));
+    req.v6 = None;
+    req.mappings.truncate(1);
+    req.mappings[0].host_port = 20000 + u16::from(last_octet);
+    Plan::new(&req)
+}
+
+/// Handles and shapes of the wiring rules, per family: equal handles mean
+/// an ADD did not rewrite them.
+fn wiring(ns: &Netns) -> Vec<(String, u32, kernel::Shape)> {
+    ns.run(|| {
+        let mut found = Vec::new();
+        for family in [Family::V4, Family::V6] {
+            for chain in [HOSTPORTS_ALL, PREROUTING, OUTPUT] {
+                for r in kernel::rules(family, Some(chain)).expect("dump") {
+                    found.push((format!("{family:?} {}", r.chain), r.handle, r.shape));
+                }
+            }
+        }
+        found
+    })
+    .expect("in netns")
+}
+
+use portmap_conformance::netns::{prerequisites, Netns};
+
+/// An ADD of a new container on a whole skeleton sends only its own rules
+/// (the wiring keeps its handles: no chain re-added, nothing flushed, so
+/// no kernel grace period to wait for); a skeleton someone broke is sent
+/// again whole and comes back as we install it.
+#[test]
+fn an_add_leaves_a_whole_skeleton_alone_and_repairs_a_broken_one() {
+    if !prerequisites(&["nft"]) {
+        return;
+    }
+    let ns = Netns::new("nft-skeleton").expect("netns");
+    let nft = Nftables::from_path().expect("nft");
+    ns.run(|| nft.add_new(&Plan::new(&golden_request())).expect("first add"))
+        .expect("in netns");
+    let before = wiring(&ns);
+    let shapes: Vec<kernel::Shape> = before.iter().map(|w| w.2.clone()).collect();
+    let per_family: Vec<kernel::Shape> = wiring_shapes().into_iter().flat_map(|(_, s)| s).collect();
+    assert_eq!(shapes, [per_family.clone(), per_family].concat(), "the kernel shows our wiring");
+    ns.run(|| {
+        assert!(skeleton_intact(Family::V4, true).expect("v4"));
+        assert!(skeleton_intact(Family::V6, true).expect("v6"));
+        assert!(kernel::has_chain(Family::V4, MASQUERADING).expect("lookup"));
+        assert!(!kernel::has_chain(Family::V4, "no-such-chain").expect("lookup"));
+        nft.add_new(&neighbour("second", 6)).expect("second add");
+    })
+    .expect("in netns");
+    assert_eq!(wiring(&ns), before, "the wiring was left alone");
+
+    // An older layout: prerouting jumps without the fib guard.
+    ns.exec("nft", &["flush", "chain", "ip", TABLE, PREROUTING])
+        .expect("flush");
+    ns.exec("nft", &["add", "rule", "ip", TABLE, PREROUTING, "jump", HOSTPORTS_ALL])
+        .expect("unguarded jump");
+    ns.run(|| {
+        assert!(!skeleton_intact(Family::V4, true).expect("v4"));
+        nft.add_new(&neighbour("third", 7)).expect("third add");
+        assert!(skeleton_intact(Family::V4, true).expect("v4 repaired"));
+        for id in ["golden-1", "second", "third"] {
+            assert!(
+                kernel::rules(Family::V4, None)
+                    .expect("dump")
+                    .iter()
+                    .any(|r| r.owner() == Some(id)),
+                "{id} kept its rules"
+            );
+        }
+    })
+    .expect("in netns");
+}
+
+/// The read found the skeleton whole, but it is gone when the transaction
+/// runs (a reload in between; here an nft that fails once): nothing was
+/// applied, so ADD reads again and sends the whole skeleton.
+#[test]
+fn a_trimmed_add_that_fails_is_sent_again_with_the_whole_skeleton() {
+    if !prerequisites(&["nft"]) {
+        return;
+    }
+    let ns = Netns::new("nft-retry").expect("netns");
+    let real = Nftables::from_path().expect("nft");
+    let dir = std::env::temp_dir().join(format!("portmap-nft-once-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let script = dir.join("nft");
+    let marker = dir.join("failed-once");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nif [ -e {m} ]; then exec {nft} \"$@\"; fi\ntouch {m}\n{nft} flush ruleset\nexit 1\n",
+            m = marker.display(),
+            nft = real.binary().display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let flaky = Nftables::new(script);
+    ns.run(|| {
+        real.add_new(&Plan::new(&golden_request())).expect("first add");
+        assert!(skeleton_intact(Family::V4, true).expect("whole"));
+        flaky.add_new(&neighbour("second", 6)).expect("added on the retry");
+        assert!(marker.exists(), "the first transaction failed");
+        assert!(skeleton_intact(Family::V4, true).expect("whole again"));
+        let owners: Vec<String> = kernel::rules(Family::V4, None)
+            .expect("dump")
+            .iter()
+            .filter_map(|r| r.owner().map(str::to_string))
+            .collect();
+        assert!(owners.iter().all(|o| o == "second") && !owners.is_empty(), "{owners:?}");
+    })
+    .expect("in netns");
+    let _ = std::fs::remove_dir_all(&dir);
+}
