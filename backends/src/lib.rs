@@ -188,7 +188,7 @@ pub struct InstalledMapping {
 }
 
 /// A host port a DEL closed: what the UDP conntrack flush after it needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ClosedPort {
     pub family: Family,
     pub protocol: Protocol,

@@ -50,6 +50,59 @@ pub fn tables() -> Result<Vec<(String, String)>, NetlinkError> {
     Ok(found)
 }
 
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+
+/// The nfgenmsg family of an IP family.
+pub(crate) fn nfproto(family: crate::Family) -> u8 {
+    match family {
+        crate::Family::V4 => 2,
+        crate::Family::V6 => 10,
+    }
+}
+
+/// The names of the chains of `<family> <table>` (none when it is
+/// missing). The kernel dumps every chain of the family; the table is
+/// picked here.
+pub fn chains(family: crate::Family, table: &str) -> Result<Vec<String>, NetlinkError> {
+    let mut found = Vec::new();
+    dump(NFT_MSG_GETCHAIN, nfproto(family), &[], &mut |body| {
+        let (mut in_table, mut name) = (false, None);
+        for (kind, value) in attrs(body.get(4..).unwrap_or_default()) {
+            match kind {
+                NFTA_CHAIN_TABLE => in_table = string(value) == table,
+                NFTA_CHAIN_NAME => name = Some(string(value)),
+                _ => {}
+            }
+        }
+        found.extend(name.filter(|_| in_table));
+    })?;
+    Ok(found)
+}
+
+/// Whether `<family> <table>` has chain `name`, asked for that one chain.
+pub(crate) fn has_chain(
+    family: crate::Family,
+    table: &str,
+    name: &str,
+) -> Result<bool, NetlinkError> {
+    let which = [
+        attr(NFTA_CHAIN_TABLE, &nul_terminated(table)),
+        attr(NFTA_CHAIN_NAME, &nul_terminated(name)),
+    ]
+    .concat();
+    match get(NFT_MSG_GETCHAIN, nfproto(family), &which, &mut |_| {}) {
+        Ok(()) => Ok(true),
+        Err(NetlinkError::Refused(nix::Error::ENOENT)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+pub(crate) fn nul_terminated(name: &str) -> Vec<u8> {
+    [name.as_bytes(), &[0]].concat()
+}
+
 /// Sends one dump request (`msg`, an NFT_MSG_GET* type, for nfgenmsg
 /// `family`, with netlink attributes `attrs`) and hands the body of every
 /// reply message (nfgenmsg, then attributes) to `each`.
@@ -321,7 +374,11 @@ mod tests {
 
     #[test]
     fn an_error_reply_and_truncation_are_errors_not_panics() {
-        let ack = [table(2, "cni_hostport"), message(NLMSG_ERROR, &0i32.to_ne_bytes())].concat();
+        let ack = [
+            table(2, "cni_hostport"),
+            message(NLMSG_ERROR, &0i32.to_ne_bytes()),
+        ]
+        .concat();
         let mut got = 0;
         assert!(
             parse_reply(&ack, &mut |_| got += 1).expect("ack"),

@@ -161,6 +161,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// Another container beside the golden one: its own ID, IP and ports.
+    pub fn neighbour(id: &str, last_octet: u8) -> Plan {
+        let mut req = golden_request();
+        req.key.container_id = id.into();
+        req.v4 = Some(addr(&format!("10.88.0.{last_octet}/16")));
+        req.v6 = None;
+        req.mappings.truncate(1);
+        req.mappings[0].host_port = 20000 + u16::from(last_octet);
+        Plan::new(&req)
+    }
+
     fn dnat(proto: Protocol, host: u16, cont: u16, host_ip: Option<&str>) -> Dnat {
         Dnat {
             protocol: proto,

@@ -260,7 +260,17 @@ pub fn sweep() -> Sweep {
     // cannot tell, yet iptables-nft needs no nft binary), read every family.
     let families_of = |variant: Variant| match variant {
         Variant::Legacy => Some(legacy.clone()),
-        Variant::Nft => with_table("nat"),
+        // A nat table can exist without us (upstream's DEL lists both
+        // families, which creates it): only one with CNI chains counts.
+        Variant::Nft => with_table("nat").map(|families| {
+            families
+                .into_iter()
+                .filter(|f| {
+                    nfnetlink::chains(*f, "nat")
+                        .map_or(true, |c| c.iter().any(|n| n.starts_with("CNI-")))
+                })
+                .collect()
+        }),
     };
     let mut all: Vec<Box<dyn Backend>> = Vec::new();
     let nft = match with_table(TABLE) {

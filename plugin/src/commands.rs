@@ -323,7 +323,7 @@ fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
     let journal = host.journal();
     let mut first_error = journal
         .as_ref()
-        .map_err(|e| journal_error(e))
+        .map_err(journal_error)
         .and_then(|j| j.retire(key).map_err(|e| journal_error(&e)))
         .err();
     let sweep = host.sweep();
@@ -667,7 +667,11 @@ mod tests {
         add(&host);
         host.unreadable = vec!["legacy nat tables, no iptables-legacy".into()];
         del_net(&host).expect_err("rules may remain");
-        assert_eq!(journaled(&host), vec![], "retired: out of a restore's sight");
+        assert_eq!(
+            journaled(&host),
+            vec![],
+            "retired: out of a restore's sight"
+        );
         host.unreadable = vec![];
         add(&host);
         let keep_none = br#"{"cniVersion":"1.1.0","name":"net","cni.dev/valid-attachments":[]}"#;

@@ -314,7 +314,11 @@ mod tests {
         j.write(&a2).expect("write a on another network");
         assert!(j.may_hold("a") && !j.may_hold("b") && !j.may_hold("net"));
         j.retire(&a.request.key).expect("retire");
-        let left: Vec<Entry> = j.entries().into_iter().map(|e| e.expect("entry").1).collect();
+        let left: Vec<Entry> = j
+            .entries()
+            .into_iter()
+            .map(|e| e.expect("entry").1)
+            .collect();
         assert_eq!(left, vec![a2.clone()], "only the other network's entry");
         j.remove(&a2.request.key).expect("remove other");
         assert!(j.may_hold("a"), "the retired entry still counts");

@@ -1,4 +1,5 @@
-//! Runs `iptables-save` and `iptables-restore` for one family and variant.
+//! Runs `iptables-save` and `iptables-restore` (and, for one chain,
+//! `iptables -S`) for one family and variant.
 //!
 //! Why not the `iptables` crate: it runs one `iptables` process per rule
 //! (no batches, so a failure or kill can leave half a container's rules)
@@ -103,6 +104,8 @@ pub struct Runner {
     pub variant: Variant,
     pub save: PathBuf,
     pub restore: PathBuf,
+    /// `<base>` itself, to list one chain.
+    pub list: Option<PathBuf>,
     /// `-w` exists; else we hold the xtables lock ourselves around restore.
     pub restore_waits: bool,
 }
@@ -123,6 +126,7 @@ impl Runner {
             variant: detected.variant,
             save: which::which(format!("{base}-save")).ok()?,
             restore: which::which(format!("{base}-restore")).ok()?,
+            list: which::which(base).ok(),
             restore_waits: detected.restore_waits,
         })
     }
@@ -152,6 +156,30 @@ impl Runner {
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `iptables -t nat -S <chain>`: one chain in save syntax, where the
+    /// whole table is not needed (`None`: no such tool here). Reads only,
+    /// so no lock.
+    pub fn list_chain(&self, chain: &str) -> Option<Result<String, IptablesError>> {
+        let list = self.list.as_ref()?;
+        let tool = Self::tool_name(list);
+        let out = match Command::new(list)
+            .args(["-t", "nat", "-S", chain])
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(out) => out,
+            Err(source) => return Some(Err(IptablesError::Spawn { tool, source })),
+        };
+        if !out.status.success() {
+            return Some(Err(IptablesError::Save {
+                tool,
+                variant: self.variant,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            }));
+        }
+        Some(Ok(String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 
     /// `iptables-restore --noflush`: the one atomic write of a command.

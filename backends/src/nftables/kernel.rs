@@ -9,12 +9,9 @@
 //! expressions would duplicate nft.
 
 use super::*;
-use crate::nfnetlink::{self, attr, attrs, string, NetlinkError};
+use crate::nfnetlink::{self, attr, attrs, nfproto, nul_terminated, string, NetlinkError};
 
-const NFT_MSG_GETCHAIN: u16 = 4;
 const NFT_MSG_GETRULE: u16 = 7;
-const NFTA_CHAIN_TABLE: u16 = 1;
-const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
@@ -103,27 +100,7 @@ pub(super) fn rules(family: Family, chain: Option<&str>) -> Result<Vec<KernelRul
 /// chain: a chain dump would list every chain of the family, thousands
 /// on a kube-proxy host).
 pub(super) fn has_chain(family: Family, name: &str) -> Result<bool, NetlinkError> {
-    let which = [
-        attr(NFTA_CHAIN_TABLE, &nul_terminated(TABLE)),
-        attr(NFTA_CHAIN_NAME, &nul_terminated(name)),
-    ]
-    .concat();
-    match nfnetlink::get(NFT_MSG_GETCHAIN, nfproto(family), &which, &mut |_| {}) {
-        Ok(()) => Ok(true),
-        Err(NetlinkError::Refused(nix::Error::ENOENT)) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-fn nfproto(family: Family) -> u8 {
-    match family {
-        Family::V4 => 2,
-        Family::V6 => 10,
-    }
-}
-
-fn nul_terminated(name: &str) -> Vec<u8> {
-    [name.as_bytes(), &[0]].concat()
+    nfnetlink::has_chain(family, TABLE, name)
 }
 
 /// An NFT_MSG_NEWRULE body: nfgenmsg, then attributes.
@@ -189,7 +166,9 @@ impl Expr<'_> {
 
     /// A u32 attribute in network order (as the kernel keeps most).
     fn be32(&self, key: u16) -> Option<u32> {
-        Some(u32::from_be_bytes(self.attr(key)?.get(..4)?.try_into().ok()?))
+        Some(u32::from_be_bytes(
+            self.attr(key)?.get(..4)?.try_into().ok()?,
+        ))
     }
 
     /// The value a `cmp` compares with (nested NFTA_DATA_VALUE).

@@ -1,5 +1,5 @@
 use super::*;
-use crate::plan::tests::golden_request;
+use crate::plan::tests::{golden_request, neighbour};
 use crate::{MasqMark, Request};
 use rstest::rstest;
 
@@ -104,17 +104,6 @@ fn table_comment_is_added_to_table_objects_only() {
     assert_eq!(doc.pointer("/nftables/1/add/chain/comment"), None);
 }
 
-/// Another container beside the golden one: its own ID, IP and ports.
-fn neighbour(id: &str, last_octet: u8) -> Plan {
-    let mut req = golden_request();
-    req.key.container_id = id.into();
-    req.v4 = Some(crate::plan::tests::addr(&format!("10.88.0.{last_octet}/16")));
-    req.v6 = None;
-    req.mappings.truncate(1);
-    req.mappings[0].host_port = 20000 + u16::from(last_octet);
-    Plan::new(&req)
-}
-
 /// Handles and shapes of the wiring rules, per family: equal handles mean
 /// an ADD did not rewrite them.
 fn wiring(ns: &Netns) -> Vec<(String, u32, kernel::Shape)> {
@@ -145,12 +134,19 @@ fn an_add_leaves_a_whole_skeleton_alone_and_repairs_a_broken_one() {
     }
     let ns = Netns::new("nft-skeleton").expect("netns");
     let nft = Nftables::from_path().expect("nft");
-    ns.run(|| nft.add_new(&Plan::new(&golden_request())).expect("first add"))
-        .expect("in netns");
+    ns.run(|| {
+        nft.add_new(&Plan::new(&golden_request()))
+            .expect("first add")
+    })
+    .expect("in netns");
     let before = wiring(&ns);
     let shapes: Vec<kernel::Shape> = before.iter().map(|w| w.2.clone()).collect();
     let per_family: Vec<kernel::Shape> = wiring_shapes().into_iter().flat_map(|(_, s)| s).collect();
-    assert_eq!(shapes, [per_family.clone(), per_family].concat(), "the kernel shows our wiring");
+    assert_eq!(
+        shapes,
+        [per_family.clone(), per_family].concat(),
+        "the kernel shows our wiring"
+    );
     ns.run(|| {
         assert!(skeleton_intact(Family::V4, true).expect("v4"));
         assert!(skeleton_intact(Family::V6, true).expect("v6"));
@@ -164,8 +160,19 @@ fn an_add_leaves_a_whole_skeleton_alone_and_repairs_a_broken_one() {
     // An older layout: prerouting jumps without the fib guard.
     ns.exec("nft", &["flush", "chain", "ip", TABLE, PREROUTING])
         .expect("flush");
-    ns.exec("nft", &["add", "rule", "ip", TABLE, PREROUTING, "jump", HOSTPORTS_ALL])
-        .expect("unguarded jump");
+    ns.exec(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "ip",
+            TABLE,
+            PREROUTING,
+            "jump",
+            HOSTPORTS_ALL,
+        ],
+    )
+    .expect("unguarded jump");
     ns.run(|| {
         assert!(!skeleton_intact(Family::V4, true).expect("v4"));
         nft.add_new(&neighbour("third", 7)).expect("third add");
@@ -210,9 +217,12 @@ fn a_trimmed_add_that_fails_is_sent_again_with_the_whole_skeleton() {
         .expect("chmod");
     let flaky = Nftables::new(script);
     ns.run(|| {
-        real.add_new(&Plan::new(&golden_request())).expect("first add");
+        real.add_new(&Plan::new(&golden_request()))
+            .expect("first add");
         assert!(skeleton_intact(Family::V4, true).expect("whole"));
-        flaky.add_new(&neighbour("second", 6)).expect("added on the retry");
+        flaky
+            .add_new(&neighbour("second", 6))
+            .expect("added on the retry");
         assert!(marker.exists(), "the first transaction failed");
         assert!(skeleton_intact(Family::V4, true).expect("whole again"));
         let owners: Vec<String> = kernel::rules(Family::V4, None)
@@ -220,7 +230,10 @@ fn a_trimmed_add_that_fails_is_sent_again_with_the_whole_skeleton() {
             .iter()
             .filter_map(|r| r.owner().map(str::to_string))
             .collect();
-        assert!(owners.iter().all(|o| o == "second") && !owners.is_empty(), "{owners:?}");
+        assert!(
+            owners.iter().all(|o| o == "second") && !owners.is_empty(),
+            "{owners:?}"
+        );
     })
     .expect("in netns");
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,0 +1,119 @@
+//! DEL on iptables-nft, read two ways, in namespaces of the tests' own.
+
+use super::*;
+use crate::plan::tests::{golden_request, neighbour};
+use portmap_conformance::netns::{prerequisites, Netns};
+
+/// Both families' nat tables as iptables-nft-save prints them, without
+/// its comment lines (times) and counters.
+fn saved_nat(ns: &Netns) -> String {
+    ["iptables-nft-save", "ip6tables-nft-save"]
+        .iter()
+        .map(|tool| ns.exec(tool, &["-t", "nat"]).expect("save"))
+        .flat_map(|text| {
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn closed(mut ports: Vec<ClosedPort>) -> Vec<ClosedPort> {
+    ports.sort();
+    ports.dedup();
+    ports
+}
+
+/// A DEL that reads only CNI-HOSTPORT-DNAT (others stay) leaves exactly
+/// the ruleset the whole-table read leaves, and closes the same ports;
+/// the last container out takes the whole read (shared chains go too).
+#[test]
+fn a_del_reading_only_the_entry_chain_leaves_what_the_whole_read_leaves() {
+    if !prerequisites(&["iptables-nft-save", "ip6tables-nft-save"]) {
+        return;
+    }
+    let ipt = Iptables::variant(Variant::Nft).expect("iptables-nft");
+    let golden = Plan::new(&golden_request());
+    let (second, third) = (neighbour("second", 6), neighbour("third", 7));
+    let setup = |label: &str| {
+        let ns = Netns::new(label).expect("netns");
+        ns.run(|| {
+            for plan in [&second, &golden, &third] {
+                ipt.add(plan).expect("add");
+            }
+        })
+        .expect("in netns");
+        ns
+    };
+    let (entries, whole) = (setup("ipt-del-entries"), setup("ipt-del-whole"));
+
+    let by_entries = entries
+        .run(|| {
+            let runners = ipt.runners();
+            let v4 = ipt
+                .del_reading_entries(runners[0], &golden.key)
+                .expect("others stay in IPv4: the entry chain will do")
+                .expect("del");
+            assert!(
+                ipt.del_reading_entries(runners[1], &golden.key).is_none(),
+                "golden-1 is alone in IPv6: the whole read"
+            );
+            let (v6, _) =
+                Iptables::del_where(&runners[1..], |_| vec![golden.key.clone()]).expect("del v6");
+            [v4, v6.iter().map(ClosedPort::from).collect()].concat()
+        })
+        .expect("in netns");
+    let by_whole = whole
+        .run(|| {
+            let (removed, _) =
+                Iptables::del_where(&ipt.runners(), |_| vec![golden.key.clone()]).expect("del");
+            removed.iter().map(ClosedPort::from).collect::<Vec<_>>()
+        })
+        .expect("in netns");
+    // Entry rules list every port of their protocol, whatever the host
+    // IP's family: TCP 9443 (an IPv6 host IP) shows in IPv4's too. What
+    // the flush uses, UDP, is the same.
+    let (by_entries, by_whole) = (closed(by_entries), closed(by_whole));
+    assert!(
+        by_whole.iter().all(|p| by_entries.contains(p)),
+        "{by_entries:?} {by_whole:?}"
+    );
+    let udp = |ports: &[ClosedPort]| -> Vec<ClosedPort> {
+        ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Udp)
+            .copied()
+            .collect()
+    };
+    assert_eq!(udp(&by_entries), udp(&by_whole));
+    assert_eq!(
+        udp(&by_whole).len(),
+        2,
+        "UDP 8080 in both families: {by_whole:?}"
+    );
+    let (after, expected) = (saved_nat(&entries), saved_nat(&whole));
+    assert_eq!(after, expected);
+    assert!(
+        !after.contains("golden-1") && after.contains("second"),
+        "{after}"
+    );
+
+    entries
+        .run(|| {
+            ipt.del(&second.key).expect("del second");
+            let runners = ipt.runners();
+            assert!(
+                ipt.del_reading_entries(runners[0], &third.key).is_none(),
+                "the last container takes the whole read"
+            );
+            ipt.del(&third.key).expect("del third");
+        })
+        .expect("in netns");
+    assert!(
+        !saved_nat(&entries).contains("CNI-"),
+        "{}",
+        saved_nat(&entries)
+    );
+}
