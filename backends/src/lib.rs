@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use plan::Plan;
 
 /// Address family of a rule set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Family {
     V4,
     V6,
@@ -187,6 +187,20 @@ pub struct InstalledMapping {
     pub container_port: u16,
 }
 
+/// Where one ADD put a container's rules, as its backend can find them
+/// again (nftables: family, chain and handle of each rule).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Receipt {
+    pub rules: Vec<RuleRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRef {
+    pub family: Family,
+    pub chain: String,
+    pub handle: u64,
+}
+
 /// A host port a DEL closed: what the UDP conntrack flush after it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ClosedPort {
@@ -242,11 +256,26 @@ pub trait Backend: Send + Sync {
     fn records_network(&self) -> bool;
     /// Installs (or replaces) the container's rules in one atomic batch per family.
     fn add(&self, plan: &Plan) -> Result<(), BackendError>;
-    /// [`Backend::add`] of a container known to have no rules yet (the
-    /// plugin's journal has never seen its ID): a backend may skip looking
-    /// for earlier rules to replace, which costs O(containers).
-    fn add_new(&self, plan: &Plan) -> Result<(), BackendError> {
-        self.add(plan)
+    /// [`Backend::add`] as the plugin's ADD runs it. `fresh`: the container
+    /// can have no rules yet (the plugin's journal has never seen its ID),
+    /// so a backend may skip looking for earlier rules to replace, which
+    /// costs O(containers). Returns where the rules went, if the backend
+    /// can find them again by that (see [`Backend::del_receipted`]).
+    fn install(&self, plan: &Plan, fresh: bool) -> Result<Option<Receipt>, BackendError> {
+        let _ = fresh;
+        self.add(plan).map(|()| None)
+    }
+    /// [`Backend::del`] of a container whose ADD returned `receipt`: a
+    /// backend that can check the receipt against the kernel deletes by
+    /// it without reading every container's rules, and falls back to
+    /// [`Backend::del`] when it no longer holds.
+    fn del_receipted(
+        &self,
+        key: &ContainerKey,
+        receipt: &Receipt,
+    ) -> Result<Vec<ClosedPort>, BackendError> {
+        let _ = receipt;
+        self.del(key)
     }
     /// Verifies that every rule of the plan is installed exactly.
     fn check(&self, plan: &Plan) -> Result<(), BackendError>;

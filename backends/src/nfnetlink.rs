@@ -112,6 +112,20 @@ pub(crate) fn dump(
     attrs: &[u8],
     each: &mut dyn FnMut(&[u8]),
 ) -> Result<(), NetlinkError> {
+    dump_while(msg, family, attrs, &mut |body| {
+        each(body);
+        true
+    })
+}
+
+/// [`dump`], stopped as soon as `each` returns false: the socket closes
+/// and the kernel drops the rest (its cost goes with it).
+pub(crate) fn dump_while(
+    msg: u16,
+    family: u8,
+    attrs: &[u8],
+    each: &mut dyn FnMut(&[u8]) -> bool,
+) -> Result<(), NetlinkError> {
     exchange(&request(msg, NLM_F_DUMP, family, attrs), each)
 }
 
@@ -124,10 +138,14 @@ pub(crate) fn get(
     attrs: &[u8],
     each: &mut dyn FnMut(&[u8]),
 ) -> Result<(), NetlinkError> {
-    exchange(&request(msg, NLM_F_ACK, family, attrs), each)
+    let mut each = |body: &[u8]| {
+        each(body);
+        true
+    };
+    exchange(&request(msg, NLM_F_ACK, family, attrs), &mut each)
 }
 
-fn exchange(request: &[u8], each: &mut dyn FnMut(&[u8])) -> Result<(), NetlinkError> {
+fn exchange(request: &[u8], each: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), NetlinkError> {
     let sys = |step| move |source| NetlinkError::Sys { step, source };
     let fd = netfilter_socket(REPLY_TIMEOUT)?;
     sendto(
@@ -235,6 +253,65 @@ impl Events {
     }
 }
 
+/// Rule notifications, for an ADD to learn where its transaction put its
+/// rules (nft prints no handles without `--echo`, which makes it read the
+/// whole ruleset first).
+pub struct RuleEvents {
+    fd: std::os::fd::OwnedFd,
+}
+
+const NFT_MSG_NEWRULE: u16 = 6;
+
+impl RuleEvents {
+    /// Subscribes in this thread's network namespace. Subscribe before the
+    /// transaction: the kernel sends its notifications while committing.
+    pub fn subscribe() -> Result<RuleEvents, NetlinkError> {
+        let fd = netfilter_socket(REPLY_TIMEOUT)?;
+        let groups = 1 << (NFNLGRP_NFTABLES - 1);
+        nix::sys::socket::bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups)).map_err(|source| {
+            NetlinkError::Sys {
+                step: "bind",
+                source,
+            }
+        })?;
+        Ok(RuleEvents { fd })
+    }
+
+    /// Hands the body of every rule addition queued so far to `each`
+    /// (without waiting); false when the kernel dropped some (the socket
+    /// overflowed), so the list is not whole.
+    pub fn drain_new(&self, each: &mut dyn FnMut(&[u8])) -> Result<bool, NetlinkError> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => n,
+                Err(nix::Error::EAGAIN) => return Ok(true),
+                Err(nix::Error::ENOBUFS) => return Ok(false),
+                Err(source) => {
+                    return Err(NetlinkError::Sys {
+                        step: "recv",
+                        source,
+                    })
+                }
+            };
+            let mut b = &buf[..n];
+            while b.len() >= HEADER {
+                let (Some(len), Some(kind)) = (u32_at(b, 0), u16_at(b, 4)) else {
+                    break;
+                };
+                let len = len as usize;
+                if len < HEADER || len > b.len() {
+                    break;
+                }
+                if kind == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE {
+                    each(&b[HEADER..len]);
+                }
+                b = &b[align4(len).min(b.len())..];
+            }
+        }
+    }
+}
+
 /// Whether a datagram of notifications holds a table, chain or rule removal.
 fn has_removal(mut b: &[u8]) -> bool {
     while b.len() >= HEADER {
@@ -292,8 +369,8 @@ const fn align4(n: usize) -> usize {
 }
 
 /// Hands the messages of one datagram to `each`; true once the answer is
-/// complete (a dump's DONE, a request's ACK).
-fn parse_reply(mut b: &[u8], each: &mut dyn FnMut(&[u8])) -> Result<bool, NetlinkError> {
+/// complete (a dump's DONE, a request's ACK) or `each` wants no more.
+fn parse_reply(mut b: &[u8], each: &mut dyn FnMut(&[u8]) -> bool) -> Result<bool, NetlinkError> {
     while b.len() >= HEADER {
         let len = u32_at(b, 0).ok_or(NetlinkError::Malformed)? as usize;
         let kind = u16_at(b, 4).ok_or(NetlinkError::Malformed)?;
@@ -310,7 +387,11 @@ fn parse_reply(mut b: &[u8], each: &mut dyn FnMut(&[u8])) -> Result<bool, Netlin
                 }
                 return Ok(true);
             }
-            _ => each(body),
+            _ => {
+                if !each(body) {
+                    return Ok(true);
+                }
+            }
         }
         b = &b[align4(len).min(b.len())..];
     }
@@ -357,7 +438,10 @@ mod tests {
     #[test]
     fn tables_are_read_until_done() {
         let mut found = Vec::new();
-        let mut each = |body: &[u8]| found.extend(table_of(body));
+        let mut each = |body: &[u8]| {
+            found.extend(table_of(body));
+            true
+        };
         let first = [table(2, "cni_hostport"), table(10, "nat")].concat();
         assert!(!parse_reply(&first, &mut each).expect("parse"));
         let last = [table(1, "filter"), message(NLMSG_DONE, &[0; 4])].concat();
@@ -381,20 +465,22 @@ mod tests {
         .concat();
         let mut got = 0;
         assert!(
-            parse_reply(&ack, &mut |_| got += 1).expect("ack"),
+            parse_reply(&ack, &mut |_| {
+                got += 1;
+                true
+            })
+            .expect("ack"),
             "an ACK ends a request's answer"
         );
         assert_eq!(got, 1);
         let eperm = message(NLMSG_ERROR, &(-1i32).to_ne_bytes());
         assert!(matches!(
-            parse_reply(&eperm, &mut |_| {}),
+            parse_reply(&eperm, &mut |_| true),
             Err(NetlinkError::Refused(nix::Error::EPERM))
         ));
         let whole = table(2, "cni_hostport");
         for cut in 1..whole.len() {
-            let _ = parse_reply(&whole[..cut], &mut |b| {
-                let _ = table_of(b);
-            });
+            let _ = parse_reply(&whole[..cut], &mut |b| table_of(b).is_some());
         }
     }
 

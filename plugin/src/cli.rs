@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use portmap_backends::nfnetlink;
 
-use crate::journal::{Entry, Journal, JournalError};
+use crate::journal::{Entry, Journal, JournalError, Receipted};
 use crate::lock;
 
 #[derive(Parser)]
@@ -188,6 +188,8 @@ fn journal_moves(moved: &[migrate::Moved]) -> Result<(), JournalError> {
         {
             entry.backend = m.to.to_string();
             journal.write(&entry)?;
+            // The old backend's receipt names rules that are gone.
+            journal.write_receipt(&entry.request.key, &entry.ifname, None)?;
         }
     }
     Ok(())
@@ -216,9 +218,15 @@ fn restore_one(journal: &Journal, entry: &Entry, dry_run: bool) -> Result<Restor
         return Ok(Restored::Dropped);
     }
     if !dry_run {
-        backend
-            .add(&plan)
+        let receipt = backend
+            .install(&plan, false)
             .map_err(|e| format!("{e}: {}", e.details()))?;
+        // The rules moved: DEL goes by the new receipt (or reads all).
+        let receipt = receipt.map(|receipt| Receipted {
+            backend: entry.backend.clone(),
+            receipt,
+        });
+        let _ = journal.write_receipt(&entry.request.key, &entry.ifname, receipt.as_ref());
         host::after_add(&plan).map_err(|e| e.to_string())?;
     }
     Ok(Restored::Reinstalled(why.to_string()))

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::cni::result::convert;
 use crate::cni::{CniError, Code, Command, Env};
 use crate::config::{self, Config};
-use crate::journal::{Entry, Journal, JournalError};
+use crate::journal::{Entry, Journal, JournalError, Receipted};
 use crate::lock::{self, Lock};
 use std::path::Path;
 
@@ -259,12 +259,7 @@ fn install(
     journal
         .write(&entry)
         .map_err(|e| Failed::Journal(journal_error(&e)))?;
-    let added = if replacing {
-        selected.backend.add(plan)
-    } else {
-        selected.backend.add_new(plan)
-    };
-    added.map_err(|e| {
+    let receipt = selected.backend.install(plan, !replacing).map_err(|e| {
         // The failed transaction left any earlier rules in place: their
         // ID stays known (retired), but not restorable.
         let _ = if replacing {
@@ -273,7 +268,15 @@ fn install(
             journal.remove(&plan.key)
         };
         Failed::Rules(backend_error(&e, selected.backend.name(), &selected.reason))
-    })
+    })?;
+    let receipt = receipt.map(|receipt| Receipted {
+        backend: selected.backend.name().to_string(),
+        receipt,
+    });
+    // Only a hint for DEL (without it DEL reads every container's rules):
+    // not a reason to fail an ADD whose rules are in place.
+    let _ = journal.write_receipt(&plan.key, &env.ifname, receipt.as_ref());
+    Ok(())
 }
 
 fn check(cfg: &Config, env: &Env, host: &dyn Host) -> Result<(), CniError> {
@@ -321,6 +324,10 @@ fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
     // must not leave an entry that `portmap restore` would bring back; it
     // goes for good once the rules are gone.
     let journal = host.journal();
+    let receipts = journal
+        .as_ref()
+        .map(|j| j.receipts(key))
+        .unwrap_or_default();
     let mut first_error = journal
         .as_ref()
         .map_err(journal_error)
@@ -328,7 +335,17 @@ fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
         .err();
     let sweep = host.sweep();
     for backend in sweep.backends {
-        match backend.del(key) {
+        // One receipt per backend: a container attached by several
+        // interfaces has several, and then its rules are read as a whole.
+        let mine: Vec<&Receipted> = receipts
+            .iter()
+            .filter(|r| r.backend == backend.name())
+            .collect();
+        let deleted = match mine.as_slice() {
+            [one] => backend.del_receipted(key, &one.receipt),
+            _ => backend.del(key),
+        };
+        match deleted {
             Ok(r) => removed.extend(r),
             Err(e) => {
                 first_error.get_or_insert_with(|| backend_error(&e, backend.name(), "cleanup"));
@@ -423,7 +440,7 @@ mod tests {
     }
 
     impl FakeBackend {
-        fn install(&self, plan: &Plan, new: &str) -> Result<(), BackendError> {
+        fn record_add(&self, plan: &Plan, new: &str) -> Result<(), BackendError> {
             self.calls
                 .record(format!("{} add {}{new}", self.name, plan.key.container_id));
             if self.name == "failing" || self.add_fails {
@@ -444,10 +461,15 @@ mod tests {
             self.name.starts_with("iptables")
         }
         fn add(&self, plan: &Plan) -> Result<(), BackendError> {
-            self.install(plan, "")
+            self.record_add(plan, "")
         }
-        fn add_new(&self, plan: &Plan) -> Result<(), BackendError> {
-            self.install(plan, " (new)")
+        fn install(
+            &self,
+            plan: &Plan,
+            fresh: bool,
+        ) -> Result<Option<portmap_backends::Receipt>, BackendError> {
+            self.record_add(plan, if fresh { " (new)" } else { "" })
+                .map(|()| None)
         }
         fn check(&self, plan: &Plan) -> Result<(), BackendError> {
             self.calls

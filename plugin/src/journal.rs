@@ -1,8 +1,10 @@
 //! The journal of installed containers, for `portmap restore` after a
-//! firewall reload wiped our rules. One file per container holds the
-//! validated request and the backend that installed it. Kept per network
-//! namespace (a restore run in one namespace never touches another's), in
-//! /run (tmpfs): rules and journal both end at reboot.
+//! firewall reload wiped our rules. One file per attachment,
+//! `<netns>/<container id>/<network>:<ifname>.json`, holds the validated
+//! request and the backend that installed it; beside it a receipt of where
+//! the rules went. Kept per network namespace (a restore run in one
+//! namespace never touches another's), in /run (tmpfs): rules and journal
+//! both end at reboot.
 //!
 //! ADD writes the entry before the rules (an entry that cannot be written
 //! fails the ADD with no rules made) and removes it again when the rules
@@ -15,7 +17,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use portmap_backends::{host, ContainerKey, Request};
+use portmap_backends::{host, ContainerKey, Receipt, Request};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_DIR: &str = "/run/cni/portmap";
@@ -24,6 +26,16 @@ pub const DIR_ENV: &str = "PORTMAP_STATE_DIR";
 const FORMAT: u32 = 1;
 /// Appended to a retired entry's name: no longer `.json`, same prefix.
 const RETIRED: &str = ".retired";
+/// A receipt's file: `<id>/<network>:<ifname>.receipt`, beside the entry.
+const RECEIPT: &str = ".receipt";
+
+/// Where the backend that installed a container put its rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipted {
+    pub backend: String,
+    #[serde(flatten)]
+    pub receipt: Receipt,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -109,31 +121,57 @@ impl Journal {
         &self.dir
     }
 
-    fn prefix(key: &ContainerKey) -> Option<String> {
-        (safe(&key.network) && safe(&key.container_id))
-            .then(|| format!("{}:{}:", key.network, key.container_id))
+    /// The directory of one container ID (`None`: a name ADD never writes).
+    /// One per ID keeps what ADD and DEL do O(1) in the number of
+    /// containers: they list only their own.
+    fn container_dir(&self, id: &str) -> Option<PathBuf> {
+        safe(id).then(|| self.dir.join(id))
     }
 
-    /// Written atomically: a temp file, fsync, rename, fsync of the directory.
+    /// The names of the files in `id`'s directory (none when it is missing).
+    fn files_of(&self, id: &str) -> std::io::Result<Vec<String>> {
+        let Some(dir) = self.container_dir(id) else {
+            return Ok(Vec::new());
+        };
+        match std::fs::read_dir(dir) {
+            Ok(files) => Ok(files
+                .flatten()
+                .map(|f| f.file_name().to_string_lossy().into_owned())
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `<network>:`, the start of the names of one attachment's files.
+    fn prefix(key: &ContainerKey) -> Option<String> {
+        (safe(&key.network) && safe(&key.container_id)).then(|| format!("{}:", key.network))
+    }
+
+    /// Written atomically: a temp file, fsync, rename, fsync of the
+    /// directory (and of the journal's, for a new container directory).
     pub fn write(&self, entry: &Entry) -> Result<(), JournalError> {
         let key = &entry.request.key;
+        let unusable = || JournalError::Write {
+            path: self.dir.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("unusable names {key:?} / {:?}", entry.ifname),
+            ),
+        };
         let name = Self::prefix(key)
             .filter(|_| safe(&entry.ifname))
             .map(|p| format!("{p}{}.json", entry.ifname))
-            .ok_or_else(|| JournalError::Write {
-                path: self.dir.clone(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("unusable names {key:?} / {:?}", entry.ifname),
-                ),
-            })?;
-        let path = self.dir.join(&name);
+            .ok_or_else(unusable)?;
+        let dir = self.container_dir(&key.container_id).ok_or_else(unusable)?;
+        let path = dir.join(&name);
         let fail = |source| JournalError::Write {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(&self.dir).map_err(fail)?;
-        let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let new_dir = !dir.exists();
+        std::fs::create_dir_all(&dir).map_err(fail)?;
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let text = serde_json::to_vec_pretty(entry).map_err(|e| fail(e.into()))?;
         let written = std::fs::File::create(&tmp).and_then(|mut f| {
             f.write_all(&text)?;
@@ -143,47 +181,48 @@ impl Journal {
             let _ = std::fs::remove_file(&tmp);
             return Err(fail(e));
         }
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(fail)
+        let sync = |d: &Path| std::fs::File::open(d).and_then(|d| d.sync_all());
+        sync(&dir).map_err(fail)?;
+        if new_dir {
+            sync(&self.dir).map_err(fail)?;
+        }
+        Ok(())
     }
 
-    /// Whether rules of container `id` may exist: a file (entry or retired
-    /// entry) of that ID in any network. Unsure (the directory cannot be
-    /// read) is yes.
+    /// Whether rules of container `id` may exist: a file (entry, retired
+    /// entry, receipt) of that ID in any network. Unsure (the directory
+    /// cannot be read) is yes.
     pub fn may_hold(&self, id: &str) -> bool {
-        let files = match std::fs::read_dir(&self.dir) {
-            Ok(files) => files,
-            Err(e) => return e.kind() != std::io::ErrorKind::NotFound,
-        };
-        files.flatten().any(|f| {
-            let name = f.file_name();
-            let name = name.to_string_lossy();
+        match self.files_of(id) {
             // `.<name>.<pid>.tmp`: a writer killed before its rename, which
             // comes before any rule.
-            !name.starts_with('.') && name.split(':').nth(1) == Some(id)
-        })
+            Ok(files) => files.iter().any(|n| !n.starts_with('.')),
+            Err(_) => true,
+        }
     }
 
     /// Takes the container's entries out of `entries()` (a restore's
     /// sight) while keeping the knowledge that it may have rules: renamed,
     /// not removed, until [`Journal::remove`] once the rules are gone.
     pub fn retire(&self, key: &ContainerKey) -> Result<(), JournalError> {
-        let Some(prefix) = Self::prefix(key) else {
+        let (Some(prefix), Some(dir)) = (Self::prefix(key), self.container_dir(&key.container_id))
+        else {
             return Ok(());
         };
-        for path in self.paths() {
-            let mine = path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix));
-            if mine {
-                let mut retired = path.clone().into_os_string();
-                retired.push(RETIRED);
-                match std::fs::rename(&path, &retired) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(source) => return Err(JournalError::Retire { path, source }),
+        let fail = |path: PathBuf| move |source| JournalError::Retire { path, source };
+        let files = self
+            .files_of(&key.container_id)
+            .map_err(fail(dir.clone()))?;
+        for name in files
+            .iter()
+            .filter(|n| n.starts_with(&prefix) && n.ends_with(".json"))
+        {
+            let path = dir.join(name);
+            match std::fs::rename(&path, dir.join(format!("{name}{RETIRED}"))) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(fail(path)(e));
                 }
+                _ => {}
             }
         }
         Ok(())
@@ -191,56 +230,125 @@ impl Journal {
 
     /// The containers of retired entries (a DEL or GC that did not finish).
     pub fn retired(&self) -> Vec<ContainerKey> {
-        let files = std::fs::read_dir(&self.dir).into_iter().flatten().flatten();
-        files
-            .filter_map(|f| {
-                let name = f.file_name().to_string_lossy().into_owned();
-                let mut parts = name.strip_suffix(RETIRED)?.splitn(3, ':');
-                Some(ContainerKey {
-                    network: parts.next()?.to_string(),
-                    container_id: parts.next()?.to_string(),
+        let mut keys: Vec<ContainerKey> = self
+            .container_dirs()
+            .flat_map(|(id, dir)| {
+                let files = std::fs::read_dir(dir).into_iter().flatten().flatten();
+                files.filter_map(move |f| {
+                    let name = f.file_name().to_string_lossy().into_owned();
+                    let network = name.strip_suffix(RETIRED)?.split(':').next()?.to_string();
+                    Some(ContainerKey {
+                        network,
+                        container_id: id.clone(),
+                    })
                 })
             })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Keeps (or, with `None`, drops) the receipt of the container's ADD on
+    /// `ifname`. A hint, not a record: written without fsync (a receipt
+    /// lost or torn by a crash only sends DEL back to reading everything),
+    /// and renamed into place, so never read half-written.
+    pub fn write_receipt(
+        &self,
+        key: &ContainerKey,
+        ifname: &str,
+        receipt: Option<&Receipted>,
+    ) -> Result<(), JournalError> {
+        let (Some(prefix), Some(dir)) = (Self::prefix(key), self.container_dir(&key.container_id))
+        else {
+            return Ok(());
+        };
+        if !safe(ifname) {
+            return Ok(());
+        }
+        let name = format!("{prefix}{ifname}{RECEIPT}");
+        let path = dir.join(&name);
+        let fail = |source| JournalError::Write {
+            path: path.clone(),
+            source,
+        };
+        let Some(receipt) = receipt else {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(fail(e)),
+                _ => Ok(()),
+            };
+        };
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let text = serde_json::to_vec(receipt).map_err(|e| fail(e.into()))?;
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written.map_err(fail)
+    }
+
+    /// The receipts of the container's ADDs (one per interface); unreadable
+    /// ones are skipped (DEL then reads everything).
+    pub fn receipts(&self, key: &ContainerKey) -> Vec<Receipted> {
+        let (Some(prefix), Some(dir)) = (Self::prefix(key), self.container_dir(&key.container_id))
+        else {
+            return Vec::new();
+        };
+        let files = self.files_of(&key.container_id).unwrap_or_default();
+        files
+            .iter()
+            .filter(|n| n.starts_with(&prefix) && n.ends_with(RECEIPT))
+            .filter_map(|n| serde_json::from_slice(&std::fs::read(dir.join(n)).ok()?).ok())
             .collect()
     }
 
-    /// Removes every entry of the container (whatever its interface),
-    /// retired ones and temp files a killed writer left for it; none is fine. The
-    /// namespace's directory goes with its last file.
+    /// Removes every file of the container in this network (whatever its
+    /// interface: entries, retired ones, receipts, temp files a killed
+    /// writer left); none is fine. Empty directories go with their last
+    /// file.
     pub fn remove(&self, key: &ContainerKey) -> Result<(), JournalError> {
-        let Some(prefix) = Self::prefix(key) else {
+        let (Some(prefix), Some(dir)) = (Self::prefix(key), self.container_dir(&key.container_id))
+        else {
             return Ok(()); // ADD never wrote such a name
         };
+        let fail = |path: PathBuf| move |source| JournalError::Remove { path, source };
+        let files = self
+            .files_of(&key.container_id)
+            .map_err(fail(dir.clone()))?;
         let temp = format!(".{prefix}");
-        let files = std::fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path());
-        for path in files {
-            let mine = path.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy();
-                n.starts_with(&prefix) || n.starts_with(&temp)
-            });
-            if mine {
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(source) => return Err(JournalError::Remove { path, source }),
-                }
+        for name in files
+            .iter()
+            .filter(|n| n.starts_with(&prefix) || n.starts_with(&temp))
+        {
+            let path = dir.join(name);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(path)(e)),
+                _ => {}
             }
         }
-        let _ = std::fs::remove_dir(&self.dir); // only when empty
+        // Only when empty: another network's files keep it.
+        let _ = std::fs::remove_dir(&dir);
+        let _ = std::fs::remove_dir(&self.dir);
         Ok(())
     }
 
+    /// (container ID, its directory) of every container with files here.
+    fn container_dirs(&self) -> impl Iterator<Item = (String, PathBuf)> {
+        let dirs = std::fs::read_dir(&self.dir).into_iter().flatten().flatten();
+        dirs.filter(|d| d.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|d| (d.file_name().to_string_lossy().into_owned(), d.path()))
+    }
+
     fn paths(&self) -> Vec<PathBuf> {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
+        let mut paths: Vec<PathBuf> = self
+            .container_dirs()
+            .flat_map(|(_, dir)| std::fs::read_dir(dir).into_iter().flatten().flatten())
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+            })
             .collect();
         paths.sort();
         paths
@@ -327,10 +435,45 @@ mod tests {
         j.remove(&a.request.key).expect("remove");
         assert!(!j.may_hold("a"));
         // A writer killed before its rename made no rules.
-        std::fs::create_dir_all(j.dir()).expect("dir");
-        std::fs::write(j.dir().join(".net:a:eth0.json.9.tmp"), b"{").expect("temp");
+        std::fs::create_dir_all(j.dir().join("a")).expect("dir");
+        std::fs::write(j.dir().join("a/.net:eth0.json.9.tmp"), b"{").expect("temp");
         assert!(!j.may_hold("a"));
         let _ = std::fs::remove_dir_all(j.dir().parent().expect("root"));
+    }
+
+    #[test]
+    fn receipts_sit_beside_entries_and_go_with_them() {
+        let j = scratch("receipt");
+        let a = Entry::new("eth0", "", "nftables", request("net", "a"));
+        let key = &a.request.key;
+        let receipted = Receipted {
+            backend: "nftables".into(),
+            receipt: Receipt {
+                rules: vec![portmap_backends::RuleRef {
+                    family: portmap_backends::Family::V4,
+                    chain: "hostports".into(),
+                    handle: 7,
+                }],
+            },
+        };
+        j.write(&a).expect("write");
+        j.write_receipt(key, "eth0", Some(&receipted))
+            .expect("receipt");
+        assert_eq!(j.receipts(key), vec![receipted.clone()]);
+        assert_eq!(j.entries().len(), 1, "a receipt is not an entry");
+        assert!(j.receipts(&request("other", "a").key).is_empty());
+        j.write_receipt(key, "eth0", None).expect("dropped");
+        assert!(j.receipts(key).is_empty());
+        j.write_receipt(key, "eth0", Some(&receipted))
+            .expect("again");
+        j.retire(key).expect("retire");
+        assert_eq!(
+            j.receipts(key),
+            vec![receipted],
+            "DEL reads it after retiring"
+        );
+        j.remove(key).expect("remove");
+        assert!(!j.may_hold("a") && !j.dir().exists(), "nothing left");
     }
 
     #[test]
@@ -352,7 +495,7 @@ mod tests {
         j.remove(&a.request.key).expect("removing again is fine");
         // A writer killed before its rename leaves a temp file: not an
         // entry, and removed with the container's entries.
-        std::fs::write(j.dir().join(".net:b:eth0.json.123.tmp"), b"{").expect("temp");
+        std::fs::write(j.dir().join("b/.net:eth0.json.123.tmp"), b"{").expect("temp");
         assert_eq!(j.entries().len(), 1);
         j.remove(&request("net", "b").key).expect("remove b");
         assert!(!j.dir().exists(), "the last entry takes the directory");
@@ -363,14 +506,15 @@ mod tests {
         let j = scratch("corrupt");
         j.write(&Entry::new("eth0", "", "nftables", request("net", "good")))
             .expect("write");
-        std::fs::write(j.dir().join("net:bad:eth0.json"), b"{not json").expect("corrupt");
+        std::fs::create_dir_all(j.dir().join("bad")).expect("dir");
+        std::fs::write(j.dir().join("bad/net:eth0.json"), b"{not json").expect("corrupt");
         let entries = j.entries();
         assert_eq!(entries.len(), 2);
         let bad = entries
             .iter()
             .find_map(|e| e.as_ref().err())
             .expect("reported");
-        assert!(bad.to_string().contains("net:bad:eth0.json"), "{bad}");
+        assert!(bad.to_string().contains("bad/net:eth0.json"), "{bad}");
         assert!(entries.iter().any(|e| e
             .as_ref()
             .is_ok_and(|(_, e)| e.request.key.container_id == "good")));

@@ -429,3 +429,70 @@ fn interop_with_upstream_binary(
         "upstream left our rules:\n{left}"
     );
 }
+
+/// The receipt file an nftables ADD of `id` left in the rig's journal.
+fn receipt_path(rig: &Rig, id: &str) -> Option<PathBuf> {
+    let state = portmap_conformance::cni::state_dir(rig.tools.path());
+    std::fs::read_dir(state)
+        .ok()?
+        .flatten()
+        .flat_map(|netns| {
+            std::fs::read_dir(netns.path().join(id))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|f| f.path())
+        .find(|p| p.extension().is_some_and(|x| x == "receipt"))
+}
+
+/// nftables ADD keeps a receipt of its rules' handles (from the kernel's
+/// notifications) and DEL deletes by it. A receipt that does not hold,
+/// here one naming another container's rules, must not delete them: DEL
+/// checks every handle against the kernel and falls back to reading all.
+#[rstest]
+#[case::by_its_receipt(false)]
+#[case::by_a_receipt_naming_another_containers_rules(true)]
+fn nftables_del_by_receipt_never_takes_another_containers_rules(#[case] forged: bool) {
+    let Some(rig) = Rig::new(Tools::default()) else {
+        return;
+    };
+    let a = rig.topo.container("a", 5).expect("container a");
+    let b = rig.topo.container("b", 6).expect("container b");
+    let _srv_a = EchoServer::start(&a.ns, "a", 80).expect("echo a");
+    let _srv_b = EchoServer::start(&b.ns, "b", 80).expect("echo b");
+    let cfg_a = config(&a, Some("nftables"), tcp_8080());
+    let cfg_b = config(
+        &b,
+        Some("nftables"),
+        json!([{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}]),
+    );
+    rig.must(&ours(), "ADD", "ctr-a", Some(&a), &cfg_a);
+    rig.must(&ours(), "ADD", "ctr-b", Some(&b), &cfg_b);
+    let path_a = receipt_path(&rig, "ctr-a").expect("ADD left a receipt");
+    let receipt: Value =
+        serde_json::from_slice(&std::fs::read(&path_a).expect("read")).expect("json");
+    assert_eq!(receipt["backend"], "nftables");
+    // IPv4: one DNAT, two masquerade rules (container, localhost); IPv6:
+    // one DNAT, one masquerade rule.
+    assert_eq!(
+        receipt["rules"].as_array().map(Vec::len),
+        Some(5),
+        "{receipt}"
+    );
+    if forged {
+        let of_b = std::fs::read(receipt_path(&rig, "ctr-b").expect("b's")).expect("read");
+        std::fs::write(&path_a, of_b).expect("forge");
+    }
+    rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg_a);
+    let ruleset = rig.ruleset();
+    assert!(
+        !ruleset.contains("ctr-a") && ruleset.contains("ctr-b"),
+        "{ruleset}"
+    );
+    assert_eq!(rig.answers(8080), None);
+    assert_eq!(rig.answers(8081).as_deref(), Some("b"));
+    assert!(receipt_path(&rig, "ctr-a").is_none(), "DEL removed it");
+    rig.must(&ours(), "DEL", "ctr-b", Some(&b), &cfg_b);
+    assert!(!rig.ruleset().contains("cni_hostport"), "{}", rig.ruleset());
+}

@@ -187,16 +187,20 @@ fn state_of(rig: &Rig, sandbox: &Netns, id: &str, cfg: &Value) -> &'static str {
 
 /// Whether the journal (in the rig's state dir) has an entry for `id`.
 fn journaled(rig: &Rig, id: &str) -> bool {
-    let needle = format!(":{id}:");
     std::fs::read_dir(state_dir(rig.tools.path()))
         .into_iter()
         .flatten()
         .flatten()
-        .flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten())
+        .flat_map(|ns| {
+            std::fs::read_dir(ns.path().join(id))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
         .any(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             // Not a temp file a killed writer left: those are not entries.
-            name.contains(&needle) && name.ends_with(".json") && !name.starts_with('.')
+            name.ends_with(".json") && !name.starts_with('.')
         })
 }
 

@@ -186,8 +186,9 @@ fn restore_brings_back_what_a_reload_removed(#[values("nftables", "nft", "legacy
     // A container deleted since is not brought back; a corrupt entry is
     // reported and the others still restored.
     rig.must(&ours(), "DEL", "ctr-b", Some(&b), &cfg_b);
+    std::fs::create_dir_all(journal_dir(&rig).join("broken")).expect("dir");
     std::fs::write(
-        journal_dir(&rig).join("e2e:broken:eth0.json"),
+        journal_dir(&rig).join("broken/e2e:eth0.json"),
         b"{\"format\": 1,",
     )
     .expect("corrupt");
@@ -195,7 +196,7 @@ fn restore_brings_back_what_a_reload_removed(#[values("nftables", "nft", "legacy
     let partial = rig.cli(&["restore"]);
     assert_eq!(partial.exit, Some(1), "{}", partial.summary());
     assert!(
-        partial.stderr.contains("e2e:broken:eth0.json"),
+        partial.stderr.contains("broken/e2e:eth0.json"),
         "{}",
         partial.stderr
     );
@@ -210,11 +211,12 @@ fn restore_brings_back_what_a_reload_removed(#[values("nftables", "nft", "legacy
     assert_eq!(rig.answers(8081), None, "ctr-b was deleted: not restored");
     assert!(writes.exists(), "the wrappers do see a restore that writes");
 
-    std::fs::remove_file(journal_dir(&rig).join("e2e:broken:eth0.json")).expect("rm");
+    std::fs::remove_dir_all(journal_dir(&rig).join("broken")).expect("rm");
     // An entry whose backend is not here any more is named, not fatal.
-    let entry = journal_dir(&rig).join("e2e:ctr-a:eth0.json");
+    let entry = journal_dir(&rig).join("ctr-a/e2e:eth0.json");
     let text = std::fs::read_to_string(&entry).expect("entry of ctr-a");
-    let gone = journal_dir(&rig).join("e2e:ctr-gone:eth0.json");
+    std::fs::create_dir_all(journal_dir(&rig).join("ctr-gone")).expect("dir");
+    let gone = journal_dir(&rig).join("ctr-gone/e2e:eth0.json");
     std::fs::write(
         &gone,
         text.replace("\"ctr-a\"", "\"ctr-gone\"").replace(
@@ -228,12 +230,16 @@ fn restore_brings_back_what_a_reload_removed(#[values("nftables", "nft", "legacy
     assert!(
         named
             .stderr
-            .contains("e2e:ctr-gone:eth0.json (ctr-gone in pf): unknown backend \"pf\""),
+            .contains("ctr-gone/e2e:eth0.json (ctr-gone in pf): unknown backend \"pf\""),
         "{}",
         named.stderr
     );
-    std::fs::remove_file(&gone).expect("rm");
+    std::fs::remove_dir_all(journal_dir(&rig).join("ctr-gone")).expect("rm");
+    // Restored rules have new handles: DEL goes by the receipt the
+    // restore wrote (nftables), and leaves nothing.
     rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg_a);
+    assert_eq!(rig.answers(8080), None);
+    assert!(!rig.ruleset().contains("ctr-a"), "{}", rig.ruleset());
     assert!(!Path::new(&state_dir(rig.tools.path())).join("x").exists());
     assert!(
         std::fs::read_dir(state_dir(rig.tools.path()))

@@ -96,6 +96,95 @@ pub(super) fn rules(family: Family, chain: Option<&str>) -> Result<Vec<KernelRul
     }
 }
 
+/// The rules of the per-container chains of `families` (where every
+/// container's rules are), each chain dumped on its own thread: the
+/// kernel's side of a dump is most of its cost (7 ms for 3,000 rules), and
+/// the chains' dumps then share the cores.
+pub(super) fn container_rules(
+    families: &[Family],
+) -> Result<Vec<(Family, Vec<KernelRule>)>, NetlinkError> {
+    let dumps: Vec<(Family, Result<Vec<KernelRule>, NetlinkError>)> = std::thread::scope(|s| {
+        let running: Vec<_> = families
+            .iter()
+            .flat_map(|&f| CONTAINER_CHAINS.iter().map(move |&c| (f, c)))
+            // A thread made here is in this thread's network namespace.
+            .map(|(f, c)| (f, s.spawn(move || rules(f, Some(c)))))
+            .collect();
+        running
+            .into_iter()
+            .map(|(f, t)| (f, t.join().unwrap_or(Err(NetlinkError::Malformed))))
+            .collect()
+    });
+    let mut by_family: Vec<(Family, Vec<KernelRule>)> =
+        families.iter().map(|&f| (f, Vec::new())).collect();
+    for (family, dumped) in dumps {
+        if let Some((_, all)) = by_family.iter_mut().find(|(f, _)| *f == family) {
+            all.extend(dumped?);
+        }
+    }
+    Ok(by_family)
+}
+
+/// Rule `handle` of `chain`, asked for that one rule; `None` when it is
+/// gone (deleted, or the table was re-made since).
+pub(super) fn rule(
+    family: Family,
+    chain: &str,
+    handle: u64,
+) -> Result<Option<KernelRule>, NetlinkError> {
+    let which = [
+        attr(NFTA_RULE_TABLE, &nul_terminated(TABLE)),
+        attr(NFTA_RULE_CHAIN, &nul_terminated(chain)),
+        attr(NFTA_RULE_HANDLE, &handle.to_be_bytes()),
+    ]
+    .concat();
+    let mut found = None;
+    match nfnetlink::get(NFT_MSG_GETRULE, nfproto(family), &which, &mut |body| {
+        found = parse_rule(body)
+    }) {
+        Ok(()) => Ok(found),
+        Err(NetlinkError::Refused(nix::Error::ENOENT)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a per-container chain of `<family> cni_hostport` holds a rule
+/// of a container other than `id`. Each chain's dump stops at the first
+/// such rule, so with other containers around this reads little.
+pub(super) fn others_than(family: Family, id: &str) -> Result<bool, NetlinkError> {
+    let filter = attr(NFTA_RULE_TABLE, &nul_terminated(TABLE));
+    for chain in CONTAINER_CHAINS {
+        let filter = [
+            filter.clone(),
+            attr(NFTA_RULE_CHAIN, &nul_terminated(chain)),
+        ]
+        .concat();
+        let mut other = false;
+        let dumped =
+            nfnetlink::dump_while(NFT_MSG_GETRULE, nfproto(family), &filter, &mut |body| {
+                other = parse_rule(body).is_some_and(|r| r.owner().is_some_and(|o| o != id));
+                !other
+            });
+        match dumped {
+            Ok(()) | Err(NetlinkError::Refused(nix::Error::ENOENT)) => {}
+            Err(e) => return Err(e),
+        }
+        if other {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The family of a rule message (its nfgenmsg).
+pub(super) fn family_of(body: &[u8]) -> Option<Family> {
+    match body.first()? {
+        2 => Some(Family::V4),
+        10 => Some(Family::V6),
+        _ => None,
+    }
+}
+
 /// Whether `<family> cni_hostport` has chain `name` (asked for that one
 /// chain: a chain dump would list every chain of the family, thousands
 /// on a kube-proxy host).
@@ -109,6 +198,8 @@ pub(super) fn parse_rule(body: &[u8]) -> Option<KernelRule> {
     let (mut port, mut shape) = (None, Shape::Other);
     for (kind, value) in attrs(body.get(4..)?) {
         match kind {
+            // Dumps are filtered to our table; notifications are not.
+            NFTA_RULE_TABLE if string(value) != TABLE => return None,
             NFTA_RULE_CHAIN => chain = Some(string(value)),
             NFTA_RULE_HANDLE => {
                 let h = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);

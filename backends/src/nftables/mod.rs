@@ -27,7 +27,7 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use crate::plan::{Dnat, FamilyPlan, MasqSource, Plan};
 use crate::{
     Backend, BackendError, ClosedPort, ContainerKey, Family, InstalledContainer, InstalledMapping,
-    InstalledOptions, Protocol,
+    InstalledOptions, Protocol, Receipt, RuleRef,
 };
 
 mod conditions;
@@ -110,6 +110,8 @@ pub struct Nftables {
 struct AddBatch<'b> {
     batch: Batch<'b>,
     trimmed: bool,
+    /// How many rules of the container it adds.
+    rules: usize,
 }
 
 /// Whether `<family> cni_hostport` has the chains and exactly the wiring
@@ -184,19 +186,88 @@ impl Nftables {
     }
 
     /// ADD in one transaction. `replacing`: the container may have rules
-    /// already (a re-ADD), found with a dump of the whole table and replaced;
-    /// otherwise only the wiring chains are read (flat in N).
-    fn add_inner(&self, plan: &Plan, replacing: bool) -> Result<(), NftError> {
-        let action = format!("add rules for container {}", plan.key.container_id);
+    /// already (a re-ADD), found with dumps of the container chains and
+    /// replaced; otherwise only the wiring chains are read (flat in N).
+    /// Returns where the rules went, from the kernel's notifications.
+    fn add_inner(&self, plan: &Plan, replacing: bool) -> Result<Option<Receipt>, NftError> {
         let first = self.add_batch(plan, replacing, false)?;
         let trimmed = first.trimmed;
-        match self.apply(first.batch, &action) {
+        match self.apply_recorded(first, plan) {
             // The skeleton was left out because the read found it whole; a
             // reload or another tool may have removed it since. Nothing
             // was applied: read again and send the whole skeleton.
-            Err(_) if trimmed => self.apply(self.add_batch(plan, replacing, true)?.batch, &action),
+            Err(_) if trimmed => self.apply_recorded(self.add_batch(plan, replacing, true)?, plan),
             done => done,
         }
+    }
+
+    /// Applies an ADD's batch and collects the handles the kernel gave its
+    /// rules (a receipt only when every one was seen).
+    fn apply_recorded(&self, add: AddBatch<'_>, plan: &Plan) -> Result<Option<Receipt>, NftError> {
+        let id = plan.key.container_id.as_str();
+        // Without a subscription the ADD still works; DEL then reads more.
+        let events = crate::nfnetlink::RuleEvents::subscribe().ok();
+        self.apply(add.batch, &format!("add rules for container {id}"))?;
+        let mut rules = Vec::new();
+        let whole = events.is_some_and(|e| {
+            e.drain_new(&mut |body| {
+                let family = kernel::family_of(body);
+                if let (Some(family), Some(r)) = (family, kernel::parse_rule(body)) {
+                    if r.owner() == Some(id) {
+                        rules.push(RuleRef {
+                            family,
+                            chain: r.chain,
+                            handle: u64::from(r.handle),
+                        });
+                    }
+                }
+            })
+            .unwrap_or(false)
+        });
+        Ok((whole && rules.len() == add.rules).then_some(Receipt { rules }))
+    }
+
+    /// DEL by a receipt: each rule fetched by its handle (one small request
+    /// each) must still be this container's; then its rules go by handle,
+    /// or the table with the last container. `None` when the receipt no
+    /// longer holds (a reload, a restore, another binary): read it all.
+    fn del_by_receipt(
+        &self,
+        key: &ContainerKey,
+        receipt: &Receipt,
+    ) -> Result<Option<Vec<ClosedPort>>, NftError> {
+        let id = key.container_id.as_str();
+        if receipt.rules.is_empty() {
+            return Ok(None);
+        }
+        let mut batch = Batch::new();
+        let mut closed = Vec::new();
+        let families: BTreeSet<Family> = receipt.rules.iter().map(|r| r.family).collect();
+        for family in families {
+            let mut found = Vec::new();
+            for r in receipt.rules.iter().filter(|r| r.family == family) {
+                match kernel::rule(family, &r.chain, r.handle)? {
+                    Some(k) if k.owner() == Some(id) => found.push(k),
+                    _ => return Ok(None),
+                }
+            }
+            closed.extend(found.iter().filter_map(|r| {
+                r.port.map(|(protocol, host_port)| ClosedPort {
+                    family,
+                    protocol,
+                    host_port,
+                })
+            }));
+            if kernel::others_than(family, id)? {
+                for r in &found {
+                    batch.delete(NfListObject::Rule(rule_ref(family, &r.chain, r.handle)));
+                }
+            } else {
+                batch.delete(NfListObject::Table(table_ref(family)));
+            }
+        }
+        self.apply(batch, &format!("delete rules of container {id}"))?;
+        Ok(Some(closed))
     }
 
     fn add_batch(
@@ -207,6 +278,7 @@ impl Nftables {
     ) -> Result<AddBatch<'static>, NftError> {
         let mut batch = Batch::new();
         let mut trimmed = false;
+        let mut rules = 0;
         for fam in &plan.families {
             if fam.dnats.is_empty() {
                 continue;
@@ -214,8 +286,9 @@ impl Nftables {
             let expected = expected_rules(fam)?;
             let masquerade = !fam.masquerade.is_empty();
             let earlier = if replacing {
-                kernel::rules(fam.family, None)?
+                kernel::container_rules(&[fam.family])?
                     .into_iter()
+                    .flat_map(|(_, rules)| rules)
                     .filter(|r| r.owner() == Some(plan.key.container_id.as_str()))
                     .collect()
             } else {
@@ -237,6 +310,7 @@ impl Nftables {
             // Inserted in reverse so the container's rules keep config order
             // at the head of the chain: the newest container wins.
             for (chain, expr) in expected.iter().rev().filter(|(c, _)| *c == HOSTPORTS) {
+                rules += 1;
                 batch.add_cmd(NfCmd::Insert(NfListObject::Rule(rule(
                     fam.family,
                     chain,
@@ -245,6 +319,7 @@ impl Nftables {
                 ))));
             }
             for (chain, expr) in expected.iter().filter(|(c, _)| *c == MASQUERADING) {
+                rules += 1;
                 batch.add(NfListObject::Rule(rule(
                     fam.family,
                     chain,
@@ -253,7 +328,11 @@ impl Nftables {
                 )));
             }
         }
-        Ok(AddBatch { batch, trimmed })
+        Ok(AddBatch {
+            batch,
+            trimmed,
+            rules,
+        })
     }
 
     fn check_inner(&self, plan: &Plan) -> Result<Option<String>, NftError> {
@@ -307,8 +386,9 @@ impl Nftables {
 
     /// Deletes, in one transaction, the rules of every container `doomed`
     /// picks; returns the closed ports and container IDs. DEL picks one
-    /// container, GC every one not kept: one netlink dump per family (no
-    /// process) either way, and no transaction when nothing is ours.
+    /// container, GC every one not kept: netlink dumps of the container
+    /// chains (no process) either way, and no transaction when nothing is
+    /// ours.
     fn del_where(
         &self,
         doomed: impl Fn(&str) -> bool,
@@ -316,15 +396,11 @@ impl Nftables {
         let mut batch = Batch::new();
         let mut closed = Vec::new();
         let mut ids = BTreeSet::new();
-        for family in [Family::V4, Family::V6] {
-            if self
-                .tables_in
-                .as_ref()
-                .is_some_and(|f| !f.contains(&family))
-            {
-                continue;
-            }
-            let rules = kernel::rules(family, None)?;
+        let families: Vec<Family> = [Family::V4, Family::V6]
+            .into_iter()
+            .filter(|f| self.tables_in.as_ref().is_none_or(|t| t.contains(f)))
+            .collect();
+        for (family, rules) in kernel::container_rules(&families)? {
             let (ours, others): (Vec<&KernelRule>, Vec<&KernelRule>) = rules
                 .iter()
                 .filter(|r| r.owner().is_some())
@@ -342,11 +418,7 @@ impl Nftables {
             }));
             if others.is_empty() {
                 // Last container out: the whole table goes, in the same transaction.
-                batch.delete(NfListObject::Table(Table {
-                    family: nf_family(family),
-                    name: TABLE.into(),
-                    handle: None,
-                }));
+                batch.delete(NfListObject::Table(table_ref(family)));
             } else {
                 for r in ours {
                     batch.delete(NfListObject::Rule(rule_ref(family, &r.chain, r.handle)));
@@ -384,11 +456,12 @@ impl Backend for Nftables {
     }
 
     fn add(&self, plan: &Plan) -> Result<(), BackendError> {
-        Ok(self.add_inner(plan, true)?)
+        self.add_inner(plan, true)?;
+        Ok(())
     }
 
-    fn add_new(&self, plan: &Plan) -> Result<(), BackendError> {
-        Ok(self.add_inner(plan, false)?)
+    fn install(&self, plan: &Plan, fresh: bool) -> Result<Option<Receipt>, BackendError> {
+        Ok(self.add_inner(plan, !fresh)?)
     }
 
     fn check(&self, plan: &Plan) -> Result<(), BackendError> {
@@ -403,6 +476,17 @@ impl Backend for Nftables {
 
     fn del(&self, key: &ContainerKey) -> Result<Vec<ClosedPort>, BackendError> {
         Ok(self.del_where(|id| id == key.container_id)?.0)
+    }
+
+    fn del_receipted(
+        &self,
+        key: &ContainerKey,
+        receipt: &Receipt,
+    ) -> Result<Vec<ClosedPort>, BackendError> {
+        match self.del_by_receipt(key, receipt)? {
+            Some(closed) => Ok(closed),
+            None => self.del(key),
+        }
     }
 
     fn list(&self) -> Result<Vec<InstalledContainer>, BackendError> {
@@ -436,6 +520,14 @@ pub fn nf_family_name(family: Family) -> &'static str {
     match family {
         Family::V4 => "ip",
         Family::V6 => "ip6",
+    }
+}
+
+fn table_ref(family: Family) -> Table<'static> {
+    Table {
+        family: nf_family(family),
+        name: TABLE.into(),
+        handle: None,
     }
 }
 

@@ -135,7 +135,7 @@ fn an_add_leaves_a_whole_skeleton_alone_and_repairs_a_broken_one() {
     let ns = Netns::new("nft-skeleton").expect("netns");
     let nft = Nftables::from_path().expect("nft");
     ns.run(|| {
-        nft.add_new(&Plan::new(&golden_request()))
+        nft.install(&Plan::new(&golden_request()), true)
             .expect("first add")
     })
     .expect("in netns");
@@ -152,7 +152,8 @@ fn an_add_leaves_a_whole_skeleton_alone_and_repairs_a_broken_one() {
         assert!(skeleton_intact(Family::V6, true).expect("v6"));
         assert!(kernel::has_chain(Family::V4, MASQUERADING).expect("lookup"));
         assert!(!kernel::has_chain(Family::V4, "no-such-chain").expect("lookup"));
-        nft.add_new(&neighbour("second", 6)).expect("second add");
+        nft.install(&neighbour("second", 6), true)
+            .expect("second add");
     })
     .expect("in netns");
     assert_eq!(wiring(&ns), before, "the wiring was left alone");
@@ -175,7 +176,8 @@ fn an_add_leaves_a_whole_skeleton_alone_and_repairs_a_broken_one() {
     .expect("unguarded jump");
     ns.run(|| {
         assert!(!skeleton_intact(Family::V4, true).expect("v4"));
-        nft.add_new(&neighbour("third", 7)).expect("third add");
+        nft.install(&neighbour("third", 7), true)
+            .expect("third add");
         assert!(skeleton_intact(Family::V4, true).expect("v4 repaired"));
         for id in ["golden-1", "second", "third"] {
             assert!(
@@ -217,11 +219,11 @@ fn a_trimmed_add_that_fails_is_sent_again_with_the_whole_skeleton() {
         .expect("chmod");
     let flaky = Nftables::new(script);
     ns.run(|| {
-        real.add_new(&Plan::new(&golden_request()))
+        real.install(&Plan::new(&golden_request()), true)
             .expect("first add");
         assert!(skeleton_intact(Family::V4, true).expect("whole"));
         flaky
-            .add_new(&neighbour("second", 6))
+            .install(&neighbour("second", 6), true)
             .expect("added on the retry");
         assert!(marker.exists(), "the first transaction failed");
         assert!(skeleton_intact(Family::V4, true).expect("whole again"));
@@ -237,4 +239,84 @@ fn a_trimmed_add_that_fails_is_sent_again_with_the_whole_skeleton() {
     })
     .expect("in netns");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The receipt an ADD returns names exactly the container's rules as the
+/// kernel lists them; DEL by it takes the receipt's path (not the whole
+/// read) and closes the same ports; a receipt made stale by a table made
+/// again is refused and DEL reads everything; the last container out
+/// takes the table.
+#[test]
+fn a_receipt_names_the_rules_and_a_stale_one_is_refused() {
+    if !prerequisites(&["nft"]) {
+        return;
+    }
+    let ns = Netns::new("nft-receipt").expect("netns");
+    let nft = Nftables::from_path().expect("nft");
+    let golden = Plan::new(&golden_request());
+    let (second, third) = (neighbour("second", 6), neighbour("third", 7));
+    ns.run(|| {
+        let receipt = nft.install(&golden, true).expect("add").expect("a receipt");
+        nft.install(&second, true).expect("add second");
+        let mut listed: Vec<(Family, String, u64)> = [Family::V4, Family::V6]
+            .into_iter()
+            .flat_map(|f| {
+                kernel::rules(f, None)
+                    .expect("dump")
+                    .into_iter()
+                    .filter(|r| r.owner() == Some("golden-1"))
+                    .map(move |r| (f, r.chain, u64::from(r.handle)))
+            })
+            .collect();
+        let mut named: Vec<(Family, String, u64)> = receipt
+            .rules
+            .iter()
+            .map(|r| (r.family, r.chain.clone(), r.handle))
+            .collect();
+        listed.sort();
+        named.sort();
+        assert_eq!(named, listed);
+
+        let mut closed = nft
+            .del_by_receipt(&golden.key, &receipt)
+            .expect("del")
+            .expect("the receipt holds: its path is taken");
+        closed.sort();
+        let mut want: Vec<ClosedPort> = golden
+            .families
+            .iter()
+            .flat_map(|f| {
+                f.dnats.iter().map(|d| ClosedPort {
+                    family: f.family,
+                    protocol: d.protocol,
+                    host_port: d.host_port,
+                })
+            })
+            .collect();
+        want.sort();
+        assert_eq!(closed, want);
+        let left = kernel::rules(Family::V4, None).expect("dump");
+        assert!(left.iter().all(|r| r.owner() != Some("golden-1")));
+        assert!(left.iter().any(|r| r.owner() == Some("second")));
+
+        // A reload: the table made again, handles counted from 1 again.
+        let stale = nft
+            .install(&third, true)
+            .expect("add third")
+            .expect("receipt");
+        nft.del(&second.key).expect("del second");
+        nft.del(&third.key).expect("del third");
+        nft.install(&second, true).expect("second again");
+        nft.install(&third, true).expect("third again");
+        assert_eq!(
+            nft.del_by_receipt(&third.key, &stale).expect("checked"),
+            None,
+            "handles of the old table name other rules now"
+        );
+        nft.del_receipted(&third.key, &stale).expect("falls back");
+        let left = kernel::rules(Family::V4, None).expect("dump");
+        assert!(left.iter().all(|r| r.owner() != Some("third")), "{left:?}");
+        assert!(left.iter().any(|r| r.owner() == Some("second")));
+    })
+    .expect("in netns");
 }
