@@ -1,8 +1,10 @@
 //! nftables backend: the upstream `cni_hostport` layout, applied as one
-//! `nft -j` transaction, read back with one `nft -j list table` per family.
-//! Parts: `render` (the plan as nftables objects), `read` (listing our
-//! table back into containers and mappings), `conditions` (conditionsV4/V6
-//! words into matches), and here the errors and the `Backend` commands.
+//! `nft -j` transaction per command. Parts: `add` (what ADD reads, its
+//! transaction and receipt), `del` (DEL and GC, by receipt or from dumps),
+//! `kernel` (our rules over netlink), `render` (the plan as nftables
+//! objects), `read` (`nft -j list table` back into containers, for CHECK
+//! and `list`), `conditions` (conditionsV4/V6 words into matches), and
+//! here the errors and the `Backend` commands.
 //!
 //! Where we differ from upstream on purpose: hostports rules are inserted
 //! (newest container wins, as with iptables) and carry that container's
@@ -30,13 +32,17 @@ use crate::{
     InstalledOptions, Protocol, Receipt, RuleRef,
 };
 
+mod add;
 mod conditions;
+mod del;
 mod kernel;
 mod read;
 mod render;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+use add::skeleton_intact;
 pub use conditions::parse_conditions;
 use kernel::KernelRule;
 use read::*;
@@ -105,32 +111,6 @@ pub struct Nftables {
     tables_in: Option<Vec<Family>>,
 }
 
-/// An ADD transaction, and whether it leaves out a skeleton the read found
-/// whole.
-struct AddBatch<'b> {
-    batch: Batch<'b>,
-    trimmed: bool,
-    /// How many rules of the container it adds.
-    rules: usize,
-}
-
-/// Whether `<family> cni_hostport` has the chains and exactly the wiring
-/// rules an ADD would install: three small reads (the wiring chains) and,
-/// with masquerading, one chain lookup, whatever the number of containers.
-fn skeleton_intact(family: Family, masquerade: bool) -> Result<bool, NftError> {
-    for (chain, shapes) in wiring_shapes() {
-        let found: Vec<kernel::Shape> = kernel::rules(family, Some(chain))?
-            .into_iter()
-            .map(|r| r.shape)
-            .collect();
-        if found != shapes {
-            return Ok(false);
-        }
-    }
-    // The jumps prove the other chains exist; masquerading may not.
-    Ok(!masquerade || kernel::has_chain(family, MASQUERADING)?)
-}
-
 /// Picks, by chain and comment, the listed rules whose expressions a
 /// caller needs.
 type Wanted<'w> = &'w dyn Fn(&str, Option<&str>) -> bool;
@@ -185,156 +165,6 @@ impl Nftables {
         Ok(())
     }
 
-    /// ADD in one transaction. `replacing`: the container may have rules
-    /// already (a re-ADD), found with dumps of the container chains and
-    /// replaced; otherwise only the wiring chains are read (flat in N).
-    /// Returns where the rules went, from the kernel's notifications.
-    fn add_inner(&self, plan: &Plan, replacing: bool) -> Result<Option<Receipt>, NftError> {
-        let first = self.add_batch(plan, replacing, false)?;
-        let trimmed = first.trimmed;
-        match self.apply_recorded(first, plan) {
-            // The skeleton was left out because the read found it whole; a
-            // reload or another tool may have removed it since. Nothing
-            // was applied: read again and send the whole skeleton.
-            Err(_) if trimmed => self.apply_recorded(self.add_batch(plan, replacing, true)?, plan),
-            done => done,
-        }
-    }
-
-    /// Applies an ADD's batch and collects the handles the kernel gave its
-    /// rules (a receipt only when every one was seen).
-    fn apply_recorded(&self, add: AddBatch<'_>, plan: &Plan) -> Result<Option<Receipt>, NftError> {
-        let id = plan.key.container_id.as_str();
-        // Without a subscription the ADD still works; DEL then reads more.
-        let events = crate::nfnetlink::RuleEvents::subscribe().ok();
-        self.apply(add.batch, &format!("add rules for container {id}"))?;
-        let mut rules = Vec::new();
-        let whole = events.is_some_and(|e| {
-            e.drain_new(&mut |body| {
-                let family = kernel::family_of(body);
-                if let (Some(family), Some(r)) = (family, kernel::parse_rule(body)) {
-                    if r.owner() == Some(id) {
-                        rules.push(RuleRef {
-                            family,
-                            chain: r.chain,
-                            handle: u64::from(r.handle),
-                        });
-                    }
-                }
-            })
-            .unwrap_or(false)
-        });
-        Ok((whole && rules.len() == add.rules).then_some(Receipt { rules }))
-    }
-
-    /// DEL by a receipt: each rule fetched by its handle (one small request
-    /// each) must still be this container's; then its rules go by handle,
-    /// or the table with the last container. `None` when the receipt no
-    /// longer holds (a reload, a restore, another binary): read it all.
-    fn del_by_receipt(
-        &self,
-        key: &ContainerKey,
-        receipt: &Receipt,
-    ) -> Result<Option<Vec<ClosedPort>>, NftError> {
-        let id = key.container_id.as_str();
-        if receipt.rules.is_empty() {
-            return Ok(None);
-        }
-        let mut batch = Batch::new();
-        let mut closed = Vec::new();
-        let families: BTreeSet<Family> = receipt.rules.iter().map(|r| r.family).collect();
-        for family in families {
-            let mut found = Vec::new();
-            for r in receipt.rules.iter().filter(|r| r.family == family) {
-                match kernel::rule(family, &r.chain, r.handle)? {
-                    Some(k) if k.owner() == Some(id) => found.push(k),
-                    _ => return Ok(None),
-                }
-            }
-            closed.extend(found.iter().filter_map(|r| {
-                r.port.map(|(protocol, host_port)| ClosedPort {
-                    family,
-                    protocol,
-                    host_port,
-                })
-            }));
-            if kernel::others_than(family, id)? {
-                for r in &found {
-                    batch.delete(NfListObject::Rule(rule_ref(family, &r.chain, r.handle)));
-                }
-            } else {
-                batch.delete(NfListObject::Table(table_ref(family)));
-            }
-        }
-        self.apply(batch, &format!("delete rules of container {id}"))?;
-        Ok(Some(closed))
-    }
-
-    fn add_batch(
-        &self,
-        plan: &Plan,
-        replacing: bool,
-        whole_skeleton: bool,
-    ) -> Result<AddBatch<'static>, NftError> {
-        let mut batch = Batch::new();
-        let mut trimmed = false;
-        let mut rules = 0;
-        for fam in &plan.families {
-            if fam.dnats.is_empty() {
-                continue;
-            }
-            let expected = expected_rules(fam)?;
-            let masquerade = !fam.masquerade.is_empty();
-            let earlier = if replacing {
-                kernel::container_rules(&[fam.family])?
-                    .into_iter()
-                    .flat_map(|(_, rules)| rules)
-                    .filter(|r| r.owner() == Some(plan.key.container_id.as_str()))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            // Re-adding existing chains and re-writing the wiring would cost
-            // every ADD a wait for an RCU grace period in the kernel (8-16 ms
-            // when nft closes its socket): send them only where missing.
-            if whole_skeleton || !skeleton_intact(fam.family, masquerade)? {
-                add_skeleton(&mut batch, fam.family, masquerade);
-            } else {
-                trimmed = true;
-            }
-            for old in &earlier {
-                batch.delete(NfListObject::Rule(rule_ref(
-                    fam.family, &old.chain, old.handle,
-                )));
-            }
-            // Inserted in reverse so the container's rules keep config order
-            // at the head of the chain: the newest container wins.
-            for (chain, expr) in expected.iter().rev().filter(|(c, _)| *c == HOSTPORTS) {
-                rules += 1;
-                batch.add_cmd(NfCmd::Insert(NfListObject::Rule(rule(
-                    fam.family,
-                    chain,
-                    expr.clone(),
-                    &plan.key.container_id,
-                ))));
-            }
-            for (chain, expr) in expected.iter().filter(|(c, _)| *c == MASQUERADING) {
-                rules += 1;
-                batch.add(NfListObject::Rule(rule(
-                    fam.family,
-                    chain,
-                    expr.clone(),
-                    &plan.key.container_id,
-                )));
-            }
-        }
-        Ok(AddBatch {
-            batch,
-            trimmed,
-            rules,
-        })
-    }
-
     fn check_inner(&self, plan: &Plan) -> Result<Option<String>, NftError> {
         for fam in &plan.families {
             if fam.dnats.is_empty() {
@@ -382,57 +212,6 @@ impl Nftables {
             }
         }
         Ok(None)
-    }
-
-    /// Deletes, in one transaction, the rules of every container `doomed`
-    /// picks; returns the closed ports and container IDs. DEL picks one
-    /// container, GC every one not kept: netlink dumps of the container
-    /// chains (no process) either way, and no transaction when nothing is
-    /// ours.
-    fn del_where(
-        &self,
-        doomed: impl Fn(&str) -> bool,
-    ) -> Result<(Vec<ClosedPort>, BTreeSet<String>), NftError> {
-        let mut batch = Batch::new();
-        let mut closed = Vec::new();
-        let mut ids = BTreeSet::new();
-        let families: Vec<Family> = [Family::V4, Family::V6]
-            .into_iter()
-            .filter(|f| self.tables_in.as_ref().is_none_or(|t| t.contains(f)))
-            .collect();
-        for (family, rules) in kernel::container_rules(&families)? {
-            let (ours, others): (Vec<&KernelRule>, Vec<&KernelRule>) = rules
-                .iter()
-                .filter(|r| r.owner().is_some())
-                .partition(|r| r.owner().is_some_and(&doomed));
-            if ours.is_empty() {
-                continue;
-            }
-            ids.extend(ours.iter().filter_map(|r| r.owner()).map(str::to_string));
-            closed.extend(ours.iter().filter_map(|r| {
-                r.port.map(|(protocol, host_port)| ClosedPort {
-                    family,
-                    protocol,
-                    host_port,
-                })
-            }));
-            if others.is_empty() {
-                // Last container out: the whole table goes, in the same transaction.
-                batch.delete(NfListObject::Table(table_ref(family)));
-            } else {
-                for r in ours {
-                    batch.delete(NfListObject::Rule(rule_ref(family, &r.chain, r.handle)));
-                }
-            }
-        }
-        if !ids.is_empty() {
-            let names: Vec<&str> = ids.iter().map(String::as_str).collect();
-            self.apply(
-                batch,
-                &format!("delete rules of container {}", names.join(", ")),
-            )?;
-        }
-        Ok((closed, ids))
     }
 
     fn list_inner(&self) -> Result<Vec<InstalledContainer>, NftError> {

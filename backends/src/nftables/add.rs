@@ -1,0 +1,144 @@
+//! ADD: read what the kernel shows of the skeleton (and, for a re-ADD,
+//! the container's earlier rules), build one transaction, apply it and
+//! keep the handles the kernel announced as the container's receipt.
+
+use super::*;
+
+/// An ADD transaction, and whether it leaves out a skeleton the read found
+/// whole.
+struct AddBatch<'b> {
+    batch: Batch<'b>,
+    trimmed: bool,
+    /// How many rules of the container it adds.
+    rules: usize,
+}
+
+/// Whether `<family> cni_hostport` has the chains and exactly the wiring
+/// rules an ADD would install: three small reads (the wiring chains) and,
+/// with masquerading, one chain lookup, whatever the number of containers.
+pub(super) fn skeleton_intact(family: Family, masquerade: bool) -> Result<bool, NftError> {
+    for (chain, shapes) in wiring_shapes() {
+        let found: Vec<kernel::Shape> = kernel::rules(family, Some(chain))?
+            .into_iter()
+            .map(|r| r.shape)
+            .collect();
+        if found != shapes {
+            return Ok(false);
+        }
+    }
+    // The jumps prove the other chains exist; masquerading may not.
+    Ok(!masquerade || kernel::has_chain(family, MASQUERADING)?)
+}
+
+impl Nftables {
+    /// ADD in one transaction. `replacing`: the container may have rules
+    /// already (a re-ADD), found with dumps of the container chains and
+    /// replaced; otherwise only the wiring chains are read (flat in N).
+    /// Returns where the rules went, from the kernel's notifications.
+    pub(super) fn add_inner(
+        &self,
+        plan: &Plan,
+        replacing: bool,
+    ) -> Result<Option<Receipt>, NftError> {
+        let first = self.add_batch(plan, replacing, false)?;
+        let trimmed = first.trimmed;
+        match self.apply_recorded(first, plan) {
+            // The skeleton was left out because the read found it whole; a
+            // reload or another tool may have removed it since. Nothing
+            // was applied: read again and send the whole skeleton.
+            Err(_) if trimmed => self.apply_recorded(self.add_batch(plan, replacing, true)?, plan),
+            done => done,
+        }
+    }
+
+    /// Applies an ADD's batch and collects the handles the kernel gave its
+    /// rules (a receipt only when every one was seen).
+    fn apply_recorded(&self, add: AddBatch<'_>, plan: &Plan) -> Result<Option<Receipt>, NftError> {
+        let id = plan.key.container_id.as_str();
+        // Without a subscription the ADD still works; DEL then reads more.
+        let events = crate::nfnetlink::RuleEvents::subscribe().ok();
+        self.apply(add.batch, &format!("add rules for container {id}"))?;
+        let mut rules = Vec::new();
+        let whole = events.is_some_and(|e| {
+            e.drain_new(&mut |body| {
+                let family = kernel::family_of(body);
+                if let (Some(family), Some(r)) = (family, kernel::parse_rule(body)) {
+                    if r.owner() == Some(id) {
+                        rules.push(RuleRef {
+                            family,
+                            chain: r.chain,
+                            handle: u64::from(r.handle),
+                        });
+                    }
+                }
+            })
+            .unwrap_or(false)
+        });
+        Ok((whole && rules.len() == add.rules).then_some(Receipt { rules }))
+    }
+
+    fn add_batch(
+        &self,
+        plan: &Plan,
+        replacing: bool,
+        whole_skeleton: bool,
+    ) -> Result<AddBatch<'static>, NftError> {
+        let mut batch = Batch::new();
+        let mut trimmed = false;
+        let mut rules = 0;
+        for fam in &plan.families {
+            if fam.dnats.is_empty() {
+                continue;
+            }
+            let expected = expected_rules(fam)?;
+            let masquerade = !fam.masquerade.is_empty();
+            let earlier = if replacing {
+                kernel::container_rules(&[fam.family])?
+                    .into_iter()
+                    .flat_map(|(_, rules)| rules)
+                    .filter(|r| r.owner() == Some(plan.key.container_id.as_str()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            // Re-adding existing chains and re-writing the wiring would cost
+            // every ADD a wait for an RCU grace period in the kernel (8-16 ms
+            // when nft closes its socket): send them only where missing.
+            if whole_skeleton || !skeleton_intact(fam.family, masquerade)? {
+                add_skeleton(&mut batch, fam.family, masquerade);
+            } else {
+                trimmed = true;
+            }
+            for old in &earlier {
+                batch.delete(NfListObject::Rule(rule_ref(
+                    fam.family, &old.chain, old.handle,
+                )));
+            }
+            // Inserted in reverse so the container's rules keep config order
+            // at the head of the chain: the newest container wins.
+            for (chain, expr) in expected.iter().rev().filter(|(c, _)| *c == HOSTPORTS) {
+                rules += 1;
+                batch.add_cmd(NfCmd::Insert(NfListObject::Rule(rule(
+                    fam.family,
+                    chain,
+                    expr.clone(),
+                    &plan.key.container_id,
+                ))));
+            }
+            for (chain, expr) in expected.iter().filter(|(c, _)| *c == MASQUERADING) {
+                rules += 1;
+                batch.add(NfListObject::Rule(rule(
+                    fam.family,
+                    chain,
+                    expr.clone(),
+                    &plan.key.container_id,
+                )));
+            }
+        }
+        Ok(AddBatch {
+            batch,
+            trimmed,
+            rules,
+        })
+    }
+}

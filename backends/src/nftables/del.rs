@@ -1,0 +1,100 @@
+//! DEL and GC: by the ADD's receipt when it holds, else from dumps of the
+//! container chains; one transaction either way.
+
+use super::*;
+
+impl Nftables {
+    /// DEL by a receipt: each rule fetched by its handle (one small request
+    /// each) must still be this container's; then its rules go by handle,
+    /// or the table with the last container. `None` when the receipt no
+    /// longer holds (a reload, a restore, another binary): read it all.
+    pub(super) fn del_by_receipt(
+        &self,
+        key: &ContainerKey,
+        receipt: &Receipt,
+    ) -> Result<Option<Vec<ClosedPort>>, NftError> {
+        let id = key.container_id.as_str();
+        if receipt.rules.is_empty() {
+            return Ok(None);
+        }
+        let mut batch = Batch::new();
+        let mut closed = Vec::new();
+        let families: BTreeSet<Family> = receipt.rules.iter().map(|r| r.family).collect();
+        for family in families {
+            let mut found = Vec::new();
+            for r in receipt.rules.iter().filter(|r| r.family == family) {
+                match kernel::rule(family, &r.chain, r.handle)? {
+                    Some(k) if k.owner() == Some(id) => found.push(k),
+                    _ => return Ok(None),
+                }
+            }
+            closed.extend(found.iter().filter_map(|r| {
+                r.port.map(|(protocol, host_port)| ClosedPort {
+                    family,
+                    protocol,
+                    host_port,
+                })
+            }));
+            if kernel::others_than(family, id)? {
+                for r in &found {
+                    batch.delete(NfListObject::Rule(rule_ref(family, &r.chain, r.handle)));
+                }
+            } else {
+                batch.delete(NfListObject::Table(table_ref(family)));
+            }
+        }
+        self.apply(batch, &format!("delete rules of container {id}"))?;
+        Ok(Some(closed))
+    }
+
+    /// Deletes, in one transaction, the rules of every container `doomed`
+    /// picks; returns the closed ports and container IDs. DEL picks one
+    /// container, GC every one not kept: netlink dumps of the container
+    /// chains (no process) either way, and no transaction when nothing is
+    /// ours.
+    pub(super) fn del_where(
+        &self,
+        doomed: impl Fn(&str) -> bool,
+    ) -> Result<(Vec<ClosedPort>, BTreeSet<String>), NftError> {
+        let mut batch = Batch::new();
+        let mut closed = Vec::new();
+        let mut ids = BTreeSet::new();
+        let families: Vec<Family> = [Family::V4, Family::V6]
+            .into_iter()
+            .filter(|f| self.tables_in.as_ref().is_none_or(|t| t.contains(f)))
+            .collect();
+        for (family, rules) in kernel::container_rules(&families)? {
+            let (ours, others): (Vec<&KernelRule>, Vec<&KernelRule>) = rules
+                .iter()
+                .filter(|r| r.owner().is_some())
+                .partition(|r| r.owner().is_some_and(&doomed));
+            if ours.is_empty() {
+                continue;
+            }
+            ids.extend(ours.iter().filter_map(|r| r.owner()).map(str::to_string));
+            closed.extend(ours.iter().filter_map(|r| {
+                r.port.map(|(protocol, host_port)| ClosedPort {
+                    family,
+                    protocol,
+                    host_port,
+                })
+            }));
+            if others.is_empty() {
+                // Last container out: the whole table goes, in the same transaction.
+                batch.delete(NfListObject::Table(table_ref(family)));
+            } else {
+                for r in ours {
+                    batch.delete(NfListObject::Rule(rule_ref(family, &r.chain, r.handle)));
+                }
+            }
+        }
+        if !ids.is_empty() {
+            let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+            self.apply(
+                batch,
+                &format!("delete rules of container {}", names.join(", ")),
+            )?;
+        }
+        Ok((closed, ids))
+    }
+}
