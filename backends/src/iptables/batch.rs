@@ -4,7 +4,8 @@
 //! With `--noflush`, declaring `:CHAIN` flushes an existing chain, so only
 //! missing shared chains and the container's own chain are declared.
 
-use super::rules::{self, SavedTable, DNAT_CHAIN, MASQ_CHAIN, SETMARK_CHAIN};
+use super::rules::{self, DNAT_CHAIN, MASQ_CHAIN, SETMARK_CHAIN};
+use super::saved::SavedTable;
 use crate::plan::{FamilyPlan, Plan};
 use crate::{ContainerKey, MasqMark};
 

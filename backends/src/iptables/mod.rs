@@ -6,6 +6,7 @@ pub mod batch;
 mod read;
 pub mod rules;
 pub mod runner;
+pub mod saved;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -16,8 +17,8 @@ use crate::{
     InstalledOptions, MasqMark, Protocol,
 };
 use read::*;
-use rules::SavedTable;
 pub use runner::{Detected, Runner, Variant};
+use saved::SavedTable;
 
 #[cfg(test)]
 mod tests;

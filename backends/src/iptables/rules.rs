@@ -2,7 +2,6 @@
 //! `iptables-save` prints, so CHECK can compare saved lines with ours and a
 //! host can switch between upstream's binary and ours in either direction.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use sha2::{Digest, Sha512};
@@ -284,59 +283,6 @@ pub fn parse_entry_comment(comment: &str) -> Option<(String, String)> {
     Some((network.to_string(), id.to_string()))
 }
 
-/// Groups saved lines by chain: `:NAME` declarations and `-A` rules.
-#[derive(Debug, Default, Clone)]
-pub struct SavedTable {
-    pub chains: Vec<String>,
-    /// Rule specs per chain, in order.
-    pub rules: BTreeMap<String, Vec<String>>,
-}
-
-impl SavedTable {
-    /// Reads the `*nat` section of `iptables-save -t nat` output.
-    pub fn parse(text: &str) -> SavedTable {
-        let mut t = SavedTable::default();
-        for line in text.lines() {
-            if let Some(decl) = line.strip_prefix(':') {
-                if let Some(name) = decl.split_whitespace().next() {
-                    t.chains.push(name.to_string());
-                }
-            } else if let Some((chain, spec)) = split_rule(line) {
-                t.rules
-                    .entry(chain.to_string())
-                    .or_default()
-                    .push(spec.to_string());
-            }
-        }
-        t
-    }
-
-    pub fn has_chain(&self, name: &str) -> bool {
-        self.chains.iter().any(|c| c == name)
-    }
-
-    pub fn rules_of(&self, chain: &str) -> &[String] {
-        self.rules.get(chain).map(Vec::as_slice).unwrap_or(&[])
-    }
-
-    pub fn has_rule(&self, line: &str) -> bool {
-        split_rule(line).is_some_and(|(chain, spec)| self.rules_of(chain).iter().any(|r| r == spec))
-    }
-
-    /// Every rule (chain, spec) that jumps to `target`.
-    pub fn jumps_to<'a>(
-        &'a self,
-        target: &'a str,
-    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
-        self.rules.iter().flat_map(move |(chain, specs)| {
-            specs
-                .iter()
-                .filter(move |s| jump_target(s) == Some(target))
-                .map(move |s| (chain.as_str(), s.as_str()))
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,19 +460,6 @@ mod tests {
         assert_eq!(
             canonical("-d 1.2.3.4 -p tcp --dport 80 -j X"),
             canonical("-d 1.2.3.4/32 -p tcp -m tcp --dport 80 -j X")
-        );
-    }
-
-    #[test]
-    fn saved_table_parses_chains_rules_and_jumps() {
-        let text = "*nat\n:PREROUTING ACCEPT [0:0]\n:CNI-DN-abc - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT\n-A CNI-HOSTPORT-DNAT -p tcp -j CNI-DN-abc\nCOMMIT\n";
-        let t = SavedTable::parse(text);
-        assert!(t.has_chain("CNI-DN-abc"));
-        assert!(t.has_rule(&dnat_jumps()[0]));
-        assert!(!t.has_rule(&dnat_jumps()[1]));
-        assert_eq!(
-            t.jumps_to("CNI-DN-abc").collect::<Vec<_>>(),
-            vec![("CNI-HOSTPORT-DNAT", "-p tcp -j CNI-DN-abc")]
         );
     }
 }
