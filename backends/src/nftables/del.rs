@@ -28,20 +28,9 @@ impl Nftables {
                     _ => return Ok(None),
                 }
             }
-            closed.extend(found.iter().filter_map(|r| {
-                r.port.map(|(protocol, host_port)| ClosedPort {
-                    family,
-                    protocol,
-                    host_port,
-                })
-            }));
-            if kernel::others_than(family, id)? {
-                for r in &found {
-                    batch.delete(NfListObject::Rule(rule_ref(family, &r.chain, r.handle)));
-                }
-            } else {
-                batch.delete(NfListObject::Table(table_ref(family)));
-            }
+            let last_out = !kernel::others_than(family, id)?;
+            let found: Vec<&KernelRule> = found.iter().collect();
+            closed.extend(delete(&mut batch, family, &found, last_out));
         }
         self.apply(batch, &format!("delete rules of container {id}"))?;
         Ok(Some(closed))
@@ -72,21 +61,7 @@ impl Nftables {
                 continue;
             }
             ids.extend(ours.iter().filter_map(|r| r.owner()).map(str::to_string));
-            closed.extend(ours.iter().filter_map(|r| {
-                r.port.map(|(protocol, host_port)| ClosedPort {
-                    family,
-                    protocol,
-                    host_port,
-                })
-            }));
-            if others.is_empty() {
-                // Last container out: the whole table goes, in the same transaction.
-                batch.delete(NfListObject::Table(table_ref(family)));
-            } else {
-                for r in ours {
-                    batch.delete(NfListObject::Rule(rule_ref(family, &r.chain, r.handle)));
-                }
-            }
+            closed.extend(delete(&mut batch, family, &ours, others.is_empty()));
         }
         if !ids.is_empty() {
             let names: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -97,4 +72,32 @@ impl Nftables {
         }
         Ok((closed, ids))
     }
+}
+
+/// Adds to `batch` the deletion of `rules` by handle or, for the last
+/// container out, of the whole table (in the same transaction); returns
+/// the ports they mapped.
+fn delete(
+    batch: &mut Batch<'static>,
+    family: Family,
+    rules: &[&KernelRule],
+    last_out: bool,
+) -> Vec<ClosedPort> {
+    if last_out {
+        batch.delete(NfListObject::Table(table_ref(family)));
+    } else {
+        for r in rules {
+            batch.delete(NfListObject::Rule(rule_ref(family, &r.chain, r.handle)));
+        }
+    }
+    rules
+        .iter()
+        .filter_map(|r| {
+            r.port.map(|(protocol, host_port)| ClosedPort {
+                family,
+                protocol,
+                host_port,
+            })
+        })
+        .collect()
 }
