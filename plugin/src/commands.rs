@@ -468,8 +468,29 @@ mod tests {
             plan: &Plan,
             fresh: bool,
         ) -> Result<Option<portmap_backends::Receipt>, BackendError> {
-            self.record_add(plan, if fresh { " (new)" } else { "" })
-                .map(|()| None)
+            self.record_add(plan, if fresh { " (new)" } else { "" })?;
+            // "receipting" backends return a receipt, as nftables does.
+            Ok(
+                (self.name == "receipting").then(|| portmap_backends::Receipt {
+                    rules: vec![portmap_backends::RuleRef {
+                        family: portmap_backends::Family::V4,
+                        chain: "hostports".into(),
+                        handle: 42,
+                    }],
+                }),
+            )
+        }
+        fn del_receipted(
+            &self,
+            key: &ContainerKey,
+            receipt: &portmap_backends::Receipt,
+        ) -> Result<Vec<ClosedPort>, BackendError> {
+            let handles: Vec<u64> = receipt.rules.iter().map(|r| r.handle).collect();
+            self.calls.record(format!(
+                "{} del {} by {handles:?}",
+                self.name, key.container_id
+            ));
+            Ok(vec![])
         }
         fn check(&self, plan: &Plan) -> Result<(), BackendError> {
             self.calls
@@ -721,6 +742,29 @@ mod tests {
                 "fake add c1 (new)"
             ]
         );
+    }
+
+    /// The receipt an ADD returns is kept beside the entry and handed back
+    /// to that backend's DEL (another backend deletes as always); DEL
+    /// removes it with the entry.
+    #[test]
+    fn del_hands_the_add_receipt_to_the_backend_that_made_it() {
+        let host = FakeHost::new(vec![("receipting", true), ("other", true)]);
+        run(Command::Add, &env(), &config(one_mapping(), "1.1.0"), &host).expect("add");
+        let receipts = Journal::at(host.journal.clone()).receipts(&ContainerKey {
+            network: "net".into(),
+            container_id: "c1".into(),
+        });
+        assert_eq!(receipts.len(), 1);
+        assert_eq!(receipts[0].backend, "receipting");
+        del_net(&host).expect("del");
+        let dels: Vec<String> = host
+            .calls()
+            .into_iter()
+            .filter(|c| c.contains(" del "))
+            .collect();
+        assert_eq!(dels, ["receipting del c1 by [42]", "other del c1"]);
+        assert!(!host.journal.exists(), "entry and receipt gone");
     }
 
     #[test]
