@@ -78,45 +78,24 @@ impl RuleEvents {
                     })
                 }
             };
-            let mut b = &buf[..n];
-            while b.len() >= HEADER {
-                let (Some(len), Some(kind)) = (u32_at(b, 0), u16_at(b, 4)) else {
-                    break;
-                };
-                let len = len as usize;
-                if len < HEADER || len > b.len() {
-                    break;
-                }
+            for (kind, body) in messages(&buf[..n]).map_while(Result::ok) {
                 if kind == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWRULE {
-                    each(&b[HEADER..len]);
+                    each(body);
                 }
-                b = &b[align4(len).min(b.len())..];
             }
         }
     }
 }
 
 /// Whether a datagram of notifications holds a table, chain or rule removal.
-fn has_removal(mut b: &[u8]) -> bool {
-    while b.len() >= HEADER {
-        let (Some(len), Some(kind)) = (u32_at(b, 0), u16_at(b, 4)) else {
-            return false;
-        };
-        let len = len as usize;
-        if len < HEADER || len > b.len() {
-            return false;
-        }
-        if kind >> 8 == NFNL_SUBSYS_NFTABLES
+fn has_removal(b: &[u8]) -> bool {
+    messages(b).map_while(Result::ok).any(|(kind, _)| {
+        kind >> 8 == NFNL_SUBSYS_NFTABLES
             && matches!(
                 kind & 0xff,
                 NFT_MSG_DELTABLE | NFT_MSG_DELCHAIN | NFT_MSG_DELRULE
             )
-        {
-            return true;
-        }
-        b = &b[align4(len).min(b.len())..];
-    }
-    false
+    })
 }
 
 /// A netfilter socket in the nf_tables group, in this thread's namespace.

@@ -241,16 +241,29 @@ const fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-/// Hands the messages of one datagram to `each`; true once the answer is
-/// complete (a dump's DONE, a request's ACK) or `each` wants no more.
-fn parse_reply(mut b: &[u8], each: &mut dyn FnMut(&[u8]) -> bool) -> Result<bool, NetlinkError> {
-    while b.len() >= HEADER {
-        let len = u32_at(b, 0).ok_or(NetlinkError::Malformed)? as usize;
-        let kind = u16_at(b, 4).ok_or(NetlinkError::Malformed)?;
+/// The (type, body) of each netlink message in one datagram; a malformed
+/// header ends it with one `Err(Malformed)`.
+pub(crate) fn messages(mut b: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), NetlinkError>> {
+    std::iter::from_fn(move || {
+        if b.len() < HEADER {
+            return None;
+        }
+        let (len, kind) = (u32_at(b, 0)? as usize, u16_at(b, 4)?);
         if len < HEADER || len > b.len() {
-            return Err(NetlinkError::Malformed);
+            b = &[];
+            return Some(Err(NetlinkError::Malformed));
         }
         let body = &b[HEADER..len];
+        b = &b[align4(len).min(b.len())..];
+        Some(Ok((kind, body)))
+    })
+}
+
+/// Hands the messages of one datagram to `each`; true once the answer is
+/// complete (a dump's DONE, a request's ACK) or `each` wants no more.
+fn parse_reply(b: &[u8], each: &mut dyn FnMut(&[u8]) -> bool) -> Result<bool, NetlinkError> {
+    for message in messages(b) {
+        let (kind, body) = message?;
         match kind {
             NLMSG_DONE => return Ok(true),
             NLMSG_ERROR => {
@@ -266,7 +279,6 @@ fn parse_reply(mut b: &[u8], each: &mut dyn FnMut(&[u8]) -> bool) -> Result<bool
                 }
             }
         }
-        b = &b[align4(len).min(b.len())..];
     }
     Ok(false)
 }
