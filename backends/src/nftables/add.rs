@@ -32,8 +32,7 @@ pub(super) fn skeleton_intact(family: Family, masquerade: bool) -> Result<bool, 
 
 impl Nftables {
     /// ADD in one transaction. `replacing`: the container may have rules
-    /// already (a re-ADD), found with dumps of the container chains and
-    /// replaced; otherwise only the wiring chains are read (flat in N).
+    /// already (a re-ADD), found with a dump of the table and replaced; otherwise only the wiring chains are read (flat in N).
     /// Returns where the rules went, from the kernel's notifications.
     pub(super) fn add_inner(
         &self,
@@ -93,9 +92,8 @@ impl Nftables {
             let expected = expected_rules(fam)?;
             let masquerade = !fam.masquerade.is_empty();
             let earlier = if replacing {
-                kernel::container_rules(&[fam.family])?
+                kernel::rules(fam.family, None)?
                     .into_iter()
-                    .flat_map(|(_, rules)| rules)
                     .filter(|r| r.owner() == Some(plan.key.container_id.as_str()))
                     .collect()
             } else {

@@ -1,5 +1,5 @@
-//! DEL and GC: by the ADD's receipt when it holds, else from dumps of the
-//! container chains; one transaction either way.
+//! DEL and GC: by the ADD's receipt when it holds, else from a dump of
+//! the table per family; one transaction either way.
 
 use super::*;
 
@@ -38,9 +38,8 @@ impl Nftables {
 
     /// Deletes, in one transaction, the rules of every container `doomed`
     /// picks; returns the closed ports and container IDs. DEL picks one
-    /// container, GC every one not kept: netlink dumps of the container
-    /// chains (no process) either way, and no transaction when nothing is
-    /// ours.
+    /// container, GC every one not kept: one netlink dump per family (no
+    /// process) either way, and no transaction when nothing is ours.
     pub(super) fn del_where(
         &self,
         doomed: impl Fn(&str) -> bool,
@@ -48,11 +47,15 @@ impl Nftables {
         let mut batch = Batch::new();
         let mut closed = Vec::new();
         let mut ids = BTreeSet::new();
-        let families: Vec<Family> = [Family::V4, Family::V6]
-            .into_iter()
-            .filter(|f| self.tables_in.as_ref().is_none_or(|t| t.contains(f)))
-            .collect();
-        for (family, rules) in kernel::container_rules(&families)? {
+        for family in [Family::V4, Family::V6] {
+            if self
+                .tables_in
+                .as_ref()
+                .is_some_and(|t| !t.contains(&family))
+            {
+                continue;
+            }
+            let rules = kernel::rules(family, None)?;
             let (ours, others): (Vec<&KernelRule>, Vec<&KernelRule>) = rules
                 .iter()
                 .filter(|r| r.owner().is_some())

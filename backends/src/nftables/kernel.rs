@@ -83,46 +83,25 @@ impl KernelRule {
 /// chain order (none when the table or chain is missing: a dump filtered
 /// to what does not exist is simply empty).
 pub(super) fn rules(family: Family, chain: Option<&str>) -> Result<Vec<KernelRule>, NetlinkError> {
-    let mut filter = attr(NFTA_RULE_TABLE, &nul_terminated(TABLE));
-    if let Some(chain) = chain {
-        filter.extend(attr(NFTA_RULE_CHAIN, &nul_terminated(chain)));
-    }
     let mut found = Vec::new();
-    match nfnetlink::dump(NFT_MSG_GETRULE, nfproto(family), &filter, &mut |body| {
-        found.extend(parse_rule(body))
-    }) {
+    match nfnetlink::dump(
+        NFT_MSG_GETRULE,
+        nfproto(family),
+        &in_table(chain),
+        &mut |body| found.extend(parse_rule(body)),
+    ) {
         Ok(()) | Err(NetlinkError::Refused(nix::Error::ENOENT)) => Ok(found),
         Err(e) => Err(e),
     }
 }
 
-/// The rules of the per-container chains of `families` (where every
-/// container's rules are), each chain dumped on its own thread: the
-/// kernel's side of a dump is most of its cost (7 ms for 3,000 rules), and
-/// the chains' dumps then share the cores.
-pub(super) fn container_rules(
-    families: &[Family],
-) -> Result<Vec<(Family, Vec<KernelRule>)>, NetlinkError> {
-    let dumps: Vec<(Family, Result<Vec<KernelRule>, NetlinkError>)> = std::thread::scope(|s| {
-        let running: Vec<_> = families
-            .iter()
-            .flat_map(|&f| CONTAINER_CHAINS.iter().map(move |&c| (f, c)))
-            // A thread made here is in this thread's network namespace.
-            .map(|(f, c)| (f, s.spawn(move || rules(f, Some(c)))))
-            .collect();
-        running
-            .into_iter()
-            .map(|(f, t)| (f, t.join().unwrap_or(Err(NetlinkError::Malformed))))
-            .collect()
-    });
-    let mut by_family: Vec<(Family, Vec<KernelRule>)> =
-        families.iter().map(|&f| (f, Vec::new())).collect();
-    for (family, dumped) in dumps {
-        if let Some((_, all)) = by_family.iter_mut().find(|(f, _)| *f == family) {
-            all.extend(dumped?);
-        }
+/// The attributes naming our table and, given one, a chain of it.
+fn in_table(chain: Option<&str>) -> Vec<u8> {
+    let mut named = attr(NFTA_RULE_TABLE, &nul_terminated(TABLE));
+    if let Some(chain) = chain {
+        named.extend(attr(NFTA_RULE_CHAIN, &nul_terminated(chain)));
     }
-    Ok(by_family)
+    named
 }
 
 /// Rule `handle` of `chain`, asked for that one rule; `None` when it is
@@ -133,8 +112,7 @@ pub(super) fn rule(
     handle: u64,
 ) -> Result<Option<KernelRule>, NetlinkError> {
     let which = [
-        attr(NFTA_RULE_TABLE, &nul_terminated(TABLE)),
-        attr(NFTA_RULE_CHAIN, &nul_terminated(chain)),
+        in_table(Some(chain)),
         attr(NFTA_RULE_HANDLE, &handle.to_be_bytes()),
     ]
     .concat();
@@ -152,13 +130,8 @@ pub(super) fn rule(
 /// of a container other than `id`. Each chain's dump stops at the first
 /// such rule, so with other containers around this reads little.
 pub(super) fn others_than(family: Family, id: &str) -> Result<bool, NetlinkError> {
-    let filter = attr(NFTA_RULE_TABLE, &nul_terminated(TABLE));
     for chain in CONTAINER_CHAINS {
-        let filter = [
-            filter.clone(),
-            attr(NFTA_RULE_CHAIN, &nul_terminated(chain)),
-        ]
-        .concat();
+        let filter = in_table(Some(chain));
         let mut other = false;
         let dumped =
             nfnetlink::dump_while(NFT_MSG_GETRULE, nfproto(family), &filter, &mut |body| {
