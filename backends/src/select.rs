@@ -256,22 +256,16 @@ pub fn sweep() -> Sweep {
         )
     };
     let legacy = legacy_nat_families();
-    // Where each iptables variant can hold rules; `None`: unknown (nft
-    // cannot tell, yet iptables-nft needs no nft binary), read every family.
-    let families_of = |variant: Variant| match variant {
-        Variant::Legacy => Some(legacy.clone()),
-        // A nat table can exist without us (upstream's DEL lists both
-        // families, which creates it): only one with CNI chains counts.
-        Variant::Nft => with_table("nat").map(|families| {
-            families
-                .into_iter()
-                .filter(|f| {
-                    nfnetlink::chains(*f, "nat")
-                        .map_or(true, |c| c.iter().any(|n| n.starts_with("CNI-")))
-                })
-                .collect()
-        }),
-    };
+    // iptables-nft's nat tables and their chains, asked once here: a nat
+    // table can exist without us (upstream's DEL lists both families,
+    // which creates it), only one with CNI chains counts, and DEL reuses
+    // the chain names. `None`: the kernel did not answer.
+    let nft_nat: Option<Vec<(Family, Option<Vec<String>>)>> = with_table("nat").map(|families| {
+        families
+            .into_iter()
+            .map(|f| (f, nfnetlink::chains(f, "nat").ok()))
+            .collect()
+    });
     let mut all: Vec<Box<dyn Backend>> = Vec::new();
     let nft = match with_table(TABLE) {
         Some(ours) if ours.is_empty() => None,
@@ -290,9 +284,12 @@ pub fn sweep() -> Sweep {
     if let Some(nft) = nft {
         all.push(Box::new(nft));
     }
-    let limited = |ipt: Iptables| match families_of(ipt.variant_of()) {
-        Some(families) => ipt.only(&families),
-        None => Some(ipt),
+    // Where each iptables variant can hold rules; unknown (the kernel did
+    // not answer, yet iptables-nft needs no nft binary): every family.
+    let limited = |ipt: Iptables| match (ipt.variant_of(), &nft_nat) {
+        (Variant::Legacy, _) => ipt.only(&legacy),
+        (Variant::Nft, Some(tables)) => ipt.in_nat_tables(tables),
+        (Variant::Nft, None) => Some(ipt),
     };
     let mut covered = Vec::new();
     for variant in [Variant::Nft, Variant::Legacy] {

@@ -114,13 +114,35 @@ impl Iptables {
 
     /// This backend limited to `families`; `None` when that leaves none.
     pub fn only(self, families: &[Family]) -> Option<Iptables> {
-        let keep = |r: Option<Runner>| r.filter(|r| families.contains(&r.family));
+        self.keep(|r| families.contains(&r.family).then_some(r))
+    }
+
+    /// The runners `keep` returns; `None` when it keeps none.
+    fn keep(self, keep: impl Fn(Runner) -> Option<Runner>) -> Option<Iptables> {
         let ipt = Iptables {
             variant: self.variant,
-            v4: keep(self.v4),
-            v6: keep(self.v6),
+            v4: self.v4.and_then(&keep),
+            v6: self.v6.and_then(&keep),
         };
         (ipt.v4.is_some() || ipt.v6.is_some()).then_some(ipt)
+    }
+
+    /// This iptables-nft backend limited to the families whose nf_tables
+    /// `nat` table holds CNI chains (a family whose chains are not known,
+    /// `None`, is kept), each runner told its chains so a DEL need not ask
+    /// again; `None` when that leaves none.
+    pub fn in_nat_tables(self, tables: &[(Family, Option<Vec<String>>)]) -> Option<Iptables> {
+        self.keep(|mut r| {
+            let (_, chains) = tables.iter().find(|(f, _)| *f == r.family)?;
+            if chains
+                .as_ref()
+                .is_some_and(|c| !c.iter().any(|n| n.starts_with("CNI-")))
+            {
+                return None;
+            }
+            r.nat_chains = chains.clone();
+            Some(r)
+        })
     }
 
     pub fn variant_of(&self) -> Variant {
@@ -233,7 +255,10 @@ impl Iptables {
         if self.variant != Variant::Nft {
             return None;
         }
-        let chains = crate::nfnetlink::chains(runner.family, "nat").ok()?;
+        let chains = match &runner.nat_chains {
+            Some(chains) => chains.clone(),
+            None => crate::nfnetlink::chains(runner.family, "nat").ok()?,
+        };
         let own = rules::container_chain(&key.network, &key.container_id);
         let old = rules::old_snat_chain(&key.network, &key.container_id);
         let others = chains.iter().any(|c| c.starts_with("CNI-DN-") && *c != own);

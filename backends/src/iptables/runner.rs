@@ -108,6 +108,10 @@ pub struct Runner {
     pub list: Option<PathBuf>,
     /// `-w` exists; else we hold the xtables lock ourselves around restore.
     pub restore_waits: bool,
+    /// The chains of this family's nat table as the kernel listed them
+    /// for this command (iptables-nft keeps its tables in nf_tables);
+    /// `None`: not asked.
+    pub nat_chains: Option<Vec<String>>,
 }
 
 /// How long iptables-restore waits for the xtables lock (legacy only).
@@ -128,6 +132,7 @@ impl Runner {
             restore: which::which(format!("{base}-restore")).ok()?,
             list: which::which(base).ok(),
             restore_waits: detected.restore_waits,
+            nat_chains: None,
         })
     }
 

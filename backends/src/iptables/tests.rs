@@ -117,3 +117,34 @@ fn a_del_reading_only_the_entry_chain_leaves_what_the_whole_read_leaves() {
         saved_nat(&entries)
     );
 }
+
+/// The sweep keeps the iptables-nft families whose nat table has CNI
+/// chains (or whose chains it could not list) and hands each runner its
+/// chains, which DEL then uses instead of asking the kernel again.
+#[test]
+fn nat_tables_keep_families_with_cni_chains_and_pass_their_chains_on() {
+    if !prerequisites(&["iptables-nft-save", "ip6tables-nft-save"]) {
+        return;
+    }
+    let ipt = || Iptables::variant(Variant::Nft).expect("iptables-nft");
+    let ours = vec!["PREROUTING".to_string(), rules::DNAT_CHAIN.to_string()];
+    let kept = ipt()
+        .in_nat_tables(&[
+            (Family::V4, Some(ours.clone())),
+            (Family::V6, Some(vec!["PREROUTING".into()])),
+        ])
+        .expect("IPv4 kept");
+    let runners = kept.runners();
+    assert_eq!(runners.len(), 1, "IPv6's nat table has no CNI chain");
+    assert_eq!(
+        (runners[0].family, runners[0].nat_chains.as_ref()),
+        (Family::V4, Some(&ours))
+    );
+    let unknown = ipt().in_nat_tables(&[(Family::V6, None)]).expect("kept");
+    assert_eq!(unknown.runners().len(), 1);
+    assert_eq!(unknown.runners()[0].nat_chains, None);
+    assert!(
+        ipt().in_nat_tables(&[]).is_none(),
+        "no nat table: nothing to read"
+    );
+}
