@@ -40,7 +40,7 @@ pub(super) fn entries(saved: &SavedTable) -> Vec<(String, String, String)> {
         .iter()
         .filter_map(|spec| {
             let words = rules::shell_words(spec);
-            let comment = words.iter().skip_while(|w| *w != "--comment").nth(1)?;
+            let comment = after(&words, "--comment")?;
             let (network, id) = rules::parse_entry_comment(comment)?;
             Some((network, id, rules::jump_target(spec)?.to_string()))
         })
@@ -58,11 +58,10 @@ pub(super) fn entries(saved: &SavedTable) -> Vec<(String, String, String)> {
 /// re-created through the rules on the next packet).
 pub(super) fn entry_ports(family: Family, spec: &str) -> Vec<ClosedPort> {
     let words = rules::shell_words(spec);
-    let after = |flag: &str| words.iter().skip_while(|w| *w != flag).nth(1);
-    let Some(protocol) = after("-p").and_then(|p| Protocol::parse(p)) else {
+    let Some(protocol) = after(&words, "-p").and_then(|p| Protocol::parse(p)) else {
         return Vec::new();
     };
-    let ports = after("--dports").or_else(|| after("--dport"));
+    let ports = after(&words, "--dports").or_else(|| after(&words, "--dport"));
     ports
         .into_iter()
         .flat_map(|list| list.split(','))
@@ -142,6 +141,11 @@ fn read_options(family: Family, saved: &SavedTable, chain: &str, options: &mut I
     }
 }
 
+/// The word after the first `flag` in a rule's words (`-p tcp`: "tcp").
+fn after<'w>(words: &'w [String], flag: &str) -> Option<&'w String> {
+    words.iter().skip_while(|w| *w != flag).nth(1)
+}
+
 /// The bit our SETMARK chain sets, from its `--set-xmark V/V` rule.
 fn setmark_bit(saved: &SavedTable) -> Option<u8> {
     saved
@@ -149,7 +153,7 @@ fn setmark_bit(saved: &SavedTable) -> Option<u8> {
         .iter()
         .find_map(|spec| {
             let words = rules::shell_words(spec);
-            let value = words.iter().skip_while(|w| *w != "--set-xmark").nth(1)?;
+            let value = after(&words, "--set-xmark")?;
             let hex = value.split('/').next()?.strip_prefix("0x")?;
             let v = u32::from_str_radix(hex, 16).ok()?;
             v.is_power_of_two().then(|| v.trailing_zeros() as u8)
@@ -158,12 +162,7 @@ fn setmark_bit(saved: &SavedTable) -> Option<u8> {
 
 fn parse_dnat(family: Family, spec: &str) -> Option<InstalledMapping> {
     let words = rules::shell_words(spec);
-    let after = |flag: &str| {
-        words
-            .iter()
-            .position(|w| w == flag)
-            .and_then(|i| words.get(i + 1))
-    };
+    let after = |flag: &str| after(&words, flag);
     let to = after("--to-destination")?;
     let (ip, port) = to.rsplit_once(':')?;
     let container_ip: IpAddr = ip
