@@ -38,10 +38,7 @@ impl<'w> Containerd<'w> {
     /// the sandbox image: its entrypoint sleeps) and connects.
     pub fn start(world: &'w World, backend: Option<&str>) -> Containerd<'w> {
         let dir = &world.dir;
-        let net_d = dir.join("net.d");
-        std::fs::create_dir_all(&net_d).expect("net.d");
-        let conflist = world.conflist("crinet", "1.0.0", backend);
-        std::fs::write(net_d.join("10-crinet.conflist"), conflist.to_string()).expect("conflist");
+        let net_d = world.write_net_d("crinet", "1.0.0", backend, "10-crinet.conflist");
         let bin = world.plugin_dir();
         let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");

@@ -22,10 +22,7 @@ impl<'w> Podman<'w> {
     /// entry) and imports the busybox image.
     pub fn new(world: &'w World, backend: Option<&str>) -> Podman<'w> {
         let dir = &world.dir;
-        let net_d = dir.join("net.d");
-        std::fs::create_dir_all(&net_d).expect("net.d");
-        let conflist = world.conflist("pmtest", "0.4.0", backend);
-        std::fs::write(net_d.join("pmtest.conflist"), conflist.to_string()).expect("conflist");
+        let net_d = world.write_net_d("pmtest", "0.4.0", backend, "pmtest.conflist");
         let bin = world.plugin_dir();
         let conf = dir.join("containers.conf");
         std::fs::write(

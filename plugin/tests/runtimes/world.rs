@@ -107,9 +107,25 @@ impl World {
         tar
     }
 
+    /// Writes the conflist of network `name` as `<dir>/net.d/<file>` and
+    /// returns that directory, the runtime's CNI config dir.
+    pub fn write_net_d(
+        &self,
+        name: &str,
+        cni_version: &str,
+        backend: Option<&str>,
+        file: &str,
+    ) -> PathBuf {
+        let net_d = self.dir.join("net.d");
+        std::fs::create_dir_all(&net_d).expect("net.d");
+        let conflist = self.conflist(name, cni_version, backend);
+        std::fs::write(net_d.join(file), conflist.to_string()).expect("conflist");
+        net_d
+    }
+
     /// bridge (hairpin, masquerade) + portmap, as runtimes configure them;
     /// `backend` goes into portmap's entry.
-    pub fn conflist(&self, name: &str, cni_version: &str, backend: Option<&str>) -> Value {
+    fn conflist(&self, name: &str, cni_version: &str, backend: Option<&str>) -> Value {
         let mut portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}});
         if let Some(b) = backend {
             portmap["backend"] = json!(b);
