@@ -171,16 +171,8 @@ impl Journal {
         };
         let new_dir = !dir.exists();
         std::fs::create_dir_all(&dir).map_err(fail)?;
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let text = serde_json::to_vec_pretty(entry).map_err(|e| fail(e.into()))?;
-        let written = std::fs::File::create(&tmp).and_then(|mut f| {
-            f.write_all(&text)?;
-            f.sync_all()
-        });
-        if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(fail(e));
-        }
+        replace(&dir, &name, &text, true).map_err(fail)?;
         let sync = |d: &Path| std::fs::File::open(d).and_then(|d| d.sync_all());
         sync(&dir).map_err(fail)?;
         if new_dir {
@@ -278,13 +270,8 @@ impl Journal {
                 _ => Ok(()),
             };
         };
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let text = serde_json::to_vec(receipt).map_err(|e| fail(e.into()))?;
-        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        written.map_err(fail)
+        replace(&dir, &name, &text, false).map_err(fail)
     }
 
     /// The receipts of the container's ADDs (one per interface); unreadable
@@ -376,6 +363,26 @@ impl Journal {
             })
             .collect()
     }
+}
+
+/// Puts `text` in `dir/name` by a rename from `.<name>.<pid>.tmp`, so a
+/// reader never sees half of it (the temp file goes when anything fails);
+/// `durable`: the data is on disk before the rename.
+fn replace(dir: &Path, name: &str, text: &[u8], durable: bool) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(text)?;
+            if durable {
+                f.sync_all()?;
+            }
+            Ok(())
+        })
+        .and_then(|()| std::fs::rename(&tmp, dir.join(name)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
