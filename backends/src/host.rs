@@ -163,14 +163,8 @@ pub fn flush_udp_conntrack(udp_ports: impl IntoIterator<Item = (Family, u16)>) {
 
 /// Applies the host side effects of an ADD.
 pub fn after_add(plan: &Plan) -> Result<(), HostError> {
-    if plan.snat {
-        for fam in &plan.families {
-            if let IpAddr::V4(v4) = fam.container.addr {
-                if !fam.dnats.is_empty() {
-                    enable_route_localnet(v4)?;
-                }
-            }
-        }
+    if let Some(v4) = plan.localnet_container() {
+        enable_route_localnet(v4)?;
     }
     flush_udp_conntrack(plan.families.iter().flat_map(|f| {
         f.dnats

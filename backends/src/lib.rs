@@ -6,6 +6,7 @@
 //! is backend-blind; everything here is CNI-blind.
 
 pub mod exec;
+pub mod guard;
 pub mod host;
 pub mod iptables;
 pub mod migrate;
@@ -287,6 +288,9 @@ pub trait Backend: Send + Sync {
     /// Removes the rules of every container of `network` not in `keep`;
     /// returns the removed container IDs.
     fn gc(&self, network: &str, keep: &BTreeSet<String>) -> Result<Vec<String>, BackendError>;
+    /// Whether this backend's localnet guard ([`guard`]) is installed
+    /// whole in this network namespace.
+    fn localnet_guard(&self) -> Result<bool, BackendError>;
 }
 
 /// Errors any backend can return; module errors carry the detail.

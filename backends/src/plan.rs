@@ -81,6 +81,20 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.families.iter().all(|f| f.dnats.is_empty())
     }
+
+    /// The IPv4 container address whose host interface ADD turns
+    /// `route_localnet` on for (so `127.0.0.1:hostPort` can be DNATed),
+    /// if any: then the host accepts packets to 127.0.0.0/8 from that side,
+    /// and the backend installs its localnet guard in the same write.
+    pub fn localnet_container(&self) -> Option<std::net::Ipv4Addr> {
+        let fam = self
+            .family(Family::V4)
+            .filter(|f| self.snat && !f.dnats.is_empty())?;
+        match fam.container.addr {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        }
+    }
 }
 
 fn family_plan(req: &Request, container: ContainerAddr) -> FamilyPlan {

@@ -11,7 +11,7 @@ use portmap_backends::plan::Plan;
 use portmap_backends::{
     host, Backend, ContainerAddr, ContainerKey, MasqMark, PortMapping, Protocol, Request,
 };
-use portmap_conformance::firewall::without_counters;
+use portmap_conformance::firewall::{has_guard, without_counters, without_guard};
 use portmap_conformance::netns::{prerequisites, Netns};
 use portmap_conformance::topology::{Container, Topology, EXTRA_V4, EXTRA_V6, HOST_V4, HOST_V6};
 use portmap_conformance::traffic::{tcp_ask, udp_ask, Answer, EchoServer};
@@ -120,12 +120,32 @@ impl Fixture {
 
     /// The firewall state of the host namespace, as its tools print it.
     /// Counter-free, so rule sets compare equal across traffic.
+    /// The port mappings' state (the localnet guard is [`Fixture::guard`]'s).
     fn ruleset(&self) -> String {
-        let run = |prog: &str, args: &[&str]| {
-            self.host()
-                .exec(prog, args)
-                .unwrap_or_else(|e| format!("<{e}>"))
+        without_guard(&self.full_ruleset())
+    }
+
+    /// What this backend shows of the localnet guard ("" without one).
+    fn guard(&self) -> String {
+        let full = match self.kind {
+            "nftables" => self.full_ruleset(),
+            other => self.run(&format!("{other}-save"), &["-t", "mangle"]),
         };
+        let guard: Vec<&str> = full
+            .lines()
+            .filter(|l| has_guard(l) || l.contains("localnet guard"))
+            .collect();
+        guard.join("\n")
+    }
+
+    fn run(&self, prog: &str, args: &[&str]) -> String {
+        self.host()
+            .exec(prog, args)
+            .unwrap_or_else(|e| format!("<{e}>"))
+    }
+
+    fn full_ruleset(&self) -> String {
+        let run = |prog: &str, args: &[&str]| self.run(prog, args);
         without_counters(&match self.kind {
             "nftables" => run("nft", &["list", "ruleset"]),
             "iptables-nft" => {
@@ -245,6 +265,11 @@ fn add_check_del_with_real_traffic(
     assert_eq!(hairpin.peer, h4(), "hairpin traffic must be masqueraded");
     f.check(&req)
         .unwrap_or_else(|e| panic!("CHECK after ADD: {e}"));
+    let guard = f.guard();
+    assert!(
+        guard.matches("localnet guard").count() >= 2,
+        "{kind}: ADD with snat installs the localnet guard:\n{guard}"
+    );
 
     f.del("ctr-a");
     f.expect_silence(f.host(), h4(), 8080);
@@ -256,7 +281,87 @@ fn add_check_del_with_real_traffic(
             "{kind}: DEL left {marker} behind:\n{left}"
         );
     }
+    // route_localnet stays on after the last DEL (as upstream leaves it),
+    // so the guard must stay too.
+    assert_eq!(f.guard(), guard, "{kind}: the last DEL must keep the guard");
     assert!(f.check(&req).is_err(), "CHECK must fail after DEL");
+}
+
+#[rstest]
+fn check_names_a_missing_guard_and_add_puts_it_back(
+    #[values("nftables", "iptables-nft", "iptables-legacy")] kind: &'static str,
+) {
+    let Some(f) = Fixture::new(kind) else { return };
+    let a = f.topo.container("a", 5).expect("container");
+    let req = request(
+        &a,
+        "ctr-a",
+        true,
+        true,
+        vec![mapping(Protocol::Tcp, 8080, None)],
+    );
+    f.add(&req);
+    let guard = f.guard();
+    assert!(!guard.is_empty(), "{kind}: no guard after ADD");
+    let remove: &[&str] = match kind {
+        "nftables" => &["nft", "delete", "table", "ip", "cni_hostport_guard"],
+        "iptables-nft" => &["iptables-nft", "-t", "mangle", "-F", "CNI-HOSTPORT-GUARD"],
+        _ => &[
+            "iptables-legacy",
+            "-t",
+            "mangle",
+            "-F",
+            "CNI-HOSTPORT-GUARD",
+        ],
+    };
+    f.host()
+        .exec(remove[0], &remove[1..])
+        .expect("remove guard");
+    let err = f
+        .check(&req)
+        .expect_err("CHECK must notice the missing guard");
+    assert!(err.contains("localnet guard"), "{kind}: {err}");
+    f.add(&req);
+    f.check(&req)
+        .unwrap_or_else(|e| panic!("{kind}: CHECK after the repairing ADD: {e}"));
+    assert_eq!(f.guard(), guard, "{kind}: re-ADD restores the same guard");
+    // Once whole, an ADD leaves it as it is (nothing rewritten, no duplicates).
+    let other = f.topo.container("b", 6).expect("container");
+    f.add(&request(
+        &other,
+        "ctr-b",
+        true,
+        true,
+        vec![mapping(Protocol::Tcp, 8081, None)],
+    ));
+    assert_eq!(
+        f.guard(),
+        guard,
+        "{kind}: a second container's ADD keeps the guard as is"
+    );
+}
+
+#[rstest]
+fn without_snat_there_is_no_guard(
+    #[values("nftables", "iptables-nft", "iptables-legacy")] kind: &'static str,
+) {
+    let Some(f) = Fixture::new(kind) else { return };
+    let c = f.topo.container("c", 7).expect("container");
+    // snat=false turns no route_localnet on, so nothing needs guarding.
+    let req = Request {
+        snat: false,
+        ..request(
+            &c,
+            "ctr-c",
+            true,
+            true,
+            vec![mapping(Protocol::Tcp, 8082, None)],
+        )
+    };
+    f.add(&req);
+    f.check(&req)
+        .unwrap_or_else(|e| panic!("{kind}: CHECK: {e}"));
+    assert_eq!(f.guard(), "", "{kind}: snat=false installs no guard");
 }
 
 #[rstest]
@@ -789,7 +894,14 @@ fn nftables_rules_match_upstream_golden(
     ns.run(|| backend.add(&Plan::new(&req)))
         .expect("netns")
         .expect("add");
-    let ours = ns.exec("nft", &["list", "ruleset"]).expect("list");
+    let listed = ns.exec("nft", &["list", "ruleset"]).expect("list");
+    // Our localnet guard is a table of its own, beside upstream's layout.
+    assert_eq!(
+        has_guard(&listed),
+        req.snat,
+        "{name}: guard iff snat:\n{listed}"
+    );
+    let ours = without_guard(&listed);
     // nft 1.0.x's JSON input has no table comment (its text syntax has):
     // we send it, newer nft records it. Everything else is byte-identical.
     let expected = golden.replace("\tcomment \"CNI portmap plugin\"\n", "");

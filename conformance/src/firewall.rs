@@ -15,21 +15,62 @@ pub fn dump(ns: &Netns) -> String {
     for save in ["iptables-nft-save", "ip6tables-nft-save"] {
         out += &ns.exec(save, &["-t", "nat"]).unwrap_or_default();
     }
-    // Per family: a legacy nat table exists only where something made it.
-    for (names, save) in [
-        ("/proc/net/ip_tables_names", "iptables-legacy-save"),
-        ("/proc/net/ip6_tables_names", "ip6tables-legacy-save"),
+    // IPv4 mangle holds the iptables localnet guard.
+    out += &ns
+        .exec("iptables-nft-save", &["-t", "mangle"])
+        .unwrap_or_default();
+    // Per family and table: a legacy table exists only where something made it.
+    for (names, save, table) in [
+        ("/proc/net/ip_tables_names", "iptables-legacy-save", "nat"),
+        ("/proc/net/ip6_tables_names", "ip6tables-legacy-save", "nat"),
+        (
+            "/proc/net/ip_tables_names",
+            "iptables-legacy-save",
+            "mangle",
+        ),
     ] {
-        let has_nat = ns
+        let exists = ns
             .exec("cat", &[names])
             .unwrap_or_default()
             .lines()
-            .any(|l| l == "nat");
-        if has_nat {
-            out += &ns.exec(save, &["-t", "nat"]).unwrap_or_default();
+            .any(|l| l == table);
+        if exists {
+            out += &ns.exec(save, &["-t", table]).unwrap_or_default();
         }
     }
     without_counters(&out)
+}
+
+/// The localnet guard's names: nftables table, iptables mangle chain.
+pub const GUARD_NAMES: [&str; 2] = ["cni_hostport_guard", "CNI-HOSTPORT-GUARD"];
+
+/// `text` (a dump) without the localnet guard: the nftables
+/// `table ip cni_hostport_guard { ... }` block and every iptables line that
+/// names the guard chain. What is left is the port mappings' state.
+pub fn without_guard(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_guard_table = false;
+    for line in text.lines() {
+        if line.starts_with("table ip cni_hostport_guard ") {
+            in_guard_table = true;
+            continue;
+        }
+        if in_guard_table {
+            in_guard_table = line != "}";
+            continue;
+        }
+        if GUARD_NAMES.iter().any(|n| line.contains(n)) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether `text` (a dump) shows any part of the localnet guard.
+pub fn has_guard(text: &str) -> bool {
+    GUARD_NAMES.iter().any(|n| text.contains(n))
 }
 
 /// Drops `#` comment lines (they carry timestamps) and zeroes the
@@ -47,6 +88,22 @@ pub fn without_counters(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_guard_leaves_the_mappings_state() {
+        let nft = "table ip cni_hostport_guard {\n\tchain localnet {\n\t\tdrop\n\t}\n}\ntable ip cni_hostport {\n\tchain hostports {\n\t}\n}\n";
+        assert_eq!(
+            without_guard(nft),
+            "table ip cni_hostport {\n\tchain hostports {\n\t}\n}\n"
+        );
+        let saved = "*mangle\n:PREROUTING ACCEPT [0:0]\n:CNI-HOSTPORT-GUARD - [0:0]\n-A PREROUTING -j CNI-HOSTPORT-GUARD\nCOMMIT\n";
+        assert_eq!(
+            without_guard(saved),
+            "*mangle\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
+        );
+        assert!(has_guard(nft) && has_guard(saved));
+        assert!(!has_guard(&without_guard(nft)));
+    }
 
     #[test]
     fn counters_and_comments_go_rules_stay() {

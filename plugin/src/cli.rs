@@ -514,6 +514,12 @@ fn list(json: bool) -> ExitCode {
             }
         }
     }
+    if !json {
+        println!();
+        for line in portmap_backends::guard::report() {
+            println!("{line}");
+        }
+    }
     for e in &errors {
         eprintln!("portmap: {e}");
     }
@@ -560,6 +566,9 @@ fn status() -> ExitCode {
         println!("warning: could not read {e}");
     }
     for line in mapping_advice(&all, picked) {
+        println!("{line}");
+    }
+    for line in portmap_backends::guard::report() {
         println!("{line}");
     }
     ExitCode::SUCCESS

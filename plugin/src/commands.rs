@@ -517,6 +517,9 @@ mod tests {
                 .record(format!("{} gc {network} keep {keep:?}", self.name));
             Ok(vec![])
         }
+        fn localnet_guard(&self) -> Result<bool, BackendError> {
+            Ok(false)
+        }
     }
 
     struct FakeHost {

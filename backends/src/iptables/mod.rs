@@ -3,6 +3,7 @@
 //! batch per family and command.
 
 pub mod batch;
+pub mod guard;
 mod read;
 pub mod rules;
 pub mod runner;
@@ -33,10 +34,11 @@ pub enum IptablesError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{tool} ({variant}) failed to read the nat table")]
+    #[error("{tool} ({variant}) failed to read the {table} table")]
     Save {
         tool: String,
         variant: Variant,
+        table: String,
         stderr: String,
     },
     #[error("{tool} ({variant}) rejected the batch")]
@@ -197,15 +199,43 @@ impl Iptables {
         Ok(found)
     }
 
+    /// The IPv4 mangle table, where the guard is, when `fam` needs it.
+    fn guard_read(
+        plan: &Plan,
+        fam: &FamilyPlan,
+        runner: &Runner,
+    ) -> Result<Option<SavedTable>, IptablesError> {
+        if fam.family != Family::V4 || plan.localnet_container().is_none() {
+            return Ok(None);
+        }
+        let text = runner.save_table(guard::GUARD_TABLE)?;
+        Ok(Some(SavedTable::parse(&text)))
+    }
+
     fn add_inner(&self, plan: &Plan) -> Result<(), IptablesError> {
         for (fam, runner, saved) in self.plan_families(plan)? {
-            runner.restore(&batch::add(plan, fam, &saved))?;
+            // The guard's section comes first: should nat's part fail,
+            // what stays is the guard alone, which only ever drops what
+            // route_localnet (not yet turned on by this ADD) would let in.
+            let guard = Self::guard_read(plan, fam, runner)?
+                .and_then(|mangle| guard::repair(&mangle))
+                .unwrap_or_default();
+            runner.restore(&(guard + &batch::add(plan, fam, &saved)))?;
         }
         Ok(())
     }
 
     fn check_inner(&self, plan: &Plan) -> Result<Option<String>, IptablesError> {
-        for (fam, _, saved) in self.plan_families(plan)? {
+        for (fam, runner, saved) in self.plan_families(plan)? {
+            if Self::guard_read(plan, fam, runner)?.is_some_and(|m| !guard::intact(&m)) {
+                return Ok(Some(format!(
+                    "{} {}: the localnet guard ({} chain {}) is missing or damaged",
+                    self.name_str(),
+                    fam.family,
+                    guard::GUARD_TABLE,
+                    guard::GUARD_CHAIN
+                )));
+            }
             if let Some(missing) = batch::check(plan, fam, &saved) {
                 return Ok(Some(format!(
                     "{} {}: {missing}",
@@ -350,5 +380,13 @@ impl Backend for Iptables {
                 .collect()
         })?;
         Ok(ids.into_iter().collect())
+    }
+
+    fn localnet_guard(&self) -> Result<bool, BackendError> {
+        let Some(v4) = &self.v4 else {
+            return Ok(false);
+        };
+        let mangle = SavedTable::parse(&v4.save_table(guard::GUARD_TABLE)?);
+        Ok(guard::intact(&mangle))
     }
 }

@@ -144,9 +144,14 @@ impl Runner {
 
     /// `iptables-save -t nat`: the one read of a command.
     pub fn save(&self) -> Result<String, IptablesError> {
+        self.save_table("nat")
+    }
+
+    /// `iptables-save -t <table>`.
+    pub fn save_table(&self, table: &str) -> Result<String, IptablesError> {
         let tool = Self::tool_name(&self.save);
         let out = Command::new(&self.save)
-            .args(["-t", "nat"])
+            .args(["-t", table])
             .stdin(Stdio::null())
             .output()
             .map_err(|source| IptablesError::Spawn {
@@ -157,6 +162,7 @@ impl Runner {
             return Err(IptablesError::Save {
                 tool,
                 variant: self.variant,
+                table: table.to_string(),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
@@ -181,6 +187,7 @@ impl Runner {
             return Some(Err(IptablesError::Save {
                 tool,
                 variant: self.variant,
+                table: "nat".to_string(),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             }));
         }

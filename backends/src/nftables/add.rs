@@ -85,6 +85,15 @@ impl Nftables {
         let mut batch = Batch::new();
         let mut trimmed = false;
         let mut rules = 0;
+        // The guard goes in with the first ADD that will turn route_localnet
+        // on, in the same transaction; after that it is only read.
+        if plan.localnet_container().is_some() {
+            if whole_skeleton || !guard::guard_intact()? {
+                guard::add_guard(&mut batch);
+            } else {
+                trimmed = true;
+            }
+        }
         for fam in &plan.families {
             if fam.dnats.is_empty() {
                 continue;

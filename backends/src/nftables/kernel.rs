@@ -83,21 +83,30 @@ impl KernelRule {
 /// chain order (none when the table or chain is missing: a dump filtered
 /// to what does not exist is simply empty).
 pub(super) fn rules(family: Family, chain: Option<&str>) -> Result<Vec<KernelRule>, NetlinkError> {
+    rules_in(family, TABLE, chain)
+}
+
+/// [`rules`] of another table of ours (the localnet guard's).
+pub(super) fn rules_in(
+    family: Family,
+    table: &str,
+    chain: Option<&str>,
+) -> Result<Vec<KernelRule>, NetlinkError> {
     let mut found = Vec::new();
     match nfnetlink::dump(
         NFT_MSG_GETRULE,
         nfproto(family),
-        &in_table(chain),
-        &mut |body| found.extend(parse_rule(body)),
+        &in_table(table, chain),
+        &mut |body| found.extend(parse_rule_in(body, table)),
     ) {
         Ok(()) | Err(NetlinkError::Refused(nix::Error::ENOENT)) => Ok(found),
         Err(e) => Err(e),
     }
 }
 
-/// The attributes naming our table and, given one, a chain of it.
-fn in_table(chain: Option<&str>) -> Vec<u8> {
-    let mut named = attr(NFTA_RULE_TABLE, &nul_terminated(TABLE));
+/// The attributes naming `table` and, given one, a chain of it.
+fn in_table(table: &str, chain: Option<&str>) -> Vec<u8> {
+    let mut named = attr(NFTA_RULE_TABLE, &nul_terminated(table));
     if let Some(chain) = chain {
         named.extend(attr(NFTA_RULE_CHAIN, &nul_terminated(chain)));
     }
@@ -112,7 +121,7 @@ pub(super) fn rule(
     handle: u64,
 ) -> Result<Option<KernelRule>, NetlinkError> {
     let which = [
-        in_table(Some(chain)),
+        in_table(TABLE, Some(chain)),
         attr(NFTA_RULE_HANDLE, &handle.to_be_bytes()),
     ]
     .concat();
@@ -131,7 +140,7 @@ pub(super) fn rule(
 /// such rule, so with other containers around this reads little.
 pub(super) fn others_than(family: Family, id: &str) -> Result<bool, NetlinkError> {
     for chain in CONTAINER_CHAINS {
-        let filter = in_table(Some(chain));
+        let filter = in_table(TABLE, Some(chain));
         let mut other = false;
         let dumped =
             nfnetlink::dump_while(NFT_MSG_GETRULE, nfproto(family), &filter, &mut |body| {
@@ -165,14 +174,19 @@ pub(super) fn has_chain(family: Family, name: &str) -> Result<bool, NetlinkError
     nfnetlink::has_chain(family, TABLE, name)
 }
 
-/// An NFT_MSG_NEWRULE body: nfgenmsg, then attributes.
+/// An NFT_MSG_NEWRULE body of our table: nfgenmsg, then attributes.
 pub(super) fn parse_rule(body: &[u8]) -> Option<KernelRule> {
+    parse_rule_in(body, TABLE)
+}
+
+/// An NFT_MSG_NEWRULE body of `table` (`None` for another table's).
+fn parse_rule_in(body: &[u8], table: &str) -> Option<KernelRule> {
     let (mut chain, mut handle, mut comment) = (None, None, None);
     let (mut port, mut shape) = (None, Shape::Other);
     for (kind, value) in attrs(body.get(4..)?) {
         match kind {
             // Dumps are filtered to our table; notifications are not.
-            NFTA_RULE_TABLE if string(value) != TABLE => return None,
+            NFTA_RULE_TABLE if string(value) != table => return None,
             NFTA_RULE_CHAIN => chain = Some(string(value)),
             NFTA_RULE_HANDLE => {
                 let h = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);

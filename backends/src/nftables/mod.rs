@@ -35,6 +35,7 @@ use crate::{
 mod add;
 mod conditions;
 mod del;
+mod guard;
 mod kernel;
 mod read;
 mod render;
@@ -44,6 +45,7 @@ mod tests;
 #[cfg(test)]
 use add::skeleton_intact;
 pub use conditions::parse_conditions;
+pub use guard::{guard_intact, GUARD_CHAIN, GUARD_TABLE};
 use kernel::KernelRule;
 use read::*;
 use render::*;
@@ -166,6 +168,11 @@ impl Nftables {
     }
 
     fn check_inner(&self, plan: &Plan) -> Result<Option<String>, NftError> {
+        if plan.localnet_container().is_some() && !guard_intact()? {
+            return Ok(Some(format!(
+                "table ip {GUARD_TABLE}: the localnet guard is missing or damaged"
+            )));
+        }
         for fam in &plan.families {
             if fam.dnats.is_empty() {
                 continue;
@@ -277,6 +284,10 @@ impl Backend for Nftables {
         // every container not kept is collected, whatever its network.
         let (_, ids) = self.del_where(|id| !keep.contains(id))?;
         Ok(ids.into_iter().collect())
+    }
+
+    fn localnet_guard(&self) -> Result<bool, BackendError> {
+        Ok(guard_intact().map_err(NftError::from)?)
     }
 }
 
