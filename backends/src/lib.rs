@@ -278,7 +278,9 @@ pub trait Backend: Send + Sync {
         let _ = receipt;
         self.del(key)
     }
-    /// Verifies that every rule of the plan is installed exactly.
+    /// Verifies that every rule of the plan is installed exactly. Not the
+    /// localnet guard ([`Backend::localnet_guard`]): it is the host's, and
+    /// upstream's containers have none, yet pass CHECK.
     fn check(&self, plan: &Plan) -> Result<(), BackendError>;
     /// Removes every rule of the container; succeeds when there is none.
     /// Returns the mappings it removed (for the conntrack flush).

@@ -206,17 +206,25 @@ enum Restored {
 fn restore_one(journal: &Journal, entry: &Entry, dry_run: bool) -> Result<Restored, String> {
     let backend = select::backend_named(&entry.backend)?;
     let plan = Plan::new(&entry.request);
-    let Err(why) = backend.check(&plan) else {
-        return Ok(Restored::InPlace);
-    };
-    if entry.is_stale() {
-        if !dry_run {
-            journal
-                .remove(&entry.request.key)
-                .map_err(|e| e.to_string())?;
+    let guard_lost =
+        || plan.localnet_container().is_some() && !backend.localnet_guard().unwrap_or(false);
+    let why = match backend.check(&plan) {
+        // The guard is the host's (CHECK leaves it out), but the container's
+        // ADD installed it: reinstalling puts it back.
+        Ok(()) if guard_lost() => "the localnet guard is missing".to_string(),
+        Ok(()) => return Ok(Restored::InPlace),
+        Err(why) => {
+            if entry.is_stale() {
+                if !dry_run {
+                    journal
+                        .remove(&entry.request.key)
+                        .map_err(|e| e.to_string())?;
+                }
+                return Ok(Restored::Dropped);
+            }
+            why.to_string()
         }
-        return Ok(Restored::Dropped);
-    }
+    };
     if !dry_run {
         let receipt = backend
             .install(&plan, false)
@@ -229,7 +237,7 @@ fn restore_one(journal: &Journal, entry: &Entry, dry_run: bool) -> Result<Restor
         let _ = journal.write_receipt(&entry.request.key, &entry.ifname, receipt.as_ref());
         host::after_add(&plan).map_err(|e| e.to_string())?;
     }
-    Ok(Restored::Reinstalled(why.to_string()))
+    Ok(Restored::Reinstalled(why))
 }
 
 /// What one restore pass did.

@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use portmap_conformance::cni::{invoke, run_with_input, Call, Outcome};
+use portmap_conformance::firewall::has_guard;
 use portmap_conformance::netns::{prerequisites, Netns};
 use portmap_conformance::toolpath::{IptablesVariant, Nft, ToolDir, Tools};
 use portmap_conformance::topology::{Container, HOST_V4};
@@ -173,11 +174,13 @@ fn add_check_del_end_to_end(
     let out = rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg);
     assert_eq!(out.stdout.trim(), "");
     assert_eq!(rig.answers(8080), None);
+    let left = rig.mappings();
     assert!(
-        !rig.ruleset().contains("CNI-") && !rig.ruleset().contains("cni_hostport"),
-        "{}",
-        rig.ruleset()
+        !left.contains("CNI-") && !left.contains("cni_hostport"),
+        "{left}"
     );
+    // route_localnet stays on, and so does the guard.
+    assert!(has_guard(&rig.ruleset()), "{}", rig.ruleset());
 }
 
 /// DEL never wedges a container: a DEL whose config ADD would refuse
@@ -494,5 +497,9 @@ fn nftables_del_by_receipt_never_takes_another_containers_rules(#[case] forged: 
     assert_eq!(rig.answers(8081).as_deref(), Some("b"));
     assert!(receipt_path(&rig, "ctr-a").is_none(), "DEL removed it");
     rig.must(&ours(), "DEL", "ctr-b", Some(&b), &cfg_b);
-    assert!(!rig.ruleset().contains("cni_hostport"), "{}", rig.ruleset());
+    assert!(
+        !rig.mappings().contains("cni_hostport"),
+        "{}",
+        rig.ruleset()
+    );
 }

@@ -156,7 +156,7 @@ fn iptables_1_6_1_add_check_list_migrate_del() {
     rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg);
     assert_eq!(rig.answers(8080), None);
     assert_eq!(listed_backends(&rig), vec![]);
-    assert!(!rig.ruleset().contains("CNI-"), "{}", rig.ruleset());
+    assert!(!rig.mappings().contains("CNI-"), "{}", rig.ruleset());
 }
 
 /// Rules made with working tools; the tools break; DEL must fail with a

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use common::{config, ours, tcp_8080, Rig};
 use portmap_conformance::cni::state_dir;
+use portmap_conformance::firewall::without_guard;
 use portmap_conformance::toolpath::{IptablesVariant, Tools};
 use portmap_conformance::traffic::EchoServer;
 use rstest::rstest;
@@ -255,6 +256,82 @@ fn restore_brings_back_what_a_reload_removed(#[values("nftables", "nft", "legacy
             .contains("reinstalled 0 container(s), 0 in place"),
         "{}",
         nothing.summary()
+    );
+}
+
+/// The localnet guard: `portmap status` and `list` report it, a firewall
+/// change that took only the guard is repaired by `portmap restore`, and
+/// the last DEL leaves it (route_localnet stays on).
+#[rstest]
+fn status_list_and_restore_know_the_localnet_guard(
+    #[values("nftables", "nft", "legacy")] backend: &str,
+) {
+    let Some((rig, key)) = rig_for(backend) else {
+        return;
+    };
+    let name = backend_name(backend);
+    let a = rig.topo.container("a", 5).expect("container a");
+    let _sa = EchoServer::start(&a.ns, "a", 80).expect("echo a");
+    let cfg = config(&a, Some(key), tcp_8080());
+    let installed = format!("localnet guard: installed ({name})");
+    let status = rig.cli(&["status"]);
+    assert!(
+        status.stdout.contains("localnet guard: not needed"),
+        "{}",
+        status.summary()
+    );
+    rig.must(&ours(), "ADD", "ctr-a", Some(&a), &cfg);
+    let before = rig.ruleset();
+    for cmd in ["status", "list"] {
+        let out = rig.cli(&[cmd]);
+        assert!(out.stdout.contains(&installed), "{cmd}: {}", out.summary());
+    }
+
+    let host = &rig.topo.host;
+    match backend {
+        "nftables" => host.exec("nft", &["delete", "table", "ip", "cni_hostport_guard"]),
+        variant => host.exec(
+            &format!("iptables-{variant}"),
+            &["-t", "mangle", "-F", "CNI-HOSTPORT-GUARD"],
+        ),
+    }
+    .expect("remove the guard");
+    let status = rig.cli(&["status"]);
+    assert!(
+        status.stdout.contains("warning: route_localnet is on (")
+            && status.stdout.contains("no localnet guard is installed"),
+        "{}",
+        status.summary()
+    );
+    // The container's own rules are whole: CHECK passes, and restore sees
+    // the guard's loss on its own.
+    rig.must(&ours(), "CHECK", "ctr-a", Some(&a), &cfg);
+    let restored = rig.cli(&["restore"]);
+    assert_eq!(restored.exit, Some(0), "{}", restored.summary());
+    assert!(
+        restored.stdout.contains(&format!(
+            "reinstalled ctr-a in {name} (the localnet guard is missing)"
+        )),
+        "{}",
+        restored.summary()
+    );
+    // The same guard (a re-made nftables table is listed last).
+    let guard_rules = |dump: &str| -> Vec<String> {
+        dump.lines()
+            .filter(|l| l.contains("localnet guard"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(guard_rules(&rig.ruleset()), guard_rules(&before));
+    assert_eq!(rig.mappings(), without_guard(&before));
+    assert_eq!(rig.answers(8080).as_deref(), Some("a"));
+
+    rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg);
+    let status = rig.cli(&["status"]);
+    assert!(
+        status.stdout.contains(&installed),
+        "the last DEL keeps the guard: {}",
+        status.summary()
     );
 }
 

@@ -97,13 +97,13 @@ fn auto_selection_matrix(
     assert_eq!(rig.answers(8080), None);
     assert_nothing_left(&rig);
     // Ours alone made these rules: the shared chains go with the last one.
-    assert!(!rig.ruleset().contains("CNI-"), "{}", rig.ruleset());
+    assert!(!rig.mappings().contains("CNI-"), "{}", rig.ruleset());
 }
 
 /// No listed mapping and no trace of our chains or tables.
 fn assert_nothing_left(rig: &Rig) {
     assert_eq!(rig.listed(), vec![]);
-    let left = rig.ruleset();
+    let left = rig.mappings();
     assert!(
         !left.contains("CNI-DN-") && !left.contains("cni_hostport") && !left.contains("ctr-"),
         "{left}"

@@ -226,16 +226,7 @@ impl Iptables {
     }
 
     fn check_inner(&self, plan: &Plan) -> Result<Option<String>, IptablesError> {
-        for (fam, runner, saved) in self.plan_families(plan)? {
-            if Self::guard_read(plan, fam, runner)?.is_some_and(|m| !guard::intact(&m)) {
-                return Ok(Some(format!(
-                    "{} {}: the localnet guard ({} chain {}) is missing or damaged",
-                    self.name_str(),
-                    fam.family,
-                    guard::GUARD_TABLE,
-                    guard::GUARD_CHAIN
-                )));
-            }
+        for (fam, _, saved) in self.plan_families(plan)? {
             if let Some(missing) = batch::check(plan, fam, &saved) {
                 return Ok(Some(format!(
                     "{} {}: {missing}",

@@ -104,6 +104,12 @@ impl Rig {
         firewall::dump(&self.topo.host)
     }
 
+    /// [`Rig::ruleset`] without the localnet guard, which outlives every
+    /// container: what is left is the port mappings' state.
+    pub fn mappings(&self) -> String {
+        firewall::without_guard(&self.ruleset())
+    }
+
     pub fn answers(&self, port: u16) -> Option<String> {
         tcp_ask(
             &self.topo.host,
