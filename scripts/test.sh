@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check: actionlint, formatting, clippy (warnings are errors) and the whole
-# test suite, real-firewall tests included (in namespaces they create).
+# Runs every check: actionlint, formatting, clippy (warnings are errors), a
+# check and a short run of the fuzz target, and the whole test suite,
+# real-firewall tests included (in namespaces they create).
 # Installs missing dependencies first, starts a Docker engine when none
 # runs (stopped again at exit) and builds the distro images. Needs root for
 # the firewall and distro tests; without root they are skipped, except when
@@ -43,6 +44,13 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# fuzz/ is its own workspace (root Cargo.toml excludes it), so clippy and
+# cargo test never build it. --locked: fuzz/Cargo.lock must already know
+# every dependency the plugin and backends crates have.
+echo "==> cargo check of the fuzz workspace (fuzz/Cargo.toml, --locked)"
+cargo check --locked --quiet --manifest-path fuzz/Cargo.toml
+echo "==> fuzz config and prevResult parsing for 15 s (scripts/fuzz.sh)"
+bash scripts/fuzz.sh 15
 echo "==> static release binaries (scripts/release.sh; the Debian 11 image runs them)"
 bash scripts/release.sh
 echo "==> Docker engine and distro images (for conformance/tests/distros.rs)"

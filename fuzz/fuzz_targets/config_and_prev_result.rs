@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 use portmap::cni::{result, Env};
 use portmap::config;
 use portmap_backends::iptables::batch;
-use portmap_backends::iptables::rules::SavedTable;
+use portmap_backends::iptables::saved::SavedTable;
 use portmap_backends::nftables::parse_conditions;
 use portmap_backends::Plan;
 

@@ -385,12 +385,20 @@ fn status(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
         })
 }
 
+/// Says on stderr why a GC removed nothing (GC's success prints nothing).
+const GC_WITHOUT_ATTACHMENTS: &str = "portmap: GC: the config has neither cni.dev/valid-attachments nor cni.dev/attachments: nothing removed";
+
 fn gc(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
     requires_version(cfg, "1.1.0", "GC")?;
-    let journal = host.journal().map_err(|e| journal_error(&e))?;
-    let collected = |key: &ContainerKey| {
-        key.network == cfg.name && !cfg.valid_attachments.contains(&key.container_id)
+    // No list is not an empty list: a runtime that sends the key under a
+    // name we do not know must not lose every container of the network.
+    let Some(valid) = &cfg.valid_attachments else {
+        eprintln!("{GC_WITHOUT_ATTACHMENTS}");
+        return Ok(());
     };
+    let journal = host.journal().map_err(|e| journal_error(&e))?;
+    let collected =
+        |key: &ContainerKey| key.network == cfg.name && !valid.contains(&key.container_id);
     // Entries of an earlier DEL or GC that did not finish go too.
     let mut gone: Vec<ContainerKey> = journal.retired().into_iter().filter(collected).collect();
     for (_, entry) in journal.entries().into_iter().flatten() {
@@ -403,7 +411,7 @@ fn gc(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
     let sweep = host.sweep();
     for backend in sweep.backends {
         backend
-            .gc(&cfg.name, &cfg.valid_attachments)
+            .gc(&cfg.name, valid)
             .map_err(|e| backend_error(&e, backend.name(), "gc"))?;
     }
     unreadable_error(&sweep.unreadable)?;
@@ -917,5 +925,59 @@ mod tests {
         let stdin = br#"{"cniVersion":"1.1.0","name":"net","cni.dev/valid-attachments":[{"containerID":"keep","ifname":"eth0"}]}"#;
         run(Command::Gc, &env(), stdin, &host).expect("ok");
         assert_eq!(host.calls(), vec![r#"a gc net keep {"keep"}"#]);
+    }
+
+    /// Either spec key, or both (their union), is the list every backend
+    /// keeps; neither key asks no backend to collect anything.
+    #[rstest::rstest]
+    #[case::valid_attachments(
+        r#""cni.dev/valid-attachments":[{"containerID":"keep","ifname":"eth0"}]"#,
+        Some(r#"{"keep"}"#)
+    )]
+    #[case::spec_text_attachments(
+        r#""cni.dev/attachments":[{"containerID":"keep","ifname":"eth0"}]"#,
+        Some(r#"{"keep"}"#)
+    )]
+    #[case::both_keys_union(r#""cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}],"cni.dev/attachments":[{"containerID":"b","ifname":"eth0"}]"#, Some(r#"{"a", "b"}"#))]
+    #[case::neither_key(r#""other":1"#, None)]
+    fn gc_keeps_what_either_key_lists(#[case] keys: &str, #[case] keep: Option<&str>) {
+        let host = FakeHost::new(vec![("a", true), ("b", true)]);
+        let stdin = format!(r#"{{"cniVersion":"1.1.0","name":"net",{keys}}}"#);
+        let out = run(Command::Gc, &env(), stdin.as_bytes(), &host).expect("ok");
+        assert_eq!(out, None, "GC success prints nothing");
+        let want: Vec<String> = keep
+            .map(|k| vec![format!("a gc net keep {k}"), format!("b gc net keep {k}")])
+            .unwrap_or_default();
+        assert_eq!(host.calls(), want);
+    }
+
+    /// Without either key the journal keeps its entries too: a later
+    /// `portmap restore` must still bring the containers back.
+    #[test]
+    fn gc_without_attachments_leaves_the_journal() {
+        let host = FakeHost::new(vec![("fake", true)]);
+        run(Command::Add, &env(), &config(one_mapping(), "1.1.0"), &host).expect("add");
+        let no_key = br#"{"cniVersion":"1.1.0","name":"net"}"#;
+        run(Command::Gc, &env(), no_key, &host).expect("gc");
+        assert_eq!(
+            journaled(&host),
+            vec![("c1".to_string(), "fake".to_string())]
+        );
+        let spec_key = br#"{"cniVersion":"1.1.0","name":"net","cni.dev/attachments":[]}"#;
+        run(Command::Gc, &env(), spec_key, &host).expect("gc");
+        assert_eq!(journaled(&host), vec![], "an empty list collects it");
+    }
+
+    #[test]
+    fn gc_without_attachments_still_needs_1_1_0() {
+        let host = FakeHost::new(vec![("fake", true)]);
+        let e = run(
+            Command::Gc,
+            &env(),
+            br#"{"cniVersion":"1.0.0","name":"net"}"#,
+            &host,
+        )
+        .expect_err("old");
+        assert_eq!(e.msg, "config version does not allow GC");
     }
 }

@@ -40,8 +40,14 @@ struct RawConfig {
     runtime_config: Option<RawRuntimeConfig>,
     #[serde(rename = "prevResult", default)]
     prev_result: Option<Value>,
+    /// GC's list of containers to keep, as libcni sends it.
     #[serde(rename = "cni.dev/valid-attachments", default)]
     valid_attachments: Option<Vec<RawAttachment>>,
+    /// The same list under the name CNI 1.1.0's spec text gives it (an
+    /// erratum). libcni sends both keys since v1.2.3, only the first in
+    /// v1.2.0-v1.2.2; a runtime written from the spec sends this one.
+    #[serde(rename = "cni.dev/attachments", default)]
+    attachments: Option<Vec<RawAttachment>>,
     // NetConf fields we do not use, decoded for their types alone: Go
     // refuses the whole config when one of them has the wrong type.
     #[serde(rename = "type", default)]
@@ -132,7 +138,11 @@ pub struct Config {
     pub mappings: Vec<PortMapping>,
     /// Normalised to the 1.0 shape.
     pub prev_result: Option<Map<String, Value>>,
-    pub valid_attachments: BTreeSet<String>,
+    /// GC: the container IDs to keep, from `cni.dev/valid-attachments` and
+    /// `cni.dev/attachments` together; `None` when the config has neither
+    /// key (or only `null`s), which GC takes as "remove nothing". An empty
+    /// list is a list: every container of the network goes.
+    pub valid_attachments: Option<BTreeSet<String>>,
 }
 
 fn invalid(msg: impl Into<String>) -> CniError {
@@ -266,12 +276,20 @@ pub fn parse(stdin: &[u8]) -> Result<Config, CniError> {
         None | Some(Value::Null) => None,
         Some(prev) => Some(result::normalize(&prev)?),
     };
-    let valid_attachments = raw
-        .valid_attachments
-        .unwrap_or_default()
-        .into_iter()
-        .map(|a| a.container_id)
-        .collect();
+    // Both keys: the union. libcni sends the same list under both; should
+    // they ever differ, keeping a container that should have gone leaves
+    // rules a later GC or DEL still removes, while dropping one that runs
+    // breaks its ports, and nothing brings them back.
+    let valid_attachments = match (raw.valid_attachments, raw.attachments) {
+        (None, None) => None,
+        (a, b) => Some(
+            a.into_iter()
+                .flatten()
+                .chain(b.into_iter().flatten())
+                .map(|a| a.container_id)
+                .collect(),
+        ),
+    };
     Ok(Config {
         cni_version,
         name: raw.name,
@@ -593,12 +611,44 @@ mod tests {
         assert_eq!(parse_del(&stdin).expect_err("refused").code, code);
     }
 
+    fn attachments(ids: &[&str]) -> Value {
+        ids.iter()
+            .map(|id| json!({"containerID": id, "ifname": "eth0"}))
+            .collect()
+    }
+
+    fn kept(patch: Value) -> Option<Vec<String>> {
+        parse(&with(patch))
+            .expect("valid")
+            .valid_attachments
+            .map(|ids| ids.into_iter().collect())
+    }
+
+    #[rstest]
+    #[case::valid_attachments(json!({"cni.dev/valid-attachments": attachments(&["a", "b"])}), Some(vec!["a", "b"]))]
+    #[case::spec_text_attachments(json!({"cni.dev/attachments": attachments(&["a"])}), Some(vec!["a"]))]
+    #[case::both_keys_union(json!({"cni.dev/valid-attachments": attachments(&["a", "b"]), "cni.dev/attachments": attachments(&["b", "c"])}), Some(vec!["a", "b", "c"]))]
+    #[case::both_keys_one_empty(json!({"cni.dev/valid-attachments": [], "cni.dev/attachments": attachments(&["c"])}), Some(vec!["c"]))]
+    #[case::empty_list_is_a_list(json!({"cni.dev/attachments": []}), Some(vec![]))]
+    #[case::neither_key(json!({}), None)]
+    #[case::nulls_are_unset(json!({"cni.dev/valid-attachments": null, "cni.dev/attachments": null}), None)]
+    #[case::null_and_a_list(json!({"cni.dev/valid-attachments": null, "cni.dev/attachments": attachments(&["a"])}), Some(vec!["a"]))]
+    #[case::keys_fold_like_go(json!({"CNI.dev/Valid-Attachments": attachments(&["a"]), "cni.DEV/ATTACHMENTS": attachments(&["b"])}), Some(vec!["a", "b"]))]
+    fn gc_attachments_from_either_key(#[case] patch: Value, #[case] want: Option<Vec<&str>>) {
+        let want = want.map(|ids| ids.into_iter().map(str::to_string).collect());
+        assert_eq!(kept(patch), want);
+    }
+
     #[test]
-    fn valid_attachments_are_read() {
-        let c = parse(&with(
-            json!({"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]}),
-        ))
-        .expect("valid");
-        assert!(c.valid_attachments.contains("a"));
+    fn attachments_of_the_wrong_shape_are_decode_errors() {
+        let e = parse(&with(json!({"cni.dev/attachments": {"containerID": "a"}})))
+            .expect_err("refused");
+        assert_eq!(e.code, Code::DecodeFailure);
+        assert!(
+            e.msg
+                .starts_with("failed to parse network configuration: cni.dev/attachments: "),
+            "{}",
+            e.msg
+        );
     }
 }

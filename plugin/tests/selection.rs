@@ -494,6 +494,81 @@ fn gc_removes_invalid_attachments_from_every_backend() {
     rig.must(&ours(), "DEL", "ctr-1", None, &gc);
 }
 
+/// GC as a runtime written from CNI 1.1.0's spec text sends it: the list
+/// under `cni.dev/attachments` alone keeps the listed containers' rules in
+/// every backend and removes the rest. Without either key GC removes
+/// nothing (the firewall dump is unchanged) and says so on stderr.
+#[test]
+fn gc_takes_the_spec_texts_key_and_without_a_key_removes_nothing() {
+    let Some(rig) = Rig::new(Tools::default()) else {
+        return;
+    };
+    let legacy = legacy_tools();
+    let cs = containers(&rig, 4);
+    let _srv1 = EchoServer::start(&cs[1].ns, "keep-1", 80).expect("echo");
+    let _srv2 = EchoServer::start(&cs[2].ns, "keep-2", 80).expect("echo");
+    let cfg = |i: usize, b: &str| config(&cs[i], Some(b), port(8080 + i as u16));
+    // ctr-0 leaked in two backends, ctr-3 in iptables-legacy: they go.
+    // ctr-1 (nftables) and ctr-2 (iptables-nft) are listed: they stay.
+    let tools = &rig.tools;
+    add_with(&rig, &ours(), tools, "ctr-0", &cs[0], &cfg(0, "nftables"));
+    add_with(&rig, &ours(), tools, "ctr-0", &cs[0], &cfg(0, "iptables"));
+    add_with(&rig, &ours(), tools, "ctr-1", &cs[1], &cfg(1, "nftables"));
+    add_with(&rig, &ours(), tools, "ctr-2", &cs[2], &cfg(2, "iptables"));
+    add_with(&rig, &ours(), &legacy, "ctr-3", &cs[3], &cfg(3, "iptables"));
+    let all = vec![
+        row("iptables-legacy", "ctr-3", 8083),
+        row("iptables-nft", "ctr-0", 8080),
+        row("iptables-nft", "ctr-2", 8082),
+        row("nftables", "ctr-0", 8080),
+        row("nftables", "ctr-1", 8081),
+    ];
+    assert_eq!(rig.listed(), all);
+
+    let before = rig.ruleset();
+    let no_key = json!({"cniVersion": "1.1.0", "name": "e2e", "type": "portmap"});
+    let out = rig.must(&ours(), "GC", "", None, &no_key);
+    assert_eq!(out.stdout, "", "GC success prints nothing");
+    assert!(
+        out.stderr
+            .contains("neither cni.dev/valid-attachments nor cni.dev/attachments: nothing removed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(rig.ruleset(), before, "GC without a list removed rules");
+    assert_eq!(rig.listed(), all);
+
+    let spec_key = json!({"cniVersion": "1.1.0", "name": "e2e", "type": "portmap",
+                          "cni.dev/attachments": [{"containerID": "ctr-1", "ifname": "eth0"},
+                                                  {"containerID": "ctr-2", "ifname": "eth0"}]});
+    for _ in 0..2 {
+        let out = rig.must(&ours(), "GC", "", None, &spec_key);
+        assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("", ""));
+        assert_eq!(
+            rig.listed(),
+            vec![
+                row("iptables-nft", "ctr-2", 8082),
+                row("nftables", "ctr-1", 8081)
+            ]
+        );
+        let after = rig.ruleset();
+        assert!(
+            after.contains("ctr-1") && after.contains("ctr-2"),
+            "kept rules:\n{after}"
+        );
+        assert!(
+            !after.contains("ctr-0") && !after.contains("ctr-3"),
+            "collected rules:\n{after}"
+        );
+        assert_eq!(rig.answers(8081).as_deref(), Some("keep-1"));
+        assert_eq!(rig.answers(8082).as_deref(), Some("keep-2"));
+        assert_eq!(rig.answers(8080), None);
+    }
+    rig.must(&ours(), "DEL", "ctr-1", None, &spec_key);
+    rig.must(&ours(), "DEL", "ctr-2", None, &spec_key);
+    assert_nothing_left(&rig);
+}
+
 /// A migration killed between "add in target" and "delete in source"
 /// leaves a container in both backends: a re-run finishes the move
 /// without duplicates. A container that cannot move (conditions in
