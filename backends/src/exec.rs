@@ -253,38 +253,6 @@ fn kill_group(child: &mut Child) {
     let _ = wait_until(child, Instant::now() + REAP_AFTER_KILL);
 }
 
-/// [`run`] without a timeout: goes once every caller has moved.
-///
-/// Runs `program` with `input` on stdin. Input is written from its own
-/// thread while output is read, so a large batch cannot deadlock against
-/// a tool that writes before it has read everything; a tool that exits
-/// without reading (a failing one) is judged by its status and stderr,
-/// not by our broken pipe.
-pub fn run_with_stdin(program: &Path, args: &[&str], input: &str) -> std::io::Result<Output> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stdin = child.stdin.take();
-    std::thread::scope(|s| {
-        let writer = s.spawn(move || match stdin {
-            Some(mut pipe) => match pipe.write_all(input.as_bytes()) {
-                Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
-                other => other,
-            },
-            None => Ok(()),
-        });
-        let output = child.wait_with_output();
-        let written = writer
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("stdin writer panicked")));
-        let output = output?;
-        written.map(|()| output)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
