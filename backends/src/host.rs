@@ -4,8 +4,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
+use crate::exec;
 use crate::plan::Plan;
 use crate::{Family, Protocol};
 
@@ -15,6 +15,13 @@ pub enum HostError {
     Sysctl {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("UDP conntrack flush abandoned at port {port} ({family}): {source}")]
+    Conntrack {
+        family: Family,
+        port: u16,
+        #[source]
+        source: crate::exec::ExecError,
     },
 }
 
@@ -133,32 +140,47 @@ fn connected_prefix_v6(table: &str, dst: Ipv6Addr) -> Option<u8> {
 
 /// Deletes UDP conntrack entries towards each (family, UDP host port), so
 /// a flow does not keep going to a container that is gone. Best effort:
-/// a host without the `conntrack` tool or without entries is fine.
-pub fn flush_udp_conntrack(udp_ports: impl IntoIterator<Item = (Family, u16)>) {
+/// a host without the `conntrack` tool or without entries is fine. A
+/// conntrack that hangs is killed at [`exec::CONNTRACK`] and the ports
+/// left are skipped (they would hang too): the error says which.
+pub fn flush_udp_conntrack(
+    udp_ports: impl IntoIterator<Item = (Family, u16)>,
+) -> Result<(), HostError> {
     let mut ports: Vec<(Family, u16)> = udp_ports.into_iter().collect();
     ports.sort_unstable();
     ports.dedup();
     if ports.is_empty() {
-        return;
+        return Ok(());
     }
     let Ok(conntrack) = which::which("conntrack") else {
-        return;
+        return Ok(());
     };
     for (family, port) in ports {
-        let family = match family {
+        let name = match family {
             Family::V4 => "ipv4",
             Family::V6 => "ipv6",
         };
-        {
-            // Exit status 1 only means "0 entries deleted".
-            let _ = Command::new(&conntrack)
-                .args(["-D", "-f", family, "-p", "udp", "--orig-port-dst"])
-                .arg(port.to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+        let port_arg = port.to_string();
+        let args = ["-D", "-f", name, "-p", "udp", "--orig-port-dst", &port_arg];
+        // Exit status 1 only means "0 entries deleted"; other failures
+        // (no kernel support) are as fine as a missing tool.
+        let ran = exec::run(&conntrack, &args, None, exec::CONNTRACK);
+        if let Err(source @ exec::ExecError::Timeout { .. }) = ran {
+            return Err(HostError::Conntrack {
+                family,
+                port,
+                source,
+            });
         }
     }
+    Ok(())
+}
+
+/// A stale conntrack entry misroutes one UDP flow until it expires; a
+/// failed ADD or DEL would be worse (the runtime retries a DEL forever),
+/// so a conntrack that hung is a warning on stderr, which runtimes log.
+fn warn(e: HostError) {
+    eprintln!("portmap: warning: {e}");
 }
 
 /// Applies the host side effects of an ADD.
@@ -171,7 +193,8 @@ pub fn after_add(plan: &Plan) -> Result<(), HostError> {
             .iter()
             .filter(|d| d.protocol == Protocol::Udp)
             .map(move |d| (f.family, d.host_port))
-    }));
+    }))
+    .unwrap_or_else(warn);
     Ok(())
 }
 
@@ -182,7 +205,8 @@ pub fn after_del(removed: &[crate::ClosedPort]) {
             .iter()
             .filter(|m| m.protocol == Protocol::Udp)
             .map(|m| (m.family, m.host_port)),
-    );
+    )
+    .unwrap_or_else(warn);
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::fmt;
 
 use crate::iptables::{Iptables, IptablesError, Variant};
 use crate::nftables::{nf_family_name, NftError, Nftables, TABLE};
-use crate::{nfnetlink, Backend, Family};
+use crate::{exec, nfnetlink, Backend, Family};
 
 /// What the config's `backend` key asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,15 +84,27 @@ pub fn probe_nftables() -> Result<Nftables, NftUnusable> {
     // `nft -c` runs the transaction through the kernel and aborts it: it
     // proves nf_tables works here and leaves nothing behind.
     let probe = r#"{"nftables":[{"add":{"table":{"family":"ip","name":"cni_hostport_probe"}}}]}"#;
-    let failure = match crate::exec::run_with_stdin(nft.binary(), &["-c", "-j", "-f", "-"], probe) {
+    let checked = exec::run(
+        nft.binary(),
+        &["-c", "-j", "-f", "-"],
+        Some(probe.as_bytes()),
+        exec::PROBE,
+    );
+    let (failure, hung) = match checked {
         Ok(out) if out.status.success() => return Ok(nft),
-        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        Err(e) => format!("cannot run it: {e}"),
+        Ok(out) => (
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            false,
+        ),
+        Err(e @ exec::ExecError::Timeout { .. }) => (e.to_string(), true),
+        Err(e) => (format!("cannot run it: {e}"), false),
     };
-    // Only on failure: ask the kernel directly, then whether nft runs at all.
+    // Only on failure: ask the kernel directly, then whether nft runs at
+    // all (not again after it hung: the answer is in).
     let kernel = nfnetlink::tables().map(|_| ()).map_err(|e| e.to_string());
-    let runs = crate::exec::run_with_stdin(nft.binary(), &["--version"], "")
-        .is_ok_and(|o| o.status.success());
+    let runs = !hung
+        && exec::run(nft.binary(), &["--version"], None, exec::PROBE)
+            .is_ok_and(|o| o.status.success());
     Err(diagnose(
         &nft.binary().display().to_string(),
         kernel,
@@ -124,7 +136,7 @@ fn diagnose(binary: &str, kernel: Result<(), String>, runs: bool, failure: Strin
 
 /// What `<tool> --version` prints (first line), for people.
 pub fn tool_version(tool: &std::path::Path) -> Option<String> {
-    let out = crate::exec::run_with_stdin(tool, &["--version"], "").ok()?;
+    let out = exec::run(tool, &["--version"], None, exec::PROBE).ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().next()?.trim();
     (out.status.success() && !line.is_empty()).then(|| line.to_string())

@@ -41,6 +41,14 @@ pub enum IptablesError {
         table: String,
         stderr: String,
     },
+    /// The tool hung and was killed (for a restore, what that leaves:
+    /// [`Runner::restore`]).
+    #[error("{tool} did not finish within {timeout:?} and was killed")]
+    Timeout {
+        tool: String,
+        command: String,
+        timeout: std::time::Duration,
+    },
     #[error("{tool} ({variant}) rejected the batch")]
     Restore {
         tool: String,
@@ -61,8 +69,22 @@ impl IptablesError {
             },
             IptablesError::Spawn { source, .. } => source.to_string(),
             IptablesError::Save { stderr, .. } => stderr.clone(),
+            IptablesError::Timeout {
+                command, timeout, ..
+            } => format!("`{command}` killed (with its process group) after {timeout:?}"),
             IptablesError::Restore { stderr, batch, .. } => format!("{stderr}\nbatch:\n{batch}"),
         }
+    }
+}
+
+/// A family's nat table; `None` where it cannot be read (skipped, as
+/// upstream does), but a hung tool is an error: skipping it would let a
+/// DEL report success while the rules stay.
+fn read_nat(runner: &Runner) -> Result<Option<SavedTable>, IptablesError> {
+    match runner.save() {
+        Ok(text) => Ok(Some(SavedTable::parse(&text))),
+        Err(e @ IptablesError::Timeout { .. }) => Err(e),
+        Err(_) => Ok(None),
     }
 }
 
@@ -80,7 +102,7 @@ impl Iptables {
     pub fn from_path() -> Result<Iptables, IptablesError> {
         let ipt =
             which::which("iptables").map_err(|_| IptablesError::NotUsable { variant: None })?;
-        let detected = Variant::detect(&ipt).ok_or(IptablesError::NotUsable { variant: None })?;
+        let detected = Variant::detect(&ipt)?.ok_or(IptablesError::NotUsable { variant: None })?;
         Self::with_bases(detected, "iptables", "ip6tables")
     }
 
@@ -164,11 +186,16 @@ impl Iptables {
 
     /// Runners whose nat table can be read, with what they read. A family
     /// whose tool or kernel support is missing is skipped, as upstream does.
-    fn readable<'r>(runners: &[&'r Runner]) -> Vec<(&'r Runner, SavedTable)> {
-        runners
-            .iter()
-            .filter_map(|r| r.save().ok().map(|text| (*r, SavedTable::parse(&text))))
-            .collect()
+    fn readable<'r>(
+        runners: &[&'r Runner],
+    ) -> Result<Vec<(&'r Runner, SavedTable)>, IptablesError> {
+        let mut found = Vec::new();
+        for r in runners {
+            if let Some(saved) = read_nat(r)? {
+                found.push((*r, saved));
+            }
+        }
+        Ok(found)
     }
 
     fn not_usable(&self) -> IptablesError {
@@ -183,16 +210,15 @@ impl Iptables {
         &self,
         plan: &'p Plan,
     ) -> Result<Vec<(&'p FamilyPlan, &Runner, SavedTable)>, IptablesError> {
-        let found: Vec<_> = plan
-            .families
-            .iter()
-            .filter(|f| !f.dnats.is_empty())
-            .filter_map(|fam| {
-                let runner = self.runner(fam.family)?;
-                let text = runner.save().ok()?;
-                Some((fam, runner, SavedTable::parse(&text)))
-            })
-            .collect();
+        let mut found = Vec::new();
+        for fam in plan.families.iter().filter(|f| !f.dnats.is_empty()) {
+            let Some(runner) = self.runner(fam.family) else {
+                continue;
+            };
+            if let Some(saved) = read_nat(runner)? {
+                found.push((fam, runner, saved));
+            }
+        }
         if found.is_empty() && !plan.is_empty() {
             return Err(self.not_usable());
         }
@@ -246,7 +272,7 @@ impl Iptables {
     ) -> Result<(Vec<InstalledMapping>, BTreeSet<String>), IptablesError> {
         let mut removed = Vec::new();
         let mut ids = BTreeSet::new();
-        for (runner, saved) in Self::readable(runners) {
+        for (runner, saved) in Self::readable(runners)? {
             let keys = doomed(&saved);
             let Some(b) = batch::del(&keys, &saved) else {
                 continue;
@@ -286,9 +312,15 @@ impl Iptables {
         if !others || chains.contains(&old) {
             return None;
         }
+        let listed = match runner.list_chain(rules::DNAT_CHAIN)? {
+            Ok(text) => text,
+            // The whole read would hang as long again.
+            Err(e @ IptablesError::Timeout { .. }) => return Some(Err(e)),
+            Err(_) => return None,
+        };
         let saved = SavedTable {
             chains,
-            ..SavedTable::parse(&runner.list_chain(rules::DNAT_CHAIN)?.ok()?)
+            ..SavedTable::parse(&listed)
         };
         let closed = saved
             .jumps_to(&own)
@@ -302,12 +334,12 @@ impl Iptables {
         Some(Ok(closed))
     }
 
-    fn list_inner(&self) -> Vec<InstalledContainer> {
-        let tables: Vec<(Family, SavedTable)> = Self::readable(&self.runners())
+    fn list_inner(&self) -> Result<Vec<InstalledContainer>, IptablesError> {
+        let tables: Vec<(Family, SavedTable)> = Self::readable(&self.runners())?
             .into_iter()
             .map(|(runner, saved)| (runner.family, saved))
             .collect();
-        containers(self.name_str(), &tables)
+        Ok(containers(self.name_str(), &tables))
     }
 
     fn name_str(&self) -> &'static str {
@@ -356,7 +388,7 @@ impl Backend for Iptables {
     }
 
     fn list(&self) -> Result<Vec<InstalledContainer>, BackendError> {
-        Ok(self.list_inner())
+        Ok(self.list_inner()?)
     }
 
     fn gc(&self, network: &str, keep: &BTreeSet<String>) -> Result<Vec<String>, BackendError> {

@@ -9,8 +9,10 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Output;
+use std::time::Duration;
 
+use crate::exec::{self, ExecError};
 use crate::Family;
 
 use super::IptablesError;
@@ -34,22 +36,30 @@ impl Variant {
     /// from the multi-call binary a path resolves to: iptables 1.8+ names
     /// it `xtables-legacy-multi` / `xtables-nft-multi`; before 1.8 there
     /// was only `xtables-multi`, always legacy. Other installs (a plain
-    /// binary, a wrapper) answer `--version` (one process).
-    pub fn detect(binary: &Path) -> Option<Detected> {
+    /// binary, a wrapper) answer `--version` (one process). `None`: no
+    /// answer; an error only when `--version` hung.
+    pub fn detect(binary: &Path) -> Result<Option<Detected>, IptablesError> {
         let real = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_path_buf());
-        let name = real.file_name()?.to_string_lossy().into_owned();
+        let Some(name) = real.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+            return Ok(None);
+        };
         let since_1_8 = |variant| Detected {
             variant,
             restore_waits: true,
         };
         if name.contains("legacy") {
-            return Some(since_1_8(Variant::Legacy));
+            return Ok(Some(since_1_8(Variant::Legacy)));
         }
         if name.contains("nft") {
-            return Some(since_1_8(Variant::Nft));
+            return Ok(Some(since_1_8(Variant::Nft)));
         }
-        let out = Command::new(binary).arg("--version").output().ok()?;
-        Detected::from_version(&String::from_utf8_lossy(&out.stdout))
+        match run(binary, &["--version"], None, exec::PROBE) {
+            Ok(out) => Ok(Detected::from_version(&String::from_utf8_lossy(
+                &out.stdout,
+            ))),
+            Err(e @ IptablesError::Timeout { .. }) => Err(e),
+            Err(_) => Ok(None),
+        }
     }
 }
 
@@ -136,12 +146,6 @@ impl Runner {
         })
     }
 
-    fn tool_name(path: &Path) -> String {
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    }
-
     /// `iptables-save -t nat`: the one read of a command.
     pub fn save(&self) -> Result<String, IptablesError> {
         self.save_table("nat")
@@ -149,18 +153,15 @@ impl Runner {
 
     /// `iptables-save -t <table>`.
     pub fn save_table(&self, table: &str) -> Result<String, IptablesError> {
-        let tool = Self::tool_name(&self.save);
-        let out = Command::new(&self.save)
-            .args(["-t", table])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| IptablesError::Spawn {
-                tool: tool.clone(),
-                source,
-            })?;
+        let out = run(&self.save, &["-t", table], None, exec::READ)?;
+        self.stdout_of(&self.save, table, out)
+    }
+
+    /// A read's output, or its failure.
+    fn stdout_of(&self, tool: &Path, table: &str, out: Output) -> Result<String, IptablesError> {
         if !out.status.success() {
             return Err(IptablesError::Save {
-                tool,
+                tool: tool_name(tool),
                 variant: self.variant,
                 table: table.to_string(),
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -174,48 +175,35 @@ impl Runner {
     /// so no lock.
     pub fn list_chain(&self, chain: &str) -> Option<Result<String, IptablesError>> {
         let list = self.list.as_ref()?;
-        let tool = Self::tool_name(list);
-        let out = match Command::new(list)
-            .args(["-t", "nat", "-S", chain])
-            .stdin(Stdio::null())
-            .output()
-        {
-            Ok(out) => out,
-            Err(source) => return Some(Err(IptablesError::Spawn { tool, source })),
-        };
-        if !out.status.success() {
-            return Some(Err(IptablesError::Save {
-                tool,
-                variant: self.variant,
-                table: "nat".to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            }));
-        }
-        Some(Ok(String::from_utf8_lossy(&out.stdout).into_owned()))
+        Some(
+            run(list, &["-t", "nat", "-S", chain], None, exec::READ)
+                .and_then(|out| self.stdout_of(list, "nat", out)),
+        )
     }
 
     /// `iptables-restore --noflush`: the one atomic write of a command.
     /// Before 1.6.2 restore has no `-w` and takes no lock: we hold the
     /// lock `iptables` itself takes, so no concurrent `iptables -A` of
     /// another tool interleaves with our batch.
+    ///
+    /// A restore killed at its timeout has applied nothing: it parses the
+    /// whole batch first and commits the table at `COMMIT` at once
+    /// (legacy: one table replace; nft: one netlink batch). A kill lands
+    /// before the commit, or, had it hung after, finds the whole batch in,
+    /// which the runtime's DEL after our failed ADD removes.
     pub fn restore(&self, batch: &str) -> Result<(), IptablesError> {
-        let tool = Self::tool_name(&self.restore);
-        let spawn = |source| IptablesError::Spawn {
-            tool: tool.clone(),
-            source,
-        };
+        let tool = tool_name(&self.restore);
         let out = if self.restore_waits {
-            crate::exec::run_with_stdin(
-                &self.restore,
-                &["-w", LOCK_WAIT_SECONDS, "--noflush"],
-                batch,
-            )
+            let args = ["-w", LOCK_WAIT_SECONDS, "--noflush"];
+            run(&self.restore, &args, Some(batch), exec::RESTORE)
         } else {
             let path = std::env::var_os("XTABLES_LOCKFILE").unwrap_or_else(|| XTABLES_LOCK.into());
-            let _held = xtables_lock(Path::new(&path)).map_err(spawn)?;
-            crate::exec::run_with_stdin(&self.restore, &["--noflush"], batch)
-        }
-        .map_err(spawn)?;
+            let _held = xtables_lock(Path::new(&path)).map_err(|source| IptablesError::Spawn {
+                tool: tool.clone(),
+                source,
+            })?;
+            run(&self.restore, &["--noflush"], Some(batch), exec::RESTORE)
+        }?;
         if !out.status.success() {
             return Err(IptablesError::Restore {
                 tool,
@@ -226,6 +214,33 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+fn tool_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Runs an iptables tool within `base` (see [`crate::exec`]); a timeout
+/// names the tool and its arguments.
+fn run(
+    tool: &Path,
+    args: &[&str],
+    input: Option<&str>,
+    base: Duration,
+) -> Result<Output, IptablesError> {
+    let name = tool_name(tool);
+    exec::run(tool, args, input.map(str::as_bytes), base).map_err(|e| match e {
+        ExecError::Timeout { timeout, .. } => IptablesError::Timeout {
+            command: format!("{name} {}", args.join(" ")),
+            tool: name,
+            timeout,
+        },
+        ExecError::Spawn { source, .. } | ExecError::Io { source, .. } => {
+            IptablesError::Spawn { tool: name, source }
+        }
+    })
 }
 
 /// Takes `path` with flock as iptables does, waiting up to [`LOCK_WAIT`];
@@ -274,6 +289,22 @@ mod tests {
         assert_eq!(d("iptables v1.4.21"), Some((Variant::Legacy, false)));
         assert_eq!(d("ip6tables v1.6.1"), Some((Variant::Legacy, false)));
         assert_eq!(d("something else"), None);
+    }
+
+    #[test]
+    fn save_table_reads_the_table_it_names() {
+        // echo as iptables-save: its output is its arguments.
+        let runner = Runner {
+            family: Family::V4,
+            variant: Variant::Nft,
+            save: PathBuf::from("/bin/echo"),
+            restore: PathBuf::from("/nonexistent/iptables-restore"),
+            list: None,
+            restore_waits: true,
+            nat_chains: None,
+        };
+        assert_eq!(runner.save_table("mangle").expect("saved"), "-t mangle\n");
+        assert_eq!(runner.save().expect("saved"), "-t nat\n");
     }
 
     #[test]

@@ -44,8 +44,11 @@ impl Nftables {
         match self.apply_recorded(first, plan) {
             // The skeleton was left out because the read found it whole; a
             // reload or another tool may have removed it since. Nothing
-            // was applied: read again and send the whole skeleton.
-            Err(_) if trimmed => self.apply_recorded(self.add_batch(plan, replacing, true)?, plan),
+            // was applied: read again and send the whole skeleton. Not
+            // after a hung nft: the retry would hang as long again.
+            Err(e) if trimmed && !matches!(e, NftError::Timeout { .. }) => {
+                self.apply_recorded(self.add_batch(plan, replacing, true)?, plan)
+            }
             done => done,
         }
     }

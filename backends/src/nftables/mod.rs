@@ -21,11 +21,11 @@ use nftables::expr::{
     Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
     Prefix,
 };
-use nftables::helper::{self, NftablesError};
 use nftables::schema::{Chain, FlushObject, NfCmd, NfListObject, Rule, Table};
 use nftables::stmt::{JumpTarget, Match, Operator, Statement, NAT};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
+use crate::exec::{self, ExecError};
 use crate::plan::{Dnat, FamilyPlan, MasqSource, Plan};
 use crate::{
     Backend, BackendError, ClosedPort, ContainerKey, Family, InstalledContainer, InstalledMapping,
@@ -68,18 +68,20 @@ pub enum NftError {
     #[error("nft binary not found in PATH")]
     NotFound,
     #[error("nftables: {action} failed")]
-    Nft {
-        action: String,
-        #[source]
-        source: NftablesError,
-    },
-    #[error("nftables: {action} failed")]
     Rejected { action: String, stderr: String },
     #[error("could not run {program}: {source}")]
     Spawn {
         program: String,
         #[source]
         source: std::io::Error,
+    },
+    /// nft hung and was killed (for a transaction, what that leaves:
+    /// [`Nftables::apply`]).
+    #[error("nftables: {action}: nft did not finish within {timeout:?} and was killed")]
+    Timeout {
+        action: String,
+        program: String,
+        timeout: std::time::Duration,
     },
     #[error("nftables: reading our table over netlink failed: {0}")]
     Netlink(#[from] crate::nfnetlink::NetlinkError),
@@ -92,13 +94,11 @@ pub enum NftError {
 impl NftError {
     pub fn details(&self) -> String {
         match self {
-            NftError::Nft {
-                source: NftablesError::NftFailed { stderr, .. },
-                ..
-            } => stderr.trim().to_string(),
-            NftError::Nft { source, .. } => source.to_string(),
             NftError::Rejected { stderr, .. } => stderr.clone(),
             NftError::Spawn { source, .. } => source.to_string(),
+            NftError::Timeout {
+                program, timeout, ..
+            } => format!("{program} killed (with its process group) after {timeout:?}"),
             _ => String::new(),
         }
     }
@@ -145,19 +145,41 @@ impl Nftables {
         &self.nft
     }
 
-    /// One `nft -j -f -` transaction. Not the crate's `apply_ruleset`: it
-    /// lets nft's stderr through to ours, and nft's own words belong in
-    /// the CNI error's details.
+    /// Runs this nft with `args` (and `input`) within `timeout`. Every nft
+    /// we start goes through here; not the crate's helpers, which have no
+    /// timeout and let nft's stderr through to ours (nft's own words
+    /// belong in the CNI error's details).
+    pub(crate) fn run(
+        &self,
+        args: &[&str],
+        input: Option<&str>,
+        timeout: std::time::Duration,
+        action: &str,
+    ) -> Result<std::process::Output, NftError> {
+        let program = self.nft.display().to_string();
+        exec::run(&self.nft, args, input.map(str::as_bytes), timeout).map_err(|e| match e {
+            ExecError::Timeout { timeout, .. } => NftError::Timeout {
+                action: action.to_string(),
+                program,
+                timeout,
+            },
+            ExecError::Spawn { source, .. } | ExecError::Io { source, .. } => {
+                NftError::Spawn { program, source }
+            }
+        })
+    }
+
+    /// One `nft -j -f -` transaction. nft killed at its timeout has
+    /// applied nothing: it sends the whole transaction as one netlink
+    /// batch, which the kernel commits or aborts as a whole. A kill lands
+    /// before that, or, had nft hung after, finds the whole batch in,
+    /// which the runtime's DEL after our failed ADD removes (DEL finds
+    /// rules by container ID).
     fn apply(&self, batch: Batch<'_>, action: &str) -> Result<(), NftError> {
         let mut doc = serde_json::to_value(batch.to_nftables())?;
         add_table_comment(&mut doc);
         let payload = serde_json::to_string(&doc)?;
-        let out = crate::exec::run_with_stdin(&self.nft, &["-j", "-f", "-"], &payload).map_err(
-            |source| NftError::Spawn {
-                program: self.nft.display().to_string(),
-                source,
-            },
-        )?;
+        let out = self.run(&["-j", "-f", "-"], Some(&payload), exec::NFT_APPLY, action)?;
         if !out.status.success() {
             return Err(NftError::Rejected {
                 action: action.to_string(),

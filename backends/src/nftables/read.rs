@@ -55,21 +55,17 @@ impl Nftables {
         {
             return Ok(None);
         }
-        let args = ["list", "table", nf_family_name(family), TABLE];
-        let raw = match helper::get_current_ruleset_raw(Some(&self.nft), args) {
-            Ok(raw) => raw,
-            Err(NftablesError::NftFailed { ref stderr, .. })
-                if stderr.contains("No such file or directory") =>
-            {
-                return Ok(None)
+        let action = format!("list table {} {TABLE}", nf_family_name(family));
+        let args = ["-j", "list", "table", nf_family_name(family), TABLE];
+        let out = self.run(&args, None, exec::READ, &action)?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            if stderr.contains("No such file or directory") {
+                return Ok(None);
             }
-            Err(source) => {
-                return Err(NftError::Nft {
-                    action: format!("list table {} {TABLE}", nf_family_name(family)),
-                    source,
-                })
-            }
-        };
+            return Err(NftError::Rejected { action, stderr });
+        }
+        let raw = String::from_utf8_lossy(&out.stdout);
         let doc: ListedDoc<'_> = serde_json::from_str(&raw)?;
         let mut rules = Vec::new();
         for r in doc.nftables.into_iter().filter_map(|item| item.rule) {
