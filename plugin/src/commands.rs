@@ -524,6 +524,7 @@ mod tests {
         /// (name, check passes) of every backend; the first is selected.
         backends: Vec<(&'static str, bool)>,
         unreadable: Vec<String>,
+        /// The namespace's journal directory, in a state directory of its own.
         journal: PathBuf,
         /// Backends whose ADD fails (as a broken nft's transaction would).
         failing_adds: Vec<&'static str>,
@@ -531,7 +532,12 @@ mod tests {
 
     impl Drop for FakeHost {
         fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.journal);
+            // Only a state directory the fake made (a test may point it
+            // elsewhere).
+            let root = self.journal.parent();
+            if let Some(root) = root.filter(|r| r.starts_with(std::env::temp_dir())) {
+                let _ = std::fs::remove_dir_all(root);
+            }
         }
     }
 
@@ -545,7 +551,8 @@ mod tests {
                 unreadable: vec![],
                 failing_adds: vec![],
                 journal: std::env::temp_dir()
-                    .join(format!("portmap-fake-journal-{}-{n}", std::process::id())),
+                    .join(format!("portmap-fake-journal-{}-{n}", std::process::id()))
+                    .join("netns-1-2"),
             }
         }
         fn backend(&self, (name, check_ok): (&'static str, bool)) -> Box<dyn Backend> {
@@ -804,10 +811,15 @@ mod tests {
         assert_eq!(journaled(&host), vec![]);
 
         let mut host = FakeHost::new(vec![("nftables", true), ("iptables-nft", true)]);
-        host.journal = PathBuf::from("/proc/portmap-journal-cannot-exist");
+        host.journal = PathBuf::from("/proc/portmap-state-cannot-exist/netns-1-2");
         let e = run(Command::Add, &env(), &config(one_mapping(), "1.0.0"), &host)
             .expect_err("no journal, no ADD");
-        assert!(e.msg.starts_with("cannot write journal entry"), "{}", e.msg);
+        assert!(
+            e.msg
+                .starts_with("cannot create journal directory /proc/portmap-state-cannot-exist"),
+            "{}",
+            e.msg
+        );
         assert!(
             !e.details.contains("nftables before it"),
             "a journal failure is no reason to try iptables: {}",

@@ -13,9 +13,19 @@
 //! restore would bring back) and remove them once the rules are gone.
 //! So a container ID the journal has no file for has no rules of ours,
 //! and its ADD need not search the firewall for rules to replace.
+//!
+//! Nothing is followed through a symlink (see [`dirs`]): the state
+//! directory and this namespace's are refused when they are symlinks or
+//! others may write to them, and a symlink where a container's directory,
+//! an entry or a temp file should be is never written, read or removed
+//! through.
 
-use std::io::Write;
+mod dirs;
+
 use std::path::{Path, PathBuf};
+
+pub use dirs::{temp_name, Refusal, TEMP_TRIES};
+use dirs::{Dir, Kind};
 
 use portmap_backends::{host, ContainerKey, Receipt, Request};
 use serde::{Deserialize, Serialize};
@@ -58,6 +68,14 @@ pub enum JournalError {
     },
     #[error("cannot read journal entry {path}: {reason}")]
     Unreadable { path: PathBuf, reason: String },
+    #[error("refusing journal directory {path}: {what}")]
+    Unsafe { path: PathBuf, what: Refusal },
+    #[error("cannot {doing} journal directory {path}: {source}")]
+    Dir {
+        doing: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What it takes to reinstall one container.
@@ -93,6 +111,7 @@ impl Entry {
 }
 
 /// One network namespace's journal directory.
+/// One network namespace's journal directory.
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
@@ -102,6 +121,19 @@ pub struct Journal {
 /// as ADD validates them, interface names without `/` or `:`.
 fn safe(part: &str) -> bool {
     !part.is_empty() && part != "." && part != ".." && !part.contains(['/', ':', '\0'])
+}
+
+/// Container `id`'s directory in `netns`, for what only looks at names or
+/// removes: a symlink or a file where it should be holds nothing of ours
+/// (a write refuses it), and is left alone, not followed.
+fn held(netns: &Dir, id: &str) -> Result<Option<Dir>, JournalError> {
+    match netns.sub(id, false) {
+        Err(JournalError::Unsafe {
+            what: Refusal::Symlink | Refusal::NotADirectory,
+            ..
+        }) => Ok(None),
+        other => other,
+    }
 }
 
 impl Journal {
@@ -121,25 +153,43 @@ impl Journal {
         &self.dir
     }
 
-    /// The directory of one container ID (`None`: a name ADD never writes).
-    /// One per ID keeps what ADD and DEL do O(1) in the number of
-    /// containers: they list only their own.
-    fn container_dir(&self, id: &str) -> Option<PathBuf> {
-        safe(id).then(|| self.dir.join(id))
+    /// The state directory and this namespace's directory in it, both
+    /// trusted (see [`Dir::trusted`]); `None`: not made yet. Opened anew
+    /// each time: a long-running `watch` must not write into a directory
+    /// a DEL has removed since.
+    fn open(&self, create: bool) -> Result<Option<(Dir, Dir)>, JournalError> {
+        let name = self.dir.file_name().and_then(|n| n.to_str());
+        let (Some(root), Some(name)) = (self.dir.parent(), name) else {
+            return Err(JournalError::Dir {
+                doing: "open",
+                path: self.dir.clone(),
+                source: std::io::Error::other("not a directory in a state directory"),
+            });
+        };
+        let root = if root.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            root
+        };
+        let Some(root) = Dir::root(root, create)? else {
+            return Ok(None);
+        };
+        let Some(netns) = root.sub(name, create)? else {
+            return Ok(None);
+        };
+        Ok(Some((root, netns.trusted()?)))
     }
 
-    /// The names of the files in `id`'s directory (none when it is missing).
-    fn files_of(&self, id: &str) -> std::io::Result<Vec<String>> {
-        let Some(dir) = self.container_dir(id) else {
-            return Ok(Vec::new());
-        };
-        match std::fs::read_dir(dir) {
-            Ok(files) => Ok(files
-                .flatten()
-                .map(|f| f.file_name().to_string_lossy().into_owned())
-                .collect()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(e),
+    /// The directory of one container ID (see [`held`]; `None`: missing,
+    /// or a name ADD never writes). One per ID keeps what ADD and DEL do
+    /// O(1) in the number of containers: they list only their own.
+    fn container(&self, id: &str) -> Result<Option<Dir>, JournalError> {
+        if !safe(id) {
+            return Ok(None);
+        }
+        match self.open(false)? {
+            Some((_, netns)) => held(&netns, id),
+            None => Ok(None),
         }
     }
 
@@ -149,7 +199,7 @@ impl Journal {
     }
 
     /// Written atomically: a temp file, fsync, rename, fsync of the
-    /// directory (and of the journal's, for a new container directory).
+    /// directory (a new directory's name is made durable when made).
     pub fn write(&self, entry: &Entry) -> Result<(), JournalError> {
         let key = &entry.request.key;
         let unusable = || JournalError::Write {
@@ -163,32 +213,34 @@ impl Journal {
             .filter(|_| safe(&entry.ifname))
             .map(|p| format!("{p}{}.json", entry.ifname))
             .ok_or_else(unusable)?;
-        let dir = self.container_dir(&key.container_id).ok_or_else(unusable)?;
-        let path = dir.join(&name);
+        let Some((_, netns)) = self.open(true)? else {
+            return Err(unusable());
+        };
+        let Some(dir) = netns.sub(&key.container_id, true)? else {
+            return Err(unusable());
+        };
+        let dir = dir.trusted()?;
+        let path = dir.path().join(&name);
         let fail = |source| JournalError::Write {
             path: path.clone(),
             source,
         };
-        let new_dir = !dir.exists();
-        std::fs::create_dir_all(&dir).map_err(fail)?;
         let text = serde_json::to_vec_pretty(entry).map_err(|e| fail(e.into()))?;
-        replace(&dir, &name, &text, true).map_err(fail)?;
-        let sync = |d: &Path| std::fs::File::open(d).and_then(|d| d.sync_all());
-        sync(&dir).map_err(fail)?;
-        if new_dir {
-            sync(&self.dir).map_err(fail)?;
-        }
-        Ok(())
+        dir.replace(&name, &text, true).map_err(fail)?;
+        dir.sync().map_err(fail)
     }
 
     /// Whether rules of container `id` may exist: a file (entry, retired
     /// entry, receipt) of that ID in any network. Unsure (the directory
     /// cannot be read) is yes.
     pub fn may_hold(&self, id: &str) -> bool {
-        match self.files_of(id) {
-            // `.<name>.<pid>.tmp`: a writer killed before its rename, which
-            // comes before any rule.
-            Ok(files) => files.iter().any(|n| !n.starts_with('.')),
+        match self.container(id) {
+            Ok(None) => false,
+            // `.<name>.<pid>.<n>.tmp`: a writer killed before its rename,
+            // which comes before any rule.
+            Ok(Some(mut dir)) => dir
+                .list()
+                .map_or(true, |files| files.iter().any(|(n, _)| !n.starts_with('.'))),
             Err(_) => true,
         }
     }
@@ -197,22 +249,22 @@ impl Journal {
     /// sight) while keeping the knowledge that it may have rules: renamed,
     /// not removed, until [`Journal::remove`] once the rules are gone.
     pub fn retire(&self, key: &ContainerKey) -> Result<(), JournalError> {
-        let (Some(prefix), Some(dir)) = (Self::prefix(key), self.container_dir(&key.container_id))
-        else {
+        let Some(prefix) = Self::prefix(key) else {
             return Ok(());
         };
-        let fail = |path: PathBuf| move |source| JournalError::Retire { path, source };
-        let files = self
-            .files_of(&key.container_id)
-            .map_err(fail(dir.clone()))?;
-        for name in files
-            .iter()
-            .filter(|n| n.starts_with(&prefix) && n.ends_with(".json"))
-        {
-            let path = dir.join(name);
-            match std::fs::rename(&path, dir.join(format!("{name}{RETIRED}"))) {
+        let Some(mut dir) = self.container(&key.container_id)? else {
+            return Ok(());
+        };
+        for (name, kind) in dir.list()? {
+            if kind == Kind::Dir || !(name.starts_with(&prefix) && name.ends_with(".json")) {
+                continue;
+            }
+            match dir.rename(&name, &format!("{name}{RETIRED}")) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(fail(path)(e));
+                    return Err(JournalError::Retire {
+                        path: dir.path().join(&name),
+                        source: e,
+                    });
                 }
                 _ => {}
             }
@@ -222,20 +274,27 @@ impl Journal {
 
     /// The containers of retired entries (a DEL or GC that did not finish).
     pub fn retired(&self) -> Vec<ContainerKey> {
-        let mut keys: Vec<ContainerKey> = self
-            .container_dirs()
-            .flat_map(|(id, dir)| {
-                let files = std::fs::read_dir(dir).into_iter().flatten().flatten();
-                files.filter_map(move |f| {
-                    let name = f.file_name().to_string_lossy().into_owned();
-                    let network = name.strip_suffix(RETIRED)?.split(':').next()?.to_string();
-                    Some(ContainerKey {
-                        network,
+        let Ok(Some((_, mut netns))) = self.open(false) else {
+            return Vec::new();
+        };
+        let mut keys = Vec::new();
+        for (id, kind) in netns.list().unwrap_or_default() {
+            if kind != Kind::Dir {
+                continue;
+            }
+            let Ok(Some(mut dir)) = held(&netns, &id) else {
+                continue;
+            };
+            for (name, kind) in dir.list().unwrap_or_default() {
+                let network = name.strip_suffix(RETIRED).and_then(|n| n.split(':').next());
+                if let Some(network) = network.filter(|_| kind != Kind::Symlink) {
+                    keys.push(ContainerKey {
+                        network: network.to_string(),
                         container_id: id.clone(),
-                    })
-                })
-            })
-            .collect();
+                    });
+                }
+            }
+        }
         keys.sort();
         keys.dedup();
         keys
@@ -251,41 +310,50 @@ impl Journal {
         ifname: &str,
         receipt: Option<&Receipted>,
     ) -> Result<(), JournalError> {
-        let (Some(prefix), Some(dir)) = (Self::prefix(key), self.container_dir(&key.container_id))
-        else {
+        let Some(prefix) = Self::prefix(key).filter(|_| safe(ifname)) else {
             return Ok(());
         };
-        if !safe(ifname) {
-            return Ok(());
-        }
         let name = format!("{prefix}{ifname}{RECEIPT}");
-        let path = dir.join(&name);
+        let dir = self.container(&key.container_id)?;
+        let path = dir.as_ref().map_or_else(
+            || self.dir.join(&key.container_id).join(&name),
+            |d| d.path().join(&name),
+        );
         let fail = |source| JournalError::Write {
             path: path.clone(),
             source,
         };
-        let Some(receipt) = receipt else {
-            return match std::fs::remove_file(&path) {
+        match (dir, receipt) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(fail(std::io::ErrorKind::NotFound.into())),
+            (Some(dir), None) => match dir.remove(&name) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(fail(e)),
                 _ => Ok(()),
-            };
-        };
-        let text = serde_json::to_vec(receipt).map_err(|e| fail(e.into()))?;
-        replace(&dir, &name, &text, false).map_err(fail)
+            },
+            (Some(dir), Some(receipt)) => {
+                let text = serde_json::to_vec(receipt).map_err(|e| fail(e.into()))?;
+                dir.trusted()?.replace(&name, &text, false).map_err(fail)
+            }
+        }
     }
 
     /// The receipts of the container's ADDs (one per interface); unreadable
     /// ones are skipped (DEL then reads everything).
     pub fn receipts(&self, key: &ContainerKey) -> Vec<Receipted> {
-        let (Some(prefix), Some(dir)) = (Self::prefix(key), self.container_dir(&key.container_id))
-        else {
+        let Some(prefix) = Self::prefix(key) else {
             return Vec::new();
         };
-        let files = self.files_of(&key.container_id).unwrap_or_default();
-        files
+        let dir = self
+            .container(&key.container_id)
+            .map(|d| d.map(Dir::trusted));
+        let Ok(Some(Ok(mut dir))) = dir else {
+            return Vec::new();
+        };
+        dir.list()
+            .unwrap_or_default()
             .iter()
-            .filter(|n| n.starts_with(&prefix) && n.ends_with(RECEIPT))
-            .filter_map(|n| serde_json::from_slice(&std::fs::read(dir.join(n)).ok()?).ok())
+            .filter(|(n, _)| n.starts_with(&prefix) && n.ends_with(RECEIPT))
+            .filter_map(|(n, _)| serde_json::from_slice(&dir.read(n).ok()?).ok())
             .collect()
     }
 
@@ -294,95 +362,106 @@ impl Journal {
     /// writer left); none is fine. Empty directories go with their last
     /// file.
     pub fn remove(&self, key: &ContainerKey) -> Result<(), JournalError> {
-        let (Some(prefix), Some(dir)) = (Self::prefix(key), self.container_dir(&key.container_id))
-        else {
+        let Some(prefix) = Self::prefix(key) else {
             return Ok(()); // ADD never wrote such a name
         };
-        let fail = |path: PathBuf| move |source| JournalError::Remove { path, source };
-        let files = self
-            .files_of(&key.container_id)
-            .map_err(fail(dir.clone()))?;
+        let Some((root, netns)) = self.open(false)? else {
+            return Ok(());
+        };
+        let id = &key.container_id;
+        let Some(mut dir) = held(&netns, id)? else {
+            return Ok(());
+        };
         let temp = format!(".{prefix}");
-        for name in files
-            .iter()
-            .filter(|n| n.starts_with(&prefix) || n.starts_with(&temp))
-        {
-            let path = dir.join(name);
-            match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(path)(e)),
+        for (name, kind) in dir.list()? {
+            if kind == Kind::Dir || !(name.starts_with(&prefix) || name.starts_with(&temp)) {
+                continue;
+            }
+            match dir.remove(&name) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(JournalError::Remove {
+                        path: dir.path().join(&name),
+                        source: e,
+                    })
+                }
                 _ => {}
             }
         }
-        // Only when empty: another network's files keep it.
-        let _ = std::fs::remove_dir(&dir);
-        let _ = std::fs::remove_dir(&self.dir);
+        // Only when empty: another network's files keep them.
+        let _ = netns.remove_dir(id);
+        if let Some(name) = self.dir.file_name().and_then(|n| n.to_str()) {
+            let _ = root.remove_dir(name);
+        }
         Ok(())
     }
 
-    /// (container ID, its directory) of every container with files here.
-    fn container_dirs(&self) -> impl Iterator<Item = (String, PathBuf)> {
-        let dirs = std::fs::read_dir(&self.dir).into_iter().flatten().flatten();
-        dirs.filter(|d| d.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|d| (d.file_name().to_string_lossy().into_owned(), d.path()))
-    }
-
-    fn paths(&self) -> Vec<PathBuf> {
-        let mut paths: Vec<PathBuf> = self
-            .container_dirs()
-            .flat_map(|(_, dir)| std::fs::read_dir(dir).into_iter().flatten().flatten())
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        paths.sort();
-        paths
-    }
-
-    /// Every entry, in name order; an unreadable one is reported, not fatal.
+    /// Every entry, in name order; an unreadable one (or a symlink where a
+    /// container's directory or an entry should be) is reported, not fatal.
     pub fn entries(&self) -> Vec<Result<(PathBuf, Entry), JournalError>> {
-        self.paths()
-            .into_iter()
-            .map(|path| {
-                let unreadable = |reason: String| JournalError::Unreadable {
+        let mut netns = match self.open(false) {
+            Ok(Some((_, netns))) => netns,
+            Ok(None) => return Vec::new(),
+            Err(e) => return vec![Err(e)],
+        };
+        let ids = match netns.list() {
+            Ok(ids) => ids,
+            Err(e) => return vec![Err(e)],
+        };
+        let mut found: Vec<(PathBuf, Result<Entry, JournalError>)> = Vec::new();
+        for (id, kind) in ids {
+            let path = netns.path().join(&id);
+            let dir = match kind {
+                Kind::Dir => netns
+                    .sub(&id, false)
+                    .and_then(|d| d.map(Dir::trusted).transpose()),
+                Kind::Symlink => Err(JournalError::Unsafe {
+                    path: path.clone(),
+                    what: Refusal::Symlink,
+                }),
+                Kind::Other => continue,
+            };
+            let mut dir = match dir {
+                Ok(Some(dir)) => dir,
+                Ok(None) => continue,
+                Err(e) => {
+                    found.push((path, Err(e)));
+                    continue;
+                }
+            };
+            let names = match dir.list() {
+                Ok(names) => names,
+                Err(e) => {
+                    found.push((path, Err(e)));
+                    continue;
+                }
+            };
+            for (name, _) in names {
+                if name.starts_with('.') || !name.ends_with(".json") {
+                    continue;
+                }
+                let path = dir.path().join(&name);
+                let entry = read_entry(&dir, &name).map_err(|reason| JournalError::Unreadable {
                     path: path.clone(),
                     reason,
-                };
-                let text = std::fs::read(&path).map_err(|e| unreadable(e.to_string()))?;
-                let entry: Entry =
-                    serde_json::from_slice(&text).map_err(|e| unreadable(e.to_string()))?;
-                if entry.format != FORMAT {
-                    return Err(unreadable(format!(
-                        "format {} is not {FORMAT}",
-                        entry.format
-                    )));
-                }
-                Ok((path, entry))
-            })
+                });
+                found.push((path, entry));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+            .into_iter()
+            .map(|(path, entry)| entry.map(|e| (path, e)))
             .collect()
     }
 }
 
-/// Puts `text` in `dir/name` by a rename from `.<name>.<pid>.tmp`, so a
-/// reader never sees half of it (the temp file goes when anything fails);
-/// `durable`: the data is on disk before the rename.
-fn replace(dir: &Path, name: &str, text: &[u8], durable: bool) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(text)?;
-            if durable {
-                f.sync_all()?;
-            }
-            Ok(())
-        })
-        .and_then(|()| std::fs::rename(&tmp, dir.join(name)));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+fn read_entry(dir: &Dir, name: &str) -> Result<Entry, String> {
+    let text = dir.read(name).map_err(|e| e.to_string())?;
+    let entry: Entry = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+    if entry.format != FORMAT {
+        return Err(format!("format {} is not {FORMAT}", entry.format));
     }
-    written
+    Ok(entry)
 }
 
 #[cfg(test)]

@@ -23,10 +23,33 @@ fn request(network: &str, id: &str) -> Request {
     }
 }
 
-fn scratch(label: &str) -> Journal {
+/// A journal in a state directory of its own, removed with it (also when
+/// the test panics).
+struct Scratch(Journal);
+
+impl std::ops::Deref for Scratch {
+    type Target = Journal;
+    fn deref(&self) -> &Journal {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.root());
+    }
+}
+
+impl Scratch {
+    fn root(&self) -> &Path {
+        self.0.dir().parent().expect("root")
+    }
+}
+
+fn scratch(label: &str) -> Scratch {
     let dir = std::env::temp_dir().join(format!("portmap-journal-{label}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    Journal::at(dir.join("netns-1-2"))
+    Scratch(Journal::at(dir.join("netns-1-2")))
 }
 
 #[test]
@@ -55,7 +78,6 @@ fn retired_entries_leave_entries_but_keep_the_id_known_until_removed() {
     std::fs::create_dir_all(j.dir().join("a")).expect("dir");
     std::fs::write(j.dir().join("a/.net:eth0.json.9.tmp"), b"{").expect("temp");
     assert!(!j.may_hold("a"));
-    let _ = std::fs::remove_dir_all(j.dir().parent().expect("root"));
 }
 
 #[test]
@@ -135,7 +157,6 @@ fn a_corrupt_entry_is_reported_and_the_others_read() {
     assert!(entries.iter().any(|e| e
         .as_ref()
         .is_ok_and(|(_, e)| e.request.key.container_id == "good")));
-    let _ = std::fs::remove_dir_all(j.dir());
 }
 
 #[test]
@@ -147,7 +168,6 @@ fn unusable_names_write_nothing() {
         j.remove(&e.request.key).is_ok(),
         "DEL of such a name has nothing to remove"
     );
-    let _ = std::fs::remove_dir_all(j.dir());
 }
 
 #[test]
@@ -170,5 +190,166 @@ fn an_entry_whose_namespace_is_gone_is_stale() {
 fn an_unwritable_journal_is_an_error() {
     let j = Journal::at(PathBuf::from("/proc/portmap-journal-cannot-exist"));
     let err = j.write(&Entry::new("eth0", "", "nftables", request("n", "c")));
-    assert!(matches!(err, Err(JournalError::Write { .. })), "{err:?}");
+    assert!(matches!(err, Err(JournalError::Dir { .. })), "{err:?}");
+}
+
+/// What is under `dir`: every name, whether it is a symlink, and the
+/// contents of files, sorted.
+fn snapshot(dir: &Path) -> Vec<(String, bool, Vec<u8>)> {
+    let mut all: Vec<(String, bool, Vec<u8>)> = std::fs::read_dir(dir)
+        .expect("victim")
+        .flatten()
+        .map(|e| {
+            let link = e.file_type().is_ok_and(|t| t.is_symlink());
+            let text = std::fs::read(e.path()).unwrap_or_default();
+            (e.file_name().to_string_lossy().into_owned(), link, text)
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn symlinks_in_the_journal_are_never_followed() {
+    use std::os::unix::fs::symlink;
+    let j = scratch("links");
+    let victim = j.root().join("victim");
+    std::fs::create_dir_all(&victim).expect("victim");
+    std::fs::write(victim.join("keep"), b"not the journal's").expect("keep");
+    let receipt = br#"{"backend":"nftables","rules":[]}"#;
+    assert!(
+        serde_json::from_slice::<Receipted>(receipt).is_ok(),
+        "would read"
+    );
+    std::fs::write(victim.join("net:eth0.receipt"), receipt).expect("receipt");
+    let before = snapshot(&victim);
+    j.write(&Entry::new("eth0", "", "nftables", request("net", "a")))
+        .expect("a real entry");
+
+    // A container directory that is a symlink: not written, read or
+    // removed through, and left alone.
+    symlink(&victim, j.dir().join("evil")).expect("link");
+    let evil = Entry::new("eth0", "", "nftables", request("net", "evil"));
+    let err = j.write(&evil).expect_err("refused");
+    assert!(
+        matches!(&err, JournalError::Unsafe { what: Refusal::Symlink, path } if path.ends_with("evil")),
+        "{err:?}"
+    );
+    assert!(!j.may_hold("evil"), "holds nothing of ours");
+    assert!(j.receipts(&evil.request.key).is_empty());
+    j.retire(&evil.request.key).expect("DEL retires nothing");
+    j.remove(&evil.request.key).expect("DEL removes nothing");
+    assert!(j.dir().join("evil").is_symlink(), "left alone");
+
+    // Symlinks where an entry, a receipt and every temp name of this
+    // process would go.
+    let a = j.dir().join("a");
+    symlink(victim.join("keep"), a.join("net:eth1.json")).expect("entry link");
+    symlink(victim.join("net:eth0.receipt"), a.join("net:eth0.receipt")).expect("receipt link");
+    let pid = std::process::id();
+    for n in 0..TEMP_TRIES {
+        let tmp = temp_name("other:eth0.json", pid, n);
+        symlink(victim.join(format!("made-{n}")), a.join(tmp)).expect("temp link");
+    }
+    let entries = j.entries();
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    let errors: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.as_ref().err().map(ToString::to_string))
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("evil") && e.contains("symlink"))
+            && errors
+                .iter()
+                .any(|e| e.contains("a/net:eth1.json") && e.contains("symlink")),
+        "{errors:?}"
+    );
+    assert!(j.receipts(&request("net", "a").key).is_empty(), "not read");
+    let other = Entry::new("eth0", "", "nftables", request("other", "a"));
+    let err = j.write(&other).expect_err("every temp name is taken");
+    assert!(err.to_string().contains("temp names"), "{err}");
+    std::fs::remove_file(a.join(temp_name("other:eth0.json", pid, TEMP_TRIES - 1))).expect("rm");
+    j.write(&other).expect("the last temp name is free");
+    j.write_receipt(
+        &request("net", "a").key,
+        "eth0",
+        Some(&Receipted {
+            backend: "nftables".into(),
+            receipt: Receipt { rules: vec![] },
+        }),
+    )
+    .expect("replaces the symlink, not its target");
+    j.retire(&request("net", "a").key).expect("retire");
+    assert!(
+        a.join("net:eth1.json.retired").is_symlink(),
+        "renamed itself"
+    );
+    j.remove(&request("net", "a").key).expect("remove");
+    j.remove(&other.request.key).expect("remove");
+    assert_eq!(snapshot(&victim), before, "nothing outside was touched");
+}
+
+#[test]
+fn a_state_directory_that_is_a_symlink_or_open_to_others_is_refused() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let s = scratch("refused");
+    let root = s.root().to_path_buf();
+    let real = root.join("real");
+    std::fs::create_dir_all(real.join("netns-1-2")).expect("real");
+    let e = Entry::new("eth0", "", "nftables", request("net", "a"));
+    let refusal = |j: &Journal| match j.write(&e) {
+        Err(JournalError::Unsafe { what, path }) => {
+            assert_eq!(j.entries().len(), 1, "reported by entries too");
+            (what, path)
+        }
+        other => panic!("{other:?}"),
+    };
+
+    symlink(&real, root.join("link")).expect("link");
+    let j = Journal::at(root.join("link/netns-1-2"));
+    assert_eq!(refusal(&j), (Refusal::Symlink, root.join("link")));
+    symlink(real.join("netns-1-2"), real.join("netns-3-4")).expect("link");
+    let j = Journal::at(real.join("netns-3-4"));
+    assert_eq!(refusal(&j), (Refusal::Symlink, real.join("netns-3-4")));
+    assert!(j.retire(&e.request.key).is_err(), "DEL says so too");
+    assert!(
+        snapshot(&real.join("netns-1-2")).is_empty(),
+        "nothing written"
+    );
+
+    let j = Journal::at(real.join("netns-1-2"));
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+    };
+    mode(&real, 0o777);
+    assert_eq!(refusal(&j), (Refusal::Writable(0o777), real.clone()));
+    mode(&real, 0o700);
+    mode(&real.join("netns-1-2"), 0o775);
+    let (what, _) = refusal(&j);
+    assert_eq!(
+        what.to_string(),
+        "mode 0775 lets group or others write to it"
+    );
+    mode(&real.join("netns-1-2"), 0o755);
+    j.write(&e).expect("0755 is fine");
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::chown(real.join("netns-1-2"), Some(1234), None).expect("chown");
+        let (what, _) = refusal(&j);
+        assert_eq!(what, Refusal::Owner { uid: 1234, euid: 0 });
+    }
+}
+
+#[test]
+fn directories_are_made_for_us_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let j = scratch("modes");
+    j.write(&Entry::new("eth0", "", "nftables", request("net", "a")))
+        .expect("write");
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(j.root()), 0o700);
+    assert_eq!(mode(j.dir()), 0o700);
+    assert_eq!(mode(&j.dir().join("a")), 0o700);
+    assert_eq!(mode(&j.dir().join("a/net:eth0.json")), 0o600);
 }
