@@ -103,10 +103,19 @@ impl Entry {
         }
     }
 
-    /// The container's namespace no longer exists: it was removed without
-    /// our DEL (by another binary, or a runtime that crashed).
-    pub fn is_stale(&self) -> bool {
-        !self.netns.is_empty() && !Path::new(&self.netns).exists()
+    /// Whether the container's namespace no longer exists: it was removed
+    /// without our DEL (by another binary, or a runtime that crashed).
+    /// Only ENOENT says so; another error says nothing (`Err`: keep the
+    /// entry). An entry without a namespace (older ones) is never stale.
+    pub fn is_stale(&self) -> std::io::Result<bool> {
+        if self.netns.is_empty() {
+            return Ok(false);
+        }
+        match std::fs::metadata(&self.netns) {
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -171,19 +171,20 @@ fn unusable_names_write_nothing() {
 }
 
 #[test]
-fn an_entry_whose_namespace_is_gone_is_stale() {
-    let gone = Entry::new(
-        "eth0",
-        "/run/netns/portmap-no-such-ns",
-        "nftables",
-        request("n", "c"),
-    );
-    assert!(gone.is_stale());
-    assert!(!Entry::new("eth0", "/proc/self/ns/net", "nftables", request("n", "c")).is_stale());
-    assert!(
-        !Entry::new("eth0", "", "nftables", request("n", "c")).is_stale(),
-        "unknown is not gone"
-    );
+fn only_a_namespace_that_is_not_found_is_gone() {
+    let with = |netns: &str| Entry::new("eth0", netns, "nftables", request("n", "c")).is_stale();
+    assert!(with("/run/netns/portmap-no-such-ns").expect("stat"), "gone");
+    assert!(!with("/proc/self/ns/net").expect("stat"));
+    assert!(!with("").expect("unknown"), "not recorded is not gone");
+    // Errors root gets too: they say nothing about the namespace.
+    let not_a_dir = with("/etc/passwd/x").expect_err("ENOTDIR");
+    assert_eq!(not_a_dir.raw_os_error(), Some(nix::libc::ENOTDIR));
+    let j = scratch("stale");
+    std::fs::create_dir_all(j.root()).expect("root");
+    let lp = j.root().join("loop");
+    std::os::unix::fs::symlink(&lp, &lp).expect("loop");
+    let looped = with(&lp.display().to_string()).expect_err("ELOOP");
+    assert_eq!(looped.raw_os_error(), Some(nix::libc::ELOOP));
 }
 
 #[test]
