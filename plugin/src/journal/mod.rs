@@ -68,6 +68,10 @@ pub enum JournalError {
     },
     #[error("cannot read journal entry {path}: {reason}")]
     Unreadable { path: PathBuf, reason: String },
+    #[error(
+        "{what} of {len} bytes is too long for the journal (a file name has at most {NAME_MAX})"
+    )]
+    TooLong { what: &'static str, len: usize },
     #[error("refusing journal directory {path}: {what}")]
     Unsafe { path: PathBuf, what: Refusal },
     #[error("cannot {doing} journal directory {path}: {source}")]
@@ -132,6 +136,16 @@ fn safe(part: &str) -> bool {
     !part.is_empty() && part != "." && part != ".." && !part.contains(['/', ':', '\0'])
 }
 
+/// The longest file name (Linux's NAME_MAX).
+pub const NAME_MAX: usize = 255;
+
+/// Whether the journal can hold container `id` (a directory of that
+/// name). ADD refuses any other ID before it makes a rule, so nothing of
+/// ours exists for it: DEL need not look.
+pub fn can_hold(id: &str) -> bool {
+    safe(id) && id.len() <= NAME_MAX
+}
+
 /// Container `id`'s directory in `netns`, for what only looks at names or
 /// removes: a symlink or a file where it should be holds nothing of ours
 /// (a write refuses it), and is left alone, not followed.
@@ -193,7 +207,7 @@ impl Journal {
     /// or a name ADD never writes). One per ID keeps what ADD and DEL do
     /// O(1) in the number of containers: they list only their own.
     fn container(&self, id: &str) -> Result<Option<Dir>, JournalError> {
-        if !safe(id) {
+        if !can_hold(id) {
             return Ok(None);
         }
         match self.open(false)? {
@@ -204,13 +218,24 @@ impl Journal {
 
     /// `<network>:`, the start of the names of one attachment's files.
     fn prefix(key: &ContainerKey) -> Option<String> {
-        (safe(&key.network) && safe(&key.container_id)).then(|| format!("{}:", key.network))
+        (safe(&key.network) && can_hold(&key.container_id)).then(|| format!("{}:", key.network))
     }
 
     /// Written atomically: a temp file, fsync, rename, fsync of the
     /// directory (a new directory's name is made durable when made).
     pub fn write(&self, entry: &Entry) -> Result<(), JournalError> {
         let key = &entry.request.key;
+        // The longest name of an attachment: its receipt's temp file.
+        let receipt = format!("{}:{}{RECEIPT}", key.network, entry.ifname);
+        let longest = temp_name(&receipt, u32::MAX, TEMP_TRIES).len();
+        for (what, len) in [
+            ("container ID", key.container_id.len()),
+            ("attachment file name", longest),
+        ] {
+            if len > NAME_MAX {
+                return Err(JournalError::TooLong { what, len });
+            }
+        }
         let unusable = || JournalError::Write {
             path: self.dir.clone(),
             source: std::io::Error::new(

@@ -171,6 +171,34 @@ fn unusable_names_write_nothing() {
 }
 
 #[test]
+fn names_too_long_for_a_file_are_refused_and_have_nothing_to_delete() {
+    let j = scratch("long");
+    let long = "c".repeat(NAME_MAX + 1);
+    assert!(can_hold(&"c".repeat(NAME_MAX)) && !can_hold(&long));
+    let e = Entry::new("eth0", "", "nftables", request("net", &long));
+    let err = j.write(&e).expect_err("too long");
+    assert_eq!(
+        err.to_string(),
+        "container ID of 256 bytes is too long for the journal (a file name has at most 255)"
+    );
+    let network = Entry::new("eth0", "", "nftables", request(&"n".repeat(240), "c"));
+    assert!(matches!(
+        j.write(&network),
+        Err(JournalError::TooLong { .. })
+    ));
+    assert!(!j.dir().exists(), "nothing made");
+    // A DEL (and an ADD's look for rules) of such an ID reads nothing,
+    // even where nothing could be read.
+    let nowhere = Journal::at(PathBuf::from("/proc/portmap-cannot-exist/netns-1-2"));
+    for j in [&*j, &nowhere] {
+        assert!(!j.may_hold(&long));
+        assert!(j.receipts(&e.request.key).is_empty());
+        j.retire(&e.request.key).expect("nothing to retire");
+        j.remove(&e.request.key).expect("nothing to remove");
+    }
+}
+
+#[test]
 fn only_a_namespace_that_is_not_found_is_gone() {
     let with = |netns: &str| Entry::new("eth0", netns, "nftables", request("n", "c")).is_stale();
     assert!(with("/run/netns/portmap-no-such-ns").expect("stat"), "gone");
