@@ -124,7 +124,6 @@ impl Entry {
 }
 
 /// One network namespace's journal directory.
-/// One network namespace's journal directory.
 #[derive(Debug, Clone)]
 pub struct Journal {
     dir: PathBuf,
