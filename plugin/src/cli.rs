@@ -214,7 +214,13 @@ fn restore_one(journal: &Journal, entry: &Entry, dry_run: bool) -> Result<Restor
         Ok(()) if guard_lost() => "the localnet guard is missing".to_string(),
         Ok(()) => return Ok(Restored::InPlace),
         Err(why) => {
-            if entry.is_stale() {
+            let stale = entry.is_stale().map_err(|e| {
+                format!(
+                    "skipped, entry kept: cannot tell whether its network namespace {} still exists: {e}",
+                    entry.netns
+                )
+            })?;
+            if stale {
                 if !dry_run {
                     journal
                         .remove(&entry.request.key)
@@ -418,7 +424,8 @@ fn missing() -> Vec<Entry> {
         .into_iter()
         .flatten()
         .map(|(_, e)| e)
-        .filter(|e| !e.is_stale())
+        // Unsure whether the namespace is gone: still missing.
+        .filter(|e| !matches!(e.is_stale(), Ok(true)))
         .filter(|e| {
             select::backend_named(&e.backend)
                 .map(|b| b.check(&Plan::new(&e.request)).is_err())

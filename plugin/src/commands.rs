@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::cni::result::convert;
 use crate::cni::{CniError, Code, Command, Env};
 use crate::config::{self, Config};
-use crate::journal::{Entry, Journal, JournalError, Receipted};
+use crate::journal::{self, Entry, Journal, JournalError, Receipted};
 use crate::lock::{self, Lock};
 use std::path::Path;
 
@@ -323,16 +323,19 @@ fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
     // The journal entry retired before the rules: a DEL killed in between
     // must not leave an entry that `portmap restore` would bring back; it
     // goes for good once the rules are gone.
-    let journal = host.journal();
-    let receipts = journal
-        .as_ref()
-        .map(|j| j.receipts(key))
-        .unwrap_or_default();
-    let mut first_error = journal
-        .as_ref()
-        .map_err(journal_error)
-        .and_then(|j| j.retire(key).map_err(|e| journal_error(&e)))
-        .err();
+    // An ID the journal cannot hold was refused by every ADD of ours: no
+    // journal to look at (it would only fail the DEL, retried forever).
+    // Rules another binary made may exist: the sweep still runs.
+    let journal = journal::can_hold(&key.container_id).then(|| host.journal());
+    let receipts = match &journal {
+        Some(Ok(j)) => j.receipts(key),
+        _ => Vec::new(),
+    };
+    let mut first_error = match &journal {
+        Some(Ok(j)) => j.retire(key).map_err(|e| journal_error(&e)).err(),
+        Some(Err(e)) => Some(journal_error(e)),
+        None => None,
+    };
     let sweep = host.sweep();
     for backend in sweep.backends {
         // One receipt per backend: a container attached by several
@@ -360,8 +363,8 @@ fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
     // remain where we could not look.
     unreadable_error(&sweep.unreadable)?;
     match &journal {
-        Ok(j) => j.remove(key).map_err(|e| journal_error(&e)),
-        Err(_) => Ok(()),
+        Some(Ok(j)) => j.remove(key).map_err(|e| journal_error(&e)),
+        _ => Ok(()),
     }
 }
 
@@ -535,6 +538,7 @@ mod tests {
         /// (name, check passes) of every backend; the first is selected.
         backends: Vec<(&'static str, bool)>,
         unreadable: Vec<String>,
+        /// The namespace's journal directory, in a state directory of its own.
         journal: PathBuf,
         /// Backends whose ADD fails (as a broken nft's transaction would).
         failing_adds: Vec<&'static str>,
@@ -542,7 +546,12 @@ mod tests {
 
     impl Drop for FakeHost {
         fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.journal);
+            // Only a state directory the fake made (a test may point it
+            // elsewhere).
+            let root = self.journal.parent();
+            if let Some(root) = root.filter(|r| r.starts_with(std::env::temp_dir())) {
+                let _ = std::fs::remove_dir_all(root);
+            }
         }
     }
 
@@ -556,7 +565,8 @@ mod tests {
                 unreadable: vec![],
                 failing_adds: vec![],
                 journal: std::env::temp_dir()
-                    .join(format!("portmap-fake-journal-{}-{n}", std::process::id())),
+                    .join(format!("portmap-fake-journal-{}-{n}", std::process::id()))
+                    .join("netns-1-2"),
             }
         }
         fn backend(&self, (name, check_ok): (&'static str, bool)) -> Box<dyn Backend> {
@@ -815,10 +825,15 @@ mod tests {
         assert_eq!(journaled(&host), vec![]);
 
         let mut host = FakeHost::new(vec![("nftables", true), ("iptables-nft", true)]);
-        host.journal = PathBuf::from("/proc/portmap-journal-cannot-exist");
+        host.journal = PathBuf::from("/proc/portmap-state-cannot-exist/netns-1-2");
         let e = run(Command::Add, &env(), &config(one_mapping(), "1.0.0"), &host)
             .expect_err("no journal, no ADD");
-        assert!(e.msg.starts_with("cannot write journal entry"), "{}", e.msg);
+        assert!(
+            e.msg
+                .starts_with("cannot create journal directory /proc/portmap-state-cannot-exist"),
+            "{}",
+            e.msg
+        );
         assert!(
             !e.details.contains("nftables before it"),
             "a journal failure is no reason to try iptables: {}",
@@ -839,6 +854,29 @@ mod tests {
         assert_eq!(e.msg, "must be called as chained plugin");
         let e = run(Command::Check, &env(), stdin, &host).expect_err("error");
         assert_eq!(e.msg, "Required prevResult missing");
+    }
+
+    #[test]
+    fn del_of_an_id_too_long_for_the_journal_sweeps_and_succeeds() {
+        let mut host = FakeHost::new(vec![("a", true)]);
+        // A journal that could not even be opened: not looked at.
+        host.journal = PathBuf::from("/proc/portmap-state-cannot-exist/netns-1-2");
+        let long = Env {
+            container_id: "c".repeat(300),
+            ..env()
+        };
+        let add = run(Command::Add, &long, &config(one_mapping(), "1.0.0"), &host);
+        assert!(add
+            .expect_err("refused")
+            .msg
+            .contains("too long for the journal"));
+        assert!(host.calls().is_empty(), "no rule: {:?}", host.calls());
+        let del = br#"{"cniVersion":"1.0.0","name":"net"}"#;
+        run(Command::Del, &long, del, &host).expect("DEL succeeds");
+        assert_eq!(
+            host.calls(),
+            vec![format!("a del {}", long.container_id), "after_del".into()]
+        );
     }
 
     #[test]

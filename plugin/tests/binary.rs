@@ -225,6 +225,37 @@ fn del_with_a_config_add_refuses_still_removes_the_rules(
     assert_eq!(undecodable.error_code(), Some(6));
 }
 
+/// A container ID longer than a file name: ADD refuses it cleanly (no
+/// journal entry, so no rule), and DEL, which runtimes retry until it
+/// succeeds, succeeds: nothing of ours can exist for it.
+#[rstest]
+#[case::nftables(Some("nftables"))]
+#[case::iptables(Some("iptables"))]
+fn a_container_id_too_long_for_the_journal_is_refused_by_add_and_deleted(
+    #[case] backend: Option<&str>,
+) {
+    let Some(rig) = Rig::new(Tools::default()) else {
+        return;
+    };
+    let a = rig.topo.container("a", 5).expect("container");
+    let cfg = config(&a, backend, tcp_8080());
+    let id = "c".repeat(300);
+    let before = rig.ruleset();
+    let add = rig.call(&ours(), "ADD", &id, Some(&a), &cfg);
+    assert_eq!(add.exit, Some(1), "{}", add.summary());
+    assert_eq!(
+        add.error_msg(),
+        "container ID of 300 bytes is too long for the journal (a file name has at most 255)"
+    );
+    assert_eq!(rig.ruleset(), before, "no rule");
+    for netns in [Some(&a), None] {
+        let del = rig.call(&ours(), "DEL", &id, netns, &cfg);
+        assert_eq!(del.exit, Some(0), "{}", del.summary());
+        assert_eq!((del.stdout.trim(), del.stderr.trim()), ("", ""));
+    }
+    assert_eq!(rig.ruleset(), before);
+}
+
 /// Every client fixture (containerd, CRI-O, podman, cnitool input) through
 /// ADD, CHECK, traffic and DEL on every backend. (The harness's client
 /// scenarios send CHECK only where the client does; ours must pass it for
@@ -301,7 +332,7 @@ fn an_unwritable_journal_fails_add_and_writes_no_rule(#[case] backend: Option<&s
     assert_eq!(out.exit, Some(1), "{}", out.summary());
     assert!(
         out.error_msg()
-            .starts_with("cannot write journal entry /proc/portmap-state/netns-"),
+            .starts_with("cannot create journal directory /proc/portmap-state: "),
         "{}",
         out.summary()
     );

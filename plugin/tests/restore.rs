@@ -335,6 +335,59 @@ fn status_list_and_restore_know_the_localnet_guard(
     );
 }
 
+/// Only a namespace that is not found is gone: an entry whose namespace
+/// cannot be checked (here ENOTDIR, which root gets too) is kept, not
+/// reinstalled, and restore says why; a namespace not found is forgotten.
+#[test]
+fn restore_keeps_an_entry_whose_namespace_it_cannot_check() {
+    let Some((rig, key)) = rig_for("nftables") else {
+        return;
+    };
+    let a = rig.topo.container("a", 5).expect("container a");
+    let _sa = EchoServer::start(&a.ns, "a", 80).expect("echo a");
+    let cfg = config(&a, Some(key), tcp_8080());
+    rig.must(&ours(), "ADD", "ctr-a", Some(&a), &cfg);
+    let entry = journal_dir(&rig).join("ctr-a/e2e:eth0.json");
+    let set_netns = |netns: &str| {
+        let text = std::fs::read(&entry).expect("entry");
+        let mut doc: serde_json::Value = serde_json::from_slice(&text).expect("json");
+        doc["netns"] = json!(netns);
+        std::fs::write(&entry, doc.to_string()).expect("write entry");
+    };
+    set_netns("/etc/passwd/x");
+    flush_behind_the_back(&rig, "nftables");
+    let kept = rig.cli(&["restore"]);
+    assert_eq!(kept.exit, Some(1), "{}", kept.summary());
+    assert!(
+        kept.stderr.contains(&format!(
+            "{} (ctr-a in nftables): skipped, entry kept: cannot tell whether its network \
+             namespace /etc/passwd/x still exists: Not a directory",
+            entry.display()
+        )),
+        "{}",
+        kept.stderr
+    );
+    assert!(
+        kept.stdout
+            .contains("reinstalled 0 container(s), 0 in place, 0 gone, 1 could not be restored"),
+        "{}",
+        kept.stdout
+    );
+    assert!(entry.exists(), "the entry stays");
+    assert_eq!(rig.answers(8080), None, "not reinstalled either");
+
+    set_netns("/run/netns/portmap-no-such-ns");
+    let forgot = rig.cli(&["restore"]);
+    assert_eq!(forgot.exit, Some(0), "{}", forgot.summary());
+    assert!(
+        forgot.stdout.contains("forgot ctr-a"),
+        "{}",
+        forgot.summary()
+    );
+    assert!(!entry.exists(), "a namespace not found is gone");
+    rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg);
+}
+
 /// `portmap watch` brings rules back by itself: within 2 s of a flush on
 /// nftables and iptables-nft (nf_tables notifications), within its
 /// interval on iptables-legacy (no notifications); stops on SIGTERM.
