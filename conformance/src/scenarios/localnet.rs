@@ -9,9 +9,9 @@
 //! reach the host's 127.0.0.1, while containers are there and after the
 //! last DEL (which leaves `route_localnet` on).
 
-use std::cell::Cell;
 use std::io::{ErrorKind, Read};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -89,7 +89,7 @@ fn localnet_guard(ctx: &Ctx) -> Result<(), String> {
             "{first} ({} of {} attacks reached the host's 127.0.0.1; route_localnet on \
              {BRIDGE}: {after_add} after ADD, {after_del} after the last DEL)\n  {}",
             reached.len(),
-            attacker.made.get(),
+            attacker.made.load(Ordering::Relaxed),
             reached.join("\n  ")
         )),
     }
@@ -127,10 +127,21 @@ struct Attacker<'a> {
     c: &'a Container,
     mac: Mac,
     gateway_mac: Mac,
-    /// The forged SYNs' source ports, one per probe.
-    next_port: Cell<u16>,
+    /// The forged SYNs' source ports, one per probe, above the kernel's
+    /// ephemeral range (32768-60999) so no socket of A's own shares one.
+    next_port: AtomicU16,
     /// Attacks made so far.
-    made: Cell<usize>,
+    made: AtomicUsize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Attack {
+    /// (a) over TCP, through the container's own stack.
+    Tcp,
+    /// (a) over UDP.
+    Udp,
+    /// (b), from this source port.
+    Syn(u16),
 }
 
 impl<'a> Attacker<'a> {
@@ -156,32 +167,51 @@ impl<'a> Attacker<'a> {
             c,
             mac: forge::mac_of(&c.ns, IFNAME).map_err(|e| setup(&e))?,
             gateway_mac: forge::mac_of(ctx.host(), BRIDGE).map_err(|e| setup(&e))?,
-            next_port: Cell::new(41000),
-            made: Cell::new(0),
+            next_port: AtomicU16::new(61000),
+            made: AtomicUsize::new(0),
         })
     }
 
-    /// Every attack on every target (port, what is there); what reached,
-    /// one line each.
+    /// Every attack on every target (port, what is there), all at once
+    /// (each waits for silence); what reached, one line each, in order.
     fn attack(&self, targets: &[(u16, &str)], when: &str) -> Result<Vec<String>, String> {
-        let mut reached = Vec::new();
+        let routed = format!("by routing 127.0.0.1 via {IFNAME}");
+        let forged = format!("with a forged SYN on {IFNAME}");
+        let mut jobs: Vec<(u16, &str, &str, Attack)> = Vec::new();
         for &(port, what) in targets {
-            let line = |how: &str, got: String| {
-                format!("{when}: container reached host 127.0.0.1:{port} ({what}) {how}: {got}")
-            };
-            let routed = format!("by routing 127.0.0.1 via {IFNAME}");
-            self.made.set(self.made.get() + 3);
-            if let Some(got) = self.tcp_routed(port)? {
-                reached.push(line(&routed, got));
-            }
-            if let Some(got) = self.udp_routed(port)? {
-                reached.push(line(&routed, got));
-            }
-            if let Some(got) = self.forged_syn(port)? {
-                reached.push(line(&format!("with a forged SYN on {IFNAME}"), got));
+            jobs.push((port, what, &routed, Attack::Tcp));
+            jobs.push((port, what, &routed, Attack::Udp));
+            let sport = self.next_port.fetch_add(1, Ordering::Relaxed);
+            jobs.push((port, what, &forged, Attack::Syn(sport)));
+        }
+        self.made.fetch_add(jobs.len(), Ordering::Relaxed);
+        let outcomes: Vec<Result<Option<String>, String>> = std::thread::scope(|s| {
+            let running: Vec<_> = jobs
+                .iter()
+                .map(|&(port, _, _, attack)| s.spawn(move || self.make(attack, port)))
+                .collect();
+            running
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut reached = Vec::new();
+        for ((port, what, how, _), outcome) in jobs.iter().zip(outcomes) {
+            if let Some(got) = outcome? {
+                reached.push(format!(
+                    "{when}: container reached host 127.0.0.1:{port} ({what}) {how}: {got}"
+                ));
             }
         }
         Ok(reached)
+    }
+
+    fn make(&self, attack: Attack, port: u16) -> Result<Option<String>, String> {
+        match attack {
+            Attack::Tcp => self.tcp_routed(port),
+            Attack::Udp => self.udp_routed(port),
+            Attack::Syn(sport) => self.forged_syn(port, sport),
+        }
     }
 
     /// Attack (a) over TCP: a connection, or a refusal (the host's stack
@@ -234,9 +264,7 @@ impl<'a> Attacker<'a> {
 
     /// Attack (b): a SYN from A's own address to 127.0.0.1:`port`, framed
     /// for the gateway; any SYN-ACK or RST for it reached the host.
-    fn forged_syn(&self, port: u16) -> Result<Option<String>, String> {
-        let sport = self.next_port.get();
-        self.next_port.set(sport.wrapping_add(1));
+    fn forged_syn(&self, port: u16, sport: u16) -> Result<Option<String>, String> {
         let syn = Syn {
             src_mac: self.mac,
             dst_mac: self.gateway_mac,
