@@ -8,6 +8,7 @@ pub mod chain;
 pub mod clients;
 pub mod cni;
 pub mod firewall;
+pub mod forge;
 pub mod netns;
 pub mod report;
 pub mod run;

@@ -26,7 +26,7 @@ pub enum TrafficError {
 const POLL: Duration = Duration::from_millis(10);
 
 /// An echo server answering `<tag> <peer-ip>\n` on TCP and UDP of one port
-/// (dual-stack), stopped on drop.
+/// (dual-stack, or one address), stopped on drop.
 pub struct EchoServer {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -34,7 +34,11 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub fn start(ns: &Netns, tag: &str, port: u16) -> Result<EchoServer, TrafficError> {
-        let addr = SocketAddr::from(([0u16; 8], port));
+        EchoServer::start_on(ns, tag, SocketAddr::from(([0u16; 8], port)))
+    }
+
+    /// The same, bound to one address only (a service on 127.0.0.1).
+    pub fn start_on(ns: &Netns, tag: &str, addr: SocketAddr) -> Result<EchoServer, TrafficError> {
         let io = |what| move |source| TrafficError::Io { what, addr, source };
         let (tcp, udp) = ns.run(|| (TcpListener::bind(addr), UdpSocket::bind(addr)))?;
         let tcp = tcp.map_err(io("bind tcp"))?;

@@ -4,6 +4,7 @@
 
 mod clients;
 mod lifecycle;
+mod localnet;
 mod options;
 mod traffic;
 
@@ -135,6 +136,7 @@ pub fn catalogue() -> Vec<Scenario> {
     let mut all = traffic::scenarios();
     all.extend(options::scenarios());
     all.extend(lifecycle::scenarios());
+    all.extend(localnet::scenarios());
     all.extend(clients::scenarios());
     all
 }
