@@ -177,6 +177,64 @@ pub struct ContainerKey {
     pub container_id: String,
 }
 
+/// One attachment (container ID, network, interface) with its container
+/// addresses: what a GC collects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub key: ContainerKey,
+    pub addrs: Vec<IpAddr>,
+}
+
+/// What is known of one attachment's rules beyond its key (the plugin's
+/// journal knows it). nftables rules carry only the container ID, so one
+/// attachment's rules are told from another's of the same container by
+/// the container address they lead to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    /// The attachment's container addresses; `None`: not known (its
+    /// journal entry is lost, or another binary made it).
+    pub addrs: Option<Vec<IpAddr>>,
+    /// The addresses of the container's other attachments.
+    pub others: Vec<IpAddr>,
+}
+
+impl Known {
+    /// Whether a rule of the container leading to `target` belongs to this
+    /// attachment: its own address, yes; another attachment's, no; an
+    /// address nobody claims, only when this attachment's are unknown (it
+    /// may be any of them). A rule leading nowhere we can read belongs to
+    /// it unless the container has other attachments.
+    pub fn owns(&self, target: Option<IpAddr>) -> bool {
+        let Some(target) = target else {
+            return self.others.is_empty();
+        };
+        match &self.addrs {
+            Some(addrs) if addrs.contains(&target) => true,
+            _ if self.others.contains(&target) => false,
+            addrs => addrs.is_none(),
+        }
+    }
+
+    /// This knowledge with `addrs` added to the attachment's own (an ADD's
+    /// new addresses: rules leading there are replaced too).
+    pub fn with(&self, addrs: impl IntoIterator<Item = IpAddr>) -> Known {
+        let new: Vec<IpAddr> = addrs.into_iter().collect();
+        Known {
+            addrs: self.addrs.as_ref().map(|old| {
+                let mut all = old.clone();
+                all.extend(new.iter().filter(|a| !old.contains(a)));
+                all
+            }),
+            others: self
+                .others
+                .iter()
+                .filter(|a| !new.contains(a))
+                .copied()
+                .collect(),
+        }
+    }
+}
+
 /// One mapping as found in the kernel.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct InstalledMapping {
@@ -255,41 +313,48 @@ pub trait Backend: Send + Sync {
     /// Whether rules are keyed by network as well as container ID
     /// (iptables hashes both into chain names; nftables uses the ID only).
     fn records_network(&self) -> bool;
-    /// Installs (or replaces) the container's rules in one atomic batch per family.
-    fn add(&self, plan: &Plan) -> Result<(), BackendError>;
-    /// [`Backend::add`] as the plugin's ADD runs it. `fresh`: the container
-    /// can have no rules yet (the plugin's journal has never seen its ID),
-    /// so a backend may skip looking for earlier rules to replace, which
-    /// costs O(containers). Returns where the rules went, if the backend
-    /// can find them again by that (see [`Backend::del_receipted`]).
-    fn install(&self, plan: &Plan, fresh: bool) -> Result<Option<Receipt>, BackendError> {
-        let _ = fresh;
-        self.add(plan).map(|()| None)
-    }
-    /// [`Backend::del`] of a container whose ADD returned `receipt`: a
-    /// backend that can check the receipt against the kernel deletes by
-    /// it without reading every container's rules, and falls back to
-    /// [`Backend::del`] when it no longer holds.
-    fn del_receipted(
+    /// Installs the attachment's rules in one atomic batch per family and
+    /// returns where they went, if the backend can find them again by that
+    /// (a receipt, for [`Backend::del`]). `earlier`: what is known of its
+    /// earlier rules, which are replaced; `None` when it can have none (a
+    /// backend may then skip looking for them, which costs O(containers)).
+    fn install(
         &self,
-        key: &ContainerKey,
-        receipt: &Receipt,
-    ) -> Result<Vec<ClosedPort>, BackendError> {
-        let _ = receipt;
-        self.del(key)
+        plan: &Plan,
+        earlier: Option<&Known>,
+    ) -> Result<Option<Receipt>, BackendError>;
+    /// [`Backend::install`] replacing every earlier rule of the container
+    /// ID (migrate, tests: no journal to tell attachments apart).
+    fn add(&self, plan: &Plan) -> Result<(), BackendError> {
+        self.install(plan, Some(&Known::default())).map(|_| ())
     }
     /// Verifies that every rule of the plan is installed exactly. Not the
     /// localnet guard ([`Backend::localnet_guard`]): it is the host's, and
     /// upstream's containers have none, yet pass CHECK.
     fn check(&self, plan: &Plan) -> Result<(), BackendError>;
-    /// Removes every rule of the container; succeeds when there is none.
+    /// Removes every rule of the attachment (those `known` owns, where the
+    /// backend cannot tell attachments apart otherwise); succeeds when
+    /// there is none. `receipt`: where its ADD put them, a hint the caller
+    /// vouches is complete (checked against the kernel before it is used).
     /// Returns the mappings it removed (for the conntrack flush).
-    fn del(&self, key: &ContainerKey) -> Result<Vec<ClosedPort>, BackendError>;
+    fn del(
+        &self,
+        key: &ContainerKey,
+        known: &Known,
+        receipt: Option<&Receipt>,
+    ) -> Result<Vec<ClosedPort>, BackendError>;
     /// Lists installed mappings grouped by container.
     fn list(&self) -> Result<Vec<InstalledContainer>, BackendError>;
-    /// Removes the rules of every container of `network` not in `keep`;
-    /// returns the removed container IDs.
-    fn gc(&self, network: &str, keep: &BTreeSet<String>) -> Result<Vec<String>, BackendError>;
+    /// Removes the rules of every container of `network` not in `keep`:
+    /// where the rules record the network (iptables), those; where they do
+    /// not (nftables), only the rules of `doomed`, the attachments of
+    /// `network` known to be gone. Returns the removed container IDs.
+    fn gc(
+        &self,
+        network: &str,
+        keep: &BTreeSet<String>,
+        doomed: &[Attachment],
+    ) -> Result<Vec<String>, BackendError>;
     /// Whether this backend's localnet guard ([`guard`]) is installed
     /// whole in this network namespace.
     fn localnet_guard(&self) -> Result<bool, BackendError>;
@@ -315,5 +380,57 @@ impl BackendError {
             BackendError::Iptables(e) => e.details(),
             BackendError::CheckFailed { .. } => String::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn an_attachment_owns_its_addresses_and_nobody_elses() {
+        let (a, b, c) = (ip("10.88.0.5"), ip("10.89.0.5"), ip("10.90.0.5"));
+        let net_a = Known {
+            addrs: Some(vec![a]),
+            others: vec![b],
+        };
+        assert!(net_a.owns(Some(a)));
+        assert!(!net_a.owns(Some(b)), "the other network's attachment");
+        assert!(
+            !net_a.owns(Some(c)),
+            "known addresses: an unclaimed one is not ours"
+        );
+        assert!(!net_a.owns(None), "unreadable, and there are others");
+        // Its own entry lost: everything but the others' is possibly ours.
+        let lost = Known {
+            addrs: None,
+            others: vec![b],
+        };
+        assert!(lost.owns(Some(a)) && lost.owns(Some(c)) && !lost.owns(Some(b)));
+        // Nothing known at all: the whole container (upstream's DEL).
+        assert!(Known::default().owns(Some(b)) && Known::default().owns(None));
+    }
+
+    #[test]
+    fn an_add_also_owns_its_new_addresses() {
+        let (a, b, new) = (ip("10.88.0.5"), ip("10.89.0.5"), ip("10.88.0.9"));
+        let k = Known {
+            addrs: Some(vec![a]),
+            others: vec![b],
+        }
+        .with([new]);
+        assert!(k.owns(Some(a)) && k.owns(Some(new)) && !k.owns(Some(b)));
+        // A new address another attachment had is this one's now.
+        let moved = Known {
+            addrs: Some(vec![a]),
+            others: vec![b],
+        }
+        .with([b]);
+        assert!(moved.owns(Some(b)));
+        assert_eq!(Known::default().with([a]), Known::default());
     }
 }

@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use crate::{
-    Backend, BackendError, ContainerAddr, ContainerKey, Family, InstalledContainer, Plan,
-    PortMapping, Request,
+    Attachment, Backend, BackendError, ContainerAddr, ContainerKey, Family, InstalledContainer,
+    Known, Plan, PortMapping, Request,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,9 @@ pub enum MigrateError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Moved {
     pub container_id: String,
+    /// The attachment's network ("" where neither the rules nor the
+    /// journal nor `--network` told it).
+    pub network: String,
     pub from: &'static str,
     pub to: &'static str,
     pub mappings: usize,
@@ -63,12 +66,14 @@ pub struct Report {
     pub failed: Vec<MigrateError>,
 }
 
-/// Moves every container found in `sources` (except the target itself)
-/// to `target`. `network` names the network of containers whose rules do
-/// not record it, when the target needs it.
+/// Moves every attachment found in `sources` (except the target itself)
+/// to `target`. Where the rules do not record the network (nftables), the
+/// `journaled` attachments of the container tell which mappings are whose;
+/// `network` names the network of what neither tells.
 pub fn migrate(
     target: &dyn Backend,
     sources: &[Box<dyn Backend>],
+    journaled: &[Attachment],
     network: Option<&str>,
     dry_run: bool,
 ) -> Report {
@@ -85,24 +90,86 @@ pub fn migrate(
             }
         };
         for c in containers {
-            match move_one(target, source.as_ref(), &c, network, dry_run) {
-                Ok(m) => report.moved.push(m),
-                Err(e) => report.failed.push(e),
+            let parts = attachments_of(&c, journaled, network);
+            for (i, part) in parts.iter().enumerate() {
+                let known = Known {
+                    addrs: Some(addrs_of(part)),
+                    others: parts
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .flat_map(|(_, p)| addrs_of(p))
+                        .collect(),
+                };
+                match move_one(target, source.as_ref(), part, &known, dry_run) {
+                    Ok(m) => report.moved.push(m),
+                    Err(e) => report.failed.push(e),
+                }
             }
         }
     }
     report
 }
 
+/// `c` split into its attachments, each with its network: as the rules
+/// record it (iptables), else by the journaled attachments' addresses,
+/// else `network` for what is left.
+fn attachments_of(
+    c: &InstalledContainer,
+    journaled: &[Attachment],
+    network: Option<&str>,
+) -> Vec<InstalledContainer> {
+    if c.network.is_some() {
+        return vec![c.clone()];
+    }
+    let mut left = c.mappings.clone();
+    let mut parts = Vec::new();
+    for a in journaled
+        .iter()
+        .filter(|a| a.key.container_id == c.container_id)
+    {
+        let (its, rest) = left
+            .into_iter()
+            .partition(|m| a.addrs.contains(&m.container_ip));
+        left = rest;
+        let its: Vec<_> = its;
+        if !its.is_empty() {
+            parts.push(InstalledContainer {
+                network: Some(a.key.network.clone()),
+                mappings: its,
+                ..c.clone()
+            });
+        }
+    }
+    if !left.is_empty() {
+        parts.push(InstalledContainer {
+            network: network.map(str::to_string),
+            mappings: left,
+            ..c.clone()
+        });
+    }
+    parts
+}
+
+fn addrs_of(c: &InstalledContainer) -> Vec<IpAddr> {
+    let mut addrs: Vec<IpAddr> = c.mappings.iter().map(|m| m.container_ip).collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
+/// Moves one attachment: `known` tells its rules from the container's
+/// other attachments' (in a target or source that keys by ID alone).
 fn move_one(
     target: &dyn Backend,
     source: &dyn Backend,
     c: &InstalledContainer,
-    network: Option<&str>,
+    known: &Known,
     dry_run: bool,
 ) -> Result<Moved, MigrateError> {
-    let req = request_of(c, network, target, crate::host::connected_prefix)?;
+    let req = request_of(c, None, target, crate::host::connected_prefix)?;
     let moved = Moved {
+        network: req.key.network.clone(),
         container_id: c.container_id.clone(),
         from: source.name(),
         to: target.name(),
@@ -122,14 +189,18 @@ fn move_one(
         }
     };
     let plan = Plan::new(&req);
-    target.add(&plan).map_err(step("add", target))?;
+    target
+        .install(&plan, Some(known))
+        .map_err(step("add", target))?;
     target.check(&plan).map_err(step("check", target))?;
     // The source keys by what it recorded (iptables: network + ID).
     let source_key = ContainerKey {
         network: c.network.clone().unwrap_or_default(),
         container_id: c.container_id.clone(),
     };
-    source.del(&source_key).map_err(step("delete", source))?;
+    source
+        .del(&source_key, known, None)
+        .map_err(step("delete", source))?;
     Ok(moved)
 }
 

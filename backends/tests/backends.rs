@@ -9,7 +9,8 @@ use portmap_backends::iptables::{Iptables, Variant};
 use portmap_backends::nftables::Nftables;
 use portmap_backends::plan::Plan;
 use portmap_backends::{
-    host, Backend, ContainerAddr, ContainerKey, MasqMark, PortMapping, Protocol, Request,
+    host, Attachment, Backend, ContainerAddr, ContainerKey, Known, MasqMark, PortMapping, Protocol,
+    Request,
 };
 use portmap_conformance::firewall::{has_guard, without_counters, without_guard};
 use portmap_conformance::netns::{prerequisites, Netns};
@@ -113,7 +114,7 @@ impl Fixture {
             container_id: id.into(),
         };
         self.host()
-            .run(|| self.backend.del(&key))
+            .run(|| self.backend.del(&key, &Known::default(), None))
             .expect("netns")
             .unwrap_or_else(|e| panic!("{} DEL {id} failed: {e}: {}", self.kind, e.details()));
     }
@@ -293,6 +294,94 @@ fn add_check_del_with_real_traffic(
     // so the guard must stay too.
     assert_eq!(f.guard(), guard, "{kind}: the last DEL must keep the guard");
     assert!(f.check(&req).is_err(), "CHECK must fail after DEL");
+}
+
+/// One container on two networks (two attachments, two addresses): each
+/// is installed, checked and deleted on its own, on every backend, with
+/// what a journal knows (nftables rules carry the container ID alone).
+#[rstest]
+fn two_attachments_of_one_container_live_apart(
+    #[values("nftables", "iptables-nft", "iptables-legacy")] kind: &'static str,
+) {
+    let Some(f) = Fixture::new(kind) else { return };
+    let a = f.topo.container("a", 5).expect("container");
+    let second: IpAddr = "10.88.0.55".parse().expect("ip");
+    a.ns.exec("ip", &["addr", "add", "10.88.0.55/24", "dev", "eth0"])
+        .expect("second address");
+    let _srv = EchoServer::start(&a.ns, "a", ECHO_PORT).expect("echo");
+    let on = |network: &str, addr: IpAddr, port: u16| Request {
+        key: ContainerKey {
+            network: network.into(),
+            container_id: "ctr".into(),
+        },
+        v4: Some(ContainerAddr {
+            addr,
+            prefix_len: 24,
+        }),
+        v6: None,
+        ..request(
+            &a,
+            "ctr",
+            true,
+            false,
+            vec![mapping(Protocol::Tcp, port, None)],
+        )
+    };
+    let (net_a, net_b) = (on("neta", a.addr(false), 8080), on("netb", second, 9090));
+    let run =
+        |what: &str, step: &(dyn Fn() -> Result<(), portmap_backends::BackendError> + Sync)| {
+            f.host()
+                .run(step)
+                .expect("netns")
+                .unwrap_or_else(|e| panic!("{kind}: {what}: {e}: {}", e.details()));
+        };
+    run("ADD neta", &|| {
+        f.backend.install(&Plan::new(&net_a), None).map(|_| ())
+    });
+    // netb's ADD: the journal knows neta's address, not yet netb's.
+    let b_first = Known {
+        addrs: None,
+        others: vec![a.addr(false)],
+    };
+    run("ADD netb", &|| {
+        f.backend
+            .install(&Plan::new(&net_b), Some(&b_first))
+            .map(|_| ())
+    });
+    f.check(&net_a)
+        .unwrap_or_else(|e| panic!("{kind}: CHECK neta after netb's ADD: {e}"));
+    f.check(&net_b)
+        .unwrap_or_else(|e| panic!("{kind}: CHECK netb: {e}"));
+    f.expect_tag(f.host(), h4(), 8080, "a");
+    f.expect_tag(f.host(), h4(), 9090, "a");
+
+    let key = |req: &Request| req.key.clone();
+    let b_known = Known {
+        addrs: Some(vec![second]),
+        others: vec![a.addr(false)],
+    };
+    run("DEL netb", &|| {
+        f.backend.del(&key(&net_b), &b_known, None).map(|_| ())
+    });
+    f.expect_silence(f.host(), h4(), 9090);
+    f.expect_tag(f.host(), h4(), 8080, "a");
+    f.check(&net_a)
+        .unwrap_or_else(|e| panic!("{kind}: CHECK neta after netb's DEL: {e}"));
+    assert!(f.check(&net_b).is_err(), "{kind}: netb is gone");
+
+    let a_known = Known {
+        addrs: Some(vec![a.addr(false)]),
+        others: vec![],
+    };
+    run("DEL neta", &|| {
+        f.backend.del(&key(&net_a), &a_known, None).map(|_| ())
+    });
+    f.expect_silence(f.host(), h4(), 8080);
+    let left = f.ruleset();
+    assert!(
+        !left.contains("ctr") && !left.contains("CNI-DN-"),
+        "{kind}: left:\n{left}"
+    );
 }
 
 #[rstest]
@@ -824,9 +913,22 @@ fn list_and_gc_see_every_container(
     );
 
     let keep = BTreeSet::from(["ctr-1".to_string()]);
+    // What the journal knows of the network's attachments (nftables rules
+    // record no network; iptables rules do and need none of it).
+    let journaled: Vec<Attachment> = cs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Attachment {
+            key: ContainerKey {
+                network: NET.into(),
+                container_id: format!("ctr-{i}"),
+            },
+            addrs: vec![c.addr(false), c.addr(true)],
+        })
+        .collect();
     let mut removed = f
         .host()
-        .run(|| f.backend.gc(NET, &keep))
+        .run(|| f.backend.gc(NET, &keep, &journaled))
         .expect("netns")
         .expect("gc");
     removed.sort();
@@ -835,7 +937,7 @@ fn list_and_gc_see_every_container(
     f.expect_silence(f.host(), h4(), 8000);
     let again = f
         .host()
-        .run(|| f.backend.gc(NET, &keep))
+        .run(|| f.backend.gc(NET, &keep, &journaled))
         .expect("netns")
         .expect("gc");
     assert!(again.is_empty(), "GC is idempotent");

@@ -145,7 +145,31 @@ fn migrate_to(to: Target, network: Option<&str>, dry_run: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = migrate::migrate(target.as_ref(), &cleanup_backends(), network, dry_run);
+    // Which network each nftables rule is of: the journal knows.
+    let journaled: Vec<portmap_backends::Attachment> = match Journal::here() {
+        Ok(j) => {
+            let keys: Vec<_> = j
+                .entries()
+                .into_iter()
+                .flatten()
+                .map(|(_, e)| e.request.key)
+                .collect();
+            j.attachments(&keys)
+        }
+        Err(_) => Vec::new(),
+    };
+    let report = migrate::migrate(
+        target.as_ref(),
+        &cleanup_backends(),
+        &journaled,
+        network,
+        dry_run,
+    );
+    if !dry_run {
+        if let Ok(j) = Journal::here() {
+            j.write_ledger(nfnetlink::generation().ok());
+        }
+    }
     if !dry_run {
         if let Err(e) = journal_moves(&report.moved) {
             eprintln!("portmap: migrate: {e}");
@@ -182,9 +206,10 @@ fn journal_moves(moved: &[migrate::Moved]) -> Result<(), JournalError> {
     let journal = Journal::here()?;
     for (_, mut entry) in journal.entries().into_iter().flatten() {
         let id = &entry.request.key.container_id;
+        let network = &entry.request.key.network;
         if let Some(m) = moved
             .iter()
-            .find(|m| &m.container_id == id && m.from == entry.backend)
+            .find(|m| &m.container_id == id && &m.network == network && m.from == entry.backend)
         {
             entry.backend = m.to.to_string();
             journal.write(&entry)?;
@@ -232,9 +257,11 @@ fn restore_one(journal: &Journal, entry: &Entry, dry_run: bool) -> Result<Restor
         }
     };
     if !dry_run {
+        let known = journal.known(&entry.request.key);
         let receipt = backend
-            .install(&plan, false)
+            .install(&plan, Some(&known))
             .map_err(|e| format!("{e}: {}", e.details()))?;
+        journal.write_ledger(nfnetlink::generation().ok());
         // The rules moved: DEL goes by the new receipt (or reads all).
         let receipt = receipt.map(|receipt| Receipted {
             backend: entry.backend.clone(),

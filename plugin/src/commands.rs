@@ -4,7 +4,7 @@
 use portmap_backends::host::HostError;
 use portmap_backends::nftables::NAME as NFTABLES;
 use portmap_backends::select::{self, Choice, SelectError, Selected, Sweep};
-use portmap_backends::{host, BackendError, ClosedPort, ContainerKey, Plan};
+use portmap_backends::{host, nfnetlink, BackendError, ClosedPort, ContainerKey, Plan};
 use serde_json::Value;
 
 use crate::cni::result::convert;
@@ -37,6 +37,9 @@ pub trait Host {
     fn after_del(&self, removed: &[ClosedPort]);
     /// Where installed containers are recorded for `portmap restore`.
     fn journal(&self) -> Result<Journal, JournalError>;
+    /// The nf_tables generation now (`None`: no answer), for the journal's
+    /// ledger of our own writes.
+    fn generation(&self) -> Option<u32>;
 }
 
 /// The real machine.
@@ -77,6 +80,10 @@ impl Host for RealHost {
 
     fn journal(&self) -> Result<Journal, JournalError> {
         Journal::here()
+    }
+
+    fn generation(&self) -> Option<u32> {
+        nfnetlink::generation().ok()
     }
 }
 
@@ -199,7 +206,10 @@ fn add(cfg: &Config, env: &Env, host: &dyn Host) -> Result<Value, CniError> {
         .map_err(|e| select_error(&e))?;
     let journal = host.journal().map_err(|e| journal_error(&e))?;
     let auto_nftables = cfg.backend.is_none() && selected.backend.name() == NFTABLES;
-    match install(&journal, &selected, cfg, env, &plan) {
+    // Judged once: a failed first try may take the journal's last file,
+    // and the ledger with it.
+    let ledger_holds = journal.ledger_holds(host.generation());
+    match install(&journal, &selected, cfg, env, &plan, ledger_holds) {
         Ok(()) => {}
         // Auto picked nftables without trying nft: its transaction failed
         // (nft cannot run or parse, or the kernel refused it) and, being
@@ -212,7 +222,7 @@ fn add(cfg: &Config, env: &Env, host: &dyn Host) -> Result<Value, CniError> {
                 "auto: nftables failed ({}); {}",
                 nft_error.msg, fallback.reason
             );
-            install(&journal, &fallback, cfg, env, &plan).map_err(|e| {
+            install(&journal, &fallback, cfg, env, &plan, ledger_holds).map_err(|e| {
                 let e = e.into_error();
                 let details = format!("{}\nnftables before it: {}", e.details, nft_error.details);
                 e.with_details(details)
@@ -220,8 +230,19 @@ fn add(cfg: &Config, env: &Env, host: &dyn Host) -> Result<Value, CniError> {
         }
         Err(e) => return Err(e.into_error()),
     }
-    host.after_add(&plan)
-        .map_err(|e| CniError::new(Code::Internal, e.to_string()))?;
+    journal.write_ledger(host.generation());
+    if let Err(e) = host.after_add(&plan) {
+        // Rules without their host side (route_localnet) would half-work:
+        // take this attachment back out, as DEL would.
+        let error = CniError::new(Code::Internal, e.to_string());
+        return Err(match del(&plan.key, host) {
+            Ok(()) => error.with_details("the attachment's rules were removed again"),
+            Err(undo) => error.with_details(format!(
+                "removing the attachment's rules again failed too: {}",
+                undo.msg
+            )),
+        });
+    }
     Ok(out)
 }
 
@@ -248,6 +269,7 @@ fn install(
     cfg: &Config,
     env: &Env,
     plan: &Plan,
+    ledger_holds: bool,
 ) -> Result<(), Failed> {
     let entry = Entry::new(
         &env.ifname,
@@ -255,20 +277,27 @@ fn install(
         selected.backend.name(),
         cfg.request(env),
     );
-    let replacing = journal.may_hold(&plan.key.container_id);
+    // No file of the ID means no rules of it, as long as nobody but us
+    // wrote since our last write (a lost journal, another binary): else
+    // look for earlier rules, and replace those of this attachment.
+    let replacing = journal.may_hold(&plan.key.container_id) || !ledger_holds;
+    let earlier = journal.known(&plan.key);
     journal
         .write(&entry)
         .map_err(|e| Failed::Journal(journal_error(&e)))?;
-    let receipt = selected.backend.install(plan, !replacing).map_err(|e| {
-        // The failed transaction left any earlier rules in place: their
-        // ID stays known (retired), but not restorable.
-        let _ = if replacing {
-            journal.retire(&plan.key)
-        } else {
-            journal.remove(&plan.key)
-        };
-        Failed::Rules(backend_error(&e, selected.backend.name(), &selected.reason))
-    })?;
+    let receipt = selected
+        .backend
+        .install(plan, replacing.then_some(&earlier))
+        .map_err(|e| {
+            // The failed transaction left any earlier rules in place: their
+            // ID stays known (retired), but not restorable.
+            let _ = if replacing {
+                journal.retire(&plan.key)
+            } else {
+                journal.remove(&plan.key)
+            };
+            Failed::Rules(backend_error(&e, selected.backend.name(), &selected.reason))
+        })?;
     let receipt = receipt.map(|receipt| Receipted {
         backend: selected.backend.name().to_string(),
         receipt,
@@ -327,9 +356,15 @@ fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
     // journal to look at (it would only fail the DEL, retried forever).
     // Rules another binary made may exist: the sweep still runs.
     let journal = journal::can_hold(&key.container_id).then(|| host.journal());
+    // Receipts name all of the attachment's rules only while nobody but us
+    // wrote since our last write: else they are not used (a whole read).
     let receipts = match &journal {
-        Some(Ok(j)) => j.receipts(key),
+        Some(Ok(j)) if j.ledger_holds(host.generation()) => j.receipts(key),
         _ => Vec::new(),
+    };
+    let known = match &journal {
+        Some(Ok(j)) => j.known(key),
+        _ => portmap_backends::Known::default(),
     };
     let mut first_error = match &journal {
         Some(Ok(j)) => j.retire(key).map_err(|e| journal_error(&e)).err(),
@@ -344,10 +379,11 @@ fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
             .iter()
             .filter(|r| r.backend == backend.name())
             .collect();
-        let deleted = match mine.as_slice() {
-            [one] => backend.del_receipted(key, &one.receipt),
-            _ => backend.del(key),
+        let receipt = match mine.as_slice() {
+            [one] => Some(&one.receipt),
+            _ => None,
         };
+        let deleted = backend.del(key, &known, receipt);
         match deleted {
             Ok(r) => removed.extend(r),
             Err(e) => {
@@ -356,6 +392,9 @@ fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
         }
     }
     host.after_del(&removed);
+    if let Some(Ok(j)) = &journal {
+        j.write_ledger(host.generation());
+    }
     if let Some(e) = first_error {
         return Err(e);
     }
@@ -411,12 +450,16 @@ fn gc(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
             gone.push(key);
         }
     }
+    // nftables rules record no network: only attachments the journal
+    // knows to be this network's may go there.
+    let doomed = journal.attachments(&gone);
     let sweep = host.sweep();
     for backend in sweep.backends {
         backend
-            .gc(&cfg.name, valid)
+            .gc(&cfg.name, valid, &doomed)
             .map_err(|e| backend_error(&e, backend.name(), "gc"))?;
     }
+    journal.write_ledger(host.generation());
     unreadable_error(&sweep.unreadable)?;
     for key in &gone {
         journal.remove(key).map_err(|e| journal_error(&e))?;
@@ -427,7 +470,7 @@ fn gc(cfg: &Config, host: &dyn Host) -> Result<(), CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portmap_backends::{Backend, InstalledContainer};
+    use portmap_backends::{Backend, InstalledContainer, Known};
     use serde_json::json;
     use std::collections::BTreeSet;
     use std::path::PathBuf;
@@ -471,15 +514,12 @@ mod tests {
         fn records_network(&self) -> bool {
             self.name.starts_with("iptables")
         }
-        fn add(&self, plan: &Plan) -> Result<(), BackendError> {
-            self.record_add(plan, "")
-        }
         fn install(
             &self,
             plan: &Plan,
-            fresh: bool,
+            earlier: Option<&Known>,
         ) -> Result<Option<portmap_backends::Receipt>, BackendError> {
-            self.record_add(plan, if fresh { " (new)" } else { "" })?;
+            self.record_add(plan, if earlier.is_none() { " (new)" } else { "" })?;
             // "receipting" backends return a receipt, as nftables does.
             Ok(
                 (self.name == "receipting").then(|| portmap_backends::Receipt {
@@ -490,18 +530,6 @@ mod tests {
                     }],
                 }),
             )
-        }
-        fn del_receipted(
-            &self,
-            key: &ContainerKey,
-            receipt: &portmap_backends::Receipt,
-        ) -> Result<Vec<ClosedPort>, BackendError> {
-            let handles: Vec<u64> = receipt.rules.iter().map(|r| r.handle).collect();
-            self.calls.record(format!(
-                "{} del {} by {handles:?}",
-                self.name, key.container_id
-            ));
-            Ok(vec![])
         }
         fn check(&self, plan: &Plan) -> Result<(), BackendError> {
             self.calls
@@ -515,15 +543,29 @@ mod tests {
                 })
             }
         }
-        fn del(&self, key: &ContainerKey) -> Result<Vec<ClosedPort>, BackendError> {
+        fn del(
+            &self,
+            key: &ContainerKey,
+            _known: &Known,
+            receipt: Option<&portmap_backends::Receipt>,
+        ) -> Result<Vec<ClosedPort>, BackendError> {
+            let by = receipt.map_or_else(String::new, |r| {
+                let handles: Vec<u64> = r.rules.iter().map(|r| r.handle).collect();
+                format!(" by {handles:?}")
+            });
             self.calls
-                .record(format!("{} del {}", self.name, key.container_id));
+                .record(format!("{} del {}{by}", self.name, key.container_id));
             Ok(vec![])
         }
         fn list(&self) -> Result<Vec<InstalledContainer>, BackendError> {
             Ok(vec![])
         }
-        fn gc(&self, network: &str, keep: &BTreeSet<String>) -> Result<Vec<String>, BackendError> {
+        fn gc(
+            &self,
+            network: &str,
+            keep: &BTreeSet<String>,
+            _doomed: &[portmap_backends::Attachment],
+        ) -> Result<Vec<String>, BackendError> {
             self.calls
                 .record(format!("{} gc {network} keep {keep:?}", self.name));
             Ok(vec![])
@@ -542,6 +584,8 @@ mod tests {
         journal: PathBuf,
         /// Backends whose ADD fails (as a broken nft's transaction would).
         failing_adds: Vec<&'static str>,
+        /// ADD's host side (route_localnet) fails.
+        failing_after_add: bool,
     }
 
     impl Drop for FakeHost {
@@ -564,6 +608,7 @@ mod tests {
                 backends,
                 unreadable: vec![],
                 failing_adds: vec![],
+                failing_after_add: false,
                 journal: std::env::temp_dir()
                     .join(format!("portmap-fake-journal-{}-{n}", std::process::id()))
                     .join("netns-1-2"),
@@ -579,6 +624,10 @@ mod tests {
         }
         fn calls(&self) -> Vec<String> {
             self.calls.0.lock().expect("calls").clone()
+        }
+        /// As after a write of ours that nobody followed: the ledger holds.
+        fn ours_was_the_last_write(&self) {
+            Journal::at(self.journal.clone()).write_ledger(self.generation());
         }
     }
 
@@ -610,6 +659,12 @@ mod tests {
         fn after_add(&self, plan: &Plan) -> Result<(), HostError> {
             self.calls
                 .record(format!("after_add {}", plan.key.container_id));
+            if self.failing_after_add {
+                return Err(HostError::Sysctl {
+                    path: "/proc/sys/net/ipv4/conf/br0/route_localnet".into(),
+                    source: std::io::Error::from_raw_os_error(30),
+                });
+            }
             Ok(())
         }
         fn after_del(&self, _: &[ClosedPort]) {
@@ -617,6 +672,10 @@ mod tests {
         }
         fn journal(&self) -> Result<Journal, JournalError> {
             Ok(Journal::at(self.journal.clone()))
+        }
+        fn generation(&self) -> Option<u32> {
+            // Nobody else writes a fake's firewall.
+            Some(7)
         }
     }
 
@@ -657,6 +716,7 @@ mod tests {
     #[test]
     fn add_installs_then_applies_host_side_effects() {
         let host = FakeHost::new(vec![("fake", true)]);
+        host.ours_was_the_last_write();
         let out = run(Command::Add, &env(), &config(one_mapping(), "0.4.0"), &host)
             .expect("ok")
             .expect("json");
@@ -725,9 +785,13 @@ mod tests {
         let add = |host: &FakeHost| {
             run(Command::Add, &env(), &config(one_mapping(), "1.1.0"), host).expect("add")
         };
+        host.ours_was_the_last_write();
         add(&host);
         add(&host);
         del_net(&host).expect("del");
+        // The last DEL took the ledger with the journal's last file (the
+        // next ADD would read everything: see the end of this test).
+        host.ours_was_the_last_write();
         add(&host);
         host.unreadable = vec!["legacy nat tables, no iptables-legacy".into()];
         del_net(&host).expect_err("rules may remain");
@@ -740,12 +804,23 @@ mod tests {
         add(&host);
         let keep_none = br#"{"cniVersion":"1.1.0","name":"net","cni.dev/valid-attachments":[]}"#;
         run(Command::Gc, &env(), keep_none, &host).expect("gc");
+        host.ours_was_the_last_write();
         add(&host);
         // GC also clears what a failed DEL retired.
         host.unreadable = vec!["legacy nat tables, no iptables-legacy".into()];
         del_net(&host).expect_err("rules may remain");
         host.unreadable = vec![];
         run(Command::Gc, &env(), keep_none, &host).expect("gc");
+        host.ours_was_the_last_write();
+        add(&host);
+        // Without a ledger that holds (lost with the journal, or another
+        // writer since our last write), an unknown ID is searched too.
+        del_net(&host).expect("del");
+        add(&host);
+        del_net(&host).expect("del");
+        host.ours_was_the_last_write();
+        let journal = Journal::at(host.journal.clone());
+        journal.write_ledger(Some(6));
         add(&host);
         let adds: Vec<String> = host
             .calls()
@@ -760,9 +835,30 @@ mod tests {
                 "fake add c1 (new)",
                 "fake add c1",
                 "fake add c1 (new)",
-                "fake add c1 (new)"
+                "fake add c1 (new)",
+                "fake add c1",
+                "fake add c1"
             ]
         );
+    }
+
+    /// A failure after the rules went in (route_localnet) takes the
+    /// attachment back out: its rules and its journal entry.
+    #[test]
+    fn a_failing_host_side_rolls_the_add_back() {
+        let mut host = FakeHost::new(vec![("fake", true)]);
+        host.failing_after_add = true;
+        let err = run(Command::Add, &env(), &config(one_mapping(), "1.0.0"), &host)
+            .expect_err("ADD fails");
+        assert!(err.msg.contains("route_localnet"), "{}", err.msg);
+        assert_eq!(
+            err.details, "the attachment's rules were removed again",
+            "{err:?}"
+        );
+        let calls = host.calls();
+        assert_eq!(calls[..2], ["fake add c1", "after_add c1"], "{calls:?}");
+        assert!(calls[2..].contains(&"fake del c1".to_string()), "{calls:?}");
+        assert_eq!(journaled(&host), vec![], "no entry left to restore");
     }
 
     /// The receipt an ADD returns is kept beside the entry and handed back
@@ -792,6 +888,7 @@ mod tests {
     fn auto_falls_back_to_iptables_when_the_nftables_transaction_fails() {
         let mut host = FakeHost::new(vec![("nftables", true), ("iptables-nft", true)]);
         host.failing_adds = vec!["nftables"];
+        host.ours_was_the_last_write();
         run(Command::Add, &env(), &config(one_mapping(), "1.0.0"), &host).expect("fell back");
         assert_eq!(
             host.calls(),
@@ -809,6 +906,7 @@ mod tests {
         // An explicit nftables fails with nft's error, and journals nothing.
         let mut host = FakeHost::new(vec![("nftables", true), ("iptables-nft", true)]);
         host.failing_adds = vec!["nftables"];
+        host.ours_was_the_last_write();
         let mut cfg: Value = serde_json::from_slice(&config(one_mapping(), "1.0.0")).expect("json");
         cfg["backend"] = json!("nftables");
         let stdin = serde_json::to_vec(&cfg).expect("json");

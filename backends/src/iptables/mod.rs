@@ -14,8 +14,8 @@ use std::net::IpAddr;
 
 use crate::plan::{FamilyPlan, Plan};
 use crate::{
-    Backend, BackendError, ClosedPort, ContainerKey, Family, InstalledContainer, InstalledMapping,
-    InstalledOptions, MasqMark, Protocol,
+    Attachment, Backend, BackendError, ClosedPort, ContainerKey, Family, InstalledContainer,
+    InstalledMapping, InstalledOptions, Known, MasqMark, Protocol, Receipt,
 };
 use read::*;
 pub use runner::{Detected, Runner, Variant};
@@ -359,8 +359,15 @@ impl Backend for Iptables {
         true
     }
 
-    fn add(&self, plan: &Plan) -> Result<(), BackendError> {
-        Ok(self.add_inner(plan)?)
+    /// Every ADD reads the family's nat table anyway, and each attachment
+    /// (network and ID) has a chain of its own: `earlier` adds nothing.
+    fn install(
+        &self,
+        plan: &Plan,
+        _earlier: Option<&Known>,
+    ) -> Result<Option<Receipt>, BackendError> {
+        self.add_inner(plan)?;
+        Ok(None)
     }
 
     fn check(&self, plan: &Plan) -> Result<(), BackendError> {
@@ -373,7 +380,14 @@ impl Backend for Iptables {
         }
     }
 
-    fn del(&self, key: &ContainerKey) -> Result<Vec<ClosedPort>, BackendError> {
+    /// The chain names the attachment (network and ID): nothing else of
+    /// what is known is needed, and iptables ADDs give no receipts.
+    fn del(
+        &self,
+        key: &ContainerKey,
+        _known: &Known,
+        _receipt: Option<&Receipt>,
+    ) -> Result<Vec<ClosedPort>, BackendError> {
         let mut closed = Vec::new();
         let mut whole_read = Vec::new();
         for runner in self.runners() {
@@ -391,7 +405,13 @@ impl Backend for Iptables {
         Ok(self.list_inner()?)
     }
 
-    fn gc(&self, network: &str, keep: &BTreeSet<String>) -> Result<Vec<String>, BackendError> {
+    /// Entry rules record the network: every container of it not kept goes.
+    fn gc(
+        &self,
+        network: &str,
+        keep: &BTreeSet<String>,
+        _doomed: &[Attachment],
+    ) -> Result<Vec<String>, BackendError> {
         let (_, ids) = Self::del_where(&self.runners(), |saved| {
             entries(saved)
                 .into_iter()

@@ -102,13 +102,15 @@ fn a_del_reading_only_the_entry_chain_leaves_what_the_whole_read_leaves() {
 
     entries
         .run(|| {
-            ipt.del(&second.key).expect("del second");
+            ipt.del(&second.key, &Known::default(), None)
+                .expect("del second");
             let runners = ipt.runners();
             assert!(
                 ipt.del_reading_entries(runners[0], &third.key).is_none(),
                 "the last container takes the whole read"
             );
-            ipt.del(&third.key).expect("del third");
+            ipt.del(&third.key, &Known::default(), None)
+                .expect("del third");
         })
         .expect("in netns");
     assert!(

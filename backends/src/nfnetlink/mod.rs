@@ -102,6 +102,24 @@ pub(crate) fn has_chain(
     }
 }
 
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
+
+/// The nf_tables ruleset generation of this network namespace: the kernel
+/// counts it up at every commit, of any table, by anyone. Equal to what
+/// we read right after our own last write means nobody wrote since.
+pub fn generation() -> Result<u32, NetlinkError> {
+    let mut id = None;
+    get(NFT_MSG_GETGEN, 0, &[], &mut |body| {
+        id = body.get(4..).and_then(|a| {
+            attrs(a)
+                .find(|(k, _)| *k == NFTA_GEN_ID)
+                .and_then(|(_, v)| Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?)))
+        });
+    })?;
+    id.ok_or(NetlinkError::Malformed)
+}
+
 pub(crate) fn nul_terminated(name: &str) -> Vec<u8> {
     [name.as_bytes(), &[0]].concat()
 }
@@ -367,6 +385,26 @@ mod tests {
         for cut in 1..whole.len() {
             let _ = parse_reply(&whole[..cut], &mut |b| table_of(b).is_some());
         }
+    }
+
+    /// The generation counts every commit in the namespace, ours or not,
+    /// and nothing else moves it.
+    #[test]
+    fn the_generation_moves_with_every_commit_and_only_then() {
+        use portmap_conformance::netns::{prerequisites, Netns};
+        if !prerequisites(&["nft"]) {
+            return;
+        }
+        let ns = Netns::new("nl-gen").expect("netns");
+        let gen = || ns.run(generation).expect("in netns").expect("generation");
+        let first = gen();
+        assert_eq!(gen(), first, "reading changes nothing");
+        ns.exec("nft", &["add", "table", "ip", "someone_else"])
+            .expect("add");
+        let second = gen();
+        assert_ne!(second, first, "another tool's commit");
+        ns.exec("nft", &["list", "ruleset"]).expect("list");
+        assert_eq!(gen(), second, "a listing is no commit");
     }
 
     #[test]

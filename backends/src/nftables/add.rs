@@ -31,15 +31,19 @@ pub(super) fn skeleton_intact(family: Family, masquerade: bool) -> Result<bool, 
 }
 
 impl Nftables {
-    /// ADD in one transaction. `replacing`: the container may have rules
-    /// already (a re-ADD), found with a dump of the table and replaced; otherwise only the wiring chains are read (flat in N).
-    /// Returns where the rules went, from the kernel's notifications.
+    /// ADD in one transaction. `earlier`: the attachment may have rules
+    /// already (a re-ADD), found with a dump of the table and replaced
+    /// where `earlier` (with the plan's own addresses) owns them; `None`:
+    /// only the wiring chains are read (flat in N). Returns where the
+    /// rules went, from the kernel's notifications.
     pub(super) fn add_inner(
         &self,
         plan: &Plan,
-        replacing: bool,
+        earlier: Option<&Known>,
     ) -> Result<Option<Receipt>, NftError> {
-        let first = self.add_batch(plan, replacing, false)?;
+        let earlier = earlier.map(|k| k.with(plan.families.iter().map(|f| f.container.addr)));
+        let earlier = earlier.as_ref();
+        let first = self.add_batch(plan, earlier, false)?;
         let trimmed = first.trimmed;
         match self.apply_recorded(first, plan) {
             // The skeleton was left out because the read found it whole; a
@@ -47,7 +51,7 @@ impl Nftables {
             // was applied: read again and send the whole skeleton. Not
             // after a hung nft: the retry would hang as long again.
             Err(e) if trimmed && !matches!(e, NftError::Timeout { .. }) => {
-                self.apply_recorded(self.add_batch(plan, replacing, true)?, plan)
+                self.apply_recorded(self.add_batch(plan, earlier, true)?, plan)
             }
             done => done,
         }
@@ -82,7 +86,7 @@ impl Nftables {
     fn add_batch(
         &self,
         plan: &Plan,
-        replacing: bool,
+        earlier: Option<&Known>,
         whole_skeleton: bool,
     ) -> Result<AddBatch<'static>, NftError> {
         let mut batch = Batch::new();
@@ -103,13 +107,13 @@ impl Nftables {
             }
             let expected = expected_rules(fam)?;
             let masquerade = !fam.masquerade.is_empty();
-            let earlier = if replacing {
-                kernel::rules(fam.family, None)?
+            let id = plan.key.container_id.as_str();
+            let earlier: Vec<KernelRule> = match earlier {
+                Some(known) => kernel::rules(fam.family, None)?
                     .into_iter()
-                    .filter(|r| r.owner() == Some(plan.key.container_id.as_str()))
-                    .collect()
-            } else {
-                Vec::new()
+                    .filter(|r| r.owner() == Some(id) && known.owns(r.target))
+                    .collect(),
+                None => Vec::new(),
             };
             // Re-adding existing chains and re-writing the wiring would cost
             // every ADD a wait for an RCU grace period in the kernel (8-16 ms

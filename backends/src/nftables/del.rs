@@ -11,6 +11,7 @@ impl Nftables {
     pub(super) fn del_by_receipt(
         &self,
         key: &ContainerKey,
+        known: &Known,
         receipt: &Receipt,
     ) -> Result<Option<Vec<ClosedPort>>, NftError> {
         let id = key.container_id.as_str();
@@ -24,7 +25,7 @@ impl Nftables {
             let mut found = Vec::new();
             for r in receipt.rules.iter().filter(|r| r.family == family) {
                 match kernel::rule(family, &r.chain, r.handle)? {
-                    Some(k) if k.owner() == Some(id) => found.push(k),
+                    Some(k) if k.owner() == Some(id) && known.owns(k.target) => found.push(k),
                     _ => return Ok(None),
                 }
             }
@@ -36,13 +37,14 @@ impl Nftables {
         Ok(Some(closed))
     }
 
-    /// Deletes, in one transaction, the rules of every container `doomed`
-    /// picks; returns the closed ports and container IDs. DEL picks one
-    /// container, GC every one not kept: one netlink dump per family (no
-    /// process) either way, and no transaction when nothing is ours.
+    /// Deletes, in one transaction, every rule of ours `doomed` picks;
+    /// returns the closed ports and container IDs. DEL picks one
+    /// attachment's, GC those of the attachments it collects: one netlink
+    /// dump per family (no process) either way, and no transaction when
+    /// nothing is ours.
     pub(super) fn del_where(
         &self,
-        doomed: impl Fn(&str) -> bool,
+        doomed: impl Fn(&KernelRule) -> bool,
     ) -> Result<(Vec<ClosedPort>, BTreeSet<String>), NftError> {
         let mut batch = Batch::new();
         let mut closed = Vec::new();
@@ -59,7 +61,7 @@ impl Nftables {
             let (ours, others): (Vec<&KernelRule>, Vec<&KernelRule>) = rules
                 .iter()
                 .filter(|r| r.owner().is_some())
-                .partition(|r| r.owner().is_some_and(&doomed));
+                .partition(|r| doomed(r));
             if ours.is_empty() {
                 continue;
             }

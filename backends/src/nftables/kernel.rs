@@ -40,6 +40,7 @@ const NFT_JUMP: u32 = (-3i32) as u32;
 const NFTA_IMMEDIATE_DREG: u16 = 1;
 const NFTA_IMMEDIATE_DATA: u16 = 2;
 const NFT_REG_VERDICT: u32 = 0;
+const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
 const NFTA_FIB_DREG: u16 = 1;
 const NFTA_FIB_RESULT: u16 = 2;
 const NFTA_FIB_FLAGS: u16 = 3;
@@ -59,6 +60,10 @@ pub(super) struct KernelRule {
     pub(super) comment: Option<String>,
     /// The protocol and destination port a rule matches (DNAT rules).
     pub(super) port: Option<(Protocol, u16)>,
+    /// The container address a rule leads to: where a DNAT rule sends,
+    /// the destination a masquerade rule matches. Rules carry only the
+    /// container ID, so this tells one attachment's rules from another's.
+    pub(super) target: Option<IpAddr>,
     pub(super) shape: Shape,
 }
 
@@ -182,7 +187,7 @@ pub(super) fn parse_rule(body: &[u8]) -> Option<KernelRule> {
 /// An NFT_MSG_NEWRULE body of `table` (`None` for another table's).
 fn parse_rule_in(body: &[u8], table: &str) -> Option<KernelRule> {
     let (mut chain, mut handle, mut comment) = (None, None, None);
-    let (mut port, mut shape) = (None, Shape::Other);
+    let (mut port, mut shape, mut target) = (None, Shape::Other, None);
     for (kind, value) in attrs(body.get(4..)?) {
         match kind {
             // Dumps are filtered to our table; notifications are not.
@@ -199,6 +204,7 @@ fn parse_rule_in(body: &[u8], table: &str) -> Option<KernelRule> {
                 let list = exprs(value);
                 port = port_of(&list);
                 shape = shape_of(&list);
+                target = target_of(&list);
             }
             _ => {}
         }
@@ -208,6 +214,7 @@ fn parse_rule_in(body: &[u8], table: &str) -> Option<KernelRule> {
         handle: handle?,
         comment,
         port,
+        target,
         shape,
     })
 }
@@ -304,6 +311,49 @@ fn shape_of(list: &[Expr<'_>]) -> Shape {
         [fib, cmp, j] if local(fib, cmp) => jump(j).map_or(Shape::Other, Shape::LocalJump),
         _ => Shape::Other,
     }
+}
+
+/// An IPv4 or IPv6 address held in `value` (4 or 16 bytes).
+fn address(value: &[u8]) -> Option<IpAddr> {
+    match value.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(value).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(value).ok()?)),
+        _ => None,
+    }
+}
+
+/// Where a rule leads: `dnat to C` is an immediate loading C into the
+/// register the nat expression reads its address from; `ip daddr C
+/// masquerade` loads the destination address (IPv4 header offset 16,
+/// IPv6 offset 24) and compares it with C.
+fn target_of(list: &[Expr<'_>]) -> Option<IpAddr> {
+    if let Some(nat) = list.iter().find(|e| e.name == "nat") {
+        let reg = nat.be32(NFTA_NAT_REG_ADDR_MIN)?;
+        let load = list
+            .iter()
+            .find(|e| e.name == "immediate" && e.be32(NFTA_IMMEDIATE_DREG) == Some(reg))?;
+        let value = attrs(load.attr(NFTA_IMMEDIATE_DATA)?).find(|(k, _)| *k == NFTA_DATA_VALUE)?;
+        return address(value.1);
+    }
+    let mut daddr = false;
+    for e in list {
+        match e.name.as_str() {
+            "payload" => {
+                daddr = matches!(
+                    (
+                        e.be32(NFTA_PAYLOAD_BASE),
+                        e.be32(NFTA_PAYLOAD_OFFSET),
+                        e.be32(NFTA_PAYLOAD_LEN)
+                    ),
+                    (Some(NFT_PAYLOAD_NETWORK_HEADER), Some(16), Some(4))
+                        | (Some(NFT_PAYLOAD_NETWORK_HEADER), Some(24), Some(16))
+                );
+            }
+            "cmp" if daddr => return e.cmp_value().and_then(address),
+            _ => daddr = false,
+        }
+    }
+    None
 }
 
 /// `tcp dport 8080` as nft encodes it: the layer 4 protocol loaded (meta
@@ -431,12 +481,21 @@ mod tests {
                 .all(|r| r.port.is_none()),
             "only DNAT rules match a port: {v4:?}"
         );
+        // Every rule of the container leads to its address, DNAT and
+        // masquerade alike; the wiring leads nowhere.
+        for (rules, addr) in [(&v4, "10.88.0.5"), (&v6, "fd00:88::5")] {
+            let addr: IpAddr = addr.parse().expect("ip");
+            for r in rules.iter() {
+                let expected = r.owner().map(|_| addr);
+                assert_eq!(r.target, expected, "{r:?}");
+            }
+        }
 
         let gone = ns
             .run(|| {
                 Nftables::from_path()
                     .expect("nft")
-                    .del(&plan.key)
+                    .del(&plan.key, &Known::default(), None)
                     .expect("del");
                 rules(Family::V4, None).expect("v4 after del")
             })

@@ -28,8 +28,8 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 use crate::exec::{self, ExecError};
 use crate::plan::{Dnat, FamilyPlan, MasqSource, Plan};
 use crate::{
-    Backend, BackendError, ClosedPort, ContainerKey, Family, InstalledContainer, InstalledMapping,
-    InstalledOptions, Protocol, Receipt, RuleRef,
+    Attachment, Backend, BackendError, ClosedPort, ContainerKey, Family, InstalledContainer,
+    InstalledMapping, InstalledOptions, Known, Protocol, Receipt, RuleRef,
 };
 
 mod add;
@@ -211,9 +211,12 @@ impl Nftables {
                     )));
                 }
             }
+            // This attachment's: the container's rules leading to its
+            // address (another network's attachment has another).
             let mut ours: Vec<&Listed> = listed
                 .iter()
                 .filter(|r| is_ours(r, &plan.key.container_id))
+                .filter(|r| listed_target(r).is_none_or(|t| t == fam.container.addr))
                 .collect();
             for (chain, expr) in expected_rules(fam)? {
                 match ours.iter().position(|r| r.chain == chain && r.expr == expr) {
@@ -258,13 +261,12 @@ impl Backend for Nftables {
         false
     }
 
-    fn add(&self, plan: &Plan) -> Result<(), BackendError> {
-        self.add_inner(plan, true)?;
-        Ok(())
-    }
-
-    fn install(&self, plan: &Plan, fresh: bool) -> Result<Option<Receipt>, BackendError> {
-        Ok(self.add_inner(plan, !fresh)?)
+    fn install(
+        &self,
+        plan: &Plan,
+        earlier: Option<&Known>,
+    ) -> Result<Option<Receipt>, BackendError> {
+        Ok(self.add_inner(plan, earlier)?)
     }
 
     fn check(&self, plan: &Plan) -> Result<(), BackendError> {
@@ -277,29 +279,44 @@ impl Backend for Nftables {
         }
     }
 
-    fn del(&self, key: &ContainerKey) -> Result<Vec<ClosedPort>, BackendError> {
-        Ok(self.del_where(|id| id == key.container_id)?.0)
-    }
-
-    fn del_receipted(
+    fn del(
         &self,
         key: &ContainerKey,
-        receipt: &Receipt,
+        known: &Known,
+        receipt: Option<&Receipt>,
     ) -> Result<Vec<ClosedPort>, BackendError> {
-        match self.del_by_receipt(key, receipt)? {
-            Some(closed) => Ok(closed),
-            None => self.del(key),
+        if let Some(receipt) = receipt {
+            if let Some(closed) = self.del_by_receipt(key, known, receipt)? {
+                return Ok(closed);
+            }
         }
+        let id = key.container_id.as_str();
+        Ok(self
+            .del_where(|r| r.owner() == Some(id) && known.owns(r.target))?
+            .0)
     }
 
     fn list(&self) -> Result<Vec<InstalledContainer>, BackendError> {
         Ok(self.list_inner()?)
     }
 
-    fn gc(&self, _network: &str, keep: &BTreeSet<String>) -> Result<Vec<String>, BackendError> {
-        // nftables rules carry only the container ID (upstream format), so
-        // every container not kept is collected, whatever its network.
-        let (_, ids) = self.del_where(|id| !keep.contains(id))?;
+    fn gc(
+        &self,
+        _network: &str,
+        keep: &BTreeSet<String>,
+        doomed: &[Attachment],
+    ) -> Result<Vec<String>, BackendError> {
+        // Rules carry only the container ID (upstream's format), not the
+        // network: only attachments known to be the network's go, each by
+        // the addresses its rules lead to.
+        let (_, ids) = self.del_where(|r| {
+            r.owner().is_some_and(|id| {
+                !keep.contains(id)
+                    && doomed.iter().any(|a| {
+                        a.key.container_id == id && r.target.is_some_and(|t| a.addrs.contains(&t))
+                    })
+            })
+        })?;
         Ok(ids.into_iter().collect())
     }
 

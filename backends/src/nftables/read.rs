@@ -152,6 +152,23 @@ pub(super) fn parse_mapping(family: Family, r: &Listed) -> Option<InstalledMappi
     })
 }
 
+/// The container address a listed rule leads to (see `KernelRule::target`):
+/// where its DNAT sends, or the destination its masquerade matches.
+pub(super) fn listed_target(r: &Listed) -> Option<IpAddr> {
+    r.expr.iter().find_map(|s| match s {
+        Statement::DNAT(Some(NAT {
+            addr: Some(Expression::String(a)),
+            ..
+        })) => a.parse().ok(),
+        Statement::Match(Match {
+            left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(p))),
+            right: Expression::String(a),
+            op: Operator::EQ,
+        }) if r.chain == MASQUERADING && p.field == "daddr" => a.parse().ok(),
+        _ => None,
+    })
+}
+
 /// Adds what one rule says about snat, masqAll and conditions to `options`.
 pub(super) fn read_options(r: &Listed, options: &mut InstalledOptions) {
     let payload_matches = r.expr.iter().filter_map(|s| match s {

@@ -135,7 +135,7 @@ fn an_add_leaves_a_whole_skeleton_alone_and_repairs_a_broken_one() {
     let ns = Netns::new("nft-skeleton").expect("netns");
     let nft = Nftables::from_path().expect("nft");
     ns.run(|| {
-        nft.install(&Plan::new(&golden_request()), true)
+        nft.install(&Plan::new(&golden_request()), None)
             .expect("first add")
     })
     .expect("in netns");
@@ -152,7 +152,7 @@ fn an_add_leaves_a_whole_skeleton_alone_and_repairs_a_broken_one() {
         assert!(skeleton_intact(Family::V6, true).expect("v6"));
         assert!(kernel::has_chain(Family::V4, MASQUERADING).expect("lookup"));
         assert!(!kernel::has_chain(Family::V4, "no-such-chain").expect("lookup"));
-        nft.install(&neighbour("second", 6), true)
+        nft.install(&neighbour("second", 6), None)
             .expect("second add");
     })
     .expect("in netns");
@@ -176,7 +176,7 @@ fn an_add_leaves_a_whole_skeleton_alone_and_repairs_a_broken_one() {
     .expect("unguarded jump");
     ns.run(|| {
         assert!(!skeleton_intact(Family::V4, true).expect("v4"));
-        nft.install(&neighbour("third", 7), true)
+        nft.install(&neighbour("third", 7), None)
             .expect("third add");
         assert!(skeleton_intact(Family::V4, true).expect("v4 repaired"));
         for id in ["golden-1", "second", "third"] {
@@ -219,11 +219,11 @@ fn a_trimmed_add_that_fails_is_sent_again_with_the_whole_skeleton() {
         .expect("chmod");
     let flaky = Nftables::new(script);
     ns.run(|| {
-        real.install(&Plan::new(&golden_request()), true)
+        real.install(&Plan::new(&golden_request()), None)
             .expect("first add");
         assert!(skeleton_intact(Family::V4, true).expect("whole"));
         flaky
-            .install(&neighbour("second", 6), true)
+            .install(&neighbour("second", 6), None)
             .expect("added on the retry");
         assert!(marker.exists(), "the first transaction failed");
         assert!(skeleton_intact(Family::V4, true).expect("whole again"));
@@ -256,8 +256,8 @@ fn a_receipt_names_the_rules_and_a_stale_one_is_refused() {
     let golden = Plan::new(&golden_request());
     let (second, third) = (neighbour("second", 6), neighbour("third", 7));
     ns.run(|| {
-        let receipt = nft.install(&golden, true).expect("add").expect("a receipt");
-        nft.install(&second, true).expect("add second");
+        let receipt = nft.install(&golden, None).expect("add").expect("a receipt");
+        nft.install(&second, None).expect("add second");
         let mut listed: Vec<(Family, String, u64)> = [Family::V4, Family::V6]
             .into_iter()
             .flat_map(|f| {
@@ -278,7 +278,7 @@ fn a_receipt_names_the_rules_and_a_stale_one_is_refused() {
         assert_eq!(named, listed);
 
         let mut closed = nft
-            .del_by_receipt(&golden.key, &receipt)
+            .del_by_receipt(&golden.key, &Known::default(), &receipt)
             .expect("del")
             .expect("the receipt holds: its path is taken");
         closed.sort();
@@ -301,19 +301,23 @@ fn a_receipt_names_the_rules_and_a_stale_one_is_refused() {
 
         // A reload: the table made again, handles counted from 1 again.
         let stale = nft
-            .install(&third, true)
+            .install(&third, None)
             .expect("add third")
             .expect("receipt");
-        nft.del(&second.key).expect("del second");
-        nft.del(&third.key).expect("del third");
-        nft.install(&second, true).expect("second again");
-        nft.install(&third, true).expect("third again");
+        nft.del(&second.key, &Known::default(), None)
+            .expect("del second");
+        nft.del(&third.key, &Known::default(), None)
+            .expect("del third");
+        nft.install(&second, None).expect("second again");
+        nft.install(&third, None).expect("third again");
         assert_eq!(
-            nft.del_by_receipt(&third.key, &stale).expect("checked"),
+            nft.del_by_receipt(&third.key, &Known::default(), &stale)
+                .expect("checked"),
             None,
             "handles of the old table name other rules now"
         );
-        nft.del_receipted(&third.key, &stale).expect("falls back");
+        nft.del(&third.key, &Known::default(), Some(&stale))
+            .expect("falls back");
         let left = kernel::rules(Family::V4, None).expect("dump");
         assert!(left.iter().all(|r| r.owner() != Some("third")), "{left:?}");
         assert!(left.iter().any(|r| r.owner() == Some("second")));

@@ -420,8 +420,13 @@ impl Journal {
                 _ => {}
             }
         }
-        // Only when empty: another network's files keep them.
+        // Only when empty: another network's files keep them (the ledger
+        // goes with the last container: without it the next ADD reads all).
         let _ = netns.remove_dir(id);
+        let mut netns = netns;
+        if Journal::only_ledger_left(&mut netns) {
+            Journal::drop_ledger(&netns);
+        }
         if let Some(name) = self.dir.file_name().and_then(|n| n.to_str()) {
             let _ = root.remove_dir(name);
         }
@@ -497,5 +502,6 @@ fn read_entry(dir: &Dir, name: &str) -> Result<Entry, String> {
     Ok(entry)
 }
 
+mod known;
 #[cfg(test)]
 mod tests;

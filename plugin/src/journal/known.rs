@@ -1,0 +1,114 @@
+//! What the journal knows of a container's attachments (their networks
+//! and addresses: nftables rules record neither), and the ledger: the
+//! nf_tables generation right after our own last write, which tells
+//! whether anybody else wrote since (then receipts and "no entry, no
+//! rules" may not hold).
+
+use std::net::IpAddr;
+
+use portmap_backends::{Attachment, ContainerKey, Known};
+
+use super::dirs::Kind;
+use super::{read_entry, Entry, Journal, RETIRED};
+
+/// The ledger's file in the namespace's directory: not a container ID
+/// (those start alphanumeric), so never taken for one.
+const LEDGER: &str = "_nf_tables.generation";
+
+fn addrs_of(entry: &Entry) -> Vec<IpAddr> {
+    [entry.request.v4, entry.request.v6]
+        .into_iter()
+        .flatten()
+        .map(|a| a.addr)
+        .collect()
+}
+
+impl Journal {
+    /// Every entry of container `id`, in any network and interface, with
+    /// whether it is retired (a DEL or GC of it did not finish).
+    pub fn entries_of(&self, id: &str) -> Vec<(Entry, bool)> {
+        let Ok(Some(mut dir)) = self.container(id).map(|d| d.and_then(|d| d.trusted().ok())) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for (name, kind) in dir.list().unwrap_or_default() {
+            if kind != Kind::Other || name.starts_with('.') {
+                continue;
+            }
+            let retired = name.ends_with(&format!(".json{RETIRED}"));
+            if name.ends_with(".json") || retired {
+                if let Ok(entry) = read_entry(&dir, &name) {
+                    found.push((entry, retired));
+                }
+            }
+        }
+        found
+    }
+
+    /// What is known of the attachment `key` (all its interfaces) and of
+    /// the container's other attachments (live entries of other networks).
+    pub fn known(&self, key: &ContainerKey) -> Known {
+        let mut addrs: Option<Vec<IpAddr>> = None;
+        let mut others = Vec::new();
+        for (entry, retired) in self.entries_of(&key.container_id) {
+            if entry.request.key.network == key.network {
+                addrs.get_or_insert_with(Vec::new).extend(addrs_of(&entry));
+            } else if !retired {
+                others.extend(addrs_of(&entry));
+            }
+        }
+        Known { addrs, others }
+    }
+
+    /// The attachments of `keys`, with the addresses their entries give
+    /// (GC: what nftables rules, which record no network, may lose).
+    pub fn attachments(&self, keys: &[ContainerKey]) -> Vec<Attachment> {
+        keys.iter()
+            .filter_map(|key| {
+                Some(Attachment {
+                    key: key.clone(),
+                    addrs: self.known(key).addrs?,
+                })
+            })
+            .collect()
+    }
+
+    /// The nf_tables generation recorded after our last write, if any.
+    pub fn ledger(&self) -> Option<u32> {
+        let (_, netns) = self.open(false).ok()??;
+        let text = netns.read(LEDGER).ok()?;
+        std::str::from_utf8(&text).ok()?.trim().parse().ok()
+    }
+
+    /// Records `generation` (read right after a write of ours), or forgets
+    /// it: a hint, so not made durable, and a failure only costs the next
+    /// command a whole read.
+    pub fn write_ledger(&self, generation: Option<u32>) {
+        let Ok(Some((_, netns))) = self.open(generation.is_some()) else {
+            return;
+        };
+        let _ = match generation {
+            Some(g) => netns.replace(LEDGER, g.to_string().as_bytes(), false),
+            None => netns.remove(LEDGER),
+        };
+    }
+
+    /// Whether nobody wrote nf_tables since our last write: the journal
+    /// then knows every attachment of ours that has rules, and each one's
+    /// receipt names all of them. `now`: the generation read just now.
+    pub fn ledger_holds(&self, now: Option<u32>) -> bool {
+        now.is_some() && now == self.ledger()
+    }
+
+    /// The namespace's directory holds nothing but the ledger (or nothing).
+    pub(super) fn only_ledger_left(netns: &mut super::dirs::Dir) -> bool {
+        netns
+            .list()
+            .is_ok_and(|names| names.iter().all(|(n, _)| n == LEDGER))
+    }
+
+    /// Removes the ledger, so an empty namespace directory can go.
+    pub(super) fn drop_ledger(netns: &super::dirs::Dir) {
+        let _ = netns.remove(LEDGER);
+    }
+}
