@@ -237,12 +237,15 @@ fn mixed_state_is_listed_migrated_both_ways_and_cleaned() {
         .enumerate()
         .map(|(i, c)| EchoServer::start(&c.ns, &format!("c{i}"), 80).expect("echo"))
         .collect();
-    let cfgs: Vec<Value> = [Some("iptables"), Some("iptables"), Some("nftables")]
+    let mut cfgs: Vec<Value> = [Some("iptables"), Some("iptables"), Some("nftables")]
         .iter()
         .zip(&cs)
         .enumerate()
         .map(|(i, (b, c))| config(c, *b, port(8080 + i as u16)))
         .collect();
+    // ctr-nft is of another network: only our journal records it (its
+    // nftables rules carry the container ID alone).
+    cfgs[2]["name"] = json!("e2e-b");
     add_with(&rig, &upstream, &rig.tools, "ctr-up", &cs[0], &cfgs[0]);
     add_with(&rig, &ours(), &legacy, "ctr-legacy", &cs[1], &cfgs[1]);
     add_with(&rig, &ours(), &rig.tools, "ctr-nft", &cs[2], &cfgs[2]);
@@ -342,16 +345,36 @@ fn mixed_state_is_listed_migrated_both_ways_and_cleaned() {
         again.summary()
     );
 
-    // Back to iptables: nftables rules do not record the network.
-    let before = rig.ruleset();
+    // Back to iptables: nftables rules do not record the network. The
+    // journal knows ctr-nft's (ours made it here); the other two were
+    // made by upstream and under another state directory: refused.
     let refused = rig.cli(&["migrate", "--to", "iptables-legacy"]);
     assert_eq!(refused.exit, Some(1), "{}", refused.summary());
+    for unknown in ["ctr-up", "ctr-legacy"] {
+        assert!(
+            refused.stderr.contains(&format!(
+                "container {unknown} (nftables): the rules do not record its network name"
+            )),
+            "{}",
+            refused.stderr
+        );
+    }
     assert!(
-        refused.stderr.contains("pass --network NAME"),
+        refused
+            .stdout
+            .contains("moved 1 container(s) to iptables-legacy, 2 failed"),
         "{}",
-        refused.stderr
+        refused.summary()
     );
-    assert_eq!(rig.ruleset(), before, "refused moves change nothing");
+    assert_eq!(
+        rig.listed(),
+        vec![
+            row("iptables-legacy", "ctr-nft", 8082),
+            row("nftables", "ctr-legacy", 8081),
+            row("nftables", "ctr-up", 8080),
+        ]
+    );
+    // --network names only what the journal does not know.
     let back = rig.cli(&["migrate", "--to", "iptables-legacy", "--network", "e2e"]);
     assert_eq!(back.exit, Some(0), "{}", back.summary());
     assert_eq!(
@@ -370,8 +393,9 @@ fn mixed_state_is_listed_migrated_both_ways_and_cleaned() {
     let del = Call::new("DEL", "ctr-up", Some(&cs[0]), legacy.path(), &cfgs[0]);
     let out = invoke(&upstream, &rig.topo.host, &del).expect("run");
     assert!(out.ok(), "upstream DEL: {}", out.summary());
-    let del = json!({"cniVersion": "1.0.0", "name": "e2e", "type": "portmap"});
-    for id in ["ctr-legacy", "ctr-nft"] {
+    // Each DEL names its own network: ctr-nft's rules went to e2e-b's chain.
+    for (id, network) in [("ctr-legacy", "e2e"), ("ctr-nft", "e2e-b")] {
+        let del = json!({"cniVersion": "1.0.0", "name": network, "type": "portmap"});
         rig.must(&ours(), "DEL", id, None, &del);
     }
     assert_nothing_left(&rig);
