@@ -464,22 +464,6 @@ fn interop_with_upstream_binary(
     );
 }
 
-/// The receipt file an nftables ADD of `id` left in the rig's journal.
-fn receipt_path(rig: &Rig, id: &str) -> Option<PathBuf> {
-    let state = portmap_conformance::cni::state_dir(rig.tools.path());
-    std::fs::read_dir(state)
-        .ok()?
-        .flatten()
-        .flat_map(|netns| {
-            std::fs::read_dir(netns.path().join(id))
-                .into_iter()
-                .flatten()
-                .flatten()
-        })
-        .map(|f| f.path())
-        .find(|p| p.extension().is_some_and(|x| x == "receipt"))
-}
-
 /// nftables ADD keeps a receipt of its rules' handles (from the kernel's
 /// notifications) and DEL deletes by it. A receipt that does not hold,
 /// here one naming another container's rules, must not delete them: DEL
@@ -503,7 +487,7 @@ fn nftables_del_by_receipt_never_takes_another_containers_rules(#[case] forged: 
     );
     rig.must(&ours(), "ADD", "ctr-a", Some(&a), &cfg_a);
     rig.must(&ours(), "ADD", "ctr-b", Some(&b), &cfg_b);
-    let path_a = receipt_path(&rig, "ctr-a").expect("ADD left a receipt");
+    let path_a = rig.receipt_path("ctr-a").expect("ADD left a receipt");
     let receipt: Value =
         serde_json::from_slice(&std::fs::read(&path_a).expect("read")).expect("json");
     assert_eq!(receipt["backend"], "nftables");
@@ -515,7 +499,7 @@ fn nftables_del_by_receipt_never_takes_another_containers_rules(#[case] forged: 
         "{receipt}"
     );
     if forged {
-        let of_b = std::fs::read(receipt_path(&rig, "ctr-b").expect("b's")).expect("read");
+        let of_b = std::fs::read(rig.receipt_path("ctr-b").expect("b's")).expect("read");
         std::fs::write(&path_a, of_b).expect("forge");
     }
     rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg_a);
@@ -526,7 +510,7 @@ fn nftables_del_by_receipt_never_takes_another_containers_rules(#[case] forged: 
     );
     assert_eq!(rig.answers(8080), None);
     assert_eq!(rig.answers(8081).as_deref(), Some("b"));
-    assert!(receipt_path(&rig, "ctr-a").is_none(), "DEL removed it");
+    assert!(rig.receipt_path("ctr-a").is_none(), "DEL removed it");
     rig.must(&ours(), "DEL", "ctr-b", Some(&b), &cfg_b);
     assert!(
         !rig.mappings().contains("cni_hostport"),

@@ -29,7 +29,8 @@ impl Nftables {
                     _ => return Ok(None),
                 }
             }
-            let last_out = !kernel::others_than(family, id)?;
+            let handles: Vec<u32> = found.iter().map(|k| k.handle).collect();
+            let last_out = !kernel::others_than(family, &handles)?;
             let found: Vec<&KernelRule> = found.iter().collect();
             closed.extend(delete(&mut batch, family, &found, last_out));
         }

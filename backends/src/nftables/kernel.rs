@@ -141,15 +141,17 @@ pub(super) fn rule(
 }
 
 /// Whether a per-container chain of `<family> cni_hostport` holds a rule
-/// of a container other than `id`. Each chain's dump stops at the first
-/// such rule, so with other containers around this reads little.
-pub(super) fn others_than(family: Family, id: &str) -> Result<bool, NetlinkError> {
+/// of any container but these `handles` (one attachment's: the same
+/// container's other attachments count too). Each chain's dump stops at
+/// the first such rule, so with other containers around this reads little.
+pub(super) fn others_than(family: Family, handles: &[u32]) -> Result<bool, NetlinkError> {
     for chain in CONTAINER_CHAINS {
         let filter = in_table(TABLE, Some(chain));
         let mut other = false;
         let dumped =
             nfnetlink::dump_while(NFT_MSG_GETRULE, nfproto(family), &filter, &mut |body| {
-                other = parse_rule(body).is_some_and(|r| r.owner().is_some_and(|o| o != id));
+                other = parse_rule(body)
+                    .is_some_and(|r| r.owner().is_some() && !handles.contains(&r.handle));
                 !other
             });
         match dumped {

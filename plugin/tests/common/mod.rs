@@ -104,6 +104,21 @@ impl Rig {
         firewall::dump(&self.topo.host)
     }
 
+    /// The receipt file an nftables ADD of `id` left in the rig's journal.
+    pub fn receipt_path(&self, id: &str) -> Option<PathBuf> {
+        std::fs::read_dir(state_dir(self.tools.path()))
+            .ok()?
+            .flatten()
+            .flat_map(|netns| {
+                std::fs::read_dir(netns.path().join(id))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|f| f.path())
+            .find(|p| p.extension().is_some_and(|x| x == "receipt"))
+    }
+
     /// [`Rig::ruleset`] without the localnet guard, which outlives every
     /// container: what is left is the port mappings' state.
     pub fn mappings(&self) -> String {
