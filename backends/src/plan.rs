@@ -152,7 +152,8 @@ pub(crate) mod tests {
         }
     }
 
-    /// The request behind `shared/reference/golden/*`.
+    /// The request behind `backends/tests/golden/*` (their configs say so:
+    /// `golden_requests_are_what_the_golden_configs_say`).
     pub fn golden_request() -> Request {
         Request {
             key: ContainerKey {

@@ -1,6 +1,8 @@
 //! Run-time backend choice. An explicit backend wins; otherwise nftables
-//! when `nft` exists and the kernel accepts a (dry-run) nf_tables
-//! transaction in this namespace, else iptables as found in PATH.
+//! when `nft` is in PATH and the kernel answers nf_tables over netlink (no
+//! process; an ADD whose transaction then fails falls back to iptables),
+//! else iptables as found in PATH. STATUS and `portmap status` run a
+//! checked (`nft -c`) transaction.
 
 use std::fmt;
 

@@ -992,6 +992,55 @@ fn golden_request(snat: bool, masq_all: bool, mark_bit: u8) -> Request {
     }
 }
 
+/// The requests the golden tests install are what the golden configs
+/// (the input upstream's binary was run with) say, field by field.
+#[rstest]
+#[case("nftables-default", golden_request(true, false, 13))]
+#[case("nftables-masqall", golden_request(true, true, 13))]
+#[case("nftables-snat-false", golden_request(false, false, 13))]
+#[case("iptables-default", golden_request(true, false, 13))]
+#[case("iptables-legacy-default", golden_request(true, false, 13))]
+#[case("iptables-snat-false", golden_request(false, false, 13))]
+#[case("iptables-markbit5-masqall", golden_request(true, true, 5))]
+fn golden_requests_are_what_the_golden_configs_say(#[case] name: &str, #[case] req: Request) {
+    let path = format!(
+        "{}/tests/golden/{name}.config.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(&path).expect("golden config");
+    let cfg: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(cfg["name"], req.key.network.as_str(), "{name}");
+    let flag = |key: &str, default: bool| cfg[key].as_bool().unwrap_or(default);
+    assert_eq!(flag("snat", true), req.snat, "{name}: snat");
+    assert_eq!(flag("masqAll", false), req.masq_all, "{name}: masqAll");
+    let bit = cfg["markMasqBit"].as_u64().unwrap_or(13);
+    assert_eq!(MasqMark::Bit(bit as u8), req.mark, "{name}: markMasqBit");
+    let mappings: Vec<PortMapping> = cfg["runtimeConfig"]["portMappings"]
+        .as_array()
+        .expect("mappings")
+        .iter()
+        .map(|m| PortMapping {
+            host_port: m["hostPort"].as_u64().expect("hostPort") as u16,
+            container_port: m["containerPort"].as_u64().expect("containerPort") as u16,
+            protocol: Protocol::parse(m["protocol"].as_str().unwrap_or("tcp")).expect("protocol"),
+            host_ip: m["hostIP"].as_str().map(|ip| ip.parse().expect("hostIP")),
+        })
+        .collect();
+    assert_eq!(mappings, req.mappings, "{name}: portMappings");
+    let addrs: Vec<String> = cfg["prevResult"]["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .map(|ip| ip["address"].as_str().expect("address").to_string())
+        .collect();
+    let ours: Vec<String> = [req.v4, req.v6]
+        .into_iter()
+        .flatten()
+        .map(|a| format!("{}/{}", a.addr, a.prefix_len))
+        .collect();
+    assert_eq!(addrs, ours, "{name}: prevResult ips");
+}
+
 #[rstest]
 #[case::default("nftables-default", golden_request(true, false, 13), include_str!("golden/nftables-default.nft.txt"))]
 #[case::masq_all("nftables-masqall", golden_request(true, true, 13), include_str!("golden/nftables-masqall.nft.txt"))]

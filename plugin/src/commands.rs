@@ -366,11 +366,13 @@ fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
         Some(Ok(j)) => j.known(key),
         _ => portmap_backends::Known::default(),
     };
-    let mut first_error = match &journal {
+    let mut errors: Vec<CniError> = match &journal {
         Some(Ok(j)) => j.retire(key).map_err(|e| journal_error(&e)).err(),
         Some(Err(e)) => Some(journal_error(e)),
         None => None,
-    };
+    }
+    .into_iter()
+    .collect();
     let sweep = host.sweep();
     for backend in sweep.backends {
         // One receipt per backend: a container attached by several
@@ -387,7 +389,7 @@ fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
         match deleted {
             Ok(r) => removed.extend(r),
             Err(e) => {
-                first_error.get_or_insert_with(|| backend_error(&e, backend.name(), "cleanup"));
+                errors.push(backend_error(&e, backend.name(), "cleanup"));
             }
         }
     }
@@ -395,7 +397,7 @@ fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
     if let Some(Ok(j)) = &journal {
         j.write_ledger(host.generation());
     }
-    if let Some(e) = first_error {
+    if let Some(e) = every_error(errors) {
         return Err(e);
     }
     // Success would tell the runtime never to retry: not while rules may
@@ -405,6 +407,27 @@ fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
         Some(Ok(j)) => j.remove(key).map_err(|e| journal_error(&e)),
         _ => Ok(()),
     }
+}
+
+/// One CNI error for all of DEL's: the first one's message, each one's
+/// words in the details (a runtime sees every backend that failed).
+fn every_error(errors: Vec<CniError>) -> Option<CniError> {
+    let mut errors = errors.into_iter();
+    let first = errors.next()?;
+    let rest: Vec<CniError> = errors.collect();
+    if rest.is_empty() {
+        return Some(first);
+    }
+    let details = std::iter::once(&first)
+        .chain(&rest)
+        .map(|e| match e.details.as_str() {
+            "" => e.msg.clone(),
+            d => format!("{}: {d}", e.msg),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let msg = format!("{} (and {} more failure(s))", first.msg, rest.len());
+    Some(CniError::new(first.code, msg).with_details(details))
 }
 
 fn unreadable_error(unreadable: &[String]) -> Result<(), CniError> {
@@ -491,6 +514,7 @@ mod tests {
         calls: Arc<Calls>,
         check_ok: bool,
         add_fails: bool,
+        del_fails: bool,
     }
 
     impl FakeBackend {
@@ -555,6 +579,12 @@ mod tests {
             });
             self.calls
                 .record(format!("{} del {}{by}", self.name, key.container_id));
+            if self.del_fails {
+                return Err(BackendError::CheckFailed {
+                    backend: self.name,
+                    what: "delete refused".into(),
+                });
+            }
             Ok(vec![])
         }
         fn list(&self) -> Result<Vec<InstalledContainer>, BackendError> {
@@ -586,6 +616,8 @@ mod tests {
         failing_adds: Vec<&'static str>,
         /// ADD's host side (route_localnet) fails.
         failing_after_add: bool,
+        /// Backends whose DEL fails.
+        failing_dels: Vec<&'static str>,
     }
 
     impl Drop for FakeHost {
@@ -609,6 +641,7 @@ mod tests {
                 unreadable: vec![],
                 failing_adds: vec![],
                 failing_after_add: false,
+                failing_dels: vec![],
                 journal: std::env::temp_dir()
                     .join(format!("portmap-fake-journal-{}-{n}", std::process::id()))
                     .join("netns-1-2"),
@@ -620,6 +653,7 @@ mod tests {
                 calls: self.calls.clone(),
                 check_ok,
                 add_fails: self.failing_adds.contains(&name),
+                del_fails: self.failing_dels.contains(&name),
             })
         }
         fn calls(&self) -> Vec<String> {
@@ -840,6 +874,26 @@ mod tests {
                 "fake add c1"
             ]
         );
+    }
+
+    /// Every backend's DEL runs, and every failure reaches the runtime.
+    #[test]
+    fn del_reports_every_backends_error() {
+        let mut host = FakeHost::new(vec![("a", true), ("b", true), ("c", true)]);
+        host.failing_dels = vec!["a", "c"];
+        let e = del_net(&host).expect_err("two failed");
+        assert_eq!(e.msg, "a: delete refused (and 1 more failure(s))");
+        assert!(
+            e.details.contains("a: delete refused") && e.details.contains("c: delete refused"),
+            "{}",
+            e.details
+        );
+        let dels: Vec<String> = host
+            .calls()
+            .into_iter()
+            .filter(|c| c.contains(" del "))
+            .collect();
+        assert_eq!(dels, ["a del c1", "b del c1", "c del c1"]);
     }
 
     /// A failure after the rules went in (route_localnet) takes the

@@ -382,3 +382,55 @@ fn directories_are_made_for_us_alone() {
     assert_eq!(mode(&j.dir().join("a")), 0o700);
     assert_eq!(mode(&j.dir().join("a/net:eth0.json")), 0o600);
 }
+
+/// An entry as this release writes it, frozen: `restore` must read what
+/// the previous release wrote, so a renamed field fails here first.
+#[test]
+fn an_entry_in_todays_format_reads_and_writes_the_same() {
+    use portmap_backends::ContainerAddr;
+    let fixture: serde_json::Value = serde_json::from_str(include_str!(
+        "../../tests/fixtures/journal-entry-format-1.json"
+    ))
+    .expect("fixture JSON");
+    let expected = Entry::new(
+        "net1",
+        "/var/run/netns/cni-1234",
+        "iptables-nft",
+        Request {
+            key: ContainerKey {
+                network: "podman".into(),
+                container_id: "ctr-fixture".into(),
+            },
+            v4: Some(ContainerAddr {
+                addr: "10.88.0.5".parse().expect("ip"),
+                prefix_len: 16,
+            }),
+            v6: Some(ContainerAddr {
+                addr: "fd00:88::5".parse().expect("ip"),
+                prefix_len: 64,
+            }),
+            mappings: vec![
+                PortMapping {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: Protocol::Tcp,
+                    host_ip: None,
+                },
+                PortMapping {
+                    host_port: 5353,
+                    container_port: 53,
+                    protocol: Protocol::Udp,
+                    host_ip: Some("192.0.2.1".parse().expect("ip")),
+                },
+            ],
+            snat: true,
+            masq_all: true,
+            mark: MasqMark::ExternalChain("KUBE-MARK-MASQ".into()),
+            conditions_v4: vec!["-s".into(), "10.0.0.0/8".into()],
+            conditions_v6: vec![],
+        },
+    );
+    let read: Entry = serde_json::from_value(fixture.clone()).expect("today's entry reads");
+    assert_eq!(read, expected);
+    assert_eq!(serde_json::to_value(&expected).expect("json"), fixture);
+}
