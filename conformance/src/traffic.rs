@@ -34,7 +34,12 @@ pub struct EchoServer {
 
 impl EchoServer {
     pub fn start(ns: &Netns, tag: &str, port: u16) -> Result<EchoServer, TrafficError> {
-        let addr = SocketAddr::from(([0u16; 8], port));
+        EchoServer::start_at(ns, tag, SocketAddr::from(([0u16; 8], port)))
+    }
+
+    /// A server on one address only: of two interfaces of a container, it
+    /// answers for the one holding `addr` (which network a DNAT reached).
+    pub fn start_at(ns: &Netns, tag: &str, addr: SocketAddr) -> Result<EchoServer, TrafficError> {
         let io = |what| move |source| TrafficError::Io { what, addr, source };
         let (tcp, udp) = ns.run(|| (TcpListener::bind(addr), UdpSocket::bind(addr)))?;
         let tcp = tcp.map_err(io("bind tcp"))?;
