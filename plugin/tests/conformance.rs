@@ -13,7 +13,7 @@ use portmap_conformance::topology::Setup;
 use rstest::rstest;
 
 const UPSTREAM: &str = "/usr/lib/cni/portmap";
-const SCENARIOS: [&str; 29] = [
+const SCENARIOS: [&str; 32] = [
     "tcp",
     "udp",
     "sctp",
@@ -39,6 +39,9 @@ const SCENARIOS: [&str; 29] = [
     "parallel-add",
     "interop-ours-then-reference",
     "interop-reference-then-ours",
+    "two-networks",
+    "gc-other-network",
+    "lost-journal",
     "client-containerd",
     "client-cri-o",
     "client-podman",
@@ -83,6 +86,9 @@ fn cell(
         "parallel-add",
         "interop-ours-then-reference",
         "interop-reference-then-ours",
+        "two-networks",
+        "gc-other-network",
+        "lost-journal",
         "client-containerd",
         "client-cri-o",
         "client-podman",
