@@ -13,7 +13,7 @@ use portmap_conformance::topology::Setup;
 use rstest::rstest;
 
 const UPSTREAM: &str = "/usr/lib/cni/portmap";
-const SCENARIOS: [&str; 32] = [
+const SCENARIOS: [&str; 33] = [
     "tcp",
     "udp",
     "sctp",
@@ -46,6 +46,7 @@ const SCENARIOS: [&str; 32] = [
     "client-cri-o",
     "client-podman",
     "client-cnitool",
+    "client-multus",
 ];
 
 #[test]
@@ -92,7 +93,8 @@ fn cell(
         "client-containerd",
         "client-cri-o",
         "client-podman",
-        "client-cnitool"
+        "client-cnitool",
+        "client-multus"
     )]
     scenario: &str,
     #[values("nftables", "iptables-nft", "iptables-legacy", "auto")] backend: &str,
