@@ -12,24 +12,47 @@ use serde_json::{json, Value};
 
 use crate::cni::{run_with_input, Call};
 use crate::netns::Netns;
-use crate::topology::{BRIDGE, HOST_V4, HOST_V6};
+use crate::topology::Network;
 
 pub const BRIDGE_PLUGIN: &str = "/usr/lib/cni/bridge";
 pub const HOST_LOCAL_PLUGIN: &str = "/usr/lib/cni/host-local";
 /// The bridge plugin's PATH (it writes no firewall rules: ipMasq is off).
 const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
-const NETWORK: &str = "conformance-chain";
+/// The bridge network's name (host-local's lease directory).
+pub fn network_name(network: Network) -> &'static str {
+    match network {
+        Network::Primary => "conformance-chain",
+        Network::Secondary => "conformance-b-chain",
+    }
+}
 
-/// The bridge network's config: our host bridge, hairpin on (hairpin
-/// scenarios need it), no masquerade of its own, one fixed address per
-/// family so scenarios know their container's IP; `cni_version` as
-/// negotiated (bridge answers in that version's result shape).
-pub fn bridge_config(v4: Ipv4Addr, v6: Ipv6Addr, ipam_dir: &Path, cni_version: &str) -> Value {
+/// The bridge network's config: the host bridge of `network`, hairpin on
+/// (hairpin scenarios need it), no masquerade of its own, one fixed
+/// address per family so scenarios know their container's IP;
+/// `cni_version` as negotiated (bridge answers in that version's result
+/// shape). Default routes only for a container's first interface: a
+/// second network's chain adding another would fail (the route exists).
+pub fn bridge_config(
+    network: Network,
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
+    ipam_dir: &Path,
+    cni_version: &str,
+    default_route: bool,
+) -> Value {
+    let (gw4, gw6) = (network.host_v4(), network.host_v6());
+    let subnet4 = format!("{}/24", network.addresses(0).0);
+    let subnet6 = format!("{}/64", network.addresses(0).1);
+    let routes = if default_route {
+        json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}])
+    } else {
+        json!([])
+    };
     json!({
         "cniVersion": cni_version,
-        "name": NETWORK,
+        "name": network_name(network),
         "type": "bridge",
-        "bridge": BRIDGE,
+        "bridge": network.bridge(),
         "isGateway": true,
         "hairpinMode": true,
         "ipMasq": false,
@@ -37,12 +60,12 @@ pub fn bridge_config(v4: Ipv4Addr, v6: Ipv6Addr, ipam_dir: &Path, cni_version: &
             "type": "host-local",
             "dataDir": ipam_dir.display().to_string(),
             "ranges": [
-                [{"subnet": "10.88.0.0/24", "rangeStart": v4.to_string(),
-                  "rangeEnd": v4.to_string(), "gateway": HOST_V4.to_string()}],
-                [{"subnet": "fd00:88::/64", "rangeStart": v6.to_string(),
-                  "rangeEnd": v6.to_string(), "gateway": HOST_V6.to_string()}]
+                [{"subnet": subnet4, "rangeStart": v4.to_string(),
+                  "rangeEnd": v4.to_string(), "gateway": gw4.to_string()}],
+                [{"subnet": subnet6, "rangeStart": v6.to_string(),
+                  "rangeEnd": v6.to_string(), "gateway": gw6.to_string()}]
             ],
-            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+            "routes": routes
         }
     })
 }
@@ -54,16 +77,19 @@ pub struct Attachment {
     host: String,
     container_id: String,
     netns: PathBuf,
+    ifname: String,
     config: Value,
 }
 
 impl Attachment {
-    /// Runs bridge ADD for the container in `ns`; returns the attachment
-    /// and the plugin's result (the prevResult for portmap).
+    /// Runs bridge ADD for interface `ifname` of the container in `ns`;
+    /// returns the attachment and the plugin's result (the prevResult for
+    /// portmap).
     pub fn add(
         host: &Netns,
         ns: &Netns,
         container_id: &str,
+        ifname: &str,
         config: Value,
     ) -> Result<(Attachment, Value), String> {
         // No DAD in the container: the bridge plugin waits for IPv6
@@ -78,6 +104,7 @@ impl Attachment {
             host: host.name().to_string(),
             container_id: container_id.to_string(),
             netns: ns.path(),
+            ifname: ifname.to_string(),
             config,
         };
         let stdout = att.run("ADD")?;
@@ -103,6 +130,7 @@ impl Attachment {
             &self.config,
         );
         call.netns = netns;
+        call.ifname = &self.ifname;
         call.apply_env(&mut cmd);
         let out = run_with_input(cmd, self.config.to_string().as_bytes())
             .map_err(|e| format!("cannot run {BRIDGE_PLUGIN}: {e}"))?;

@@ -1,8 +1,8 @@
 //! The runtimes that call portmap, and what each of them sends: the
 //! fixtures in `fixtures/clients/` (containerd's captured, the others
 //! written from the clients' own structs; see the README there) plus how
-//! each invokes the plugin (`CNI_ARGS`, inherited `CAP_ARGS`, how many DELs
-//! and with which namespace). A portmap that decodes only the keys we
+//! each invokes the plugin (`CNI_ARGS`, inherited `CAP_ARGS`, the
+//! interface, how many DELs and with which namespace). A portmap that decodes only the keys we
 //! write ourselves fails these cells.
 
 use serde_json::{json, Value};
@@ -10,6 +10,9 @@ use serde_json::{json, Value};
 /// What every fixture publishes: TCP 18080→80 and UDP 15353→5353.
 pub const TCP: (u16, u16) = (18080, 80);
 pub const UDP: (u16, u16) = (15353, 5353);
+/// The pod's own hostPort (its spec's `ports`), which Multus hands to the
+/// pod's first network (`eth0`) and, on DEL, to every delegate.
+pub const MULTUS_POD_TCP: (u16, u16) = (28080, 80);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Client {
@@ -21,6 +24,9 @@ pub enum Client {
     Podman,
     /// cnitool / libcni with `CAP_ARGS`.
     Cnitool,
+    /// Multus (thin plugin, under containerd) calling a delegate network's
+    /// chain for the pod's second interface, `net1`.
+    Multus,
 }
 
 /// A DEL as the client sends it.
@@ -31,11 +37,12 @@ pub struct Del {
 }
 
 impl Client {
-    pub const ALL: [Client; 4] = [
+    pub const ALL: [Client; 5] = [
         Client::Containerd,
         Client::Crio,
         Client::Podman,
         Client::Cnitool,
+        Client::Multus,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +51,16 @@ impl Client {
             Client::Crio => "cri-o",
             Client::Podman => "podman",
             Client::Cnitool => "cnitool",
+            Client::Multus => "multus",
+        }
+    }
+
+    /// `CNI_IFNAME` of the client's call: Multus names a delegate's
+    /// interface by its place in the pod's list of networks.
+    pub fn ifname(self) -> &'static str {
+        match self {
+            Client::Multus => "net1",
+            _ => crate::topology::IFNAME,
         }
     }
 
@@ -56,6 +73,7 @@ impl Client {
             Client::Crio => include_str!("../fixtures/clients/crio-1.28-ADD.stdin.json"),
             Client::Podman => include_str!("../fixtures/clients/podman-4.3-ADD.stdin.json"),
             Client::Cnitool => include_str!("../fixtures/clients/cnitool-1.1-ADD.stdin.json"),
+            Client::Multus => include_str!("../fixtures/clients/multus-4-net1-ADD.stdin.json"),
         }
     }
 
@@ -63,6 +81,9 @@ impl Client {
         match self {
             Client::Containerd => Some(include_str!(
                 "../fixtures/clients/containerd-1.6.20-DEL.stdin.json"
+            )),
+            Client::Multus => Some(include_str!(
+                "../fixtures/clients/multus-4-net1-DEL.stdin.json"
             )),
             _ => None,
         }
@@ -95,6 +116,14 @@ impl Client {
                 let fixture = parse(self.add_fixture());
                 vec![("CAP_ARGS", fixture["runtimeConfig"].to_string())]
             }
+            // Multus's own five arguments, then containerd's CNI_ARGS (its
+            // environment) appended key by key: a key already set to a
+            // non-empty value is appended again, not replaced.
+            Client::Multus => vec![(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=true;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID={uid};\
+                         K8S_POD_INFRA_CONTAINER_ID={container_id};K8S_POD_UID={uid};IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"),
+            )],
         }
     }
 
@@ -108,9 +137,16 @@ impl Client {
         with_backend(cfg, backend)
     }
 
-    /// The DELs the client sends after `add` (the ADD config).
+    /// The DELs the client sends after `add` (the ADD config). Multus
+    /// sends one, with the DEL file's config: no prevResult (libcni caches
+    /// none below 0.4.0) and the pod's own mappings, since the delegate's
+    /// requested ones are not in Multus's cache.
     pub fn dels(self, add: &Value, backend: Option<&str>) -> Vec<Del> {
         match self.del_fixture() {
+            Some(text) if self == Client::Multus => vec![Del {
+                config: with_backend(parse(text), backend),
+                with_netns: true,
+            }],
             Some(text) => {
                 let config = with_backend(parse(text), backend);
                 vec![
@@ -169,6 +205,28 @@ mod tests {
     }
 
     #[test]
+    fn multus_calls_net1_with_its_own_name_and_deletes_with_the_pods_ports() {
+        let prev = json!({"cniVersion": "1.0.0", "ips": [{"address": "10.87.0.20/24"}]});
+        let add = Client::Multus.add_config(&prev, Some("nftables"));
+        assert_eq!(Client::Multus.ifname(), "net1");
+        assert_eq!(add["name"], "web-net");
+        assert_eq!(add["prevResult"]["ips"][0]["version"], "4");
+        let dels = Client::Multus.dels(&add, None);
+        assert_eq!(dels.len(), 1);
+        assert!(dels[0].with_netns);
+        assert!(dels[0].config.get("prevResult").is_none());
+        assert_eq!(dels[0].config["name"], "web-net");
+        assert_eq!(
+            dels[0].config["runtimeConfig"]["portMappings"][0]["hostPort"],
+            json!(MULTUS_POD_TCP.0)
+        );
+        let args = &Client::Multus.env("c1")[0].1;
+        assert!(args.starts_with("IgnoreUnknown=true;K8S_POD_NAMESPACE=default;"));
+        assert_eq!(args.matches("K8S_POD_INFRA_CONTAINER_ID=c1").count(), 2);
+        assert!(!args.contains(' '));
+    }
+
+    #[test]
     fn containerd_sends_capitalised_keys_and_two_dels() {
         let prev = json!({"cniVersion": "1.0.0", "ips": [{"address": "10.88.0.5/24"}]});
         let add = Client::Containerd.add_config(&prev, Some("nftables"));
@@ -200,7 +258,12 @@ mod tests {
         assert_eq!(env[0].0, "CAP_ARGS");
         let cap: Value = serde_json::from_str(&env[0].1).expect("CAP_ARGS JSON");
         assert_eq!(cap["portMappings"][0]["hostPort"], json!(18080));
-        for client in [Client::Containerd, Client::Crio, Client::Podman] {
+        for client in [
+            Client::Containerd,
+            Client::Crio,
+            Client::Podman,
+            Client::Multus,
+        ] {
             let env = client.env("c1");
             assert_eq!(env[0].0, "CNI_ARGS");
             assert!(env[0].1.contains("K8S_POD_INFRA_CONTAINER_ID=c1"));

@@ -1,11 +1,14 @@
 //! A host namespace with a bridge (like the CNI `bridge` plugin makes) and
-//! containers attached by veth, dual-stack. Extra host-only addresses on
-//! loopback serve hostIP tests. Everything lives in namespaces the
-//! topology owns and is removed on drop.
+//! containers attached by veth, dual-stack. A second bridge, made when a
+//! scenario first asks for it, is a second network (a pod's `net1`, or a
+//! container of another network). Extra host-only addresses on loopback
+//! serve hostIP tests. Everything lives in namespaces the topology owns
+//! and is removed on drop.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
@@ -23,6 +26,61 @@ pub const EXTRA_V6: [Ipv6Addr; 2] = [
     Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2),
 ];
 pub const IFNAME: &str = "eth0";
+/// The second network's bridge and host addresses.
+pub const BRIDGE_B: &str = "br1";
+pub const HOST_B_V4: Ipv4Addr = Ipv4Addr::new(10, 87, 0, 1);
+pub const HOST_B_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x87, 0, 0, 0, 0, 0, 1);
+
+/// One of the host's container networks: a bridge holding `.1` of a /24
+/// and a /64. `Primary` is every scenario's; `Secondary` is made on first
+/// use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// br0: 10.88.0.0/24, fd00:88::/64.
+    Primary,
+    /// br1: 10.87.0.0/24, fd00:87::/64.
+    Secondary,
+}
+
+impl Network {
+    pub fn bridge(self) -> &'static str {
+        match self {
+            Network::Primary => BRIDGE,
+            Network::Secondary => BRIDGE_B,
+        }
+    }
+
+    pub fn host_v4(self) -> Ipv4Addr {
+        match self {
+            Network::Primary => HOST_V4,
+            Network::Secondary => HOST_B_V4,
+        }
+    }
+
+    pub fn host_v6(self) -> Ipv6Addr {
+        match self {
+            Network::Primary => HOST_V6,
+            Network::Secondary => HOST_B_V6,
+        }
+    }
+
+    /// The host's address on this network, of one family.
+    pub fn host(self, v6: bool) -> IpAddr {
+        if v6 {
+            IpAddr::V6(self.host_v6())
+        } else {
+            IpAddr::V4(self.host_v4())
+        }
+    }
+
+    /// A container's addresses `.last` on this network.
+    pub fn addresses(self, last: u8) -> (Ipv4Addr, Ipv6Addr) {
+        let [a, b, c, _] = self.host_v4().octets();
+        let mut v6 = self.host_v6().segments();
+        v6[7] = u16::from(last);
+        (Ipv4Addr::new(a, b, c, last), Ipv6Addr::from(v6))
+    }
+}
 
 static VETH: AtomicU32 = AtomicU32::new(0);
 
@@ -69,6 +127,8 @@ impl Setup {
 pub struct Topology {
     pub host: Netns,
     setup: Setup,
+    /// Whether the second network's bridge exists yet.
+    secondary: Mutex<bool>,
     /// host-local's state (chain setup), removed on drop.
     ipam_dir: Option<PathBuf>,
     /// The chain plugins' config version.
@@ -83,12 +143,30 @@ impl Drop for Topology {
     }
 }
 
-/// A container namespace with `eth0` on the host bridge.
+/// A container namespace with `eth0` on one of the host's networks.
 pub struct Container {
+    /// Declared before `ns`: detached while the namespace still exists.
+    link: Link,
     pub ns: Netns,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
+}
+
+/// A further interface of a container (`net1`, …) on another network
+/// ([`Topology::attach`]). Drop it before its container.
+pub struct Interface {
+    link: Link,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+}
+
+/// One interface's attachment: how it was made, so it can be undone, and
+/// what its prevResult says.
+struct Link {
     attached: Attached,
+    network: Network,
+    ifname: String,
+    sandbox: PathBuf,
 }
 
 enum Attached {
@@ -100,7 +178,7 @@ enum Attached {
 /// alone is deferred by the kernel: a dead container's veth could still
 /// sit on the bridge holding the address a new container reuses. A chain
 /// container gets its bridge DEL, as a runtime would run it.
-impl Drop for Container {
+impl Drop for Link {
     fn drop(&mut self) {
         match &self.attached {
             Attached::Veth { host, veth } => {
@@ -127,25 +205,7 @@ impl Topology {
     /// A topology whose chain plugins run at `cni_version`.
     pub fn speaking(setup: Setup, cni_version: &str) -> Result<Topology, TopologyError> {
         let host = Netns::new("host")?;
-        host.ip(&[
-            "link",
-            "add",
-            BRIDGE,
-            "type",
-            "bridge",
-            "forward_delay",
-            "0",
-        ])?;
-        host.ip(&["addr", "add", &format!("{HOST_V4}/24"), "dev", BRIDGE])?;
-        host.ip(&[
-            "addr",
-            "add",
-            &format!("{HOST_V6}/64"),
-            "dev",
-            BRIDGE,
-            "nodad",
-        ])?;
-        host.ip(&["link", "set", BRIDGE, "up"])?;
+        add_bridge(&host, Network::Primary)?;
         // On lo: some kernels (this CI's among them) ship no dummy driver.
         for a in EXTRA_V4 {
             host.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"])?;
@@ -168,6 +228,7 @@ impl Topology {
         Ok(Topology {
             host,
             setup,
+            secondary: Mutex::new(false),
             ipam_dir,
             cni_version: cni_version.to_string(),
         })
@@ -175,39 +236,100 @@ impl Topology {
 
     /// Attaches a container with addresses `10.88.0.<last>` and `fd00:88::<last>`.
     pub fn container(&self, label: &str, last: u8) -> Result<Container, TopologyError> {
-        match (&self.ipam_dir, self.setup) {
-            (Some(dir), Setup::Chain) => self.chain_container(label, last, dir),
-            _ => self.veth_container(label, last),
-        }
+        self.container_on(label, last, Network::Primary)
     }
 
-    fn chain_container(
+    /// A container whose `eth0` (and default route) is on `network`.
+    pub fn container_on(
         &self,
         label: &str,
         last: u8,
-        dir: &Path,
+        network: Network,
     ) -> Result<Container, TopologyError> {
+        self.ensure(network)?;
         let ns = Netns::new(label)?;
-        let (v4, v6) = addresses(last);
-        let config = chain::bridge_config(v4, v6, dir, &self.cni_version);
-        let id = format!("{}-{label}", ns.name());
-        let (att, result) = Attachment::add(&self.host, &ns, &id, config).map_err(|reason| {
-            TopologyError::Chain {
-                label: label.to_string(),
-                reason,
-            }
-        })?;
-        Ok(Container {
-            ns,
-            v4,
-            v6,
-            attached: Attached::Chain { att, result },
-        })
+        let (link, v4, v6) = self.link(label, &ns, network, IFNAME, last, true)?;
+        Ok(Container { link, ns, v4, v6 })
     }
 
-    fn veth_container(&self, label: &str, last: u8) -> Result<Container, TopologyError> {
-        let (ns, veth) = self.linked_namespace(label, "vh")?;
-        self.host.ip(&["link", "set", &veth, "master", BRIDGE])?;
+    /// A further interface `ifname` of `container` on `network`, as a
+    /// second network's plugin chain (a Multus delegate, podman's second
+    /// `--network`) makes it: addresses `.<last>`, no default route.
+    pub fn attach(
+        &self,
+        container: &Container,
+        network: Network,
+        ifname: &str,
+        last: u8,
+    ) -> Result<Interface, TopologyError> {
+        self.ensure(network)?;
+        let (link, v4, v6) = self.link(ifname, &container.ns, network, ifname, last, false)?;
+        Ok(Interface { link, v4, v6 })
+    }
+
+    /// Creates the second network's bridge the first time it is asked for.
+    fn ensure(&self, network: Network) -> Result<(), TopologyError> {
+        if network == Network::Primary {
+            return Ok(());
+        }
+        let mut made = self
+            .secondary
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !*made {
+            add_bridge(&self.host, network)?;
+            *made = true;
+        }
+        Ok(())
+    }
+
+    fn link(
+        &self,
+        label: &str,
+        ns: &Netns,
+        network: Network,
+        ifname: &str,
+        last: u8,
+        default_route: bool,
+    ) -> Result<(Link, Ipv4Addr, Ipv6Addr), TopologyError> {
+        let (v4, v6) = network.addresses(last);
+        let attached = match (&self.ipam_dir, self.setup) {
+            (Some(dir), Setup::Chain) => {
+                let config =
+                    chain::bridge_config(network, v4, v6, dir, &self.cni_version, default_route);
+                let id = format!("{}-{label}", ns.name());
+                let (att, result) =
+                    Attachment::add(&self.host, ns, &id, ifname, config).map_err(|reason| {
+                        TopologyError::Chain {
+                            label: label.to_string(),
+                            reason,
+                        }
+                    })?;
+                Attached::Chain { att, result }
+            }
+            _ => self.veth(ns, network, ifname, v4, v6, default_route)?,
+        };
+        let link = Link {
+            attached,
+            network,
+            ifname: ifname.to_string(),
+            sandbox: ns.path(),
+        };
+        Ok((link, v4, v6))
+    }
+
+    fn veth(
+        &self,
+        ns: &Netns,
+        network: Network,
+        ifname: &str,
+        v4: Ipv4Addr,
+        v6: Ipv6Addr,
+        default_route: bool,
+    ) -> Result<Attached, NetnsError> {
+        let veth = self.peer(ns, "vh", ifname)?;
+        let bridge = network.bridge();
+        self.host.ip(&["link", "set", &veth, "master", bridge])?;
         // Hairpin: a container reaching its own host port comes back out
         // of the same bridge port (the bridge plugin's hairpinMode).
         self.host.ip(&[
@@ -220,29 +342,38 @@ impl Topology {
             "on",
         ])?;
         self.host.ip(&["link", "set", &veth, "up"])?;
-        let (v4, v6) = addresses(last);
-        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", IFNAME])?;
-        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", IFNAME, "nodad"])?;
-        ns.ip(&["link", "set", IFNAME, "up"])?;
-        ns.ip(&["route", "add", "default", "via", &HOST_V4.to_string()])?;
-        ns.ip(&["-6", "route", "add", "default", "via", &HOST_V6.to_string()])?;
-        Ok(Container {
-            ns,
-            v4,
-            v6,
-            attached: Attached::Veth {
-                host: self.host.name().to_string(),
-                veth,
-            },
+        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", ifname])?;
+        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"])?;
+        ns.ip(&["link", "set", ifname, "up"])?;
+        if default_route {
+            let (gw4, gw6) = (network.host_v4().to_string(), network.host_v6().to_string());
+            ns.ip(&["route", "add", "default", "via", &gw4])?;
+            ns.ip(&["-6", "route", "add", "default", "via", &gw6])?;
+        }
+        Ok(Attached::Veth {
+            host: self.host.name().to_string(),
+            veth,
         })
     }
 }
 
-fn addresses(last: u8) -> (Ipv4Addr, Ipv6Addr) {
-    (
-        Ipv4Addr::new(10, 88, 0, last),
-        Ipv6Addr::new(0xfd00, 0x88, 0, 0, 0, 0, 0, u16::from(last)),
-    )
+/// A bridge for `network` in `host`, holding the network's `.1`s.
+fn add_bridge(host: &Netns, network: Network) -> Result<(), NetnsError> {
+    let bridge = network.bridge();
+    host.ip(&[
+        "link",
+        "add",
+        bridge,
+        "type",
+        "bridge",
+        "forward_delay",
+        "0",
+    ])?;
+    let v4 = format!("{}/24", network.host_v4());
+    host.ip(&["addr", "add", &v4, "dev", bridge])?;
+    let v6 = format!("{}/64", network.host_v6());
+    host.ip(&["addr", "add", &v6, "dev", bridge, "nodad"])?;
+    host.ip(&["link", "set", bridge, "up"])
 }
 
 /// A network beyond the host (10.77.0.0/24, routed through it), for
@@ -250,9 +381,9 @@ fn addresses(last: u8) -> (Ipv4Addr, Ipv6Addr) {
 pub const REMOTE_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 
 impl Topology {
-    /// A new namespace whose `eth0` is a veth peer of a host interface.
-    fn linked_namespace(&self, label: &str, prefix: &str) -> Result<(Netns, String), NetnsError> {
-        let ns = Netns::new(label)?;
+    /// A veth pair: a new host interface (returned) whose peer is
+    /// `ifname` in `ns`.
+    fn peer(&self, ns: &Netns, prefix: &str, ifname: &str) -> Result<String, NetnsError> {
         let veth = format!("{prefix}{}", VETH.fetch_add(1, Ordering::Relaxed));
         self.host.ip(&[
             "link",
@@ -262,16 +393,17 @@ impl Topology {
             "veth",
             "peer",
             "name",
-            IFNAME,
+            ifname,
             "netns",
             ns.name(),
         ])?;
-        Ok((ns, veth))
+        Ok(veth)
     }
 
     /// A namespace on its own link to the host, reachable only by routing.
     pub fn remote(&self) -> Result<Netns, NetnsError> {
-        let (ns, veth) = self.linked_namespace("remote", "vr")?;
+        let ns = Netns::new("remote")?;
+        let veth = self.peer(&ns, "vr", IFNAME)?;
         self.host
             .ip(&["addr", "add", "10.77.0.1/24", "dev", &veth])?;
         self.host.ip(&["link", "set", &veth, "up"])?;
@@ -287,32 +419,68 @@ impl Container {
     /// the bridge plugin's own result (chain setup), or one written as it
     /// would return it (veth setup).
     pub fn prev_result(&self, v4: bool, v6: bool) -> Value {
+        self.link.prev_result(self.v4, self.v6, v4, v6)
+    }
+
+    pub fn addr(&self, v6: bool) -> IpAddr {
+        addr(self.v4, self.v6, v6)
+    }
+
+    /// The network `eth0` is on.
+    pub fn network(&self) -> Network {
+        self.link.network
+    }
+}
+
+impl Interface {
+    /// The prevResult of this interface's network chain (see
+    /// [`Container::prev_result`]).
+    pub fn prev_result(&self, v4: bool, v6: bool) -> Value {
+        self.link.prev_result(self.v4, self.v6, v4, v6)
+    }
+
+    pub fn addr(&self, v6: bool) -> IpAddr {
+        addr(self.v4, self.v6, v6)
+    }
+
+    pub fn ifname(&self) -> &str {
+        &self.link.ifname
+    }
+
+    pub fn network(&self) -> Network {
+        self.link.network
+    }
+}
+
+fn addr(v4: Ipv4Addr, v6: Ipv6Addr, want_v6: bool) -> IpAddr {
+    if want_v6 {
+        IpAddr::V6(v6)
+    } else {
+        IpAddr::V4(v4)
+    }
+}
+
+impl Link {
+    fn prev_result(&self, a4: Ipv4Addr, a6: Ipv6Addr, v4: bool, v6: bool) -> Value {
         if let Attached::Chain { result, .. } = &self.attached {
             return chain::with_families(result, v4, v6);
         }
+        let net = self.network;
         let mut ips = Vec::new();
         if v4 {
-            ips.push(json!({"address": format!("{}/24", self.v4), "gateway": HOST_V4.to_string(), "interface": 1}));
+            ips.push(json!({"address": format!("{a4}/24"), "gateway": net.host_v4().to_string(), "interface": 1}));
         }
         if v6 {
-            ips.push(json!({"address": format!("{}/64", self.v6), "gateway": HOST_V6.to_string(), "interface": 1}));
+            ips.push(json!({"address": format!("{a6}/64"), "gateway": net.host_v6().to_string(), "interface": 1}));
         }
         json!({
             "cniVersion": "1.0.0",
             "interfaces": [
-                {"name": BRIDGE},
-                {"name": IFNAME, "sandbox": self.ns.path().display().to_string()}
+                {"name": net.bridge()},
+                {"name": self.ifname, "sandbox": self.sandbox.display().to_string()}
             ],
             "ips": ips
         })
-    }
-
-    pub fn addr(&self, v6: bool) -> IpAddr {
-        if v6 {
-            IpAddr::V6(self.v6)
-        } else {
-            IpAddr::V4(self.v4)
-        }
     }
 }
 
@@ -320,6 +488,37 @@ impl Container {
 mod tests {
     use super::*;
     use crate::netns::prerequisites;
+
+    /// A second interface on the second network (made on first use):
+    /// its own veth, its prevResult naming its interface and bridge.
+    #[test]
+    fn veth_containers_get_a_second_interface_on_the_second_bridge() {
+        if !prerequisites(&[]) {
+            return;
+        }
+        let topo = Topology::new().expect("topology");
+        let c = topo.container("two", 7).expect("container");
+        let net1 = topo
+            .attach(&c, Network::Secondary, "net1", 7)
+            .expect("net1");
+        let prev = net1.prev_result(true, true);
+        assert_eq!(prev["interfaces"][0]["name"], BRIDGE_B);
+        assert_eq!(prev["interfaces"][1]["name"], "net1");
+        assert_eq!(prev["ips"][0]["address"], "10.87.0.7/24");
+        assert_eq!(prev["ips"][1]["address"], "fd00:87::7/64");
+        let addrs =
+            c.ns.exec("ip", &["-4", "addr", "show", "net1"])
+                .expect("ip");
+        assert!(addrs.contains("10.87.0.7/24"), "{addrs}");
+        let other = topo
+            .container_on("other", 8, Network::Secondary)
+            .expect("container on the second network");
+        assert_eq!(other.network(), Network::Secondary);
+        assert_eq!(
+            other.prev_result(true, false)["ips"][0]["gateway"],
+            "10.87.0.1"
+        );
+    }
 
     /// The chain setup really runs the bridge plugin: its result names the
     /// container's interface with a MAC and sandbox, host-local records
@@ -348,6 +547,25 @@ mod tests {
             c.ns.exec("ip", &["-4", "addr", "show", IFNAME])
                 .expect("ip");
         assert!(addrs.contains("10.88.0.7/24"), "{addrs}");
+        // A second interface: the second bridge network's own lease, no
+        // default route of its own (eth0's stays).
+        let net1 = topo
+            .attach(&c, Network::Secondary, "net1", 7)
+            .expect("net1");
+        assert_eq!(
+            net1.prev_result(true, false)["ips"][0]["address"],
+            "10.87.0.7/24"
+        );
+        let leased_b = dir
+            .join(chain::network_name(Network::Secondary))
+            .join("10.87.0.7");
+        assert!(leased_b.exists(), "host-local lease {}", leased_b.display());
+        let routes =
+            c.ns.exec("ip", &["-4", "route", "show", "default"])
+                .expect("ip");
+        assert!(routes.contains("via 10.88.0.1 dev eth0"), "{routes}");
+        drop(net1);
+        assert!(!leased_b.exists(), "bridge DEL released net1's lease");
         drop(c);
         assert!(!leased.exists(), "bridge DEL released the lease");
         drop(topo);

@@ -13,7 +13,7 @@ use portmap_conformance::topology::Setup;
 use rstest::rstest;
 
 const UPSTREAM: &str = "/usr/lib/cni/portmap";
-const SCENARIOS: [&str; 30] = [
+const SCENARIOS: [&str; 34] = [
     "tcp",
     "udp",
     "sctp",
@@ -40,10 +40,14 @@ const SCENARIOS: [&str; 30] = [
     "interop-ours-then-reference",
     "interop-reference-then-ours",
     "localnet-guard",
+    "two-networks",
+    "gc-other-network",
+    "lost-journal",
     "client-containerd",
     "client-cri-o",
     "client-podman",
     "client-cnitool",
+    "client-multus",
 ];
 
 #[test]
@@ -85,10 +89,14 @@ fn cell(
         "interop-ours-then-reference",
         "interop-reference-then-ours",
         "localnet-guard",
+        "two-networks",
+        "gc-other-network",
+        "lost-journal",
         "client-containerd",
         "client-cri-o",
         "client-podman",
-        "client-cnitool"
+        "client-cnitool",
+        "client-multus"
     )]
     scenario: &str,
     #[values("nftables", "iptables-nft", "iptables-legacy", "auto")] backend: &str,

@@ -6,7 +6,9 @@
 //! filesystem (no registry), and runc. Scenarios: the published TCP and
 //! UDP ports answer from a client namespace, TCP from 127.0.0.1 and by
 //! hairpin; stop and remove leave no rule; ten create/remove rounds on
-//! the same host port. Under CI a missing runtime is a failure.
+//! the same host port; a podman container on two CNI networks (the port
+//! published on each, one network disconnected, then removed). Under CI
+//! a missing runtime is a failure.
 
 mod common;
 #[path = "runtimes/containerd.rs"]
@@ -21,7 +23,7 @@ use rstest::rstest;
 
 use containerd::Containerd;
 use podman::Podman;
-use world::{publish_then_remove, ten_rounds, World};
+use world::{publish_then_remove, ten_rounds, World, PMTEST, PMTEST_B};
 
 /// A limit of this process from /proc/self/limits (soft value).
 fn own_limit(name: &str) -> String {
@@ -68,6 +70,21 @@ fn podman_ten_rounds_on_the_same_host_port() {
     }
     let world = World::new("podman-rounds");
     ten_rounds(&world, &mut Podman::new(&world, None));
+}
+
+/// `podman run --network pmtest,pmtest-b -p 18080:80`: a container with
+/// two CNI networks (bridge + host-local + portmap each, two subnets), one
+/// published port. See `podman::two_networks` for what podman sends.
+#[rstest]
+fn podman_two_networks_publish_and_remove(
+    #[values(None, Some("nftables"), Some("iptables"))] backend: Option<&str>,
+) {
+    if !podman_prerequisites() {
+        return;
+    }
+    let world = World::new("podman-two");
+    let podman = Podman::with_networks(&world, backend, &[PMTEST, PMTEST_B]);
+    podman::two_networks(&world, &podman);
 }
 
 fn containerd_prerequisites() -> bool {

@@ -5,6 +5,7 @@
 mod clients;
 mod lifecycle;
 mod localnet;
+mod multinet;
 mod options;
 mod traffic;
 
@@ -18,7 +19,7 @@ use crate::cni::{invoke, result_in_version, Call, Outcome};
 use crate::netns::Netns;
 use crate::run::CellSpec;
 use crate::toolpath::{IptablesVariant, ToolDir, Tools};
-use crate::topology::{Container, Topology, IFNAME};
+use crate::topology::{Container, Interface, Network, Topology, IFNAME};
 use crate::traffic::{tcp_ask, Answer};
 
 /// The backend axis of the matrix.
@@ -137,6 +138,7 @@ pub fn catalogue() -> Vec<Scenario> {
     all.extend(options::scenarios());
     all.extend(lifecycle::scenarios());
     all.extend(localnet::scenarios());
+    all.extend(multinet::scenarios());
     all.extend(clients::scenarios());
     all
 }
@@ -156,6 +158,10 @@ pub struct Ctx {
 }
 
 pub const NET: &str = "conformance";
+/// The second network's name (the topology's [`Network::Secondary`]).
+///
+/// [`Network::Secondary`]: crate::topology::Network::Secondary
+pub const NET_B: &str = "conformance-b";
 const OK_WAIT: Duration = Duration::from_secs(3);
 const FAIL_WAIT: Duration = Duration::from_millis(700);
 
@@ -186,11 +192,41 @@ impl Ctx {
             .map_err(|e| format!("container {label}: {e}"))
     }
 
+    /// A container whose only interface, `eth0`, is on `network`.
+    pub fn container_on(
+        &self,
+        label: &str,
+        last: u8,
+        network: Network,
+    ) -> Result<Container, String> {
+        self.topo
+            .container_on(label, last, network)
+            .map_err(|e| format!("container {label}: {e}"))
+    }
+
+    /// A further interface `ifname` of `c` on `network`.
+    pub fn attach(
+        &self,
+        c: &Container,
+        network: Network,
+        ifname: &str,
+        last: u8,
+    ) -> Result<Interface, String> {
+        self.topo
+            .attach(c, network, ifname, last)
+            .map_err(|e| format!("interface {ifname} of {}: {e}", c.ns.name()))
+    }
+
     /// A config for this cell's backend with the given mappings and extra
     /// keys, in the run's CNI version (prevResult in that version's shape).
     pub fn config(&self, prev: Value, mappings: Value, extra: Value) -> Value {
+        self.config_named(NET, prev, mappings, extra)
+    }
+
+    /// [`Ctx::config`] of the network called `name`.
+    pub fn config_named(&self, name: &str, prev: Value, mappings: Value, extra: Value) -> Value {
         let mut cfg = json!({
-            "cniVersion": self.cni_version, "name": NET, "type": "portmap",
+            "cniVersion": self.cni_version, "name": name, "type": "portmap",
             "runtimeConfig": {"portMappings": mappings},
             "prevResult": result_in_version(&prev, &self.cni_version)
         });
@@ -244,6 +280,47 @@ impl Ctx {
         cfg: &Value,
     ) -> Result<Outcome, String> {
         self.ok_call(plugin, &Call::new(command, id, c, self.tools.path(), cfg))
+    }
+
+    /// Runs the plugin under test on interface `ifname` (an attachment
+    /// other than `eth0`) and requires success.
+    pub fn ok_at(
+        &self,
+        command: &str,
+        id: &str,
+        ifname: &str,
+        c: Option<&Container>,
+        cfg: &Value,
+    ) -> Result<Outcome, String> {
+        let mut call = Call::new(command, id, c, self.tools.path(), cfg);
+        call.ifname = ifname;
+        self.ok_call(&self.plugin, &call)
+    }
+
+    /// A GC config (CNI 1.1.0) of network `name` in this cell's backend,
+    /// keeping the `(containerID, ifname)` attachments of `valid`.
+    pub fn gc_config(&self, name: &str, valid: &[(&str, &str)]) -> Value {
+        let valid: Vec<Value> = valid
+            .iter()
+            .map(|(id, ifname)| json!({"containerID": id, "ifname": ifname}))
+            .collect();
+        let mut cfg = json!({"cniVersion": "1.1.0", "name": name, "type": "portmap",
+                             "cni.dev/valid-attachments": valid});
+        if let Some(b) = self.axis.backend_key() {
+            cfg["backend"] = json!(b);
+        }
+        cfg
+    }
+
+    /// The lines of the firewall dump (the localnet guard left out: it
+    /// outlives containers) that name any of `needles` (container IDs,
+    /// addresses) as a whole word: `10.88.0.5` is not found in `10.88.0.50`.
+    pub fn rules_naming(&self, needles: &[&str]) -> Vec<String> {
+        crate::firewall::without_guard(&self.ruleset())
+            .lines()
+            .filter(|l| needles.iter().any(|n| names(l, n)))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Runs `plugin` as `call` says and requires success. A successful ADD
@@ -342,6 +419,17 @@ fn has_mappings(cfg: &Value) -> bool {
     })
 }
 
+/// Whether `line` contains `word` not as part of a longer name or number
+/// (`10.88.0.5` is not in `10.88.0.50`, `ctr-1` not in `ctr-10`).
+fn names(line: &str, word: &str) -> bool {
+    line.match_indices(word).any(|(i, _)| {
+        let before = line[..i].chars().next_back();
+        let after = line[i + word.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '.')
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
+
 fn one_line(stdout: &str, stderr: &str) -> String {
     let s = format!("{} {}", stdout.trim(), stderr.trim());
     s.trim().replace('\n', " ")
@@ -362,5 +450,20 @@ pub fn ensure(cond: bool, what: impl FnOnce() -> String) -> Result<(), String> {
         Ok(())
     } else {
         Err(what())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_finds_whole_words_only() {
+        use super::names;
+        assert!(names("ip daddr 10.88.0.5 dnat", "10.88.0.5"));
+        assert!(names("dnat to 10.88.0.5:80", "10.88.0.5"));
+        assert!(names("-s 10.88.0.5/32 -j MASQ", "10.88.0.5"));
+        assert!(!names("dnat to 10.88.0.50:80", "10.88.0.5"));
+        assert!(!names("dnat to 110.88.0.5:80", "10.88.0.5"));
+        assert!(names(r#"comment "ctr-1""#, "ctr-1"));
+        assert!(!names(r#"comment "ctr-10""#, "ctr-1"));
     }
 }

@@ -26,6 +26,27 @@ pub const UDP: (u16, u16) = (15353, 5353);
 pub const RUNTIME_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 /// The pods' bridge subnet (the topology's own bridge uses 10.88.0.0/24).
 pub const POD_SUBNET: &str = "10.89.0.0/24";
+
+/// A pod network of a runtime test: conflist name, bridge, subnet.
+#[derive(Debug, Clone, Copy)]
+pub struct PodNet<'a> {
+    pub name: &'a str,
+    pub bridge: &'a str,
+    pub subnet: &'a str,
+}
+
+/// Every runtime's network.
+pub const PMTEST: PodNet<'static> = PodNet {
+    name: "pmtest",
+    bridge: "cni-pmt0",
+    subnet: POD_SUBNET,
+};
+/// A second network, for pods on two (`podman run --network a,b`).
+pub const PMTEST_B: PodNet<'static> = PodNet {
+    name: "pmtest-b",
+    bridge: "cni-pmt1",
+    subnet: "10.90.0.0/24",
+};
 const WAIT: Duration = Duration::from_secs(3);
 
 pub struct World {
@@ -116,29 +137,41 @@ impl World {
         backend: Option<&str>,
         file: &str,
     ) -> PathBuf {
+        let net = PodNet { name, ..PMTEST };
+        self.write_net_d_for(&net, cni_version, backend, file)
+    }
+
+    /// [`World::write_net_d`] for network `net` (its name, bridge, subnet).
+    pub fn write_net_d_for(
+        &self,
+        net: &PodNet<'_>,
+        cni_version: &str,
+        backend: Option<&str>,
+        file: &str,
+    ) -> PathBuf {
         let net_d = self.dir.join("net.d");
         std::fs::create_dir_all(&net_d).expect("net.d");
-        let conflist = self.conflist(name, cni_version, backend);
+        let conflist = self.conflist(net, cni_version, backend);
         std::fs::write(net_d.join(file), conflist.to_string()).expect("conflist");
         net_d
     }
 
     /// bridge (hairpin, masquerade) + portmap, as runtimes configure them;
     /// `backend` goes into portmap's entry.
-    fn conflist(&self, name: &str, cni_version: &str, backend: Option<&str>) -> Value {
+    fn conflist(&self, net: &PodNet<'_>, cni_version: &str, backend: Option<&str>) -> Value {
         let mut portmap = json!({"type": "portmap", "capabilities": {"portMappings": true}});
         if let Some(b) = backend {
             portmap["backend"] = json!(b);
         }
         json!({
             "cniVersion": cni_version,
-            "name": name,
+            "name": net.name,
             "plugins": [
-                {"type": "bridge", "bridge": "cni-pmt0", "isGateway": true, "ipMasq": true,
+                {"type": "bridge", "bridge": net.bridge, "isGateway": true, "ipMasq": true,
                  "hairpinMode": true,
                  "ipam": {"type": "host-local", "dataDir": self.dir.join("ipam").display().to_string(),
                           "routes": [{"dst": "0.0.0.0/0"}],
-                          "ranges": [[{"subnet": POD_SUBNET}]]}},
+                          "ranges": [[{"subnet": net.subnet}]]}},
                 portmap
             ]
         })
@@ -170,6 +203,26 @@ impl World {
                 "udp {runtime}:{} from client: {got:?}, expected {tag}",
                 UDP.0
             ));
+        }
+        Ok(())
+    }
+
+    /// TCP only (see [`World::expect_published`]).
+    pub fn expect_published_tcp(&self, pod: &Netns, tag: &str) -> Result<(), String> {
+        let runtime = IpAddr::V4(RUNTIME_V4);
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        for (who, from, to) in [
+            ("client", &self.client, runtime),
+            ("127.0.0.1", &self.topo.host, loopback),
+            ("hairpin", pod, runtime),
+        ] {
+            let got = tcp_ask(from, SocketAddr::new(to, TCP.0), WAIT).map_err(|e| e.to_string())?;
+            if got.as_ref().map(|a| a.tag.as_str()) != Some(tag) {
+                return Err(format!(
+                    "tcp {to}:{} from {who}: {got:?}, expected {tag}",
+                    TCP.0
+                ));
+            }
         }
         Ok(())
     }
