@@ -315,9 +315,13 @@ pub fn serve(pod: &Netns, tag: &str) -> (EchoServer, EchoServer) {
 
 impl Drop for World {
     fn drop(&mut self) {
+        // Only what a runtime made and left (podman: netns-<uuid>,
+        // containerd: cni-<uuid>): other tests' namespaces come and go
+        // meanwhile, on this machine too.
         let ours = [self.topo.host.name(), self.client.name()];
+        let by_a_runtime = |n: &str| n.starts_with("netns-") || n.starts_with("cni-");
         for name in netns_names().difference(&self.netns_before) {
-            if !ours.contains(&name.as_str()) {
+            if !ours.contains(&name.as_str()) && by_a_runtime(name) {
                 let _ = Command::new("ip").args(["netns", "del", name]).output();
             }
         }
