@@ -2,7 +2,26 @@
 //! the container's earlier rules), build one transaction, apply it and
 //! keep the handles the kernel announced as the container's receipt.
 
-use super::*;
+use super::guard;
+use super::kernel;
+use super::kernel::KernelRule;
+use super::render::add_skeleton;
+use super::render::expected_rules;
+use super::render::rule;
+use super::render::rule_ref;
+use super::render::wiring_shapes;
+use super::NftError;
+use super::Nftables;
+use super::HOSTPORTS;
+use super::MASQUERADING;
+use crate::plan::Plan;
+use crate::Family;
+use crate::Known;
+use crate::Receipt;
+use crate::RuleRef;
+use nftables::batch::Batch;
+use nftables::schema::NfCmd;
+use nftables::schema::NfListObject;
 
 /// An ADD transaction, and whether it leaves out a skeleton the read found
 /// whole.

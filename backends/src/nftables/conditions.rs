@@ -1,7 +1,19 @@
 //! conditionsV4/V6 as nft words (`ip saddr 10.0.0.0/8`) turned into JSON
 //! matches; anything else is refused before a transaction is built.
 
-use super::*;
+use super::render::addr_expr;
+use super::render::payload;
+use super::NftError;
+use nftables::expr::Expression;
+use nftables::expr::Meta;
+use nftables::expr::MetaKey;
+use nftables::expr::NamedExpression;
+use nftables::expr::Prefix;
+use nftables::stmt::Match;
+use nftables::stmt::Operator;
+use nftables::stmt::Statement;
+use std::borrow::Cow;
+use std::net::IpAddr;
 
 /// Turns condition words (nft syntax, e.g. `ip saddr 192.0.2.0/24` or
 /// `iifname != "lo"`) into match statements. The JSON API takes no rule

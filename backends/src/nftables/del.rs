@@ -1,7 +1,20 @@
 //! DEL and GC: by the ADD's receipt when it holds, else from a dump of
 //! the table per family; one transaction either way.
 
-use super::*;
+use super::kernel;
+use super::kernel::KernelRule;
+use super::render::rule_ref;
+use super::table_ref;
+use super::NftError;
+use super::Nftables;
+use crate::ClosedPort;
+use crate::ContainerKey;
+use crate::Family;
+use crate::Known;
+use crate::Receipt;
+use nftables::batch::Batch;
+use nftables::schema::NfListObject;
+use std::collections::BTreeSet;
 
 impl Nftables {
     /// DEL by a receipt: each rule fetched by its handle (one small request

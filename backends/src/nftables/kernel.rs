@@ -8,8 +8,13 @@
 //! rules and keep `nft -j` (read.rs): rebuilding nft's JSON from netlink
 //! expressions would duplicate nft.
 
-use super::*;
+use super::owner_of;
+use super::CONTAINER_CHAINS;
+use super::TABLE;
 use crate::nfnetlink::{self, attr, attrs, nfproto, nul_terminated, string, NetlinkError};
+use crate::Family;
+use crate::Protocol;
+use std::net::IpAddr;
 
 const NFT_MSG_GETRULE: u16 = 7;
 const NFTA_RULE_TABLE: u16 = 1;
@@ -401,7 +406,9 @@ fn port_of(list: &[Expr<'_>]) -> Option<(Protocol, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nftables::{Nftables, MASQUERADING};
     use crate::plan::tests::golden_request;
+    use crate::{Backend, Known, Plan};
     use portmap_conformance::netns::{prerequisites, Netns};
 
     /// What our own transaction installs, read back over netlink, agrees

@@ -11,25 +11,18 @@
 //! conditions (upstream keeps one global set: last ADD wins); masqAll is
 //! honoured; CHECK compares exact rules instead of counting comments.
 
-use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::net::IpAddr;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use nftables::batch::Batch;
-use nftables::expr::{
-    Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, Payload, PayloadField,
-    Prefix,
-};
-use nftables::schema::{Chain, FlushObject, NfCmd, NfListObject, Rule, Table};
-use nftables::stmt::{JumpTarget, Match, Operator, Statement, NAT};
-use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use nftables::schema::Table;
+use nftables::types::NfFamily;
 
 use crate::exec::{self, ExecError};
-use crate::plan::{Dnat, FamilyPlan, MasqSource, Plan};
+use crate::plan::Plan;
 use crate::{
-    Attachment, Backend, BackendError, ClosedPort, ContainerKey, Family, InstalledContainer,
-    InstalledMapping, InstalledOptions, Known, Protocol, Receipt, RuleRef,
+    Attachment, Backend, BackendError, ClosedPort, ContainerKey, Family, InstalledContainer, Known,
+    Receipt,
 };
 
 mod add;
@@ -46,9 +39,8 @@ mod tests;
 use add::skeleton_intact;
 pub use conditions::parse_conditions;
 pub use guard::{guard_intact, GUARD_CHAIN, GUARD_TABLE};
-use kernel::KernelRule;
-use read::*;
-use render::*;
+use read::{containers, listed_target, Listed};
+use render::{add_table_comment, describe, expected_rules, jump_target, wiring_rules};
 
 pub const TABLE: &str = "cni_hostport";
 pub const TABLE_COMMENT: &str = "CNI portmap plugin";

@@ -3,7 +3,29 @@
 //! into containers, mappings and options (`list`, `migrate`, DEL's
 //! conntrack flush).
 
-use super::*;
+use super::nf_family_name;
+use super::owner;
+use super::NftError;
+use super::Nftables;
+use super::Wanted;
+use super::MASQUERADING;
+use super::NAME;
+use super::TABLE;
+use crate::exec;
+use crate::Family;
+use crate::InstalledContainer;
+use crate::InstalledMapping;
+use crate::InstalledOptions;
+use crate::Protocol;
+use nftables::expr::Expression;
+use nftables::expr::NamedExpression;
+use nftables::expr::Payload;
+use nftables::stmt::Match;
+use nftables::stmt::Operator;
+use nftables::stmt::Statement;
+use nftables::stmt::NAT;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 /// `nft -j list table` output, expressions left unparsed.
 #[derive(serde::Deserialize)]

@@ -2,7 +2,50 @@
 //! rules with the `fib daddr type local` guard), each container's rules
 //! and their description for CHECK messages.
 
-use super::*;
+use super::conditions::parse_conditions;
+use super::kernel;
+use super::nf_family;
+use super::nf_family_name;
+use super::NftError;
+use super::DSTNAT_PRIORITY;
+use super::HOSTIP_HOSTPORTS;
+use super::HOSTPORTS;
+use super::HOSTPORTS_ALL;
+use super::MASQUERADING;
+use super::OUTPUT;
+use super::PREROUTING;
+use super::SRCNAT_PRIORITY;
+use super::TABLE;
+use super::TABLE_COMMENT;
+use crate::plan::Dnat;
+use crate::plan::FamilyPlan;
+use crate::plan::MasqSource;
+use crate::Family;
+use nftables::batch::Batch;
+use nftables::expr::Expression;
+use nftables::expr::Fib;
+use nftables::expr::FibFlag;
+use nftables::expr::FibResult;
+use nftables::expr::NamedExpression;
+use nftables::expr::Payload;
+use nftables::expr::PayloadField;
+use nftables::expr::Prefix;
+use nftables::schema::Chain;
+use nftables::schema::FlushObject;
+use nftables::schema::NfCmd;
+use nftables::schema::NfListObject;
+use nftables::schema::Rule;
+use nftables::schema::Table;
+use nftables::stmt::JumpTarget;
+use nftables::stmt::Match;
+use nftables::stmt::Operator;
+use nftables::stmt::Statement;
+use nftables::stmt::NAT;
+use nftables::types::NfChainPolicy;
+use nftables::types::NfChainType;
+use nftables::types::NfHook;
+use std::collections::HashSet;
+use std::net::IpAddr;
 
 /// nft 1.0.x has no table comment in its JSON schema (text syntax has); we
 /// send it anyway so newer nft records it, older nft ignores the key.

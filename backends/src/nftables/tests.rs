@@ -1,5 +1,7 @@
+use super::render::{add_skeleton, wiring_shapes};
 use super::*;
 use crate::plan::tests::{golden_request, neighbour};
+use crate::plan::FamilyPlan;
 use crate::{MasqMark, Request};
 use rstest::rstest;
 
