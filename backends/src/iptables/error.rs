@@ -1,0 +1,56 @@
+//! What the iptables backend reports: which tool failed, and what it said.
+
+use super::Variant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IptablesError {
+    #[error("neither iptables nor ip6tables is usable")]
+    NotUsable { variant: Option<Variant> },
+    #[error("could not run {tool}: {source}")]
+    Spawn {
+        tool: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{tool} ({variant}) failed to read the {table} table")]
+    Save {
+        tool: String,
+        variant: Variant,
+        table: String,
+        stderr: String,
+    },
+    /// The tool hung and was killed (for a restore, what that leaves:
+    /// [`Runner::restore`]).
+    #[error("{tool} did not finish within {timeout:?} and was killed")]
+    Timeout {
+        tool: String,
+        command: String,
+        timeout: std::time::Duration,
+    },
+    #[error("{tool} ({variant}) rejected the batch")]
+    Restore {
+        tool: String,
+        variant: Variant,
+        stderr: String,
+        batch: String,
+    },
+}
+
+impl IptablesError {
+    pub fn details(&self) -> String {
+        match self {
+            IptablesError::NotUsable { variant } => match variant {
+                Some(v) => {
+                    format!("iptables variant: {v}; no usable save/restore tools or nat table")
+                }
+                None => "no iptables binary found in PATH".to_string(),
+            },
+            IptablesError::Spawn { source, .. } => source.to_string(),
+            IptablesError::Save { stderr, .. } => stderr.clone(),
+            IptablesError::Timeout {
+                command, timeout, ..
+            } => format!("`{command}` killed (with its process group) after {timeout:?}"),
+            IptablesError::Restore { stderr, batch, .. } => format!("{stderr}\nbatch:\n{batch}"),
+        }
+    }
+}
