@@ -1,6 +1,8 @@
-//! What the iptables backend reports: which tool failed, and what it said.
+//! What the iptables backend reports: the tool, what it said, and for a
+//! read, the family and why its failure is the command's.
 
 use super::Variant;
+use crate::Family;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IptablesError {
@@ -18,6 +20,22 @@ pub enum IptablesError {
         variant: Variant,
         table: String,
         stderr: String,
+    },
+    /// A read failed where passing over it would hide rules (`why`).
+    #[error("cannot read the {family} nat table ({why}): {source}")]
+    Unreadable {
+        family: Family,
+        why: String,
+        #[source]
+        source: Box<IptablesError>,
+    },
+    /// The plan has mappings of a family the kernel has, but no tool of
+    /// it is here.
+    #[error("the container has {family} mappings but iptables ({variant}) has no {family} tools here: {tools} not in PATH")]
+    NoTools {
+        family: Family,
+        variant: Variant,
+        tools: String,
     },
     /// The tool hung and was killed (for a restore, what that leaves:
     /// [`Runner::restore`]).
@@ -37,6 +55,10 @@ pub enum IptablesError {
 }
 
 impl IptablesError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, IptablesError::Timeout { .. })
+    }
+
     pub fn details(&self) -> String {
         match self {
             IptablesError::NotUsable { variant } => match variant {
@@ -47,6 +69,8 @@ impl IptablesError {
             },
             IptablesError::Spawn { source, .. } => source.to_string(),
             IptablesError::Save { stderr, .. } => stderr.clone(),
+            IptablesError::Unreadable { source, .. } => source.details(),
+            IptablesError::NoTools { .. } => String::new(),
             IptablesError::Timeout {
                 command, timeout, ..
             } => format!("`{command}` killed (with its process group) after {timeout:?}"),
