@@ -13,7 +13,7 @@ use portmap_conformance::topology::Setup;
 use rstest::rstest;
 
 const UPSTREAM: &str = "/usr/lib/cni/portmap";
-const SCENARIOS: [&str; 29] = [
+const SCENARIOS: [&str; 30] = [
     "tcp",
     "udp",
     "sctp",
@@ -39,6 +39,7 @@ const SCENARIOS: [&str; 29] = [
     "parallel-add",
     "interop-ours-then-reference",
     "interop-reference-then-ours",
+    "unreadable-nat",
     "client-containerd",
     "client-cri-o",
     "client-podman",
@@ -83,6 +84,7 @@ fn cell(
         "parallel-add",
         "interop-ours-then-reference",
         "interop-reference-then-ours",
+        "unreadable-nat",
         "client-containerd",
         "client-cri-o",
         "client-podman",

@@ -6,6 +6,7 @@ mod clients;
 mod lifecycle;
 mod options;
 mod traffic;
+mod unreadable;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -135,6 +136,7 @@ pub fn catalogue() -> Vec<Scenario> {
     let mut all = traffic::scenarios();
     all.extend(options::scenarios());
     all.extend(lifecycle::scenarios());
+    all.extend(unreadable::scenarios());
     all.extend(clients::scenarios());
     all
 }
