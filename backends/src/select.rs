@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::iptables::{Iptables, IptablesError, Variant};
+use crate::iptables::{legacy_nat_families, rules, Iptables, IptablesError, Variant};
 use crate::nftables::{nf_family_name, NftError, Nftables, TABLE};
 use crate::{exec, nfnetlink, Backend, Family};
 
@@ -305,33 +305,59 @@ pub fn sweep() -> Sweep {
         (Variant::Nft, Some(tables)) => ipt.in_nat_tables(tables),
         (Variant::Nft, None) => Some(ipt),
     };
-    let mut covered = Vec::new();
+    // (variant, family) pairs some tool here can read.
+    let mut covered: Vec<(Variant, Family)> = Vec::new();
+    let mut cover = |ipt: Iptables, all: &mut Vec<Box<dyn Backend>>| {
+        let variant = ipt.variant_of();
+        let new: Vec<Family> = (ipt.families().into_iter())
+            .filter(|f| !covered.contains(&(variant, *f)))
+            .collect();
+        covered.extend(new.iter().map(|f| (variant, *f)));
+        let ipt = ipt.only(&new).and_then(limited);
+        all.extend(ipt.map(|i| Box::new(i) as Box<dyn Backend>));
+    };
     for variant in [Variant::Nft, Variant::Legacy] {
         if let Ok(ipt) = Iptables::variant(variant) {
-            covered.push(variant);
-            all.extend(limited(ipt).map(|i| Box::new(i) as Box<dyn Backend>));
+            cover(ipt, &mut all);
         }
     }
     // A PATH whose `iptables` is neither suffixed tool (a distribution
     // without the variant names, iptables before 1.8) still gets cleaned.
     if let Ok(ipt) = Iptables::from_path() {
-        if !covered.contains(&ipt.variant_of()) {
-            covered.push(ipt.variant_of());
-            all.extend(limited(ipt).map(|i| Box::new(i) as Box<dyn Backend>));
+        cover(ipt, &mut all);
+    }
+    let uncovered = |variant: Variant, f: &Family| !covered.contains(&(variant, *f));
+    // iptables-nft's chains of ours with no tool to read them. (An
+    // nf_tables `nat` table alone is not counted: nft users make tables of
+    // that name too.)
+    for (f, chains) in nft_nat.iter().flatten() {
+        let ours: Vec<&String> = chains
+            .iter()
+            .flatten()
+            .filter(|c| rules::is_ours(c))
+            .collect();
+        if !ours.is_empty() && uncovered(Variant::Nft, f) {
+            let base = ip_tables(*f);
+            unreadable.push(format!(
+                "the kernel's nf_tables {f} nat table holds {} of ours but no working \
+                 iptables-nft tools for {f} are in PATH ({base}-nft-save and \
+                 {base}-nft-restore, or a {base} that reports itself nf_tables)",
+                crate::iptables::chain_names(&ours)
+            ));
         }
     }
-    // Legacy nat tables exist only where some legacy tool made them. (An
-    // nf_tables `nat` table without iptables-nft tools is not counted: nft
-    // users make tables of that name too.)
-    if !covered.contains(&Variant::Legacy) && !legacy.is_empty() {
+    // Legacy nat tables exist only where some legacy tool made them.
+    let unread: Vec<String> = legacy
+        .iter()
+        .filter(|f| uncovered(Variant::Legacy, f))
+        .map(|f| f.to_string())
+        .collect();
+    if !unread.is_empty() {
         unreadable.push(format!(
             "the kernel has legacy iptables nat tables ({}) but no working iptables-legacy \
-             tools are in PATH (iptables-legacy-save, or an iptables that reports itself legacy)",
-            legacy
-                .iter()
-                .map(|f| f.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+             tools for them are in PATH (iptables-legacy-save, or an iptables that reports \
+             itself legacy; ip6tables likewise)",
+            unread.join(", ")
         ));
     }
     Sweep {
@@ -340,19 +366,12 @@ pub fn sweep() -> Sweep {
     }
 }
 
-/// Families whose legacy nat table the kernel has in this namespace.
-fn legacy_nat_families() -> Vec<Family> {
-    [
-        (Family::V4, "ip_tables_names"),
-        (Family::V6, "ip6_tables_names"),
-    ]
-    .into_iter()
-    .filter(|(_, file)| {
-        std::fs::read_to_string(crate::host::thread_net(file))
-            .is_ok_and(|s| s.lines().any(|l| l == "nat"))
-    })
-    .map(|(f, _)| f)
-    .collect()
+/// The iptables tool name of a family.
+fn ip_tables(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "iptables",
+        Family::V6 => "ip6tables",
+    }
 }
 
 #[cfg(test)]

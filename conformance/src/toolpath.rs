@@ -151,6 +151,31 @@ impl ToolDir {
         &self.dir
     }
 
+    /// Replaces tool `name` with one that fails (exit 1, a reason on
+    /// stderr), as a broken install does; returns what it was, for
+    /// [`ToolDir::put_back`] (`None`: there was no such tool).
+    pub fn break_tool(&self, name: &str) -> std::io::Result<Option<PathBuf>> {
+        let was = std::fs::read_link(self.dir.join(name)).ok();
+        if was.is_none() {
+            return Ok(None);
+        }
+        std::fs::remove_file(self.dir.join(name))?;
+        self.script(
+            name,
+            &format!(
+                "echo '{name}: cannot initialize the table (broken by the harness)' >&2\nexit 1\n"
+            ),
+        )?;
+        Ok(was)
+    }
+
+    /// Undoes [`ToolDir::break_tool`].
+    pub fn put_back(&self, name: &str, target: &Path) -> std::io::Result<()> {
+        let path = self.dir.join(name);
+        std::fs::remove_file(&path)?;
+        std::os::unix::fs::symlink(target, path)
+    }
+
     /// An executable shell script `name` with `body`.
     fn script(&self, name: &str, body: &str) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;

@@ -13,7 +13,7 @@ use portmap_conformance::topology::Setup;
 use rstest::rstest;
 
 const UPSTREAM: &str = "/usr/lib/cni/portmap";
-const SCENARIOS: [&str; 34] = [
+const SCENARIOS: [&str; 35] = [
     "tcp",
     "udp",
     "sctp",
@@ -43,6 +43,7 @@ const SCENARIOS: [&str; 34] = [
     "two-networks",
     "gc-other-network",
     "lost-journal",
+    "unreadable-nat",
     "client-containerd",
     "client-cri-o",
     "client-podman",
@@ -92,6 +93,7 @@ fn cell(
         "two-networks",
         "gc-other-network",
         "lost-journal",
+        "unreadable-nat",
         "client-containerd",
         "client-cri-o",
         "client-podman",

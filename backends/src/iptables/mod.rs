@@ -2,7 +2,9 @@
 //! layout, one `iptables-save` read and one `iptables-restore --noflush`
 //! batch per family and command.
 
+mod access;
 pub mod batch;
+mod error;
 pub mod guard;
 mod read;
 pub mod rules;
@@ -17,6 +19,9 @@ use crate::{
     Attachment, Backend, BackendError, ClosedPort, ContainerKey, Family, InstalledContainer,
     InstalledMapping, InstalledOptions, Known, MasqMark, Protocol, Receipt,
 };
+pub use access::{legacy_nat_families, names as chain_names};
+use access::{read_for_plan, read_nat, Sought};
+pub use error::IptablesError;
 use read::*;
 pub use runner::{Detected, Runner, Variant};
 use saved::SavedTable;
@@ -24,76 +29,15 @@ use saved::SavedTable;
 #[cfg(test)]
 mod tests;
 
-#[derive(Debug, thiserror::Error)]
-pub enum IptablesError {
-    #[error("neither iptables nor ip6tables is usable")]
-    NotUsable { variant: Option<Variant> },
-    #[error("could not run {tool}: {source}")]
-    Spawn {
-        tool: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{tool} ({variant}) failed to read the {table} table")]
-    Save {
-        tool: String,
-        variant: Variant,
-        table: String,
-        stderr: String,
-    },
-    /// The tool hung and was killed (for a restore, what that leaves:
-    /// [`Runner::restore`]).
-    #[error("{tool} did not finish within {timeout:?} and was killed")]
-    Timeout {
-        tool: String,
-        command: String,
-        timeout: std::time::Duration,
-    },
-    #[error("{tool} ({variant}) rejected the batch")]
-    Restore {
-        tool: String,
-        variant: Variant,
-        stderr: String,
-        batch: String,
-    },
-}
-
-impl IptablesError {
-    pub fn details(&self) -> String {
-        match self {
-            IptablesError::NotUsable { variant } => match variant {
-                Some(v) => {
-                    format!("iptables variant: {v}; no usable save/restore tools or nat table")
-                }
-                None => "no iptables binary found in PATH".to_string(),
-            },
-            IptablesError::Spawn { source, .. } => source.to_string(),
-            IptablesError::Save { stderr, .. } => stderr.clone(),
-            IptablesError::Timeout {
-                command, timeout, ..
-            } => format!("`{command}` killed (with its process group) after {timeout:?}"),
-            IptablesError::Restore { stderr, batch, .. } => format!("{stderr}\nbatch:\n{batch}"),
-        }
-    }
-}
-
-/// A family's nat table; `None` where it cannot be read (skipped, as
-/// upstream does), but a hung tool is an error: skipping it would let a
-/// DEL report success while the rules stay.
-fn read_nat(runner: &Runner) -> Result<Option<SavedTable>, IptablesError> {
-    match runner.save() {
-        Ok(text) => Ok(Some(SavedTable::parse(&text))),
-        Err(e @ IptablesError::Timeout { .. }) => Err(e),
-        Err(_) => Ok(None),
-    }
-}
-
 /// The iptables backend: one runner per usable family.
 #[derive(Debug, Clone)]
 pub struct Iptables {
     variant: Variant,
     v4: Option<Runner>,
     v6: Option<Runner>,
+    /// The tool names each family's runner was looked for by (`ip6tables`,
+    /// `ip6tables-nft`), for errors.
+    bases: [String; 2],
 }
 
 impl Iptables {
@@ -127,6 +71,7 @@ impl Iptables {
             variant,
             v4: Runner::find(Family::V4, v4, detected),
             v6: Runner::find(Family::V6, v6, detected),
+            bases: [v4.to_string(), v6.to_string()],
         };
         if ipt.v4.is_none() && ipt.v6.is_none() {
             return Err(IptablesError::NotUsable {
@@ -147,6 +92,7 @@ impl Iptables {
             variant: self.variant,
             v4: self.v4.and_then(&keep),
             v6: self.v6.and_then(&keep),
+            bases: self.bases,
         };
         (ipt.v4.is_some() || ipt.v6.is_some()).then_some(ipt)
     }
@@ -173,6 +119,11 @@ impl Iptables {
         self.variant
     }
 
+    /// The families this backend has tools for.
+    pub fn families(&self) -> Vec<Family> {
+        self.runners().iter().map(|r| r.family).collect()
+    }
+
     fn runner(&self, family: Family) -> Option<&Runner> {
         match family {
             Family::V4 => self.v4.as_ref(),
@@ -184,18 +135,31 @@ impl Iptables {
         [&self.v4, &self.v6].into_iter().flatten().collect()
     }
 
-    /// Runners whose nat table can be read, with what they read. A family
-    /// whose tool or kernel support is missing is skipped, as upstream does.
+    /// Runners whose nat table can be read, with what they read; one that
+    /// cannot is skipped only where it provably holds nothing `sought`.
     fn readable<'r>(
         runners: &[&'r Runner],
+        sought: Sought<'_>,
     ) -> Result<Vec<(&'r Runner, SavedTable)>, IptablesError> {
         let mut found = Vec::new();
         for r in runners {
-            if let Some(saved) = read_nat(r)? {
+            if let Some(saved) = read_nat(r, sought)? {
                 found.push((*r, saved));
             }
         }
         Ok(found)
+    }
+
+    fn no_tools(&self, family: Family) -> IptablesError {
+        let base = match family {
+            Family::V4 => &self.bases[0],
+            Family::V6 => &self.bases[1],
+        };
+        IptablesError::NoTools {
+            family,
+            variant: self.variant,
+            tools: format!("{base}-save and {base}-restore"),
+        }
     }
 
     fn not_usable(&self) -> IptablesError {
@@ -204,8 +168,10 @@ impl Iptables {
         }
     }
 
-    /// The plan's families that have mappings and a readable nat table,
-    /// with what was read; an error when the plan needs one and none is.
+    /// The plan's families that have mappings, each with its nat table,
+    /// all read before anything is written: a family that cannot be read
+    /// fails the command with nothing applied. Only a family the kernel
+    /// lacks (and so no tool of it) is skipped, as upstream does.
     fn plan_families<'p>(
         &self,
         plan: &'p Plan,
@@ -213,11 +179,12 @@ impl Iptables {
         let mut found = Vec::new();
         for fam in plan.families.iter().filter(|f| !f.dnats.is_empty()) {
             let Some(runner) = self.runner(fam.family) else {
+                if access::kernel_has(fam.family) {
+                    return Err(self.no_tools(fam.family));
+                }
                 continue;
             };
-            if let Some(saved) = read_nat(runner)? {
-                found.push((fam, runner, saved));
-            }
+            found.push((fam, runner, read_for_plan(runner)?));
         }
         if found.is_empty() && !plan.is_empty() {
             return Err(self.not_usable());
@@ -239,16 +206,37 @@ impl Iptables {
     }
 
     fn add_inner(&self, plan: &Plan) -> Result<(), IptablesError> {
-        for (fam, runner, saved) in self.plan_families(plan)? {
+        let families = self.plan_families(plan)?;
+        let mut guards = Vec::new();
+        for (fam, runner, _) in &families {
+            guards.push(Self::guard_read(plan, fam, runner)?);
+        }
+        let mut applied: Vec<&Runner> = Vec::new();
+        for ((fam, runner, saved), mangle) in families.iter().zip(guards) {
             // The guard's section comes first: should nat's part fail,
             // what stays is the guard alone, which only ever drops what
             // route_localnet (not yet turned on by this ADD) would let in.
-            let guard = Self::guard_read(plan, fam, runner)?
+            let guard = mangle
                 .and_then(|mangle| guard::repair(&mangle))
                 .unwrap_or_default();
-            runner.restore(&(guard + &batch::add(plan, fam, &saved)))?;
+            if let Err(e) = runner.restore(&(guard + &batch::add(plan, fam, saved))) {
+                Self::roll_back(&applied, &plan.key);
+                return Err(e);
+            }
+            applied.push(runner);
         }
         Ok(())
+    }
+
+    /// Takes the container out of the families a failed ADD had already
+    /// written (each family is its own batch): a failed ADD leaves none of
+    /// its rules. Should that fail too, the runtime's DEL after the failed
+    /// ADD is what removes them.
+    fn roll_back(applied: &[&Runner], key: &ContainerKey) {
+        let sought = Sought::Container(key);
+        if let Err(e) = Self::del_where(applied, sought, |_| vec![key.clone()]) {
+            eprintln!("portmap: warning: rolling back the failed ADD: {e}");
+        }
     }
 
     fn check_inner(&self, plan: &Plan) -> Result<Option<String>, IptablesError> {
@@ -266,25 +254,47 @@ impl Iptables {
 
     /// Deletes the containers `doomed` picks from what each family's read
     /// holds, in one restore per family; returns removed mappings and IDs.
+    /// A family that fails does not stop the others (what can be removed
+    /// is), but fails the whole; a hung tool stops all (it would hang again).
     fn del_where(
         runners: &[&Runner],
+        sought: Sought<'_>,
         doomed: impl Fn(&SavedTable) -> Vec<ContainerKey>,
     ) -> Result<(Vec<InstalledMapping>, BTreeSet<String>), IptablesError> {
         let mut removed = Vec::new();
         let mut ids = BTreeSet::new();
-        for (runner, saved) in Self::readable(runners)? {
+        let mut failed = None;
+        for runner in runners {
+            let saved = match read_nat(runner, sought) {
+                Ok(Some(saved)) => saved,
+                Ok(None) => continue,
+                Err(e) if e.is_timeout() => return Err(e),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
             let keys = doomed(&saved);
             let Some(b) = batch::del(&keys, &saved) else {
                 continue;
             };
+            if let Err(e) = runner.restore(&b) {
+                if e.is_timeout() {
+                    return Err(e);
+                }
+                failed.get_or_insert(e);
+                continue;
+            }
             for key in &keys {
                 let chain = rules::container_chain(&key.network, &key.container_id);
                 removed.extend(mappings_of_chain(runner.family, &saved, &chain));
                 ids.insert(key.container_id.clone());
             }
-            runner.restore(&b)?;
         }
-        Ok((removed, ids))
+        match failed {
+            Some(e) => Err(e),
+            None => Ok((removed, ids)),
+        }
     }
 
     /// DEL of one container on iptables-nft while others stay: reads only
@@ -335,7 +345,7 @@ impl Iptables {
     }
 
     fn list_inner(&self) -> Result<Vec<InstalledContainer>, IptablesError> {
-        let tables: Vec<(Family, SavedTable)> = Self::readable(&self.runners())?
+        let tables: Vec<(Family, SavedTable)> = Self::readable(&self.runners(), Sought::Any)?
             .into_iter()
             .map(|(runner, saved)| (runner.family, saved))
             .collect();
@@ -390,15 +400,28 @@ impl Backend for Iptables {
     ) -> Result<Vec<ClosedPort>, BackendError> {
         let mut closed = Vec::new();
         let mut whole_read = Vec::new();
+        let mut failed = None;
         for runner in self.runners() {
             match self.del_reading_entries(runner, key) {
-                Some(done) => closed.extend(done?),
+                Some(Ok(done)) => closed.extend(done),
+                Some(Err(e)) if e.is_timeout() => return Err(e.into()),
+                Some(Err(e)) => {
+                    failed.get_or_insert(e);
+                }
                 None => whole_read.push(runner),
             }
         }
-        let (removed, _) = Self::del_where(&whole_read, |_| vec![key.clone()])?;
-        closed.extend(removed.iter().map(ClosedPort::from));
-        Ok(closed)
+        let sought = Sought::Container(key);
+        match Self::del_where(&whole_read, sought, |_| vec![key.clone()]) {
+            Ok((removed, _)) => closed.extend(removed.iter().map(ClosedPort::from)),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(closed),
+        }
     }
 
     fn list(&self) -> Result<Vec<InstalledContainer>, BackendError> {
@@ -412,7 +435,7 @@ impl Backend for Iptables {
         keep: &BTreeSet<String>,
         _doomed: &[Attachment],
     ) -> Result<Vec<String>, BackendError> {
-        let (_, ids) = Self::del_where(&self.runners(), |saved| {
+        let (_, ids) = Self::del_where(&self.runners(), Sought::Any, |saved| {
             entries(saved)
                 .into_iter()
                 .filter(|(net, id, _)| net == network && !keep.contains(id))

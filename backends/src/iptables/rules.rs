@@ -27,6 +27,14 @@ pub fn chain_name(prefix: &str, network: &str, container_id: &str) -> String {
     format!("{head}{}", &hex[..CHAIN_NAME_MAX - head.len()])
 }
 
+/// Whether a nat chain is one portmap makes (shared or per container),
+/// not another CNI plugin's `CNI-<hash>`.
+pub fn is_ours(chain: &str) -> bool {
+    ["CNI-HOSTPORT-", "CNI-DN-", "CNI-SN-"]
+        .iter()
+        .any(|p| chain.starts_with(p))
+}
+
 pub fn container_chain(network: &str, container_id: &str) -> String {
     chain_name("DN-", network, container_id)
 }

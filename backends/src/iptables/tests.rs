@@ -61,14 +61,16 @@ fn a_del_reading_only_the_entry_chain_leaves_what_the_whole_read_leaves() {
                 "golden-1 is alone in IPv6: the whole read"
             );
             let (v6, _) =
-                Iptables::del_where(&runners[1..], |_| vec![golden.key.clone()]).expect("del v6");
+                Iptables::del_where(&runners[1..], Sought::Any, |_| vec![golden.key.clone()])
+                    .expect("del v6");
             [v4, v6.iter().map(ClosedPort::from).collect()].concat()
         })
         .expect("in netns");
     let by_whole = whole
         .run(|| {
             let (removed, _) =
-                Iptables::del_where(&ipt.runners(), |_| vec![golden.key.clone()]).expect("del");
+                Iptables::del_where(&ipt.runners(), Sought::Any, |_| vec![golden.key.clone()])
+                    .expect("del");
             removed.iter().map(ClosedPort::from).collect::<Vec<_>>()
         })
         .expect("in netns");
@@ -149,4 +151,89 @@ fn nat_tables_keep_families_with_cni_chains_and_pass_their_chains_on() {
         ipt().in_nat_tables(&[]).is_none(),
         "no nat table: nothing to read"
     );
+}
+
+/// A nat table iptables-nft-save cannot read (a rule made with nft it
+/// cannot translate): DEL and GC fail where the kernel lists chains they
+/// look for, and pass over it where it lists none; ADD and CHECK always
+/// fail, and ADD has written no family.
+#[test]
+fn an_unreadable_nat_table_is_passed_over_only_where_it_holds_nothing_sought() {
+    if !prerequisites(&["nft", "iptables-nft-save", "ip6tables-nft-save"]) {
+        return;
+    }
+    let ipt = Iptables::variant(Variant::Nft).expect("iptables-nft");
+    let golden = Plan::new(&golden_request());
+    let ns = Netns::new("ipt-unreadable").expect("netns");
+    let foreign = |family: &str| {
+        for args in [
+            vec!["add", "table", family, "nat"],
+            vec!["add", "chain", family, "nat", "foreign"],
+            vec![
+                "add", "rule", family, "nat", "foreign", "meta", "mark", "set", "1",
+            ],
+        ] {
+            ns.exec("nft", &args).expect("nft");
+        }
+    };
+    foreign("ip6");
+    let unreadable_v6 = |e: &BackendError| {
+        matches!(
+            e,
+            BackendError::Iptables(IptablesError::Unreadable {
+                family: Family::V6,
+                ..
+            })
+        )
+    };
+    ns.run(|| {
+        let add = ipt.add(&golden).expect_err("IPv6 cannot be read");
+        assert!(unreadable_v6(&add), "{add}");
+        assert!(add.to_string().contains("ipv6 mappings"), "{add}");
+        assert!(
+            add.details().contains("Parsing nftables rule failed"),
+            "{}",
+            add.details()
+        );
+        assert!(ipt.list().expect("nothing of ours yet").is_empty());
+        ipt.del(&golden.key, &Known::default(), None)
+            .expect("IPv6 has no chain of ours");
+        ipt.gc("goldennet", &BTreeSet::new(), &[])
+            .expect("nor GC's");
+    })
+    .expect("in netns");
+    assert!(
+        !ns.exec("iptables-nft-save", &["-t", "nat"])
+            .expect("v4")
+            .contains("CNI-"),
+        "the failed ADD wrote no IPv4"
+    );
+
+    ns.exec("nft", &["delete", "table", "ip6", "nat"])
+        .expect("nft");
+    ns.run(|| ipt.add(&golden).expect("add")).expect("in netns");
+    foreign("ip6");
+    ns.run(|| {
+        let e = ipt.check(&golden).expect_err("CHECK cannot read IPv6");
+        assert!(unreadable_v6(&e), "{e}");
+        // Another container's DEL: nothing of it in the kernel's chains.
+        ipt.del(&neighbour("other", 9).key, &Known::default(), None)
+            .expect("nothing sought");
+        let e = ipt
+            .del(&golden.key, &Known::default(), None)
+            .expect_err("its chain is in ip6 nat");
+        assert!(unreadable_v6(&e), "{e}");
+        assert!(e.to_string().contains("CNI-DN-"), "{e}");
+        let e = ipt
+            .gc("goldennet", &BTreeSet::new(), &[])
+            .expect_err("GC too");
+        assert!(unreadable_v6(&e), "{e}");
+    })
+    .expect("in netns");
+    let v4 = ns.exec("iptables-nft-save", &["-t", "nat"]).expect("v4");
+    assert!(!v4.contains("CNI-DN-"), "what can be read is cleaned: {v4}");
+    let v6 = ns
+        .exec("nft", &["list", "table", "ip6", "nat"])
+        .expect("v6");
+    assert!(v6.contains("CNI-DN-"), "{v6}");
 }

@@ -8,6 +8,7 @@ mod localnet;
 mod multinet;
 mod options;
 mod traffic;
+mod unreadable;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -139,6 +140,7 @@ pub fn catalogue() -> Vec<Scenario> {
     all.extend(lifecycle::scenarios());
     all.extend(localnet::scenarios());
     all.extend(multinet::scenarios());
+    all.extend(unreadable::scenarios());
     all.extend(clients::scenarios());
     all
 }
