@@ -79,7 +79,23 @@ pub fn run(
 ) -> Result<Output, ExecError> {
     let limit = timeout(base);
     let name = || program.display().to_string();
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    let parent = nix::unistd::getpid();
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl,
+    // getppid, _exit) run, and nothing is allocated.
+    unsafe {
+        command.pre_exec(move || {
+            // Its own process group (for the timeout) would let the tool
+            // outlive a plugin the runtime killed, and commit after it: the
+            // tool dies with the plugin instead, before its commit or after.
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                nix::libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
+    let mut child = command
         .args(args)
         .stdin(if input.is_some() {
             Stdio::piped()

@@ -230,3 +230,58 @@ fn a_hung_conntrack_warns_but_add_and_del_succeed() {
     assert_eq!(hung.pids().len(), 4, "one conntrack run per command");
     assert_lock_free();
 }
+
+/// A runtime that kills the plugin (its own timeout) kills the tool the
+/// plugin was running too: the tool leads a process group of its own (for
+/// our timeout), so only its parent-death signal takes it down, before it
+/// could commit a batch for a plugin that is gone.
+#[test]
+fn a_tool_dies_with_the_plugin_that_ran_it() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(rig) = Rig::new(Tools::default()) else {
+        return;
+    };
+    let a = rig.topo.container("a", 5).expect("container");
+    let cfg = config(&a, Some("iptables"), tcp_8080());
+    let hung = Hung::new(&rig, "iptables-restore");
+    let mut call = Call::new("ADD", "ctr-a", Some(&a), rig.tools.path(), &cfg);
+    call.env.push(("PORTMAP_TOOL_TIMEOUT_MS", "60000".into()));
+    let mut cmd = rig.topo.host.command(ours());
+    call.apply_env(&mut cmd);
+    let mut plugin = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn plugin");
+    if let Some(mut stdin) = plugin.stdin.take() {
+        stdin.write_all(cfg.to_string().as_bytes()).expect("stdin");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hung.pids().len() < 2 {
+        assert!(Instant::now() < deadline, "the tool never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let tool = hung.pids()[0];
+    assert!(!dead(tool), "the tool runs while the plugin does");
+    plugin
+        .kill()
+        .expect("kill the plugin alone, as a runtime would");
+    let _ = plugin.wait();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !dead(tool) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let survived = !dead(tool);
+    // The wrapper's own child (a sleep) is not the plugin's: end it here.
+    for pid in hung.pids() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    hung.restore();
+    assert!(!survived, "the tool {tool} outlived the killed plugin");
+}
