@@ -9,6 +9,7 @@ pub mod clients;
 pub mod cni;
 pub mod firewall;
 pub mod forge;
+pub mod matrix;
 pub mod netns;
 pub mod report;
 pub mod run;

@@ -17,69 +17,12 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::cni::{invoke, result_in_version, Call, Outcome};
+pub use crate::matrix::Axis;
+use crate::matrix::CellSpec;
 use crate::netns::Netns;
-use crate::run::CellSpec;
 use crate::toolpath::{IptablesVariant, ToolDir, Tools};
 use crate::topology::{Container, Interface, Network, Topology, IFNAME};
 use crate::traffic::{tcp_ask, Answer};
-
-/// The backend axis of the matrix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Axis {
-    Nftables,
-    IptablesNft,
-    IptablesLegacy,
-    /// No `backend` key: the plugin chooses among this host's own tools.
-    Auto,
-}
-
-impl Axis {
-    pub const ALL: [Axis; 4] = [
-        Axis::Nftables,
-        Axis::IptablesNft,
-        Axis::IptablesLegacy,
-        Axis::Auto,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Axis::Nftables => "nftables",
-            Axis::IptablesNft => "iptables-nft",
-            Axis::IptablesLegacy => "iptables-legacy",
-            Axis::Auto => "auto",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Axis> {
-        Axis::ALL.into_iter().find(|a| a.name() == s)
-    }
-
-    /// The firewall tools a plugin sees on this axis.
-    pub fn tools(self) -> Tools {
-        match self {
-            Axis::IptablesLegacy => Tools {
-                iptables: Some(IptablesVariant::Legacy),
-                ..Tools::default()
-            },
-            // The host as it is: plain `iptables` is what the system's is
-            // (legacy on a distribution without nftables), if any.
-            Axis::Auto => Tools {
-                iptables: IptablesVariant::of_system(),
-                ..Tools::default()
-            },
-            _ => Tools::default(),
-        }
-    }
-
-    /// The config's `backend` key on this axis (none for auto).
-    pub fn backend_key(self) -> Option<&'static str> {
-        match self {
-            Axis::Nftables => Some("nftables"),
-            Axis::IptablesNft | Axis::IptablesLegacy => Some("iptables"),
-            Axis::Auto => None,
-        }
-    }
-}
 
 /// Where a cell's rules are expected to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
