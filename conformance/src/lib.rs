@@ -4,7 +4,6 @@
 
 pub mod bench;
 pub mod bench_report;
-pub mod chain;
 pub mod clients;
 pub mod cni;
 pub mod firewall;
@@ -17,3 +16,6 @@ pub mod scenarios;
 pub mod toolpath;
 pub mod topology;
 pub mod traffic;
+
+/// The chain attachment, at its old path.
+pub use topology::chain;

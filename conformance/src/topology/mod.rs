@@ -5,6 +5,8 @@
 //! serve hostIP tests. Everything lives in namespaces the topology owns
 //! and is removed on drop.
 
+pub mod chain;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,7 +14,7 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
-use crate::chain::{self, Attachment};
+use self::chain::Attachment;
 use crate::netns::{Netns, NetnsError};
 
 pub const BRIDGE: &str = "br0";
