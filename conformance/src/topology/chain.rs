@@ -121,16 +121,14 @@ impl Attachment {
     fn run(&self, command: &str) -> Result<String, String> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.host, BRIDGE_PLUGIN]);
-        let netns = self.netns.display().to_string();
-        let mut call = Call::new(
+        let call = Call::on(
             command,
             &self.container_id,
-            None,
+            self.netns.display().to_string(),
+            &self.ifname,
             Path::new(PATH),
             &self.config,
         );
-        call.netns = netns;
-        call.ifname = &self.ifname;
         call.apply_env(&mut cmd);
         let out = run_with_input(cmd, self.config.to_string().as_bytes())
             .map_err(|e| format!("cannot run {BRIDGE_PLUGIN}: {e}"))?;

@@ -8,13 +8,14 @@
 pub mod chain;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
 use self::chain::Attachment;
+use crate::cni::Call;
 use crate::netns::{Netns, NetnsError};
 
 pub const BRIDGE: &str = "br0";
@@ -413,6 +414,23 @@ impl Topology {
         ns.ip(&["link", "set", IFNAME, "up"])?;
         ns.ip(&["route", "add", "default", "via", "10.77.0.1"])?;
         Ok(ns)
+    }
+}
+
+impl<'a> Call<'a> {
+    /// A call about `container` on `eth0`; `None` leaves `CNI_NETNS` empty
+    /// (as runtimes do on a DEL after the namespace is gone).
+    pub fn new(
+        command: &'a str,
+        container_id: &'a str,
+        container: Option<&Container>,
+        path: &'a Path,
+        config: &'a Value,
+    ) -> Call<'a> {
+        let netns = container
+            .map(|c| c.ns.path().display().to_string())
+            .unwrap_or_default();
+        Call::on(command, container_id, netns, IFNAME, path, config)
     }
 }
 
