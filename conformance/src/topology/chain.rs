@@ -10,9 +10,9 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
+use super::network::Network;
 use crate::cni::{run_with_input, Call};
 use crate::netns::Netns;
-use crate::topology::Network;
 
 pub const BRIDGE_PLUGIN: &str = "/usr/lib/cni/bridge";
 pub const HOST_LOCAL_PLUGIN: &str = "/usr/lib/cni/host-local";
