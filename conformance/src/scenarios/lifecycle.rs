@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::traffic::with_container;
+use super::reach::with_container;
 use super::{always, ensure, maps, Ctx, Firewall, Scenario, NET};
 use crate::topology::{HOST_V4, REMOTE_V4};
 use crate::traffic::{udp_ask, EchoServer};

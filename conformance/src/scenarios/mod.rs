@@ -2,12 +2,12 @@
 //! body) and the context every scenario runs in: its own namespaces, its
 //! own tool PATH, the plugin under test as a black box.
 
-mod clients;
+mod client_shapes;
 mod lifecycle;
 mod localnet;
 mod multinet;
 mod options;
-mod traffic;
+mod reach;
 mod unreadable;
 
 use std::net::{IpAddr, SocketAddr};
@@ -78,13 +78,13 @@ pub fn always(_: &Ctx) -> Option<String> {
 }
 
 pub fn catalogue() -> Vec<Scenario> {
-    let mut all = traffic::scenarios();
+    let mut all = reach::scenarios();
     all.extend(options::scenarios());
     all.extend(lifecycle::scenarios());
     all.extend(localnet::scenarios());
     all.extend(multinet::scenarios());
     all.extend(unreadable::scenarios());
-    all.extend(clients::scenarios());
+    all.extend(client_shapes::scenarios());
     all
 }
 

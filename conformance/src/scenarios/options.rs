@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use serde_json::json;
 
-use super::traffic::with_container;
+use super::reach::with_container;
 use super::{always, ensure, maps, Ctx, Firewall, Scenario};
 use crate::topology::HOST_V4;
 use crate::traffic::EchoServer;
