@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::cni::{invoke, run_with_input, speaks_cni_1_1, Call, Outcome};
+use crate::matrix::Axis;
 use crate::netns::NetnsError;
-use crate::scenarios::Axis;
 use crate::toolpath::ToolDir;
 use crate::topology::{Topology, TopologyError, BRIDGE, IFNAME};
 

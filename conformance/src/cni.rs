@@ -25,22 +25,22 @@ pub struct Call<'a> {
 }
 
 impl<'a> Call<'a> {
-    /// A call about `container` on `eth0`; `None` leaves `CNI_NETNS` empty
-    /// (as runtimes do on a DEL after the namespace is gone).
-    pub fn new(
+    /// A call with no variables beyond the `CNI_*` ones. (`Call::new`, a
+    /// call about a topology container on `eth0`, is the topology's: this
+    /// module knows namespaces, not topologies.)
+    pub fn on(
         command: &'a str,
         container_id: &'a str,
-        container: Option<&crate::topology::Container>,
+        netns: String,
+        ifname: &'a str,
         path: &'a Path,
         config: &'a Value,
     ) -> Call<'a> {
         Call {
             command,
             container_id,
-            netns: container
-                .map(|c| c.ns.path().display().to_string())
-                .unwrap_or_default(),
-            ifname: crate::topology::IFNAME,
+            netns,
+            ifname,
             path,
             config,
             env: Vec::new(),

@@ -10,66 +10,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde_json::{json, Value};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Pass,
-    Fail(String),
-    NotApplicable(String),
-}
-
-impl Verdict {
-    pub fn word(&self) -> &'static str {
-        match self {
-            Verdict::Pass => "pass",
-            Verdict::Fail(_) => "FAIL",
-            Verdict::NotApplicable(_) => "n/a",
-        }
-    }
-
-    /// The reason, first line only.
-    pub fn reason(&self) -> &str {
-        match self {
-            Verdict::Pass => "",
-            Verdict::Fail(r) | Verdict::NotApplicable(r) => r.lines().next().unwrap_or(""),
-        }
-    }
-
-    fn failed(&self) -> bool {
-        matches!(self, Verdict::Fail(_))
-    }
-}
-
-pub const OURS: &str = "ours";
-pub const REFERENCE: &str = "reference";
-
-#[derive(Debug, Clone)]
-pub struct Cell {
-    /// [`OURS`] or [`REFERENCE`].
-    pub binary: String,
-    /// How containers were attached (`veth`, `chain`).
-    pub setup: String,
-    /// The configs' `cniVersion`.
-    pub cni_version: String,
-    pub scenario: String,
-    pub backend: String,
-    pub verdict: Verdict,
-    pub seconds: f64,
-}
-
-impl Cell {
-    /// `ours`, `ours+chain`, `reference+chain`…
-    pub fn label(&self) -> String {
-        if self.setup == "veth" {
-            self.binary.clone()
-        } else {
-            format!("{}+{}", self.binary, self.setup)
-        }
-    }
-
-    fn place(&self) -> String {
-        format!("{} [{} {}]", self.scenario, self.backend, self.setup)
-    }
-}
+pub use crate::matrix::{Cell, Verdict, OURS, REFERENCE};
 
 /// Distinct values in first-seen order.
 fn ordered<'a>(cells: &[&'a Cell], pick: impl Fn(&'a Cell) -> &'a str) -> Vec<&'a str> {

@@ -5,23 +5,11 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::report::{Cell, Verdict};
-use crate::scenarios::{Axis, Ctx, Scenario};
-use crate::topology::Setup;
+pub use crate::matrix::CellSpec;
+use crate::matrix::{Axis, Cell, Verdict};
+use crate::scenarios::{Ctx, Scenario};
 
 pub const CELL_TIME_LIMIT: Duration = Duration::from_secs(90);
-
-/// What one cell runs: which binary (and its partner for interop), which
-/// of the two it is in the report, with which container setup.
-pub struct CellSpec<'a> {
-    pub plugin: &'a Path,
-    pub reference: Option<&'a Path>,
-    /// [`crate::report::OURS`] or [`crate::report::REFERENCE`].
-    pub binary: &'a str,
-    pub setup: Setup,
-    /// The CNI version of every config (see [`crate::cni::negotiate`]).
-    pub cni_version: &'a str,
-}
 
 pub fn run_cell(spec: &CellSpec<'_>, axis: Axis, scenario: &Scenario) -> Cell {
     let start = Instant::now();

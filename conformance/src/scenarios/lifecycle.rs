@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::traffic::with_container;
-use super::{always, ensure, maps, Ctx, Firewall, Scenario, NET};
+use super::ctx::{always, ensure, maps, Ctx, Firewall, Scenario, NET};
+use super::reach::with_container;
 use crate::topology::{HOST_V4, REMOTE_V4};
 use crate::traffic::{udp_ask, EchoServer};
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{always, ensure, maps, Ctx, Scenario};
+use super::ctx::{always, ensure, maps, Ctx, Scenario};
 use crate::forge::{self, Mac, Syn};
 use crate::topology::{Container, BRIDGE, HOST_V4, IFNAME};
 use crate::traffic::{udp_ask, EchoServer};

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::{json, Value};
 
-use super::{ensure, maps, Ctx, Scenario, NET, NET_B};
+use super::ctx::{ensure, maps, Ctx, Scenario, NET, NET_B};
 use crate::netns::Netns;
 use crate::topology::{Container, Network, IFNAME};
 use crate::traffic::EchoServer;
@@ -19,7 +19,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "two-networks",
             description: "one container on two networks (eth0, net1), each with its own host port: ADD, CHECK and DEL of one leave the other",
-            not_applicable: super::always,
+            not_applicable: super::ctx::always,
             body: two_networks,
         },
         Scenario {
@@ -31,7 +31,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "lost-journal",
             description: "ADD, plugin state directory wiped, re-ADD with another port, DEL: neither port answers, no rule left",
-            not_applicable: super::always,
+            not_applicable: super::ctx::always,
             body: lost_journal,
         },
     ]

@@ -4,8 +4,8 @@ use std::net::IpAddr;
 
 use serde_json::json;
 
-use super::traffic::with_container;
-use super::{always, ensure, maps, Ctx, Firewall, Scenario};
+use super::ctx::{always, ensure, maps, Ctx, Firewall, Scenario};
+use super::reach::with_container;
 use crate::topology::HOST_V4;
 use crate::traffic::EchoServer;
 

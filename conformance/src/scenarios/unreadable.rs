@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use super::{ensure, maps, Ctx, Firewall, Scenario};
+use super::ctx::{ensure, maps, Ctx, Firewall, Scenario};
 use crate::toolpath::IptablesVariant;
 
 pub fn scenarios() -> Vec<Scenario> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{always, ensure, Ctx, Scenario};
+use super::ctx::{always, ensure, Ctx, Scenario};
 use crate::clients::{Client, MULTUS_POD_TCP, TCP, UDP};
 use crate::cni::Call;
 use crate::topology::{Container, Network, HOST_V4, IFNAME};

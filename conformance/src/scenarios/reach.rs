@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{always, ensure, maps, Ctx, Scenario};
+use super::ctx::{always, ensure, maps, Ctx, Scenario};
 use crate::topology::{EXTRA_V4, EXTRA_V6, HOST_V4, HOST_V6};
 use crate::traffic::{udp_ask, EchoServer};
 

@@ -4,85 +4,30 @@
 //! container of another network). Extra host-only addresses on loopback
 //! serve hostIP tests. Everything lives in namespaces the topology owns
 //! and is removed on drop.
+//!
+//! Parts, each depending on the ones before it and none on this module:
+//! `network` (the address plan, plain values), `veth` (the built-in
+//! attachment) and `chain` (attachment by the CNI bridge plugin). This
+//! module puts them together ([`Topology`], [`Container`], [`Setup`]) and
+//! re-exports the address plan.
+
+pub mod chain;
+mod network;
+mod veth;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::chain::{self, Attachment};
+use self::chain::Attachment;
+pub use self::network::{
+    Network, BRIDGE, BRIDGE_B, EXTRA_V4, EXTRA_V6, HOST_B_V4, HOST_B_V6, HOST_V4, HOST_V6, IFNAME,
+    REMOTE_V4,
+};
+use crate::cni::Call;
 use crate::netns::{Netns, NetnsError};
-
-pub const BRIDGE: &str = "br0";
-pub const HOST_V4: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
-pub const HOST_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x88, 0, 0, 0, 0, 0, 1);
-/// Host-only addresses (on lo): `[0]` is used as hostIP, `[1]`
-/// proves that other local addresses do not answer.
-pub const EXTRA_V4: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 99, 0, 1), Ipv4Addr::new(10, 99, 0, 2)];
-pub const EXTRA_V6: [Ipv6Addr; 2] = [
-    Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1),
-    Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2),
-];
-pub const IFNAME: &str = "eth0";
-/// The second network's bridge and host addresses.
-pub const BRIDGE_B: &str = "br1";
-pub const HOST_B_V4: Ipv4Addr = Ipv4Addr::new(10, 87, 0, 1);
-pub const HOST_B_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x87, 0, 0, 0, 0, 0, 1);
-
-/// One of the host's container networks: a bridge holding `.1` of a /24
-/// and a /64. `Primary` is every scenario's; `Secondary` is made on first
-/// use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Network {
-    /// br0: 10.88.0.0/24, fd00:88::/64.
-    Primary,
-    /// br1: 10.87.0.0/24, fd00:87::/64.
-    Secondary,
-}
-
-impl Network {
-    pub fn bridge(self) -> &'static str {
-        match self {
-            Network::Primary => BRIDGE,
-            Network::Secondary => BRIDGE_B,
-        }
-    }
-
-    pub fn host_v4(self) -> Ipv4Addr {
-        match self {
-            Network::Primary => HOST_V4,
-            Network::Secondary => HOST_B_V4,
-        }
-    }
-
-    pub fn host_v6(self) -> Ipv6Addr {
-        match self {
-            Network::Primary => HOST_V6,
-            Network::Secondary => HOST_B_V6,
-        }
-    }
-
-    /// The host's address on this network, of one family.
-    pub fn host(self, v6: bool) -> IpAddr {
-        if v6 {
-            IpAddr::V6(self.host_v6())
-        } else {
-            IpAddr::V4(self.host_v4())
-        }
-    }
-
-    /// A container's addresses `.last` on this network.
-    pub fn addresses(self, last: u8) -> (Ipv4Addr, Ipv6Addr) {
-        let [a, b, c, _] = self.host_v4().octets();
-        let mut v6 = self.host_v6().segments();
-        v6[7] = u16::from(last);
-        (Ipv4Addr::new(a, b, c, last), Ipv6Addr::from(v6))
-    }
-}
-
-static VETH: AtomicU32 = AtomicU32::new(0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -181,11 +126,7 @@ enum Attached {
 impl Drop for Link {
     fn drop(&mut self) {
         match &self.attached {
-            Attached::Veth { host, veth } => {
-                let _ = std::process::Command::new("ip")
-                    .args(["-n", host, "link", "del", veth])
-                    .output();
-            }
+            Attached::Veth { host, veth } => veth::detach(host, veth),
             Attached::Chain { att, .. } => {
                 let _ = att.del();
             }
@@ -205,7 +146,7 @@ impl Topology {
     /// A topology whose chain plugins run at `cni_version`.
     pub fn speaking(setup: Setup, cni_version: &str) -> Result<Topology, TopologyError> {
         let host = Netns::new("host")?;
-        add_bridge(&host, Network::Primary)?;
+        veth::add_bridge(&host, Network::Primary)?;
         // On lo: some kernels (this CI's among them) ship no dummy driver.
         for a in EXTRA_V4 {
             host.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"])?;
@@ -277,7 +218,7 @@ impl Topology {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if !*made {
-            add_bridge(&self.host, network)?;
+            veth::add_bridge(&self.host, network)?;
             *made = true;
         }
         Ok(())
@@ -307,7 +248,10 @@ impl Topology {
                     })?;
                 Attached::Chain { att, result }
             }
-            _ => self.veth(ns, network, ifname, v4, v6, default_route)?,
+            _ => Attached::Veth {
+                host: self.host.name().to_string(),
+                veth: veth::attach(&self.host, ns, network, ifname, v4, v6, default_route)?,
+            },
         };
         let link = Link {
             attached,
@@ -317,100 +261,29 @@ impl Topology {
         };
         Ok((link, v4, v6))
     }
-
-    fn veth(
-        &self,
-        ns: &Netns,
-        network: Network,
-        ifname: &str,
-        v4: Ipv4Addr,
-        v6: Ipv6Addr,
-        default_route: bool,
-    ) -> Result<Attached, NetnsError> {
-        let veth = self.peer(ns, "vh", ifname)?;
-        let bridge = network.bridge();
-        self.host.ip(&["link", "set", &veth, "master", bridge])?;
-        // Hairpin: a container reaching its own host port comes back out
-        // of the same bridge port (the bridge plugin's hairpinMode).
-        self.host.ip(&[
-            "link",
-            "set",
-            &veth,
-            "type",
-            "bridge_slave",
-            "hairpin",
-            "on",
-        ])?;
-        self.host.ip(&["link", "set", &veth, "up"])?;
-        ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", ifname])?;
-        ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"])?;
-        ns.ip(&["link", "set", ifname, "up"])?;
-        if default_route {
-            let (gw4, gw6) = (network.host_v4().to_string(), network.host_v6().to_string());
-            ns.ip(&["route", "add", "default", "via", &gw4])?;
-            ns.ip(&["-6", "route", "add", "default", "via", &gw6])?;
-        }
-        Ok(Attached::Veth {
-            host: self.host.name().to_string(),
-            veth,
-        })
-    }
 }
-
-/// A bridge for `network` in `host`, holding the network's `.1`s.
-fn add_bridge(host: &Netns, network: Network) -> Result<(), NetnsError> {
-    let bridge = network.bridge();
-    host.ip(&[
-        "link",
-        "add",
-        bridge,
-        "type",
-        "bridge",
-        "forward_delay",
-        "0",
-    ])?;
-    let v4 = format!("{}/24", network.host_v4());
-    host.ip(&["addr", "add", &v4, "dev", bridge])?;
-    let v6 = format!("{}/64", network.host_v6());
-    host.ip(&["addr", "add", &v6, "dev", bridge, "nodad"])?;
-    host.ip(&["link", "set", bridge, "up"])
-}
-
-/// A network beyond the host (10.77.0.0/24, routed through it), for
-/// traffic that the host merely forwards.
-pub const REMOTE_V4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 
 impl Topology {
-    /// A veth pair: a new host interface (returned) whose peer is
-    /// `ifname` in `ns`.
-    fn peer(&self, ns: &Netns, prefix: &str, ifname: &str) -> Result<String, NetnsError> {
-        let veth = format!("{prefix}{}", VETH.fetch_add(1, Ordering::Relaxed));
-        self.host.ip(&[
-            "link",
-            "add",
-            &veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            ifname,
-            "netns",
-            ns.name(),
-        ])?;
-        Ok(veth)
-    }
-
     /// A namespace on its own link to the host, reachable only by routing.
     pub fn remote(&self) -> Result<Netns, NetnsError> {
-        let ns = Netns::new("remote")?;
-        let veth = self.peer(&ns, "vr", IFNAME)?;
-        self.host
-            .ip(&["addr", "add", "10.77.0.1/24", "dev", &veth])?;
-        self.host.ip(&["link", "set", &veth, "up"])?;
-        ns.ip(&["addr", "add", &format!("{REMOTE_V4}/24"), "dev", IFNAME])?;
-        ns.ip(&["link", "set", IFNAME, "up"])?;
-        ns.ip(&["route", "add", "default", "via", "10.77.0.1"])?;
-        Ok(ns)
+        veth::remote(&self.host)
+    }
+}
+
+impl<'a> Call<'a> {
+    /// A call about `container` on `eth0`; `None` leaves `CNI_NETNS` empty
+    /// (as runtimes do on a DEL after the namespace is gone).
+    pub fn new(
+        command: &'a str,
+        container_id: &'a str,
+        container: Option<&Container>,
+        path: &'a Path,
+        config: &'a Value,
+    ) -> Call<'a> {
+        let netns = container
+            .map(|c| c.ns.path().display().to_string())
+            .unwrap_or_default();
+        Call::on(command, container_id, netns, IFNAME, path, config)
     }
 }
 
@@ -462,30 +335,19 @@ fn addr(v4: Ipv4Addr, v6: Ipv6Addr, want_v6: bool) -> IpAddr {
 
 impl Link {
     fn prev_result(&self, a4: Ipv4Addr, a6: Ipv6Addr, v4: bool, v6: bool) -> Value {
-        if let Attached::Chain { result, .. } = &self.attached {
-            return chain::with_families(result, v4, v6);
+        match &self.attached {
+            Attached::Chain { result, .. } => chain::with_families(result, v4, v6),
+            Attached::Veth { .. } => {
+                veth::prev_result(self.network, &self.ifname, &self.sandbox, a4, a6, v4, v6)
+            }
         }
-        let net = self.network;
-        let mut ips = Vec::new();
-        if v4 {
-            ips.push(json!({"address": format!("{a4}/24"), "gateway": net.host_v4().to_string(), "interface": 1}));
-        }
-        if v6 {
-            ips.push(json!({"address": format!("{a6}/64"), "gateway": net.host_v6().to_string(), "interface": 1}));
-        }
-        json!({
-            "cniVersion": "1.0.0",
-            "interfaces": [
-                {"name": net.bridge()},
-                {"name": self.ifname, "sandbox": self.sandbox.display().to_string()}
-            ],
-            "ips": ips
-        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::netns::prerequisites;
 

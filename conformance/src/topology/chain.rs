@@ -10,9 +10,9 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
+use super::network::Network;
 use crate::cni::{run_with_input, Call};
 use crate::netns::Netns;
-use crate::topology::Network;
 
 pub const BRIDGE_PLUGIN: &str = "/usr/lib/cni/bridge";
 pub const HOST_LOCAL_PLUGIN: &str = "/usr/lib/cni/host-local";
@@ -121,16 +121,14 @@ impl Attachment {
     fn run(&self, command: &str) -> Result<String, String> {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.host, BRIDGE_PLUGIN]);
-        let netns = self.netns.display().to_string();
-        let mut call = Call::new(
+        let call = Call::on(
             command,
             &self.container_id,
-            None,
+            self.netns.display().to_string(),
+            &self.ifname,
             Path::new(PATH),
             &self.config,
         );
-        call.netns = netns;
-        call.ifname = &self.ifname;
         call.apply_env(&mut cmd);
         let out = run_with_input(cmd, self.config.to_string().as_bytes())
             .map_err(|e| format!("cannot run {BRIDGE_PLUGIN}: {e}"))?;
