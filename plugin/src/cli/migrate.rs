@@ -38,7 +38,7 @@ pub(super) fn migrate_to(to: Target, network: Option<&str>, dry_run: bool) -> Ex
         }
     };
     // Runtimes' ADD/DEL must not interleave with a move.
-    let _lock = match lock::acquire(std::path::Path::new(lock::LOCK_PATH)) {
+    let _lock = match lock::acquire_plugin_lock() {
         Ok(l) => l,
         Err(e) => {
             eprintln!("portmap: migrate: {}", e.msg);

@@ -81,7 +81,7 @@ fn restore_pass(journal: &Journal, dry_run: bool, wanted: &dyn Fn(&Entry) -> boo
     let mut pass = Pass::default();
     // Runtimes' ADD/DEL must not interleave (an ADD journals before it
     // installs: without the lock we would race it).
-    let _lock = match lock::acquire(std::path::Path::new(lock::LOCK_PATH)) {
+    let _lock = match lock::acquire_plugin_lock() {
         Ok(l) => l,
         Err(e) => {
             eprintln!("portmap: restore: {}", e.msg);

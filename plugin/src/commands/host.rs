@@ -8,7 +8,6 @@ use portmap_backends::{host, nfnetlink, ClosedPort, Plan};
 use crate::cni::CniError;
 use crate::journal::{Journal, JournalError};
 use crate::lock::{self, Lock};
-use std::path::Path;
 
 /// What the commands need from the machine.
 pub trait Host {
@@ -43,7 +42,7 @@ pub struct RealHost;
 
 impl Host for RealHost {
     fn lock(&self) -> Result<Option<Lock>, CniError> {
-        lock::acquire(Path::new(lock::LOCK_PATH)).map(Some)
+        lock::acquire_plugin_lock().map(Some)
     }
 
     fn select(
