@@ -45,8 +45,9 @@ pub(super) fn migrate_to(to: Target, network: Option<&str>, dry_run: bool) -> Ex
             return ExitCode::FAILURE;
         }
     };
+    let journal = Journal::here();
     // Which network each nftables rule is of: the journal knows.
-    let journaled: Vec<portmap_backends::Attachment> = match Journal::here() {
+    let journaled: Vec<portmap_backends::Attachment> = match &journal {
         Ok(j) => {
             let keys: Vec<_> = j
                 .entries()
@@ -66,12 +67,14 @@ pub(super) fn migrate_to(to: Target, network: Option<&str>, dry_run: bool) -> Ex
         dry_run,
     );
     if !dry_run {
-        if let Ok(j) = Journal::here() {
+        if let Ok(j) = &journal {
             j.write_ledger(nfnetlink::generation().ok());
         }
-    }
-    if !dry_run {
-        if let Err(e) = journal_moves(&report.moved) {
+        let moved = match &journal {
+            Ok(j) => journal_moves(j, &report.moved).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = moved {
             eprintln!("portmap: migrate: {e}");
             return ExitCode::FAILURE;
         }
@@ -102,8 +105,7 @@ pub(super) fn migrate_to(to: Target, network: Option<&str>, dry_run: bool) -> Ex
 
 /// Journal entries follow their containers to the new backend, so a
 /// restore reinstalls them where they now are.
-fn journal_moves(moved: &[migrate::Moved]) -> Result<(), JournalError> {
-    let journal = Journal::here()?;
+fn journal_moves(journal: &Journal, moved: &[migrate::Moved]) -> Result<(), JournalError> {
     for (_, mut entry) in journal.entries().into_iter().flatten() {
         let id = &entry.request.key.container_id;
         let network = &entry.request.key.network;

@@ -134,13 +134,16 @@ fn restore_pass(journal: &Journal, dry_run: bool, wanted: &dyn Fn(&Entry) -> boo
     pass
 }
 
+/// This namespace's journal; `None` once `portmap <command>` said why not.
+fn open_journal(command: &str) -> Option<Journal> {
+    Journal::here()
+        .inspect_err(|e| eprintln!("portmap: {command}: {e}"))
+        .ok()
+}
+
 pub(super) fn restore(dry_run: bool) -> ExitCode {
-    let journal = match Journal::here() {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("portmap: restore: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(journal) = open_journal("restore") else {
+        return ExitCode::FAILURE;
     };
     let pass = restore_pass(&journal, dry_run, &|_| true);
     println!(
@@ -185,12 +188,8 @@ pub(super) fn watch(interval: Duration) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let journal = match Journal::here() {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("portmap: watch: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(journal) = open_journal("watch") else {
+        return ExitCode::FAILURE;
     };
     let mut events = match nfnetlink::Events::subscribe(TICK) {
         Ok(e) => Some(e),
