@@ -14,8 +14,6 @@ use crate::cni::result::{self, container_addrs};
 use crate::cni::{self, CniError, Code, Env};
 use crate::gojson::{self, GoValue};
 
-const DEFAULT_MARK_BIT: u8 = 13;
-
 /// upstream's `PortMapConf` (with libcni's `types.NetConf`), decoded by
 /// [`gojson`] as Go's `encoding/json` decodes it.
 #[derive(Debug, Deserialize)]
@@ -254,7 +252,7 @@ pub fn parse(stdin: &[u8]) -> Result<Config, CniError> {
             }
             MasqMark::ExternalChain(chain)
         }
-        (None, None) => MasqMark::Bit(DEFAULT_MARK_BIT),
+        (None, None) => MasqMark::Bit(MasqMark::DEFAULT_BIT),
     };
     if backend == Some(Choice::Nftables) && !iptables_options.is_empty() {
         return Err(invalid(format!(

@@ -16,6 +16,12 @@ const POLL: Duration = Duration::from_millis(5);
 /// Held until dropped (the kernel releases it if we die).
 pub struct Lock(#[allow(dead_code)] File);
 
+/// The plugin lock at [`LOCK_PATH`]: the CNI commands, `restore`, `watch`
+/// and `migrate` all serialise on it.
+pub fn acquire_plugin_lock() -> Result<Lock, CniError> {
+    acquire(Path::new(LOCK_PATH))
+}
+
 pub fn acquire(path: &Path) -> Result<Lock, CniError> {
     let file = OpenOptions::new()
         .create(true)

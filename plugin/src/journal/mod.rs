@@ -39,6 +39,12 @@ const RETIRED: &str = ".retired";
 /// A receipt's file: `<id>/<network>:<ifname>.receipt`, beside the entry.
 const RECEIPT: &str = ".receipt";
 
+/// The state directory, holding one journal per network namespace:
+/// `$PORTMAP_STATE_DIR`, else [`DEFAULT_DIR`].
+pub fn state_dir() -> PathBuf {
+    std::env::var_os(DIR_ENV).map_or_else(|| PathBuf::from(DEFAULT_DIR), PathBuf::from)
+}
+
 /// Where the backend that installed a container put its rules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Receipted {
@@ -159,12 +165,10 @@ fn held(netns: &Dir, id: &str) -> Result<Option<Dir>, JournalError> {
 }
 
 impl Journal {
-    /// This namespace's journal under `$PORTMAP_STATE_DIR` or [`DEFAULT_DIR`].
+    /// This namespace's journal in the [`state_dir`].
     pub fn here() -> Result<Journal, JournalError> {
-        let root =
-            std::env::var_os(DIR_ENV).map_or_else(|| PathBuf::from(DEFAULT_DIR), PathBuf::from);
         let netns = host::netns_id().map_err(JournalError::Netns)?;
-        Ok(Journal::at(root.join(netns)))
+        Ok(Journal::at(state_dir().join(netns)))
     }
 
     pub fn at(dir: PathBuf) -> Journal {

@@ -1,0 +1,290 @@
+//! `portmap list` and `portmap status`: what is installed, what is
+//! missing, which backends work, and advice when mappings are not where
+//! auto-selection would put new ones.
+
+use std::process::ExitCode;
+
+use portmap_backends::iptables::{Iptables, Variant};
+use portmap_backends::select::{self, cleanup_backends};
+use portmap_backends::{InstalledContainer, Plan};
+
+use crate::journal::{Entry, Journal};
+
+/// Journal entries whose rules are not all in place.
+fn missing() -> Vec<Entry> {
+    let Ok(journal) = Journal::here() else {
+        return vec![];
+    };
+    journal
+        .entries()
+        .into_iter()
+        .flatten()
+        .map(|(_, e)| e)
+        // Unsure whether the namespace is gone: still missing.
+        .filter(|e| !matches!(e.is_stale(), Ok(true)))
+        .filter(|e| {
+            select::backend_named(&e.backend)
+                .map(|b| b.check(&Plan::new(&e.request)).is_err())
+                .unwrap_or(true)
+        })
+        .collect()
+}
+
+fn installed() -> (Vec<InstalledContainer>, Vec<String>) {
+    let mut all = Vec::new();
+    let mut errors = Vec::new();
+    for b in cleanup_backends() {
+        match b.list() {
+            Ok(list) => all.extend(list),
+            Err(e) => errors.push(format!("{}: {e}", b.name())),
+        }
+    }
+    (all, errors)
+}
+
+pub(super) fn list(json: bool) -> ExitCode {
+    let (all, errors) = installed();
+    if json {
+        let v: Vec<serde_json::Value> = all
+            .iter()
+            .flat_map(|c| {
+                c.mappings.iter().map(move |m| {
+                    serde_json::json!({
+                        "backend": c.backend,
+                        "family": m.family.to_string(),
+                        "containerID": c.container_id,
+                        "network": c.network,
+                        "protocol": m.protocol.as_str(),
+                        "hostIP": m.host_ip.map(|ip| ip.to_string()),
+                        "hostPort": m.host_port,
+                        "containerIP": m.container_ip.to_string(),
+                        "containerPort": m.container_port,
+                        "state": "installed",
+                    })
+                })
+            })
+            .chain(missing().iter().flat_map(|e| {
+                let r = &e.request;
+                let addr = r.v4.or(r.v6).map(|a| a.addr.to_string());
+                r.mappings.iter().map(move |m| {
+                    serde_json::json!({
+                        "backend": e.backend,
+                        "containerID": r.key.container_id,
+                        "network": r.key.network,
+                        "protocol": m.protocol.as_str(),
+                        "hostIP": m.host_ip.map(|ip| ip.to_string()),
+                        "hostPort": m.host_port,
+                        "containerIP": addr,
+                        "containerPort": m.container_port,
+                        "state": "missing",
+                    })
+                })
+            }))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        println!(
+            "{:<16} {:<6} {:<24} {:<30} {:<30} PROTO",
+            "BACKEND", "FAMILY", "CONTAINER", "HOST", "CONTAINER ADDRESS"
+        );
+        for c in &all {
+            for m in &c.mappings {
+                let host_ip = m
+                    .host_ip
+                    .map_or_else(|| "*".to_string(), |ip| ip.to_string());
+                println!(
+                    "{:<16} {:<6} {:<24} {:<30} {:<30} {}",
+                    c.backend,
+                    m.family,
+                    c.container_id,
+                    format!("{host_ip}:{}", m.host_port),
+                    std::net::SocketAddr::new(m.container_ip, m.container_port).to_string(),
+                    m.protocol
+                );
+            }
+        }
+        let lost = missing();
+        if !lost.is_empty() {
+            println!(
+                "\njournaled, but their rules are missing or damaged (run `portmap restore`):"
+            );
+            for e in &lost {
+                let ports: Vec<String> = e
+                    .request
+                    .mappings
+                    .iter()
+                    .map(|m| format!("{}/{}", m.host_port, m.protocol))
+                    .collect();
+                println!(
+                    "  {} (network {}, {}): {}",
+                    e.request.key.container_id,
+                    e.request.key.network,
+                    e.backend,
+                    ports.join(" ")
+                );
+            }
+        }
+    }
+    if !json {
+        println!();
+        for line in portmap_backends::guard::report() {
+            println!("{line}");
+        }
+    }
+    for e in &errors {
+        eprintln!("portmap: {e}");
+    }
+    if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+pub(super) fn status() -> ExitCode {
+    let version = |tool: &str| {
+        select::tool_version(std::path::Path::new(tool)).unwrap_or_else(|| "version unknown".into())
+    };
+    match select::probe_nftables() {
+        Ok(n) => println!(
+            "nftables: usable ({}, {})",
+            n.binary().display(),
+            version(&n.binary().display().to_string())
+        ),
+        Err(why) => println!("nftables: not usable: {why}"),
+    }
+    for variant in [Variant::Nft, Variant::Legacy] {
+        match Iptables::variant(variant) {
+            Ok(_) => println!(
+                "iptables-{variant}: tools found ({})",
+                version(&format!("iptables-{variant}"))
+            ),
+            Err(e) => println!("iptables-{variant}: not usable: {e}"),
+        }
+    }
+    let picked = match select::select_checked(None) {
+        Ok(s) => {
+            println!("auto-selection: {} ({})", s.backend.name(), s.reason);
+            s.backend.name()
+        }
+        Err(e) => {
+            println!("auto-selection: none: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (all, errors) = installed();
+    for e in &errors {
+        println!("warning: could not read {e}");
+    }
+    for line in mapping_advice(&all, picked) {
+        println!("{line}");
+    }
+    for line in portmap_backends::guard::report() {
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// Where the installed mappings are, and what to run when they are not
+/// where auto-selection would put new ones.
+fn mapping_advice(all: &[InstalledContainer], picked: &str) -> Vec<String> {
+    let mut per_backend: Vec<(&str, usize)> = Vec::new();
+    for c in all {
+        match per_backend.iter_mut().find(|(b, _)| *b == c.backend) {
+            Some((_, n)) => *n += 1,
+            None => per_backend.push((c.backend, 1)),
+        }
+    }
+    let mut out = vec![match per_backend.as_slice() {
+        [] => "mappings: none installed".to_string(),
+        counts => format!(
+            "mappings: {}",
+            counts
+                .iter()
+                .map(|(b, n)| format!("{n} container(s) in {b}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }];
+    // nftables rules carry only the container ID; iptables chain names
+    // hash the network name too.
+    let network = |from: &str, to: &str| {
+        if from == "nftables" && to != "nftables" {
+            " --network NAME"
+        } else {
+            ""
+        }
+    };
+    for (backend, n) in per_backend.iter().filter(|(b, _)| *b != picked) {
+        let target = picked.split('-').next().unwrap_or(picked);
+        out.push(format!(
+            "warning: {n} container(s) have mappings in {backend}, but auto-selection picks {picked} now: \
+             their DEL still works (it sweeps every backend), new containers go to {picked}; \
+             to move them: portmap migrate --to {target}{}",
+            network(backend, target)
+        ));
+    }
+    if per_backend.iter().any(|(b, _)| *b == "nftables") {
+        out.push(format!(
+            "note: upstream portmap before v1.5 (Debian's 1.1.1 among them) knows only iptables \
+             and cannot remove nftables rules: before switching back to it, run \
+             portmap migrate --to iptables{}",
+            network("nftables", "iptables")
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portmap_backends::InstalledOptions;
+
+    fn container(backend: &'static str, id: &str) -> InstalledContainer {
+        InstalledContainer {
+            backend,
+            container_id: id.into(),
+            network: None,
+            mappings: vec![],
+            options: InstalledOptions::default(),
+        }
+    }
+
+    #[test]
+    fn advice_warns_about_mappings_outside_the_picked_backend() {
+        let all = [
+            container("nftables", "a"),
+            container("iptables-legacy", "b"),
+            container("iptables-legacy", "c"),
+        ];
+        let lines = mapping_advice(&all, "nftables");
+        assert_eq!(
+            lines[0],
+            "mappings: 1 container(s) in nftables, 2 container(s) in iptables-legacy"
+        );
+        assert!(lines[1].starts_with("warning: 2 container(s) have mappings in iptables-legacy, but auto-selection picks nftables now"), "{lines:?}");
+        assert!(
+            lines[1].ends_with("portmap migrate --to nftables"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].ends_with("run portmap migrate --to iptables --network NAME"),
+            "{lines:?}"
+        );
+        let lines = mapping_advice(&all[1..], "iptables-legacy");
+        assert_eq!(lines, ["mappings: 2 container(s) in iptables-legacy"]);
+        assert_eq!(
+            mapping_advice(&[], "nftables"),
+            ["mappings: none installed"]
+        );
+    }
+
+    #[test]
+    fn moving_to_an_iptables_variant_names_the_plain_target() {
+        let lines = mapping_advice(&[container("nftables", "a")], "iptables-legacy");
+        assert!(
+            lines[1].ends_with("portmap migrate --to iptables --network NAME"),
+            "{lines:?}"
+        );
+    }
+}

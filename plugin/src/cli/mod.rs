@@ -1,0 +1,110 @@
+//! Subcommands for people (when `CNI_COMMAND` is unset): the clap surface
+//! and dispatch; each command's work in its own file.
+
+mod inspect;
+mod migrate;
+mod restore;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use inspect::{list, status};
+use migrate::migrate_to;
+use restore::{restore, watch};
+
+#[derive(Parser)]
+#[command(
+    name = "portmap",
+    version,
+    about = "CNI portmap plugin with nftables and iptables backends",
+    long_about = "CNI portmap plugin with nftables and iptables backends.\n\n\
+        A container runtime runs it with CNI_COMMAND set (ADD, CHECK, DEL, VERSION, STATUS, GC) \
+        and the network configuration on stdin. Run by a person, it inspects the port mappings \
+        of the current network namespace.",
+    after_help = "Examples:\n  \
+        portmap status                 which backends work here and which one auto-selection picks\n  \
+        portmap list                   every installed mapping, in every backend\n  \
+        portmap list --json            the same as JSON\n  \
+        portmap migrate --to nftables --dry-run\n                                 \
+        what moving every mapping to nftables would do\n  \
+        portmap migrate --to iptables-legacy --network podman\n                                 \
+        move back; nftables rules do not record the network name\n  \
+        echo '{\"cniVersion\":\"1.0.0\"}' | CNI_COMMAND=VERSION portmap"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(Subcommand)]
+enum Sub {
+    /// List installed port mappings of every backend.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show which backends are usable here and which one auto-selection picks.
+    Status,
+    /// Reinstall every journaled container whose rules are missing or
+    /// damaged (after a firewall reload), each in its own backend and one
+    /// atomic batch. Changes nothing when everything is in place.
+    Restore {
+        /// Only print what would be reinstalled.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Keep restoring: after nf_tables reports a removed table, chain or
+    /// rule (a flush, `systemctl restart nftables`, a firewalld reload),
+    /// within a second; iptables, which has no events, every --interval.
+    /// One line per reinstalled container. Stops on SIGTERM or SIGINT.
+    Watch {
+        /// Seconds between checks of iptables-held containers.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        interval: u64,
+    },
+    /// Move every installed mapping to one backend, container by container
+    /// (add in the target, check, then delete in the source). Running it
+    /// again is a no-op; after an interruption it finishes the move.
+    Migrate {
+        /// The backend that should hold every mapping afterwards.
+        #[arg(long, value_enum)]
+        to: Target,
+        /// Network name for containers whose rules do not record it
+        /// (nftables rules carry only the container ID); needed when
+        /// moving such containers to iptables, whose chain names hash it.
+        #[arg(long)]
+        network: Option<String>,
+        /// Only print what would move.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Target {
+    /// nftables (`cni_hostport` tables)
+    Nftables,
+    /// the iptables found in PATH, whichever variant it is
+    Iptables,
+    /// iptables-nft explicitly
+    IptablesNft,
+    /// iptables-legacy explicitly
+    IptablesLegacy,
+}
+
+pub fn main() -> ExitCode {
+    match Cli::parse().command {
+        Sub::List { json } => list(json),
+        Sub::Status => status(),
+        Sub::Restore { dry_run } => restore(dry_run),
+        Sub::Watch { interval } => watch(Duration::from_secs(interval)),
+        Sub::Migrate {
+            to,
+            network,
+            dry_run,
+        } => migrate_to(to, network.as_deref(), dry_run),
+    }
+}
