@@ -51,7 +51,7 @@ pub fn installed() -> Vec<&'static str> {
     use crate::Backend;
     let mut found = Vec::new();
     if crate::nftables::guard_intact().unwrap_or(false) {
-        found.push(crate::nftables::NAME);
+        found.push(crate::BackendKind::Nftables.name());
     }
     let legacy_mangle = std::fs::read_to_string(crate::host::thread_net("ip_tables_names"))
         .is_ok_and(|s| s.lines().any(|l| l == "mangle"));

@@ -260,6 +260,42 @@ pub struct RuleRef {
     pub handle: u64,
 }
 
+/// Which backend (and iptables variant): the one place their names are
+/// spelled. The journal stores these names, so they never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    Nftables,
+    IptablesNft,
+    IptablesLegacy,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 3] = [
+        BackendKind::Nftables,
+        BackendKind::IptablesNft,
+        BackendKind::IptablesLegacy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Nftables => "nftables",
+            BackendKind::IptablesNft => "iptables-nft",
+            BackendKind::IptablesLegacy => "iptables-legacy",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<BackendKind> {
+        BackendKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A host port a DEL closed: what the UDP conntrack flush after it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ClosedPort {
@@ -281,7 +317,7 @@ impl From<&InstalledMapping> for ClosedPort {
 /// The mappings of one container in one backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstalledContainer {
-    pub backend: &'static str,
+    pub backend: BackendKind,
     pub container_id: String,
     /// Known for iptables (in the entry-rule comment), not for nftables.
     pub network: Option<String>,
@@ -308,8 +344,12 @@ pub struct InstalledOptions {
 
 /// The one seam: both firewalls implement this.
 pub trait Backend: Send + Sync {
-    /// Stable name: `nftables`, `iptables-nft` or `iptables-legacy`.
-    fn name(&self) -> &'static str;
+    /// Which backend this is.
+    fn kind(&self) -> BackendKind;
+    /// Its stable name (see [`BackendKind::name`]).
+    fn name(&self) -> &'static str {
+        self.kind().name()
+    }
     /// Whether rules are keyed by network as well as container ID
     /// (iptables hashes both into chain names; nftables uses the ID only).
     fn records_network(&self) -> bool;

@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use crate::{
-    Attachment, Backend, BackendError, ContainerAddr, ContainerKey, Family, InstalledContainer,
-    Known, Plan, PortMapping, Request,
+    Attachment, Backend, BackendError, BackendKind, ContainerAddr, ContainerKey, Family,
+    InstalledContainer, Known, Plan, PortMapping, Request,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +55,8 @@ pub struct Moved {
     /// The attachment's network ("" where neither the rules nor the
     /// journal nor `--network` told it).
     pub network: String,
-    pub from: &'static str,
-    pub to: &'static str,
+    pub from: BackendKind,
+    pub to: BackendKind,
     pub mappings: usize,
 }
 
@@ -171,8 +171,8 @@ fn move_one(
     let moved = Moved {
         network: req.key.network.clone(),
         container_id: c.container_id.clone(),
-        from: source.name(),
-        to: target.name(),
+        from: source.kind(),
+        to: target.kind(),
         mappings: c.mappings.len(),
     };
     if dry_run {
@@ -216,7 +216,7 @@ pub fn request_of(
     if c.options.conditions {
         return Err(MigrateError::Conditions {
             container_id: c.container_id.clone(),
-            backend: c.backend,
+            backend: c.backend.name(),
         });
     }
     let network = match (c.network.as_deref().or(network), target.records_network()) {
@@ -225,7 +225,7 @@ pub fn request_of(
         (None, true) => {
             return Err(MigrateError::NoNetwork {
                 container_id: c.container_id.clone(),
-                backend: c.backend,
+                backend: c.backend.name(),
                 target: target.name(),
             })
         }

@@ -16,8 +16,8 @@ use std::net::IpAddr;
 
 use crate::plan::{FamilyPlan, Plan};
 use crate::{
-    Attachment, Backend, BackendError, ClosedPort, ContainerKey, Family, InstalledContainer,
-    InstalledMapping, InstalledOptions, Known, MasqMark, Protocol, Receipt,
+    Attachment, Backend, BackendError, BackendKind, ClosedPort, ContainerKey, Family,
+    InstalledContainer, InstalledMapping, InstalledOptions, Known, MasqMark, Protocol, Receipt,
 };
 pub use access::{legacy_nat_families, names as chain_names};
 use access::{read_for_plan, read_nat, Sought};
@@ -349,20 +349,24 @@ impl Iptables {
             .into_iter()
             .map(|(runner, saved)| (runner.family, saved))
             .collect();
-        Ok(containers(self.name_str(), &tables))
+        Ok(containers(self.kind_of(), &tables))
+    }
+
+    fn kind_of(&self) -> BackendKind {
+        match self.variant {
+            Variant::Legacy => BackendKind::IptablesLegacy,
+            Variant::Nft => BackendKind::IptablesNft,
+        }
     }
 
     fn name_str(&self) -> &'static str {
-        match self.variant {
-            Variant::Legacy => "iptables-legacy",
-            Variant::Nft => "iptables-nft",
-        }
+        self.kind_of().name()
     }
 }
 
 impl Backend for Iptables {
-    fn name(&self) -> &'static str {
-        self.name_str()
+    fn kind(&self) -> BackendKind {
+        self.kind_of()
     }
 
     fn records_network(&self) -> bool {

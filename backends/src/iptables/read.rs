@@ -5,7 +5,7 @@ use super::*;
 
 /// The containers whose rules the saved tables hold, per (ID, network).
 pub(super) fn containers(
-    backend: &'static str,
+    backend: crate::BackendKind,
     tables: &[(Family, SavedTable)],
 ) -> Vec<InstalledContainer> {
     let mut by_id: BTreeMap<(String, String), (Vec<InstalledMapping>, InstalledOptions)> =
@@ -219,7 +219,7 @@ mod tests {
     #[case::mark_bit_5(Request { mark: MasqMark::Bit(5), ..golden_request() })]
     fn rules_read_back_re_plan_identically(#[case] req: Request) {
         let tables = saved_after_add(&req);
-        let listed = containers("iptables-nft", &tables);
+        let listed = containers(crate::BackendKind::IptablesNft, &tables);
         assert_eq!(listed.len(), 1);
         let c = &listed[0];
         assert_eq!(c.network.as_deref(), Some("goldennet"));
@@ -246,7 +246,7 @@ mod tests {
             conditions_v4: vec!["-s".into(), "192.0.2.0/24".into()],
             ..golden_request()
         };
-        let listed = containers("iptables-nft", &saved_after_add(&req));
+        let listed = containers(crate::BackendKind::IptablesNft, &saved_after_add(&req));
         assert!(listed[0].options.conditions);
         let nft = crate::nftables::Nftables::new("/nonexistent/nft".into());
         let err =

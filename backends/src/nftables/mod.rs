@@ -21,8 +21,8 @@ use nftables::types::NfFamily;
 use crate::exec::{self, ExecError};
 use crate::plan::Plan;
 use crate::{
-    Attachment, Backend, BackendError, ClosedPort, ContainerKey, Family, InstalledContainer, Known,
-    Receipt,
+    Attachment, Backend, BackendError, BackendKind, ClosedPort, ContainerKey, Family,
+    InstalledContainer, Known, Receipt,
 };
 
 mod add;
@@ -242,11 +242,9 @@ impl Nftables {
     }
 }
 
-pub const NAME: &str = "nftables";
-
 impl Backend for Nftables {
-    fn name(&self) -> &'static str {
-        NAME
+    fn kind(&self) -> BackendKind {
+        BackendKind::Nftables
     }
 
     fn records_network(&self) -> bool {
@@ -265,7 +263,7 @@ impl Backend for Nftables {
         match self.check_inner(plan)? {
             None => Ok(()),
             Some(what) => Err(BackendError::CheckFailed {
-                backend: NAME,
+                backend: BackendKind::Nftables.name(),
                 what,
             }),
         }

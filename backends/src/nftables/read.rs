@@ -9,9 +9,9 @@ use super::NftError;
 use super::Nftables;
 use super::Wanted;
 use super::MASQUERADING;
-use super::NAME;
 use super::TABLE;
 use crate::exec;
+use crate::BackendKind;
 use crate::Family;
 use crate::InstalledContainer;
 use crate::InstalledMapping;
@@ -125,7 +125,7 @@ pub(super) fn containers(tables: &[(Family, Vec<Listed>)]) -> Vec<InstalledConta
         .map(|(container_id, (mut mappings, options))| {
             mappings.sort();
             InstalledContainer {
-                backend: NAME,
+                backend: BackendKind::Nftables,
                 container_id,
                 network: None,
                 mappings,

@@ -18,7 +18,7 @@ pub use sweep::{cleanup_backends, sweep, Sweep};
 
 use crate::iptables::{Iptables, IptablesError, Variant};
 use crate::nftables::Nftables;
-use crate::{nfnetlink, Backend};
+use crate::{nfnetlink, Backend, BackendKind};
 
 /// What the config's `backend` key asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,9 +66,9 @@ impl fmt::Debug for Selected {
     }
 }
 
-/// The backend a name from `Backend::name` stands for (`portmap restore`
-/// reinstalls a container where it was).
-pub fn backend_named(name: &str) -> Result<Box<dyn Backend>, String> {
+/// The backend of `kind`, here (`portmap restore` reinstalls a container
+/// where it was).
+pub fn backend_for(kind: BackendKind) -> Result<Box<dyn Backend>, String> {
     let iptables = |variant: Variant| -> Result<Box<dyn Backend>, String> {
         // iptables before 1.8 has no suffixed tools: plain iptables, if
         // that is the variant.
@@ -80,13 +80,12 @@ pub fn backend_named(name: &str) -> Result<Box<dyn Backend>, String> {
             },
         }
     };
-    match name {
-        "nftables" => Nftables::from_path()
+    match kind {
+        BackendKind::Nftables => Nftables::from_path()
             .map(|n| Box::new(n) as Box<dyn Backend>)
             .map_err(|e| e.to_string()),
-        "iptables-nft" => iptables(Variant::Nft),
-        "iptables-legacy" => iptables(Variant::Legacy),
-        other => Err(format!("unknown backend {other:?}")),
+        BackendKind::IptablesNft => iptables(Variant::Nft),
+        BackendKind::IptablesLegacy => iptables(Variant::Legacy),
     }
 }
 

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use portmap_backends::iptables::{Iptables, Variant};
 use portmap_backends::select::{self, cleanup_backends};
-use portmap_backends::{InstalledContainer, Plan};
+use portmap_backends::{BackendKind, InstalledContainer, Plan};
+
+use super::Target;
 
 use crate::journal::{Entry, Journal};
 
@@ -23,7 +25,7 @@ fn missing() -> Vec<Entry> {
         // Unsure whether the namespace is gone: still missing.
         .filter(|e| !matches!(e.is_stale(), Ok(true)))
         .filter(|e| {
-            select::backend_named(&e.backend)
+            select::backend_for(e.backend)
                 .map(|b| b.check(&Plan::new(&e.request)).is_err())
                 .unwrap_or(true)
         })
@@ -165,7 +167,7 @@ pub(super) fn status() -> ExitCode {
     let picked = match select::select_checked(None) {
         Ok(s) => {
             println!("auto-selection: {} ({})", s.backend.name(), s.reason);
-            s.backend.name()
+            s.backend.kind()
         }
         Err(e) => {
             println!("auto-selection: none: {e}");
@@ -187,8 +189,8 @@ pub(super) fn status() -> ExitCode {
 
 /// Where the installed mappings are, and what to run when they are not
 /// where auto-selection would put new ones.
-fn mapping_advice(all: &[InstalledContainer], picked: &str) -> Vec<String> {
-    let mut per_backend: Vec<(&str, usize)> = Vec::new();
+fn mapping_advice(all: &[InstalledContainer], picked: BackendKind) -> Vec<String> {
+    let mut per_backend: Vec<(BackendKind, usize)> = Vec::new();
     for c in all {
         match per_backend.iter_mut().find(|(b, _)| *b == c.backend) {
             Some((_, n)) => *n += 1,
@@ -208,28 +210,32 @@ fn mapping_advice(all: &[InstalledContainer], picked: &str) -> Vec<String> {
     }];
     // nftables rules carry only the container ID; iptables chain names
     // hash the network name too.
-    let network = |from: &str, to: &str| {
-        if from == "nftables" && to != "nftables" {
+    let network = |from: BackendKind, to: Target| {
+        if from == BackendKind::Nftables && to != Target::Nftables {
             " --network NAME"
         } else {
             ""
         }
     };
     for (backend, n) in per_backend.iter().filter(|(b, _)| *b != picked) {
-        let target = picked.split('-').next().unwrap_or(picked);
+        // `migrate --to` names iptables plainly: whichever variant is here.
+        let target = match picked {
+            BackendKind::Nftables => Target::Nftables,
+            _ => Target::Iptables,
+        };
         out.push(format!(
             "warning: {n} container(s) have mappings in {backend}, but auto-selection picks {picked} now: \
              their DEL still works (it sweeps every backend), new containers go to {picked}; \
              to move them: portmap migrate --to {target}{}",
-            network(backend, target)
+            network(*backend, target)
         ));
     }
-    if per_backend.iter().any(|(b, _)| *b == "nftables") {
+    if per_backend.iter().any(|(b, _)| *b == BackendKind::Nftables) {
         out.push(format!(
             "note: upstream portmap before v1.5 (Debian's 1.1.1 among them) knows only iptables \
              and cannot remove nftables rules: before switching back to it, run \
              portmap migrate --to iptables{}",
-            network("nftables", "iptables")
+            network(BackendKind::Nftables, Target::Iptables)
         ));
     }
     out
@@ -240,7 +246,7 @@ mod tests {
     use super::*;
     use portmap_backends::InstalledOptions;
 
-    fn container(backend: &'static str, id: &str) -> InstalledContainer {
+    fn container(backend: BackendKind, id: &str) -> InstalledContainer {
         InstalledContainer {
             backend,
             container_id: id.into(),
@@ -253,11 +259,11 @@ mod tests {
     #[test]
     fn advice_warns_about_mappings_outside_the_picked_backend() {
         let all = [
-            container("nftables", "a"),
-            container("iptables-legacy", "b"),
-            container("iptables-legacy", "c"),
+            container(BackendKind::Nftables, "a"),
+            container(BackendKind::IptablesLegacy, "b"),
+            container(BackendKind::IptablesLegacy, "c"),
         ];
-        let lines = mapping_advice(&all, "nftables");
+        let lines = mapping_advice(&all, BackendKind::Nftables);
         assert_eq!(
             lines[0],
             "mappings: 1 container(s) in nftables, 2 container(s) in iptables-legacy"
@@ -271,17 +277,20 @@ mod tests {
             lines[2].ends_with("run portmap migrate --to iptables --network NAME"),
             "{lines:?}"
         );
-        let lines = mapping_advice(&all[1..], "iptables-legacy");
+        let lines = mapping_advice(&all[1..], BackendKind::IptablesLegacy);
         assert_eq!(lines, ["mappings: 2 container(s) in iptables-legacy"]);
         assert_eq!(
-            mapping_advice(&[], "nftables"),
+            mapping_advice(&[], BackendKind::Nftables),
             ["mappings: none installed"]
         );
     }
 
     #[test]
     fn moving_to_an_iptables_variant_names_the_plain_target() {
-        let lines = mapping_advice(&[container("nftables", "a")], "iptables-legacy");
+        let lines = mapping_advice(
+            &[container(BackendKind::Nftables, "a")],
+            BackendKind::IptablesLegacy,
+        );
         assert!(
             lines[1].ends_with("portmap migrate --to iptables --network NAME"),
             "{lines:?}"

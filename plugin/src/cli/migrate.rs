@@ -113,7 +113,7 @@ fn journal_moves(journal: &Journal, moved: &[migrate::Moved]) -> Result<(), Jour
             .iter()
             .find(|m| &m.container_id == id && &m.network == network && m.from == entry.backend)
         {
-            entry.backend = m.to.to_string();
+            entry.backend = m.to;
             journal.write(&entry)?;
             // The old backend's receipt names rules that are gone.
             journal.write_receipt(&entry.request.key, &entry.ifname, None)?;

@@ -83,7 +83,7 @@ enum Sub {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Target {
     /// nftables (`cni_hostport` tables)
     Nftables,
@@ -93,6 +93,14 @@ enum Target {
     IptablesNft,
     /// iptables-legacy explicitly
     IptablesLegacy,
+}
+
+/// As `--to` spells it.
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let value = self.to_possible_value().ok_or(std::fmt::Error)?;
+        f.write_str(value.get_name())
+    }
 }
 
 pub fn main() -> ExitCode {

@@ -22,7 +22,7 @@ enum Restored {
 }
 
 fn restore_one(journal: &Journal, entry: &Entry, dry_run: bool) -> Result<Restored, String> {
-    let backend = select::backend_named(&entry.backend)?;
+    let backend = select::backend_for(entry.backend)?;
     let plan = Plan::new(&entry.request);
     let guard_lost =
         || plan.localnet_container().is_some() && !backend.localnet_guard().unwrap_or(false);
@@ -57,7 +57,7 @@ fn restore_one(journal: &Journal, entry: &Entry, dry_run: bool) -> Result<Restor
         journal.write_ledger(nfnetlink::generation().ok());
         // The rules moved: DEL goes by the new receipt (or reads all).
         let receipt = receipt.map(|receipt| Receipted {
-            backend: entry.backend.clone(),
+            backend: entry.backend,
             receipt,
         });
         let _ = journal.write_receipt(&entry.request.key, &entry.ifname, receipt.as_ref());
@@ -225,7 +225,7 @@ pub(super) fn watch(interval: Duration) -> ExitCode {
             next_check = Instant::now() + interval;
             let nft_covered = events.is_some();
             restore_pass(&journal, false, &|e| {
-                !(nft_covered && e.backend == portmap_backends::nftables::NAME)
+                !(nft_covered && e.backend == portmap_backends::BackendKind::Nftables)
             });
         }
     }

@@ -1,9 +1,8 @@
 //! ADD / CHECK / DEL / STATUS / GC over the backend seam. Backend-blind:
 //! which firewall runs comes from a [`Host`], so unit tests use a fake.
 
-use portmap_backends::nftables::NAME as NFTABLES;
 use portmap_backends::select::{Choice, SelectError, Selected};
-use portmap_backends::{BackendError, ContainerKey, Plan};
+use portmap_backends::{BackendError, BackendKind, ContainerKey, Plan};
 use serde_json::Value;
 
 use crate::cni::result::convert;
@@ -121,7 +120,7 @@ fn add(cfg: &Config, env: &Env, host: &dyn Host) -> Result<Value, CniError> {
         .select(cfg.backend, cfg.iptables_specific)
         .map_err(|e| select_error(&e))?;
     let journal = host.journal().map_err(|e| journal_error(&e))?;
-    let auto_nftables = cfg.backend.is_none() && selected.backend.name() == NFTABLES;
+    let auto_nftables = cfg.backend.is_none() && selected.backend.kind() == BackendKind::Nftables;
     // Judged once: a failed first try may take the journal's last file,
     // and the ledger with it.
     let ledger_holds = journal.ledger_holds(host.generation());
@@ -190,7 +189,7 @@ fn install(
     let entry = Entry::new(
         &env.ifname,
         &env.netns,
-        selected.backend.name(),
+        selected.backend.kind(),
         cfg.request(env),
     );
     // No file of the ID means no rules of it, as long as nobody but us
@@ -215,7 +214,7 @@ fn install(
             Failed::Rules(backend_error(&e, selected.backend.name(), &selected.reason))
         })?;
     let receipt = receipt.map(|receipt| Receipted {
-        backend: selected.backend.name().to_string(),
+        backend: selected.backend.kind(),
         receipt,
     });
     // Only a hint for DEL (without it DEL reads every container's rules):
@@ -248,7 +247,7 @@ fn check(cfg: &Config, env: &Env, host: &dyn Host) -> Result<(), CniError> {
         let others = host.sweep().backends;
         if others
             .iter()
-            .filter(|b| b.name() != selected.backend.name())
+            .filter(|b| b.kind() != selected.backend.kind())
             .any(|b| b.check(&plan).is_ok())
         {
             return Ok(());
@@ -295,7 +294,7 @@ fn del(key: &ContainerKey, host: &dyn Host) -> Result<(), CniError> {
         // interfaces has several, and then its rules are read as a whole.
         let mine: Vec<&Receipted> = receipts
             .iter()
-            .filter(|r| r.backend == backend.name())
+            .filter(|r| r.backend == backend.kind())
             .collect();
         let receipt = match mine.as_slice() {
             [one] => Some(&one.receipt),

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use portmap_backends::host::HostError;
 use portmap_backends::select::{Choice, SelectError, Selected, Sweep};
 use portmap_backends::{
-    Attachment, Backend, BackendError, ClosedPort, ContainerKey, Family, InstalledContainer, Known,
-    Plan, Receipt, RuleRef,
+    Attachment, Backend, BackendError, BackendKind, ClosedPort, ContainerKey, Family,
+    InstalledContainer, Known, Plan, Receipt, RuleRef,
 };
 
 use super::Host;
@@ -29,6 +29,9 @@ impl Calls {
 
 struct FakeBackend {
     name: &'static str,
+    /// What the journal records of it: its name's kind where the name is
+    /// one, else one by its place in the host's list (each fake its own).
+    kind: BackendKind,
     calls: Arc<Calls>,
     check_ok: bool,
     add_fails: bool,
@@ -53,6 +56,9 @@ impl FakeBackend {
 }
 
 impl Backend for FakeBackend {
+    fn kind(&self) -> BackendKind {
+        self.kind
+    }
     fn name(&self) -> &'static str {
         self.name
     }
@@ -172,8 +178,15 @@ impl FakeHost {
         }
     }
     fn backend(&self, (name, check_ok): (&'static str, bool)) -> Box<dyn Backend> {
+        let place = self
+            .backends
+            .iter()
+            .position(|(n, _)| *n == name)
+            .unwrap_or(0);
+        let kind = BackendKind::parse(name).unwrap_or(BackendKind::ALL[place % 3]);
         Box::new(FakeBackend {
             name,
+            kind,
             calls: self.calls.clone(),
             check_ok,
             add_fails: self.failing_adds.contains(&name),

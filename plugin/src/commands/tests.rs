@@ -69,7 +69,7 @@ fn journaled(host: &FakeHost) -> Vec<(String, String)> {
         .into_iter()
         .map(|e| {
             let (_, e) = e.expect("readable");
-            (e.request.key.container_id, e.backend)
+            (e.request.key.container_id, e.backend.name().to_string())
         })
         .collect()
 }
@@ -80,7 +80,7 @@ fn add_journals_the_container_and_del_and_gc_remove_it() {
     run(Command::Add, &env(), &config(one_mapping(), "1.1.0"), &host).expect("ok");
     assert_eq!(
         journaled(&host),
-        vec![("c1".to_string(), "fake".to_string())]
+        vec![("c1".to_string(), "nftables".to_string())]
     );
     let entry = &Journal::at(host.journal.clone()).entries()[0];
     let request = &entry.as_ref().expect("entry").1.request;
@@ -221,7 +221,11 @@ fn del_hands_the_add_receipt_to_the_backend_that_made_it() {
         container_id: "c1".into(),
     });
     assert_eq!(receipts.len(), 1);
-    assert_eq!(receipts[0].backend, "receipting");
+    assert_eq!(
+        receipts[0].backend.name(),
+        "nftables",
+        "the receipting fake is the first: nftables"
+    );
     del_net(&host).expect("del");
     let dels: Vec<String> = host
         .calls()
@@ -447,7 +451,7 @@ fn gc_without_attachments_leaves_the_journal() {
     run(Command::Gc, &env(), no_key, &host).expect("gc");
     assert_eq!(
         journaled(&host),
-        vec![("c1".to_string(), "fake".to_string())]
+        vec![("c1".to_string(), "nftables".to_string())]
     );
     let spec_key = br#"{"cniVersion":"1.1.0","name":"net","cni.dev/attachments":[]}"#;
     run(Command::Gc, &env(), spec_key, &host).expect("gc");

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 pub use dirs::{temp_name, Refusal, TEMP_TRIES};
 use dirs::{Dir, Kind};
 
-use portmap_backends::{host, ContainerKey, Receipt, Request};
+use portmap_backends::{host, BackendKind, ContainerKey, Receipt, Request};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_DIR: &str = "/run/cni/portmap";
@@ -48,7 +48,7 @@ pub fn state_dir() -> PathBuf {
 /// Where the backend that installed a container put its rules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Receipted {
-    pub backend: String,
+    pub backend: BackendKind,
     #[serde(flatten)]
     pub receipt: Receipt,
 }
@@ -97,18 +97,18 @@ pub struct Entry {
     /// whatever the journal says (a firewall reload never removes one).
     #[serde(default)]
     pub netns: String,
-    /// `Backend::name` of the backend that installed it.
-    pub backend: String,
+    /// The backend that installed it (stored by its name).
+    pub backend: BackendKind,
     pub request: Request,
 }
 
 impl Entry {
-    pub fn new(ifname: &str, netns: &str, backend: &str, request: Request) -> Entry {
+    pub fn new(ifname: &str, netns: &str, backend: BackendKind, request: Request) -> Entry {
         Entry {
             format: FORMAT,
             ifname: ifname.to_string(),
             netns: netns.to_string(),
-            backend: backend.to_string(),
+            backend,
             request,
         }
     }

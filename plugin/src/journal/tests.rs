@@ -1,5 +1,5 @@
 use super::*;
-use portmap_backends::{MasqMark, PortMapping, Protocol};
+use portmap_backends::{BackendKind, MasqMark, PortMapping, Protocol};
 
 fn request(network: &str, id: &str) -> Request {
     Request {
@@ -56,8 +56,8 @@ fn scratch(label: &str) -> Scratch {
 fn retired_entries_leave_entries_but_keep_the_id_known_until_removed() {
     let j = scratch("retire");
     assert!(!j.may_hold("a"), "no directory yet");
-    let a = Entry::new("eth0", "", "nftables", request("net", "a"));
-    let a2 = Entry::new("eth1", "", "nftables", request("other", "a"));
+    let a = Entry::new("eth0", "", BackendKind::Nftables, request("net", "a"));
+    let a2 = Entry::new("eth1", "", BackendKind::Nftables, request("other", "a"));
     j.write(&a).expect("write a");
     j.write(&a2).expect("write a on another network");
     assert!(j.may_hold("a") && !j.may_hold("b") && !j.may_hold("net"));
@@ -83,10 +83,10 @@ fn retired_entries_leave_entries_but_keep_the_id_known_until_removed() {
 #[test]
 fn receipts_sit_beside_entries_and_go_with_them() {
     let j = scratch("receipt");
-    let a = Entry::new("eth0", "", "nftables", request("net", "a"));
+    let a = Entry::new("eth0", "", BackendKind::Nftables, request("net", "a"));
     let key = &a.request.key;
     let receipted = Receipted {
-        backend: "nftables".into(),
+        backend: BackendKind::Nftables,
         receipt: Receipt {
             rules: vec![portmap_backends::RuleRef {
                 family: portmap_backends::Family::V4,
@@ -118,8 +118,8 @@ fn receipts_sit_beside_entries_and_go_with_them() {
 #[test]
 fn entries_round_trip_and_go_with_their_container() {
     let j = scratch("round-trip");
-    let a = Entry::new("eth0", "", "nftables", request("net", "a"));
-    let b = Entry::new("eth0", "", "iptables-legacy", request("net", "b"));
+    let a = Entry::new("eth0", "", BackendKind::Nftables, request("net", "a"));
+    let b = Entry::new("eth0", "", BackendKind::IptablesLegacy, request("net", "b"));
     j.write(&a).expect("write a");
     j.write(&b).expect("write b");
     j.write(&a).expect("rewrite a");
@@ -143,8 +143,13 @@ fn entries_round_trip_and_go_with_their_container() {
 #[test]
 fn a_corrupt_entry_is_reported_and_the_others_read() {
     let j = scratch("corrupt");
-    j.write(&Entry::new("eth0", "", "nftables", request("net", "good")))
-        .expect("write");
+    j.write(&Entry::new(
+        "eth0",
+        "",
+        BackendKind::Nftables,
+        request("net", "good"),
+    ))
+    .expect("write");
     std::fs::create_dir_all(j.dir().join("bad")).expect("dir");
     std::fs::write(j.dir().join("bad/net:eth0.json"), b"{not json").expect("corrupt");
     let entries = j.entries();
@@ -162,7 +167,7 @@ fn a_corrupt_entry_is_reported_and_the_others_read() {
 #[test]
 fn unusable_names_write_nothing() {
     let j = scratch("names");
-    let e = Entry::new("eth0", "", "nftables", request("a/b", "c"));
+    let e = Entry::new("eth0", "", BackendKind::Nftables, request("a/b", "c"));
     assert!(j.write(&e).is_err());
     assert!(
         j.remove(&e.request.key).is_ok(),
@@ -175,13 +180,18 @@ fn names_too_long_for_a_file_are_refused_and_have_nothing_to_delete() {
     let j = scratch("long");
     let long = "c".repeat(NAME_MAX + 1);
     assert!(can_hold(&"c".repeat(NAME_MAX)) && !can_hold(&long));
-    let e = Entry::new("eth0", "", "nftables", request("net", &long));
+    let e = Entry::new("eth0", "", BackendKind::Nftables, request("net", &long));
     let err = j.write(&e).expect_err("too long");
     assert_eq!(
         err.to_string(),
         "container ID of 256 bytes is too long for the journal (a file name has at most 255)"
     );
-    let network = Entry::new("eth0", "", "nftables", request(&"n".repeat(240), "c"));
+    let network = Entry::new(
+        "eth0",
+        "",
+        BackendKind::Nftables,
+        request(&"n".repeat(240), "c"),
+    );
     assert!(matches!(
         j.write(&network),
         Err(JournalError::TooLong { .. })
@@ -200,7 +210,9 @@ fn names_too_long_for_a_file_are_refused_and_have_nothing_to_delete() {
 
 #[test]
 fn only_a_namespace_that_is_not_found_is_gone() {
-    let with = |netns: &str| Entry::new("eth0", netns, "nftables", request("n", "c")).is_stale();
+    let with = |netns: &str| {
+        Entry::new("eth0", netns, BackendKind::Nftables, request("n", "c")).is_stale()
+    };
     assert!(with("/run/netns/portmap-no-such-ns").expect("stat"), "gone");
     assert!(!with("/proc/self/ns/net").expect("stat"));
     assert!(!with("").expect("unknown"), "not recorded is not gone");
@@ -218,7 +230,12 @@ fn only_a_namespace_that_is_not_found_is_gone() {
 #[test]
 fn an_unwritable_journal_is_an_error() {
     let j = Journal::at(PathBuf::from("/proc/portmap-journal-cannot-exist"));
-    let err = j.write(&Entry::new("eth0", "", "nftables", request("n", "c")));
+    let err = j.write(&Entry::new(
+        "eth0",
+        "",
+        BackendKind::Nftables,
+        request("n", "c"),
+    ));
     assert!(matches!(err, Err(JournalError::Dir { .. })), "{err:?}");
 }
 
@@ -252,13 +269,18 @@ fn symlinks_in_the_journal_are_never_followed() {
     );
     std::fs::write(victim.join("net:eth0.receipt"), receipt).expect("receipt");
     let before = snapshot(&victim);
-    j.write(&Entry::new("eth0", "", "nftables", request("net", "a")))
-        .expect("a real entry");
+    j.write(&Entry::new(
+        "eth0",
+        "",
+        BackendKind::Nftables,
+        request("net", "a"),
+    ))
+    .expect("a real entry");
 
     // A container directory that is a symlink: not written, read or
     // removed through, and left alone.
     symlink(&victim, j.dir().join("evil")).expect("link");
-    let evil = Entry::new("eth0", "", "nftables", request("net", "evil"));
+    let evil = Entry::new("eth0", "", BackendKind::Nftables, request("net", "evil"));
     let err = j.write(&evil).expect_err("refused");
     assert!(
         matches!(&err, JournalError::Unsafe { what: Refusal::Symlink, path } if path.ends_with("evil")),
@@ -296,7 +318,7 @@ fn symlinks_in_the_journal_are_never_followed() {
         "{errors:?}"
     );
     assert!(j.receipts(&request("net", "a").key).is_empty(), "not read");
-    let other = Entry::new("eth0", "", "nftables", request("other", "a"));
+    let other = Entry::new("eth0", "", BackendKind::Nftables, request("other", "a"));
     let err = j.write(&other).expect_err("every temp name is taken");
     assert!(err.to_string().contains("temp names"), "{err}");
     std::fs::remove_file(a.join(temp_name("other:eth0.json", pid, TEMP_TRIES - 1))).expect("rm");
@@ -305,7 +327,7 @@ fn symlinks_in_the_journal_are_never_followed() {
         &request("net", "a").key,
         "eth0",
         Some(&Receipted {
-            backend: "nftables".into(),
+            backend: BackendKind::Nftables,
             receipt: Receipt { rules: vec![] },
         }),
     )
@@ -327,7 +349,7 @@ fn a_state_directory_that_is_a_symlink_or_open_to_others_is_refused() {
     let root = s.root().to_path_buf();
     let real = root.join("real");
     std::fs::create_dir_all(real.join("netns-1-2")).expect("real");
-    let e = Entry::new("eth0", "", "nftables", request("net", "a"));
+    let e = Entry::new("eth0", "", BackendKind::Nftables, request("net", "a"));
     let refusal = |j: &Journal| match j.write(&e) {
         Err(JournalError::Unsafe { what, path }) => {
             assert_eq!(j.entries().len(), 1, "reported by entries too");
@@ -374,8 +396,13 @@ fn a_state_directory_that_is_a_symlink_or_open_to_others_is_refused() {
 fn directories_are_made_for_us_alone() {
     use std::os::unix::fs::PermissionsExt;
     let j = scratch("modes");
-    j.write(&Entry::new("eth0", "", "nftables", request("net", "a")))
-        .expect("write");
+    j.write(&Entry::new(
+        "eth0",
+        "",
+        BackendKind::Nftables,
+        request("net", "a"),
+    ))
+    .expect("write");
     let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode(j.root()), 0o700);
     assert_eq!(mode(j.dir()), 0o700);
@@ -395,7 +422,7 @@ fn an_entry_in_todays_format_reads_and_writes_the_same() {
     let expected = Entry::new(
         "net1",
         "/var/run/netns/cni-1234",
-        "iptables-nft",
+        BackendKind::IptablesNft,
         Request {
             key: ContainerKey {
                 network: "podman".into(),
