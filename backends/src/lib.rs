@@ -368,10 +368,11 @@ pub trait Backend: Send + Sync {
     fn add(&self, plan: &Plan) -> Result<(), BackendError> {
         self.install(plan, Some(&Known::default())).map(|_| ())
     }
-    /// Verifies that every rule of the plan is installed exactly. Not the
-    /// localnet guard ([`Backend::localnet_guard`]): it is the host's, and
-    /// upstream's containers have none, yet pass CHECK.
-    fn check(&self, plan: &Plan) -> Result<(), BackendError>;
+    /// Whether every rule of the plan is installed exactly (an error is a
+    /// read that failed, not a verdict). Not the localnet guard
+    /// ([`Backend::localnet_guard`]): it is the host's, and upstream's
+    /// containers have none, yet pass CHECK.
+    fn check(&self, plan: &Plan) -> Result<Verdict, BackendError>;
     /// Removes every rule of the attachment (those `known` owns, where the
     /// backend cannot tell attachments apart otherwise); succeeds when
     /// there is none. `receipt`: where its ADD put them, a hint the caller
@@ -407,9 +408,15 @@ pub enum BackendError {
     Nftables(#[from] nftables::NftError),
     #[error(transparent)]
     Iptables(#[from] iptables::IptablesError),
-    /// CHECK found the ruleset differing from the plan.
-    #[error("{backend}: {what}")]
-    CheckFailed { backend: &'static str, what: String },
+}
+
+/// What CHECK found of a plan's rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every rule is installed exactly.
+    Whole,
+    /// The first thing missing or different.
+    Damaged(String),
 }
 
 impl BackendError {
@@ -418,7 +425,6 @@ impl BackendError {
         match self {
             BackendError::Nftables(e) => e.details(),
             BackendError::Iptables(e) => e.details(),
-            BackendError::CheckFailed { .. } => String::new(),
         }
     }
 }

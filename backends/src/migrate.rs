@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use crate::{
     Attachment, Backend, BackendError, BackendKind, ContainerAddr, ContainerKey, Family,
-    InstalledContainer, Known, Plan, PortMapping, Request,
+    InstalledContainer, Known, Plan, PortMapping, Request, Verdict,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,12 @@ pub enum MigrateError {
         backend: &'static str,
         #[source]
         source: Box<BackendError>,
+    },
+    #[error("container {container_id}: CHECK in {backend} after the add: {what}")]
+    NotWhole {
+        container_id: String,
+        backend: &'static str,
+        what: String,
     },
     #[error("container {container_id}: {step} in {backend} failed: {source}")]
     Step {
@@ -192,7 +198,13 @@ fn move_one(
     target
         .install(&plan, Some(known))
         .map_err(step("add", target))?;
-    target.check(&plan).map_err(step("check", target))?;
+    if let Verdict::Damaged(what) = target.check(&plan).map_err(step("check", target))? {
+        return Err(MigrateError::NotWhole {
+            container_id: c.container_id.clone(),
+            backend: target.name(),
+            what,
+        });
+    }
     // The source keys by what it recorded (iptables: network + ID).
     let source_key = ContainerKey {
         network: c.network.clone().unwrap_or_default(),

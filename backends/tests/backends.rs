@@ -10,7 +10,7 @@ use portmap_backends::nftables::Nftables;
 use portmap_backends::plan::Plan;
 use portmap_backends::{
     host, Attachment, Backend, ContainerAddr, ContainerKey, Known, MasqMark, PortMapping, Protocol,
-    Request,
+    Request, Verdict,
 };
 use portmap_conformance::firewall::{has_guard, without_counters, without_guard};
 use portmap_conformance::netns::{prerequisites, Netns};
@@ -102,10 +102,15 @@ impl Fixture {
 
     fn check(&self, req: &Request) -> Result<(), String> {
         let plan = Plan::new(req);
-        self.host()
+        match self
+            .host()
             .run(|| self.backend.check(&plan))
             .expect("netns")
-            .map_err(|e| e.to_string())
+        {
+            Ok(Verdict::Whole) => Ok(()),
+            Ok(Verdict::Damaged(what)) => Err(what),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     fn del(&self, id: &str) {

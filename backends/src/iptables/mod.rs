@@ -18,6 +18,7 @@ use crate::plan::{FamilyPlan, Plan};
 use crate::{
     Attachment, Backend, BackendError, BackendKind, ClosedPort, ContainerKey, Family,
     InstalledContainer, InstalledMapping, InstalledOptions, Known, MasqMark, Protocol, Receipt,
+    Verdict,
 };
 pub use access::{legacy_nat_families, names as chain_names};
 use access::{read_for_plan, read_nat, Sought};
@@ -384,14 +385,10 @@ impl Backend for Iptables {
         Ok(None)
     }
 
-    fn check(&self, plan: &Plan) -> Result<(), BackendError> {
-        match self.check_inner(plan)? {
-            None => Ok(()),
-            Some(what) => Err(BackendError::CheckFailed {
-                backend: self.name_str(),
-                what,
-            }),
-        }
+    fn check(&self, plan: &Plan) -> Result<Verdict, BackendError> {
+        Ok(self
+            .check_inner(plan)?
+            .map_or(Verdict::Whole, Verdict::Damaged))
     }
 
     /// The chain names the attachment (network and ID): nothing else of

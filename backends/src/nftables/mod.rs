@@ -22,7 +22,7 @@ use crate::exec::{self, ExecError};
 use crate::plan::Plan;
 use crate::{
     Attachment, Backend, BackendError, BackendKind, ClosedPort, ContainerKey, Family,
-    InstalledContainer, Known, Receipt,
+    InstalledContainer, Known, Receipt, Verdict,
 };
 
 mod add;
@@ -259,14 +259,10 @@ impl Backend for Nftables {
         Ok(self.add_inner(plan, earlier)?)
     }
 
-    fn check(&self, plan: &Plan) -> Result<(), BackendError> {
-        match self.check_inner(plan)? {
-            None => Ok(()),
-            Some(what) => Err(BackendError::CheckFailed {
-                backend: BackendKind::Nftables.name(),
-                what,
-            }),
-        }
+    fn check(&self, plan: &Plan) -> Result<Verdict, BackendError> {
+        Ok(self
+            .check_inner(plan)?
+            .map_or(Verdict::Whole, Verdict::Damaged))
     }
 
     fn del(

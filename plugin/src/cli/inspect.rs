@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use portmap_backends::iptables::{Iptables, Variant};
 use portmap_backends::select::{self, cleanup_backends};
-use portmap_backends::{BackendKind, InstalledContainer, Plan};
+use portmap_backends::{BackendKind, InstalledContainer, Plan, Verdict};
 
 use super::Target;
 
@@ -26,7 +26,7 @@ fn missing() -> Vec<Entry> {
         .filter(|e| !matches!(e.is_stale(), Ok(true)))
         .filter(|e| {
             select::backend_for(e.backend)
-                .map(|b| b.check(&Plan::new(&e.request)).is_err())
+                .map(|b| !matches!(b.check(&Plan::new(&e.request)), Ok(Verdict::Whole)))
                 .unwrap_or(true)
         })
         .collect()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use portmap_backends::select;
-use portmap_backends::{host, nfnetlink, Plan};
+use portmap_backends::{host, nfnetlink, Plan, Verdict};
 
 use crate::journal::{Entry, Journal, Receipted};
 use crate::lock;
@@ -26,12 +26,17 @@ fn restore_one(journal: &Journal, entry: &Entry, dry_run: bool) -> Result<Restor
     let plan = Plan::new(&entry.request);
     let guard_lost =
         || plan.localnet_container().is_some() && !backend.localnet_guard().unwrap_or(false);
-    let why = match backend.check(&plan) {
+    let damage = match backend.check(&plan) {
+        Ok(Verdict::Whole) => None,
+        Ok(Verdict::Damaged(what)) => Some(format!("{}: {what}", backend.name())),
+        Err(e) => Some(e.to_string()),
+    };
+    let why = match damage {
         // The guard is the host's (CHECK leaves it out), but the container's
         // ADD installed it: reinstalling puts it back.
-        Ok(()) if guard_lost() => "the localnet guard is missing".to_string(),
-        Ok(()) => return Ok(Restored::InPlace),
-        Err(why) => {
+        None if guard_lost() => "the localnet guard is missing".to_string(),
+        None => return Ok(Restored::InPlace),
+        Some(why) => {
             let stale = entry.is_stale().map_err(|e| {
                 format!(
                     "skipped, entry kept: cannot tell whether its network namespace {} still exists: {e}",
@@ -46,7 +51,7 @@ fn restore_one(journal: &Journal, entry: &Entry, dry_run: bool) -> Result<Restor
                 }
                 return Ok(Restored::Dropped);
             }
-            why.to_string()
+            why
         }
     };
     if !dry_run {

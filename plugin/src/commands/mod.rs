@@ -2,7 +2,7 @@
 //! which firewall runs comes from a [`Host`], so unit tests use a fake.
 
 use portmap_backends::select::{Choice, SelectError, Selected};
-use portmap_backends::{BackendError, BackendKind, ContainerKey, Plan};
+use portmap_backends::{BackendError, BackendKind, ContainerKey, Plan, Verdict};
 use serde_json::Value;
 
 use crate::cni::result::convert;
@@ -238,8 +238,12 @@ fn check(cfg: &Config, env: &Env, host: &dyn Host) -> Result<(), CniError> {
     let selected = host
         .select(cfg.backend, cfg.iptables_specific)
         .map_err(|e| select_error(&e))?;
-    let Err(first) = selected.backend.check(&plan) else {
-        return Ok(());
+    let name = selected.backend.name();
+    let first = match selected.backend.check(&plan) {
+        Ok(Verdict::Whole) => return Ok(()),
+        Ok(Verdict::Damaged(what)) => CniError::new(Code::Internal, format!("{name}: {what}"))
+            .with_details(format!("backend: {name} ({})", selected.reason)),
+        Err(e) => backend_error(&e, name, &selected.reason),
     };
     // Without an explicit backend, rules made before a switch of default
     // (or by another binary) count wherever they are.
@@ -248,16 +252,12 @@ fn check(cfg: &Config, env: &Env, host: &dyn Host) -> Result<(), CniError> {
         if others
             .iter()
             .filter(|b| b.kind() != selected.backend.kind())
-            .any(|b| b.check(&plan).is_ok())
+            .any(|b| matches!(b.check(&plan), Ok(Verdict::Whole)))
         {
             return Ok(());
         }
     }
-    Err(backend_error(
-        &first,
-        selected.backend.name(),
-        &selected.reason,
-    ))
+    Err(first)
 }
 
 /// Finds the container's rules by container ID and network name in every

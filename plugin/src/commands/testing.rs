@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use portmap_backends::host::HostError;
+use portmap_backends::iptables::{IptablesError, Variant};
 use portmap_backends::select::{Choice, SelectError, Selected, Sweep};
 use portmap_backends::{
     Attachment, Backend, BackendError, BackendKind, ClosedPort, ContainerKey, Family,
-    InstalledContainer, Known, Plan, Receipt, RuleRef,
+    InstalledContainer, Known, Plan, Receipt, RuleRef, Verdict,
 };
 
 use super::Host;
@@ -42,14 +43,21 @@ struct FakeBackend {
 }
 
 impl FakeBackend {
+    /// A write the firewall refused, as iptables-restore reports one.
+    fn refused(&self, stderr: &str) -> BackendError {
+        BackendError::Iptables(IptablesError::Restore {
+            tool: self.name.to_string(),
+            variant: Variant::Nft,
+            stderr: stderr.to_string(),
+            batch: String::new(),
+        })
+    }
+
     fn record_add(&self, plan: &Plan, new: &str) -> Result<(), BackendError> {
         self.calls
             .record(format!("{} add {}{new}", self.name, plan.key.container_id));
         if self.add_fails {
-            return Err(BackendError::CheckFailed {
-                backend: self.name,
-                what: "transaction refused".into(),
-            });
+            return Err(self.refused("transaction refused"));
         }
         Ok(())
     }
@@ -79,17 +87,14 @@ impl Backend for FakeBackend {
             }],
         }))
     }
-    fn check(&self, plan: &Plan) -> Result<(), BackendError> {
+    fn check(&self, plan: &Plan) -> Result<Verdict, BackendError> {
         self.calls
             .record(format!("{} check {}", self.name, plan.key.container_id));
-        if self.check_ok {
-            Ok(())
+        Ok(if self.check_ok {
+            Verdict::Whole
         } else {
-            Err(BackendError::CheckFailed {
-                backend: self.name,
-                what: "rule missing".into(),
-            })
-        }
+            Verdict::Damaged("rule missing".into())
+        })
     }
     fn del(
         &self,
@@ -104,10 +109,7 @@ impl Backend for FakeBackend {
         self.calls
             .record(format!("{} del {}{by}", self.name, key.container_id));
         if self.del_fails {
-            return Err(BackendError::CheckFailed {
-                backend: self.name,
-                what: "delete refused".into(),
-            });
+            return Err(self.refused("delete refused"));
         }
         Ok(vec![])
     }

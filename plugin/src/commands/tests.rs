@@ -175,9 +175,12 @@ fn del_reports_every_backends_error() {
     let mut host = FakeHost::new(vec![("a", true), ("b", true), ("c", true)]);
     host.failing_dels = vec!["a", "c"];
     let e = del_net(&host).expect_err("two failed");
-    assert_eq!(e.msg, "a: delete refused (and 1 more failure(s))");
+    assert_eq!(e.msg, "a (nft) rejected the batch (and 1 more failure(s))");
     assert!(
-        e.details.contains("a: delete refused") && e.details.contains("c: delete refused"),
+        e.details
+            .contains("a (nft) rejected the batch: delete refused")
+            && e.details
+                .contains("c (nft) rejected the batch: delete refused"),
         "{}",
         e.details
     );
@@ -264,7 +267,7 @@ fn auto_falls_back_to_iptables_when_the_nftables_transaction_fails() {
     cfg["backend"] = json!("nftables");
     let stdin = serde_json::to_vec(&cfg).expect("json");
     let e = run(Command::Add, &env(), &stdin, &host).expect_err("no fallback");
-    assert_eq!(e.msg, "nftables: transaction refused");
+    assert_eq!(e.msg, "nftables (nft) rejected the batch");
     assert_eq!(host.calls(), vec!["nftables add c1 (new)"]);
     assert_eq!(journaled(&host), vec![]);
 }
