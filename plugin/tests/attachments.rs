@@ -82,6 +82,23 @@ fn two_networks_of_one_container_live_apart(
         Some("a"),
         "{backend}: net1's port"
     );
+    // `list` names each mapping's network (nftables: from the journal).
+    let listed: Vec<Value> =
+        serde_json::from_str(&rig.cli(&["list", "--json"]).stdout).expect("list JSON");
+    let networks: Vec<(u64, String)> = listed
+        .iter()
+        .filter(|m| m["family"] == "ipv4")
+        .map(|m| {
+            let port = m["hostPort"].as_u64().unwrap_or_default();
+            (port, m["network"].as_str().unwrap_or("?").to_string())
+        })
+        .collect();
+    for (port, network) in [(8080, "e2e"), (9090, "e2e-b")] {
+        assert!(
+            networks.contains(&(port, network.to_string())),
+            "{backend}: list: {networks:?}"
+        );
+    }
     call("DEL", "net1", &net1);
     assert_eq!(rig.answers(9090), None, "{backend}: net1's DEL");
     assert_eq!(

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use portmap_backends::iptables::{Iptables, Variant};
 use portmap_backends::select::{self, cleanup_backends};
-use portmap_backends::{BackendKind, InstalledContainer, Plan, Verdict};
+use std::net::IpAddr;
+
+use portmap_backends::{Attachment, BackendKind, InstalledContainer, Plan, Verdict};
 
 use super::Target;
 
@@ -44,8 +46,24 @@ fn installed() -> (Vec<InstalledContainer>, Vec<String>) {
     (all, errors)
 }
 
+/// The network of each mapping: as the rules record it (iptables), else
+/// as the journal does (nftables rules carry the container ID alone; the
+/// container address tells its attachments apart).
+fn network_of(c: &InstalledContainer, addr: IpAddr, journaled: &[Attachment]) -> Option<String> {
+    c.network.clone().or_else(|| {
+        journaled
+            .iter()
+            .find(|a| a.key.container_id == c.container_id && a.addrs.contains(&addr))
+            .map(|a| a.key.network.clone())
+    })
+}
+
 pub(super) fn list(json: bool) -> ExitCode {
     let (all, errors) = installed();
+    let journaled = Journal::here()
+        .map(|j| j.all_attachments())
+        .unwrap_or_default();
+    let journaled = &journaled;
     if json {
         let v: Vec<serde_json::Value> = all
             .iter()
@@ -55,7 +73,7 @@ pub(super) fn list(json: bool) -> ExitCode {
                         "backend": c.backend,
                         "family": m.family.to_string(),
                         "containerID": c.container_id,
-                        "network": c.network,
+                        "network": network_of(c, m.container_ip, journaled),
                         "protocol": m.protocol.as_str(),
                         "hostIP": m.host_ip.map(|ip| ip.to_string()),
                         "hostPort": m.host_port,
@@ -86,19 +104,21 @@ pub(super) fn list(json: bool) -> ExitCode {
         println!("{}", serde_json::Value::Array(v));
     } else {
         println!(
-            "{:<16} {:<6} {:<24} {:<30} {:<30} PROTO",
-            "BACKEND", "FAMILY", "CONTAINER", "HOST", "CONTAINER ADDRESS"
+            "{:<16} {:<6} {:<24} {:<16} {:<30} {:<30} PROTO",
+            "BACKEND", "FAMILY", "CONTAINER", "NETWORK", "HOST", "CONTAINER ADDRESS"
         );
         for c in &all {
             for m in &c.mappings {
                 let host_ip = m
                     .host_ip
                     .map_or_else(|| "*".to_string(), |ip| ip.to_string());
+                let network = network_of(c, m.container_ip, journaled);
                 println!(
-                    "{:<16} {:<6} {:<24} {:<30} {:<30} {}",
+                    "{:<16} {:<6} {:<24} {:<16} {:<30} {:<30} {}",
                     c.backend,
                     m.family,
                     c.container_id,
+                    network.as_deref().unwrap_or("?"),
                     format!("{host_ip}:{}", m.host_port),
                     std::net::SocketAddr::new(m.container_ip, m.container_port).to_string(),
                     m.protocol

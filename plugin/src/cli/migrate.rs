@@ -47,18 +47,10 @@ pub(super) fn migrate_to(to: Target, network: Option<&str>, dry_run: bool) -> Ex
     };
     let journal = Journal::here();
     // Which network each nftables rule is of: the journal knows.
-    let journaled: Vec<portmap_backends::Attachment> = match &journal {
-        Ok(j) => {
-            let keys: Vec<_> = j
-                .entries()
-                .into_iter()
-                .flatten()
-                .map(|(_, e)| e.request.key)
-                .collect();
-            j.attachments(&keys)
-        }
-        Err(_) => Vec::new(),
-    };
+    let journaled = journal
+        .as_ref()
+        .map(Journal::all_attachments)
+        .unwrap_or_default();
     let report = migrate::migrate(
         target.as_ref(),
         &cleanup_backends(),

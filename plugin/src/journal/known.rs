@@ -73,6 +73,18 @@ impl Journal {
             .collect()
     }
 
+    /// Every attachment with a live entry (`list`, `migrate`: which network
+    /// an nftables rule, by the address it leads to, is of).
+    pub fn all_attachments(&self) -> Vec<Attachment> {
+        let keys: Vec<ContainerKey> = self
+            .entries()
+            .into_iter()
+            .flatten()
+            .map(|(_, e)| e.request.key)
+            .collect();
+        self.attachments(&keys)
+    }
+
     /// The nf_tables generation recorded after our last write, if any.
     pub fn ledger(&self) -> Option<u32> {
         let (_, netns) = self.open(false).ok()??;
