@@ -195,7 +195,8 @@ fn install(
     // No file of the ID means no rules of it, as long as nobody but us
     // wrote since our last write (a lost journal, another binary): else
     // look for earlier rules, and replace those of this attachment.
-    let replacing = journal.may_hold(&plan.key.container_id) || !ledger_holds;
+    let journaled = journal.may_hold(&plan.key.container_id);
+    let replacing = journaled || !ledger_holds;
     let earlier = journal.known(&plan.key);
     journal
         .write(&entry)
@@ -204,9 +205,10 @@ fn install(
         .backend
         .install(plan, replacing.then_some(&earlier))
         .map_err(|e| {
-            // The failed transaction left any earlier rules in place: their
-            // ID stays known (retired), but not restorable.
-            let _ = if replacing {
+            // The failed transaction left any earlier rules in place: an ID
+            // the journal knew stays known (retired), but not restorable;
+            // one it did not know has no rules of ours (DEL sweeps anyway).
+            let _ = if journaled {
                 journal.retire(&plan.key)
             } else {
                 journal.remove(&plan.key)
