@@ -38,7 +38,7 @@ pub enum IptablesError {
         tools: String,
     },
     /// The tool hung and was killed (for a restore, what that leaves:
-    /// [`Runner::restore`]).
+    /// [`Runner::restore`](super::Runner::restore)).
     #[error("{tool} did not finish within {timeout:?} and was killed")]
     Timeout {
         tool: String,

@@ -67,8 +67,8 @@ pub enum NftError {
         #[source]
         source: std::io::Error,
     },
-    /// nft hung and was killed (for a transaction, what that leaves:
-    /// [`Nftables::apply`]).
+    /// nft hung and was killed (for a transaction, what that leaves is
+    /// said at `Nftables::apply`).
     #[error("nftables: {action}: nft did not finish within {timeout:?} and was killed")]
     Timeout {
         action: String,
