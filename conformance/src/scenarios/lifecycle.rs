@@ -217,8 +217,8 @@ fn gc(ctx: &Ctx) -> Result<(), String> {
         );
         ctx.ok("ADD", &format!("ctr-{i}"), Some(c), &cfg)?;
     }
-    let gc = json!({"cniVersion": "1.1.0", "name": NET, "type": "portmap",
-                    "cni.dev/valid-attachments": [{"containerID": "ctr-1", "ifname": "eth0"}]});
+    // In the cell's backend, as the runtime's conflist would say it.
+    let gc = ctx.gc_config(NET, &[("ctr-1", "eth0")]);
     ctx.ok("GC", "", None, &gc)?;
     ctx.expect_answer(ctx.host(), h4(), 8001, "keep")?;
     let rules = ctx.ruleset();
