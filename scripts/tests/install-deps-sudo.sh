@@ -11,8 +11,10 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps-sudo: not root; skipped" >&2
   exit 0
 fi
-home="$(getent passwd root | cut -d: -f6)"
-sudo_env=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin SUDO_USER=root HOME="$home" TERM=dumb)
+# Under a real sudo (CI: `sudo bash scripts/tests/install-deps-sudo.sh`)
+# the toolchain is $SUDO_USER's; run as root directly, root plays it.
+user=${SUDO_USER:-root}
+sudo_env=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin SUDO_USER="$user" HOME=/root TERM=dumb)
 fail() { echo "install-deps-sudo: FAILED: $*" >&2; exit 1; }
 
 for run in 1 2; do
