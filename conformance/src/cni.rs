@@ -219,11 +219,20 @@ pub fn state_dir(path: &Path) -> std::path::PathBuf {
     path.join("portmap-state")
 }
 
+/// The plugin lock of a run with tool directory `path` (our plugin's
+/// `PORTMAP_LOCK`): beside its state, so a portmap of another run or of
+/// the host holding /run/portmap.lock cannot stall the cell. Every call of
+/// a cell shares its firewall (the cell's namespaces) and so this lock.
+pub fn lock_path(path: &Path) -> std::path::PathBuf {
+    path.join("portmap.lock")
+}
+
 impl Call<'_> {
     /// Replaces `cmd`'s environment with this call's CNI variables.
     pub fn apply_env(&self, cmd: &mut Command) {
         cmd.env_clear()
             .env("PORTMAP_STATE_DIR", state_dir(self.path))
+            .env("PORTMAP_LOCK", lock_path(self.path))
             .env("CNI_COMMAND", self.command)
             .env("CNI_CONTAINERID", self.container_id)
             .env("CNI_NETNS", &self.netns)

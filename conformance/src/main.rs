@@ -250,40 +250,39 @@ fn run(
     setups: &[Setup],
     [json, junit, markdown]: [Option<PathBuf>; 3],
 ) -> Result<ExitCode, String> {
-    let setups = if setups.is_empty() {
-        vec![Setup::Veth, Setup::Chain]
-    } else {
-        setups.to_vec()
-    };
-    let axes = parse_axes(backends, &Axis::ALL)?;
     let all = catalogue();
-    for name in only {
-        if !all.iter().any(|s| s.name == name) {
-            return Err(format!(
-                "unknown scenario {name:?} (see `portmap-conformance list`)"
-            ));
+    // Everything before the first cell: a refusal here (an unknown
+    // scenario, a plugin with no VERSION answer) still writes the reports,
+    // with no cell and the refusal as the reason, so a gate's artifacts
+    // say why nothing ran.
+    let prepared = prepare(&plugin, reference.as_ref(), backends, only, setups, &all);
+    let Prepared {
+        setups,
+        axes,
+        chosen,
+        plugin,
+        reference,
+        described,
+        cni_version,
+    } = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let shown = plugin.display().to_string();
+            let texts = [
+                format!("{:#}\n", report::refused_json(&shown, &e)),
+                report::refused_junit(&e),
+                report::refused_markdown(&e),
+            ];
+            for (path, text) in [&json, &junit, &markdown].into_iter().zip(texts) {
+                if let Some(p) = path {
+                    if let Err(w) = std::fs::write(p, text) {
+                        eprintln!("portmap-conformance: {}: {w}", p.display());
+                    }
+                }
+            }
+            return Err(e);
         }
-    }
-    let chosen: Vec<_> = all
-        .iter()
-        .filter(|s| only.is_empty() || only.iter().any(|n| n == s.name))
-        .collect();
-    let plugin = absolute(&plugin)?;
-    let reference = reference.as_ref().map(absolute).transpose()?;
-    let described = reference.as_deref().map(cni::describe);
-    // One CNI version for every config of the run: the newest that the
-    // plugin, the reference and the chain's plugins all speak.
-    let mut speakers: Vec<&std::path::Path> = vec![&plugin];
-    speakers.extend(reference.as_deref());
-    if setups.contains(&Setup::Chain) {
-        speakers.push(std::path::Path::new(chain::BRIDGE_PLUGIN));
-        speakers.push(std::path::Path::new(chain::HOST_LOCAL_PLUGIN));
-    }
-    let cni_version = cni::negotiate(&speakers)?;
-    println!(
-        "CNI version {cni_version}: the newest that {} all support",
-        cni::paths(&speakers)
-    );
+    };
     let mut runs: Vec<(&str, &PathBuf, Option<&PathBuf>, Setup)> = Vec::new();
     for setup in &setups {
         runs.push((report::OURS, &plugin, reference.as_ref(), *setup));
@@ -342,5 +341,68 @@ fn run(
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// What a run has settled before its first cell.
+struct Prepared<'a> {
+    setups: Vec<Setup>,
+    axes: Vec<Axis>,
+    chosen: Vec<&'a portmap_conformance::scenarios::Scenario>,
+    plugin: PathBuf,
+    reference: Option<PathBuf>,
+    described: Option<String>,
+    cni_version: String,
+}
+
+fn prepare<'a>(
+    plugin: &PathBuf,
+    reference: Option<&PathBuf>,
+    backends: &[String],
+    only: &[String],
+    setups: &[Setup],
+    all: &'a [portmap_conformance::scenarios::Scenario],
+) -> Result<Prepared<'a>, String> {
+    let setups = if setups.is_empty() {
+        vec![Setup::Veth, Setup::Chain]
+    } else {
+        setups.to_vec()
+    };
+    let axes = parse_axes(backends, &Axis::ALL)?;
+    for name in only {
+        if !all.iter().any(|s| s.name == name) {
+            return Err(format!(
+                "unknown scenario {name:?} (see `portmap-conformance list`)"
+            ));
+        }
+    }
+    let chosen: Vec<_> = all
+        .iter()
+        .filter(|s| only.is_empty() || only.iter().any(|n| n == s.name))
+        .collect();
+    let plugin = absolute(plugin)?;
+    let reference = reference.map(absolute).transpose()?;
+    let described = reference.as_deref().map(cni::describe);
+    // One CNI version for every config of the run: the newest that the
+    // plugin, the reference and the chain's plugins all speak.
+    let mut speakers: Vec<&std::path::Path> = vec![&plugin];
+    speakers.extend(reference.as_deref());
+    if setups.contains(&Setup::Chain) {
+        speakers.push(std::path::Path::new(chain::BRIDGE_PLUGIN));
+        speakers.push(std::path::Path::new(chain::HOST_LOCAL_PLUGIN));
+    }
+    let cni_version = cni::negotiate(&speakers)?;
+    println!(
+        "CNI version {cni_version}: the newest that {} all support",
+        cni::paths(&speakers)
+    );
+    Ok(Prepared {
+        setups,
+        axes,
+        chosen,
+        plugin,
+        reference,
+        described,
+        cni_version,
     })
 }

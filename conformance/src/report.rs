@@ -341,6 +341,38 @@ pub fn markdown(cells: &[Cell], reference: Option<&str>) -> String {
     out
 }
 
+/// The reports of a run the harness refused before any cell (e.g. the
+/// plugin gave no VERSION answer): zero cells, and the refusal as the
+/// reason, so a gate's artifacts say why nothing ran. JSON keeps the
+/// shape of [`json`] (an array of records) with one record whose
+/// `result` is `"error"` and whose setup, scenario and backend are null.
+pub fn refused_json(plugin: &str, reason: &str) -> Value {
+    json!([{
+        "plugin": plugin, "binary": OURS, "setup": Value::Null, "cniVersion": Value::Null,
+        "scenario": Value::Null, "backend": Value::Null,
+        "result": "error", "reason": reason, "cause": cause(reason), "seconds": 0.0,
+    }])
+}
+
+/// JUnit for a refused run: no cell ran, one `<error>` testcase says why.
+pub fn refused_junit(reason: &str) -> String {
+    let reason = xml_escape(reason);
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <testsuite name=\"portmap-conformance\" tests=\"1\" failures=\"0\" errors=\"1\" skipped=\"0\" time=\"0.000\">\n  \
+         <testcase classname=\"portmap-conformance\" name=\"refused before any cell\" time=\"0.000\">\n    \
+         <error message=\"{reason}\">{reason}</error>\n  </testcase>\n</testsuite>\n"
+    )
+}
+
+/// Markdown for a refused run: the refusal instead of a matrix.
+pub fn refused_markdown(reason: &str) -> String {
+    format!(
+        "## portmap conformance\n\n**❌ refused before any cell ran**\n\n```\n{}\n```\n",
+        reason.replace("```", "'''")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,22 +4,34 @@
 //! shared chain, and the second would flush the first's entry rules.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cni::{CniError, Code};
 
 pub const LOCK_PATH: &str = "/run/portmap.lock";
+/// Overrides [`LOCK_PATH`], for harnesses and tests that run plugins in
+/// their own network namespaces beside the host's: a portmap of another
+/// run (or the host's runtime) holding `/run/portmap.lock` then cannot
+/// hold theirs up. Processes that share a firewall must share the lock.
+pub const LOCK_ENV: &str = "PORTMAP_LOCK";
 const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(5);
 
 /// Held until dropped (the kernel releases it if we die).
 pub struct Lock(#[allow(dead_code)] File);
 
-/// The plugin lock at [`LOCK_PATH`]: the CNI commands, `restore`, `watch`
+/// The plugin lock's path: `$PORTMAP_LOCK`, else [`LOCK_PATH`].
+pub fn lock_path() -> PathBuf {
+    std::env::var_os(LOCK_ENV)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(LOCK_PATH), PathBuf::from)
+}
+
+/// The plugin lock at [`lock_path`]: the CNI commands, `restore`, `watch`
 /// and `migrate` all serialise on it.
 pub fn acquire_plugin_lock() -> Result<Lock, CniError> {
-    acquire(Path::new(LOCK_PATH))
+    acquire(&lock_path())
 }
 
 pub fn acquire(path: &Path) -> Result<Lock, CniError> {
