@@ -27,7 +27,8 @@ pub const NFT_APPLY: Duration = Duration::from_secs(10);
 /// `iptables-restore -w 10`: up to 10 s waiting for the xtables lock, then
 /// a read of the table and the commit; so the lock wait plus a read.
 pub const RESTORE: Duration = Duration::from_secs(20);
-/// `conntrack -D` of one port: a walk of the kernel's table, best effort.
+/// The UDP conntrack flush of one family (over netlink, no process): a
+/// dump of the kernel's table and the deletes, best effort.
 pub const CONNTRACK: Duration = Duration::from_secs(5);
 
 /// Overrides every timeout (milliseconds); for tests.

@@ -2,10 +2,12 @@
 //! `route_localnet` (so 127.0.0.1:hostPort can be DNATed) and flushing
 //! stale UDP conntrack entries. Both backends share them.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use crate::exec;
+use crate::nfnetlink::conntrack;
 use crate::plan::Plan;
 use crate::{Family, Protocol};
 
@@ -16,12 +18,11 @@ pub enum HostError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("UDP conntrack flush abandoned at port {port} ({family}): {source}")]
+    #[error("UDP conntrack flush ({family}) abandoned: {source}")]
     Conntrack {
         family: Family,
-        port: u16,
         #[source]
-        source: crate::exec::ExecError,
+        source: crate::nfnetlink::conntrack::ConntrackError,
     },
 }
 
@@ -139,46 +140,37 @@ fn connected_prefix_v6(table: &str, dst: Ipv6Addr) -> Option<u8> {
 }
 
 /// Deletes UDP conntrack entries towards each (family, UDP host port), so
-/// a flow does not keep going to a container that is gone. Best effort:
-/// a host without the `conntrack` tool or without entries is fine. A
-/// conntrack that hangs is killed at [`exec::CONNTRACK`] and the ports
-/// left are skipped (they would hang too): the error says which.
+/// a flow does not keep going to a container that is gone: one ctnetlink
+/// dump and the deletes of its matches per family, whatever the number
+/// of ports (see [`crate::nfnetlink::conntrack`]). Best effort: a kernel
+/// without conntrack has nothing to flush; a family that fails or runs
+/// past [`exec::CONNTRACK`] is abandoned (the error says which) and the
+/// other family still flushed.
+///
+/// No `conntrack` tool, not even as a fallback: the tool is a ctnetlink
+/// client itself (libnetfilter_conntrack), so where netlink is refused
+/// (no ctnetlink, no CAP_NET_ADMIN) the tool is refused too.
 pub fn flush_udp_conntrack(
     udp_ports: impl IntoIterator<Item = (Family, u16)>,
 ) -> Result<(), HostError> {
-    let mut ports: Vec<(Family, u16)> = udp_ports.into_iter().collect();
-    ports.sort_unstable();
-    ports.dedup();
-    if ports.is_empty() {
-        return Ok(());
+    let mut by_family: BTreeMap<Family, BTreeSet<u16>> = BTreeMap::new();
+    for (family, port) in udp_ports {
+        by_family.entry(family).or_default().insert(port);
     }
-    let Ok(conntrack) = which::which("conntrack") else {
-        return Ok(());
-    };
-    for (family, port) in ports {
-        let name = match family {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
-        };
-        let port_arg = port.to_string();
-        let args = ["-D", "-f", name, "-p", "udp", "--orig-port-dst", &port_arg];
-        // Exit status 1 only means "0 entries deleted"; other failures
-        // (no kernel support) are as fine as a missing tool.
-        let ran = exec::run(&conntrack, &args, None, exec::CONNTRACK);
-        if let Err(source @ exec::ExecError::Timeout { .. }) = ran {
-            return Err(HostError::Conntrack {
-                family,
-                port,
-                source,
-            });
+    let mut first = None;
+    for (family, ports) in by_family {
+        let budget = exec::timeout(exec::CONNTRACK);
+        if let Err(source) = conntrack::flush_udp(family, &ports, budget) {
+            first.get_or_insert(HostError::Conntrack { family, source });
         }
     }
-    Ok(())
+    first.map_or(Ok(()), Err)
 }
 
 /// A stale conntrack entry misroutes one UDP flow until it expires; a
 /// failed ADD or DEL would be worse (the runtime retries a DEL forever),
-/// so a conntrack that hung is a warning on stderr, which runtimes log.
+/// so a flush that failed or hung is a warning on stderr, which runtimes
+/// log.
 fn warn(e: HostError) {
     eprintln!("portmap: warning: {e}");
 }

@@ -20,7 +20,7 @@ pub enum NetlinkError {
         step: &'static str,
         source: nix::Error,
     },
-    #[error("kernel refused the nf_tables request: {0}")]
+    #[error("kernel refused the netfilter request: {0}")]
     Refused(nix::Error),
     #[error("malformed netlink reply")]
     Malformed,
@@ -40,6 +40,7 @@ const SEQ: u32 = 0x706d_6170;
 /// A dump that has not answered by then is not going to.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
+pub mod conntrack;
 mod events;
 pub use events::{Events, RuleEvents};
 
@@ -167,8 +168,18 @@ pub(crate) fn get(
 }
 
 fn exchange(request: &[u8], each: &mut dyn FnMut(&[u8]) -> bool) -> Result<(), NetlinkError> {
-    let sys = |step| move |source| NetlinkError::Sys { step, source };
     let fd = netfilter_socket(REPLY_TIMEOUT)?;
+    exchange_on(&fd, request, each)
+}
+
+/// [`exchange`] on a socket the caller keeps (several requests, one after
+/// the other, each answered in full before the next).
+pub(crate) fn exchange_on(
+    fd: &std::os::fd::OwnedFd,
+    request: &[u8],
+    each: &mut dyn FnMut(&[u8]) -> bool,
+) -> Result<(), NetlinkError> {
+    let sys = |step| move |source| NetlinkError::Sys { step, source };
     sendto(
         fd.as_raw_fd(),
         request,
@@ -211,7 +222,7 @@ pub(crate) fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 }
 
 /// A netfilter netlink socket whose receives give up after `timeout`.
-fn netfilter_socket(timeout: Duration) -> Result<std::os::fd::OwnedFd, NetlinkError> {
+pub(crate) fn netfilter_socket(timeout: Duration) -> Result<std::os::fd::OwnedFd, NetlinkError> {
     let sys = |step| move |source| NetlinkError::Sys { step, source };
     let fd = socket(
         AddressFamily::Netlink,
@@ -226,12 +237,24 @@ fn netfilter_socket(timeout: Duration) -> Result<std::os::fd::OwnedFd, NetlinkEr
     Ok(fd)
 }
 
-/// A request of `kind` with `flags` besides NLM_F_REQUEST.
+/// An nf_tables request of `kind` with `flags` besides NLM_F_REQUEST.
 fn request(kind: u16, flags: u16, family: u8, attrs: &[u8]) -> Vec<u8> {
+    subsys_request(NFNL_SUBSYS_NFTABLES, kind, flags, family, attrs)
+}
+
+/// A request of nfnetlink subsystem `subsys`, message `kind`, with `flags`
+/// besides NLM_F_REQUEST.
+pub(crate) fn subsys_request(
+    subsys: u16,
+    kind: u16,
+    flags: u16,
+    family: u8,
+    attrs: &[u8],
+) -> Vec<u8> {
     let len = HEADER + 4 + attrs.len();
     let mut msg = Vec::with_capacity(len);
     msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | kind).to_ne_bytes());
+    msg.extend_from_slice(&(subsys << 8 | kind).to_ne_bytes());
     msg.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
     msg.extend_from_slice(&SEQ.to_ne_bytes());
     msg.extend_from_slice(&0u32.to_ne_bytes());
