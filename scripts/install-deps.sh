@@ -10,7 +10,7 @@ packages=(
   nftables            # nft binary (nftables backend, JSON API)
   iptables            # iptables-legacy + iptables-nft and their -save/-restore
   iproute2            # ip netns / veth for test topologies
-  conntrack           # UDP conntrack flush on ADD/DEL
+  conntrack           # tests insert and list conntrack entries (the plugin flushes over ctnetlink)
   kmod                # modprobe for nf_tables / xt modules on minimal images
   containernetworking-plugins  # upstream portmap v1.1.1 (reference), bridge, host-local
   strace              # process-spawn accounting in benchmarks
