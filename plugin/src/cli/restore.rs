@@ -2,13 +2,14 @@
 //! rules are missing reinstalled, once or after every removal (signals
 //! stop the watch).
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use portmap_backends::select;
-use portmap_backends::{host, nfnetlink, Plan, Verdict};
+use portmap_backends::{host, nfnetlink, BackendKind, Plan, Verdict};
 
 use crate::journal::{Entry, Journal, Receipted};
 use crate::lock;
@@ -21,11 +22,25 @@ enum Restored {
     Dropped,
 }
 
-fn restore_one(journal: &Journal, entry: &Entry, dry_run: bool) -> Result<Restored, String> {
+/// Whether each backend's localnet guard is whole, asked once per pass
+/// (iptables asks with an `iptables-save -t mangle` process).
+type Guards = BTreeMap<BackendKind, bool>;
+
+fn restore_one(
+    journal: &Journal,
+    entry: &Entry,
+    dry_run: bool,
+    guards: &mut Guards,
+) -> Result<Restored, String> {
     let backend = select::backend_for(entry.backend)?;
     let plan = Plan::new(&entry.request);
-    let guard_lost =
-        || plan.localnet_container().is_some() && !backend.localnet_guard().unwrap_or(false);
+    let needs_guard = plan.localnet_container().is_some();
+    let mut guard_lost = || {
+        needs_guard
+            && !*guards
+                .entry(entry.backend)
+                .or_insert_with(|| backend.localnet_guard().unwrap_or(false))
+    };
     let damage = match backend.check(&plan) {
         Ok(Verdict::Whole) => None,
         Ok(Verdict::Damaged(what)) => Some(format!("{}: {what}", backend.name())),
@@ -67,6 +82,10 @@ fn restore_one(journal: &Journal, entry: &Entry, dry_run: bool) -> Result<Restor
         });
         let _ = journal.write_receipt(&entry.request.key, &entry.ifname, receipt.as_ref());
         host::after_add(&plan).map_err(|e| e.to_string())?;
+        if needs_guard {
+            // The install put the guard back with the rules.
+            guards.insert(entry.backend, true);
+        }
     }
     Ok(Restored::Reinstalled(why))
 }
@@ -84,6 +103,7 @@ struct Pass {
 /// reinstalls what is missing; one line per container it acted on.
 fn restore_pass(journal: &Journal, dry_run: bool, wanted: &dyn Fn(&Entry) -> bool) -> Pass {
     let mut pass = Pass::default();
+    let mut guards = Guards::new();
     // Runtimes' ADD/DEL must not interleave (an ADD journals before it
     // installs: without the lock we would race it).
     let _lock = match lock::acquire_plugin_lock() {
@@ -107,7 +127,7 @@ fn restore_pass(journal: &Journal, dry_run: bool, wanted: &dyn Fn(&Entry) -> boo
             continue;
         }
         let id = &entry.request.key.container_id;
-        match restore_one(journal, &entry, dry_run) {
+        match restore_one(journal, &entry, dry_run, &mut guards) {
             Ok(Restored::InPlace) => pass.in_place += 1,
             Ok(Restored::Dropped) => {
                 pass.dropped += 1;
