@@ -181,21 +181,8 @@ impl World {
     /// namespace, TCP from 127.0.0.1 in the runtime's namespace, and TCP
     /// from the pod itself through the host port (hairpin).
     pub fn expect_published(&self, pod: &Netns, tag: &str) -> Result<(), String> {
+        self.expect_published_tcp(pod, tag)?;
         let runtime = IpAddr::V4(RUNTIME_V4);
-        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        for (who, from, to) in [
-            ("client", &self.client, runtime),
-            ("127.0.0.1", &self.topo.host, loopback),
-            ("hairpin", pod, runtime),
-        ] {
-            let got = tcp_ask(from, SocketAddr::new(to, TCP.0), WAIT).map_err(|e| e.to_string())?;
-            if got.as_ref().map(|a| a.tag.as_str()) != Some(tag) {
-                return Err(format!(
-                    "tcp {to}:{} from {who}: {got:?}, expected {tag}",
-                    TCP.0
-                ));
-            }
-        }
         let got = udp_ask(&self.client, SocketAddr::new(runtime, UDP.0), 0, WAIT)
             .map_err(|e| e.to_string())?;
         if got.as_ref().map(|a| a.tag.as_str()) != Some(tag) {
