@@ -1,10 +1,15 @@
 //! Invokes a CNI plugin binary as a runtime does: env, stdin, stdout.
 
+use std::ffi::{CStr, CString};
 use std::io::Write;
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
 use serde_json::Value;
 
 use crate::netns::Netns;
@@ -93,6 +98,64 @@ pub fn invoke(plugin: &Path, ns: &Netns, call: &Call<'_>) -> std::io::Result<Out
     let mut cmd = ns.command(plugin);
     call.apply_env(&mut cmd);
     run_with_input(cmd, call.config.to_string().as_bytes())
+}
+
+/// [`invoke`] for a conformance cell: the plugin also gets the cell's own
+/// /run (see [`isolate`]), so what it keeps there is the cell's.
+pub fn invoke_isolated(plugin: &Path, ns: &Netns, call: &Call<'_>) -> std::io::Result<Outcome> {
+    let mut cmd = ns.command(plugin);
+    call.apply_env(&mut cmd);
+    isolate(&mut cmd, call.path)?;
+    run_with_input(cmd, call.config.to_string().as_bytes())
+}
+
+/// The directory the plugins of a run with tool directory `path` see as
+/// /run (see [`isolate`]).
+pub fn run_dir(path: &Path) -> PathBuf {
+    path.join("run")
+}
+
+/// Where `ip netns add` binds the namespaces `CNI_NETNS` names.
+const NETNS_DIR: &CStr = c"/run/netns";
+
+/// Starts `cmd` in a mount namespace of its own whose /run is
+/// [`run_dir`]`(path)`, with the host's /run/netns bound back in. A binary
+/// that ignores `PORTMAP_LOCK` and `PORTMAP_STATE_DIR` (another portmap,
+/// an older one of ours) still locks /run/portmap.lock and journals under
+/// /run/cni/portmap of its cell, never the host's, and iptables' lock
+/// /run/xtables.lock is the cell's too: every call of a cell shares them
+/// (same `path`), no other cell or host process does. Mounts are made
+/// private first, so nothing propagates back to the host; the namespace
+/// ends with the plugin's processes.
+pub fn isolate(cmd: &mut Command, path: &Path) -> std::io::Result<()> {
+    let run = run_dir(path);
+    let netns = run.join("netns");
+    std::fs::create_dir_all(&netns)?;
+    let run = CString::new(run.as_os_str().as_bytes())?;
+    let netns = CString::new(netns.as_os_str().as_bytes())?;
+    // SAFETY: between fork and exec the closure only makes syscalls
+    // (unshare, mount) on strings allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || private_run(&run, &netns).map_err(std::io::Error::from));
+    }
+    Ok(())
+}
+
+fn private_run(run: &CStr, netns: &CStr) -> nix::Result<()> {
+    const NONE: Option<&CStr> = None;
+    unshare(CloneFlags::CLONE_NEWNS)?;
+    // / is shared on systemd hosts: without this the binds below would
+    // appear in the host's /run.
+    mount(
+        NONE,
+        c"/",
+        NONE,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        NONE,
+    )?;
+    let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(Some(NETNS_DIR), netns, NONE, bind, NONE)?;
+    mount(Some(run), c"/run", NONE, bind, NONE)
 }
 
 /// What the catalogue speaks unless negotiation says otherwise.
@@ -213,8 +276,9 @@ fn debian_package_version(path: &Path) -> Option<String> {
 }
 
 /// Where a plugin run with tool directory `path` keeps its state (our
-/// journal): inside that directory, so it goes when the cell ends and
-/// nothing is written to the host's /run/cni/portmap.
+/// journal, `PORTMAP_STATE_DIR`): inside that directory, so it goes when
+/// the cell ends and nothing is written to the host's /run/cni/portmap
+/// (a cell's plugins also get a /run of their own: [`isolate`]).
 pub fn state_dir(path: &Path) -> std::path::PathBuf {
     path.join("portmap-state")
 }

@@ -28,7 +28,8 @@ fn parse_setup(s: &str) -> Result<Setup, String> {
         sudo portmap-conformance run --plugin target/release/portmap --reference /usr/lib/cni/portmap \\\n      \
             --backend iptables-nft --backend iptables-legacy --junit junit.xml --markdown summary.md\n  \
         sudo portmap-conformance bench --plugin target/release/portmap --reference /usr/lib/cni/portmap\n\n\
-        Needs root (it creates network namespaces). `run` exits 1 when any cell of --plugin fails;\n\
+        Needs root (it creates network namespaces, and a mount namespace with the cell's own /run\n\
+        for each plugin call). `run` exits 1 when any cell of --plugin fails;\n\
         the reference binary's results are reported, never gated on."
 )]
 struct Cli {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::cni::{invoke, result_in_version, Call, Outcome};
+use crate::cni::{invoke_isolated, result_in_version, Call, Outcome};
 use crate::matrix::{Axis, CellSpec};
 use crate::netns::Netns;
 use crate::toolpath::{IptablesVariant, ToolDir, Tools};
@@ -181,7 +181,7 @@ impl Ctx {
             config: cfg,
             env: Vec::new(),
         };
-        invoke(plugin, self.host(), &call)
+        invoke_isolated(plugin, self.host(), &call)
             .map_err(|e| format!("could not run {}: {e}", plugin.display()))
     }
 
@@ -254,7 +254,7 @@ impl Ctx {
     /// this backend's rules, and every "unchanged" comparison after it
     /// would pass without checking anything.
     pub fn ok_call(&self, plugin: &Path, call: &Call<'_>) -> Result<Outcome, String> {
-        let out = invoke(plugin, self.host(), call)
+        let out = invoke_isolated(plugin, self.host(), call)
             .map_err(|e| format!("could not run {}: {e}", plugin.display()))?;
         if out.ok() {
             if call.command == "ADD" && has_mappings(call.config) {
