@@ -1,9 +1,13 @@
-//! The harness isolates the plugin lock: every cell runs our binary with
-//! its own `PORTMAP_LOCK`, so a portmap elsewhere on the host (another
-//! run, the host's runtime) holding /run/portmap.lock cannot stall it.
+//! The harness isolates the plugin lock and state: every cell runs our
+//! binary with its own `PORTMAP_LOCK` and `PORTMAP_STATE_DIR`, and every
+//! plugin with a /run of the cell's (a private mount namespace), so a
+//! portmap elsewhere on the host (another run, the host's runtime) holding
+//! /run/portmap.lock cannot stall it, even one that ignores the variables,
+//! and nothing of a cell lands in the host's /run/cni/portmap.
 
-use std::fs::{OpenOptions, TryLockError};
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use portmap_conformance::cni::negotiate;
@@ -14,25 +18,61 @@ use portmap_conformance::scenarios::{catalogue, Axis};
 use portmap_conformance::topology::Setup;
 
 const HOST_LOCK: &str = "/run/portmap.lock";
+const HOST_STATE: &str = "/run/cni/portmap";
+
+/// Holds the host's /run/portmap.lock while it lives (never removed: the
+/// host's own portmap shares this file), and keeps these tests from
+/// overlapping: one dropping its hold would free the other's.
+struct HostLock {
+    _file: File,
+    _serial: MutexGuard<'static, ()>,
+}
+
+fn hold_host_lock() -> HostLock {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(HOST_LOCK)
+        .expect("open /run/portmap.lock");
+    // Blocking: a portmap elsewhere holds it for a moment at most.
+    file.lock().expect("lock /run/portmap.lock");
+    HostLock {
+        _file: file,
+        _serial: serial,
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The host's state directory as a sorted listing (absent: empty).
+fn host_state() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(HOST_STATE)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
 
 #[test]
 fn a_cell_passes_while_the_host_lock_is_held() {
     if !prerequisites(&["nft", "conntrack"]) {
         return;
     }
-    // Held only for the one cell (a few seconds), never removed: the
-    // host's own portmap shares this file.
-    let host = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(HOST_LOCK)
-        .expect("open /run/portmap.lock");
-    match host.try_lock() {
-        // Someone else's portmap holds it: as good for this test.
-        Ok(()) | Err(TryLockError::WouldBlock) => {}
-        Err(TryLockError::Error(e)) => panic!("cannot lock {HOST_LOCK}: {e}"),
-    }
+    // Held only for the one cell (a few seconds).
+    let host = hold_host_lock();
     let plugin = PathBuf::from(env!("CARGO_BIN_EXE_portmap"));
     let cni_version = negotiate(&[Path::new(&plugin)]).expect("a CNI version");
     let spec = CellSpec {
@@ -58,4 +98,96 @@ fn a_cell_passes_while_the_host_lock_is_held() {
         took < Duration::from_secs(30),
         "the cell took {took:?}: did it wait on {HOST_LOCK}?"
     );
+}
+
+/// A portmap that ignores `PORTMAP_LOCK` and `PORTMAP_STATE_DIR` (ours,
+/// with both unset by a wrapper) locks /run/portmap.lock and journals in
+/// /run/cni/portmap: the harness's private /run makes both the cell's. The
+/// wrapper logs, after each call, its mount namespace and how many journal
+/// directories the plugin's /run/cni/portmap holds.
+#[test]
+fn a_plugin_ignoring_portmap_lock_gets_the_cells_lock_and_state() {
+    if !prerequisites(&["nft", "conntrack"]) {
+        return;
+    }
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("portmap-lock-test-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("temp dir");
+    let log = dir.0.join("calls.log");
+    let wrapper = dir.0.join("portmap-without-env");
+    // PATH is the cell's tool directory: the wrapper names its tools.
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nunset PORTMAP_LOCK PORTMAP_STATE_DIR\n{plugin}\nrc=$?\n\
+             echo \"$CNI_COMMAND $(/usr/bin/readlink /proc/self/ns/mnt) \
+             $(/bin/ls {HOST_STATE} 2>/dev/null | /usr/bin/wc -l)\" >> {log}\nexit $rc\n",
+            plugin = env!("CARGO_BIN_EXE_portmap"),
+            log = log.display(),
+        ),
+    )
+    .expect("write wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod wrapper");
+
+    let state_before = host_state();
+    let host = hold_host_lock();
+    let cni_version = negotiate(&[Path::new(&wrapper)]).expect("a CNI version");
+    let spec = CellSpec {
+        plugin: &wrapper,
+        reference: None,
+        binary: portmap_conformance::report::OURS,
+        setup: Setup::Veth,
+        cni_version: &cni_version,
+    };
+    let all = catalogue();
+    let tcp = all.iter().find(|s| s.name == "tcp").expect("tcp scenario");
+    let start = Instant::now();
+    let cell = run_cell(&spec, Axis::parse("nftables").expect("axis"), tcp);
+    let took = start.elapsed();
+    drop(host);
+    match cell.verdict {
+        Verdict::Pass => {}
+        other => {
+            panic!("the tcp cell of a plugin ignoring PORTMAP_LOCK, {HOST_LOCK} held: {other:?}")
+        }
+    }
+    assert!(
+        took < Duration::from_secs(30),
+        "the cell took {took:?}: did it wait on {HOST_LOCK}?"
+    );
+
+    let ours = std::fs::read_link("/proc/self/ns/mnt").expect("own mount namespace");
+    let calls = std::fs::read_to_string(&log).expect("the wrapper's log");
+    let calls: Vec<Vec<&str>> = calls.lines().map(|l| l.split(' ').collect()).collect();
+    assert!(calls.iter().any(|c| c[0] == "ADD"), "{calls:?}");
+    // VERSION is negotiated before any cell (this test's and the
+    // harness's own probe) and touches neither lock nor state.
+    let cell_calls: Vec<_> = calls.iter().filter(|c| c[0] != "VERSION").collect();
+    assert!(cell_calls.len() >= 3, "ADD, CHECK, DEL at least: {calls:?}");
+    for c in cell_calls {
+        assert_eq!(c.len(), 3, "{calls:?}");
+        assert_ne!(
+            Path::new(c[1]),
+            ours,
+            "a call in the host's mount namespace: {calls:?}"
+        );
+    }
+    // ADD journaled in the /run/cni/portmap the plugin saw...
+    let add = calls.iter().find(|c| c[0] == "ADD").expect("an ADD");
+    assert_ne!(
+        add[2], "0",
+        "ADD left no journal in its /run/cni/portmap: {calls:?}"
+    );
+    // ...shared by the cell's later calls (CHECK found it)...
+    let check = calls.iter().find(|c| c[0] == "CHECK").expect("a CHECK");
+    assert_eq!(
+        check[2], add[2],
+        "CHECK saw another /run/cni/portmap: {calls:?}"
+    );
+    // ...and not the host's.
+    assert_eq!(host_state(), state_before, "{HOST_STATE} changed");
 }
