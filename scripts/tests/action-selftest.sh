@@ -41,7 +41,14 @@ target="${CARGO_TARGET_DIR:-$PWD/target}/debug"
 # ~/.config/act it creates on any call) goes under $work.
 work="$(mktemp -d /tmp/portmap-act-selftest.XXXXXX)"
 export XDG_CACHE_HOME="$work/cache" XDG_CONFIG_HOME="$work/config"
-host_before="$(bash scripts/host-state.sh)"
+# The root namespace's sysctls and firewall as found. Named namespaces
+# come and go with other test processes on a shared machine (test.sh
+# compares the whole state around the suite): here a new one counts only
+# when the harness process named in it (pmt-<label>-<pid>-<n>) is gone.
+firewall_state() { bash scripts/host-state.sh | sed '/^--- ip netns list$/,$d'; }
+netns_names() { ip netns list 2>/dev/null | awk '{print $1}' | sort; }
+host_before="$(firewall_state)"
+netns_before="$(netns_names)"
 act_home() { ls -d "$HOME/.cache/act" "$HOME/.cache/actcache" "$HOME/.config/act" "$HOME/.actrc" 2>/dev/null || true; }
 home_before="$(act_home)"
 cleanup() {
@@ -77,9 +84,15 @@ expect "✅  Success - Main That gate failed, its reports name the failing cells
 expect "❌  Failure - Main Gate a plugin the harness refuses (no VERSION answer)"
 expect "✅  Success - Main That gate failed, its outputs name reports giving the refusal"
 expect "🏁  Job succeeded"
-if [ "$(bash scripts/host-state.sh)" != "$host_before" ]; then
-  problems+=("the root network namespace changed (scripts/host-state.sh)")
+if [ "$(firewall_state)" != "$host_before" ]; then
+  problems+=("the root namespace's sysctls or firewall changed (scripts/host-state.sh)")
 fi
+leaked=()
+while read -r name; do
+  pid="$(sed -nE 's/^pmt-.*-([0-9]+)-[0-9]+$/\1/p' <<<"$name")"
+  if [ -n "$pid" ] && [ ! -d "/proc/$pid" ]; then leaked+=("$name"); fi
+done < <(comm -13 <(echo "$netns_before") <(netns_names))
+[ "${#leaked[@]}" -eq 0 ] || problems+=("namespaces left behind: ${leaked[*]}")
 [ "$(act_home)" = "$home_before" ] || problems+=("act left files in $HOME: $(act_home)")
 if [ "${#problems[@]}" -gt 0 ]; then
   cat "$log" >&2
