@@ -69,5 +69,7 @@ else
 fi
 echo "==> install-deps under sudo's reset PATH (scripts/tests/install-deps-sudo.sh)"
 bash scripts/tests/install-deps-sudo.sh
+echo "==> the reusable action run for real with act (scripts/tests/action-selftest.sh)"
+bash scripts/tests/action-selftest.sh
 echo "==> cargo test"
 cargo test --workspace "$@"
