@@ -68,6 +68,17 @@ if ! command -v actionlint >/dev/null 2>&1; then
   export PATH="$PATH:$PORTMAP_TOOLS_VENV/bin"
 fi
 
+# kubernetes-validate: checks contrib/kubernetes's manifests offline against
+# the Kubernetes schemas it bundles (plugin/tests/kubernetes.rs); its
+# PyYAML also reads them for that test. Pinned: the schemas change with it.
+KUBERNETES_VALIDATE="kubernetes-validate==1.37.0"
+if ! "$PORTMAP_TOOLS_VENV/bin/pip" show --quiet kubernetes-validate 2>/dev/null \
+    || [ "$("$PORTMAP_TOOLS_VENV/bin/kubernetes-validate" --version 2>/dev/null)" != "${KUBERNETES_VALIDATE#*==}" ]; then
+  echo "install-deps: installing $KUBERNETES_VALIDATE into $PORTMAP_TOOLS_VENV"
+  [ -x "$PORTMAP_TOOLS_VENV/bin/pip" ] || python3 -m venv "$PORTMAP_TOOLS_VENV"
+  "$PORTMAP_TOOLS_VENV/bin/pip" install --quiet --disable-pip-version-check --only-binary :all: "$KUBERNETES_VALIDATE"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found; install a Rust toolchain (rustup) first" >&2
   exit 1
