@@ -54,21 +54,12 @@ pub fn install_file(source: &Path, dir: &Path, name: &str) -> Result<(PathBuf, u
     };
     let mut from = File::open(source).map_err(read)?;
     let target = dir.join(name);
-    // Hidden and per-process: a CNI runtime never runs it, two installers
-    // never share one; create_new refuses a planted file or link.
-    let temp = dir.join(format!(".{name}.{}.install.tmp", std::process::id()));
     let write = |path: &Path, source| InstallError::Write {
         path: path.to_path_buf(),
         source,
     };
+    let (temp, mut to) = create_temp(dir, name)?;
     let copied = (|| {
-        let mut to = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o700)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&temp)
-            .map_err(|e| write(&temp, e))?;
         let size = std::io::copy(&mut from, &mut to).map_err(|e| write(&temp, e))?;
         to.flush().map_err(|e| write(&temp, e))?;
         to.set_permissions(std::fs::Permissions::from_mode(0o755))
@@ -93,6 +84,37 @@ pub fn install_file(source: &Path, dir: &Path, name: &str) -> Result<(PathBuf, u
         .and_then(|d| d.sync_all())
         .map_err(|e| write(dir, e))?;
     Ok((target, size))
+}
+
+/// A new hidden temp file beside the target (a CNI runtime never runs it).
+/// In a container every installer is PID 1, so the name also carries the
+/// time; create_new never opens another installer's file, a planted one,
+/// or a link, and a crashed run's leftover only costs another name.
+fn create_temp(dir: &Path, name: &str) -> Result<(PathBuf, File), InstallError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let mut attempt = 0u32;
+    loop {
+        let temp = dir.join(format!(
+            ".{name}.{}.{nanos}.{attempt}.install.tmp",
+            std::process::id()
+        ));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&temp)
+        {
+            Ok(file) => return Ok((temp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 100 => {
+                attempt += 1;
+            }
+            Err(source) => return Err(InstallError::Write { path: temp, source }),
+        }
+    }
 }
 
 /// `portmap install --dest DIR [--name NAME]`.
@@ -196,6 +218,19 @@ mod tests {
             Err(InstallError::Read { .. })
         ));
         assert!(s.listing().is_empty());
+    }
+
+    #[test]
+    fn same_pid_installers_never_share_a_temp_file() {
+        // Every installer is PID 1 in its container.
+        let s = Scratch::new("pid1");
+        let (a, _fa) = create_temp(&s.bin(), "portmap").expect("a");
+        let (b, _fb) = create_temp(&s.bin(), "portmap").expect("b");
+        assert_ne!(a, b);
+        // A leftover of another (crashed or running) installer stays.
+        install_file(&s.source(b"x"), &s.bin(), "portmap").expect("install");
+        assert!(a.exists() && b.exists());
+        assert_eq!(std::fs::read(s.bin().join("portmap")).expect("read"), b"x");
     }
 
     #[test]
