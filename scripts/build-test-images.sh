@@ -13,7 +13,7 @@
 #                                  1.8.7, glibc 2.31, CNI plugins 0.9.0
 #
 # and, from contrib/kubernetes/Containerfile (FROM scratch, the static
-# binary): portmap-rs/portmap:VERSION (plugin/tests/kubernetes.rs).
+# binary): portmap-rs/portmap:VERSION (conformance/tests/kubernetes.rs).
 #
 # Each image is labelled with a hash of this script; an image whose label
 # matches is kept, so re-running is cheap. Needs root, debootstrap and a

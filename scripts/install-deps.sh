@@ -69,7 +69,7 @@ if ! command -v actionlint >/dev/null 2>&1; then
 fi
 
 # kubernetes-validate: checks contrib/kubernetes's manifests offline against
-# the Kubernetes schemas it bundles (plugin/tests/kubernetes.rs); its
+# the Kubernetes schemas it bundles (conformance/tests/kubernetes.rs); its
 # PyYAML also reads them for that test. Pinned: the schemas change with it.
 KUBERNETES_VALIDATE="kubernetes-validate==1.37.0"
 if ! "$PORTMAP_TOOLS_VENV/bin/pip" show --quiet kubernetes-validate 2>/dev/null \

@@ -9,7 +9,6 @@
 //! the test deletes our table there. Needs root, a Docker engine and the
 //! image; under CI their absence is a failure.
 
-mod common;
 #[path = "kubernetes/manifest.rs"]
 mod manifest;
 #[path = "kubernetes/watch.rs"]
@@ -17,13 +16,26 @@ mod watch;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use portmap_conformance::netns::prerequisites;
 
 use manifest::{container, daemonset, docker, docker_args, image, Named, Scratch};
+
+/// The portmap binary built beside this test (`cargo build -p portmap`, or
+/// the workspace's `cargo test`): the runtime's plugin runs on the node.
+fn ours() -> PathBuf {
+    let harness = Path::new(env!("CARGO_BIN_EXE_portmap-conformance"));
+    let ours = harness.with_file_name("portmap");
+    assert!(
+        ours.exists(),
+        "{} missing: run `cargo build -p portmap` or the workspace's `cargo test`",
+        ours.display()
+    );
+    ours
+}
 
 #[test]
 fn manifests_validate_offline_and_say_what_the_issue_asks() {

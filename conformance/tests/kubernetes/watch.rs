@@ -15,8 +15,8 @@ use portmap_conformance::traffic::{tcp_ask, EchoServer};
 use rstest::rstest;
 use serde_json::json;
 
-use crate::common::ours;
 use crate::manifest::{self, daemonset, docker, docker_args, Named, Scratch};
+use crate::ours;
 
 const NODE: Ipv4Addr = Ipv4Addr::new(10, 66, 0, 1);
 const POD: &str = "10.66.0.2/24";
