@@ -12,6 +12,9 @@
 #   portmap-test/debian11          Debian 11 as installed: nft 0.9.8, iptables
 #                                  1.8.7, glibc 2.31, CNI plugins 0.9.0
 #
+# and, from contrib/kubernetes/Containerfile (FROM scratch, the static
+# binary): portmap-rs/portmap:VERSION (conformance/tests/kubernetes.rs).
+#
 # Each image is labelled with a hash of this script; an image whose label
 # matches is kept, so re-running is cheap. Needs root, debootstrap and a
 # Docker engine (DOCKER_HOST as scripts/docker-engine.sh exports it).
@@ -38,6 +41,43 @@ IMAGES=(iptables-legacy nftables both debian11)
 current() {
   [ "$(docker image inspect --format '{{index .Config.Labels "portmap.recipe"}}' "portmap-test/$1" 2>/dev/null)" = "$RECIPE" ]
 }
+
+# --- The Kubernetes image (contrib/kubernetes/Containerfile) -------------
+# portmap-rs/portmap:VERSION, the tag contrib/kubernetes's DaemonSet names:
+# FROM scratch, so nothing is pulled. Built for this host's architecture
+# only (the classic builder, no buildx offline) from scripts/release.sh's
+# static binary in target/<triple>/release; docker's layer cache makes a
+# re-run cheap. The staged context holds every architecture built, so
+# `docker buildx build --platform linux/amd64,linux/arm64` works from it.
+build_portmap_image() {
+  local repo version ctx arch triple host_arch=""
+  repo="$(cd "$(dirname "$0")/.." && pwd)"
+  version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n 1)"
+  ctx="$(mktemp -d)"
+  cp -a "$repo/contrib/kubernetes/rootfs" "$ctx/rootfs"
+  for arch in amd64 arm64; do
+    case "$arch" in amd64) triple=x86_64-unknown-linux-musl ;; arm64) triple=aarch64-unknown-linux-musl ;; esac
+    [ -f "$repo/target/$triple/release/portmap" ] || continue
+    mkdir -p "$ctx/$arch"
+    cp "$repo/target/$triple/release/portmap" "$ctx/$arch/portmap"
+    [ "$(uname -m)" = "${triple%%-*}" ] && host_arch="$arch"
+  done
+  if [ -z "$host_arch" ]; then
+    rm -rf "$ctx"
+    echo "build-test-images: portmap-rs/portmap not built: no static portmap for $(uname -m) in target/ (run scripts/release.sh first)" >&2
+    return 0
+  fi
+  echo "build-test-images: building portmap-rs/portmap:$version ($host_arch)"
+  if ! docker build -q --build-arg "TARGETARCH=$host_arch" \
+      -f "$repo/contrib/kubernetes/Containerfile" -t "portmap-rs/portmap:$version" "$ctx" >/dev/null; then
+    rm -rf "$ctx"
+    echo "build-test-images: docker build of portmap-rs/portmap:$version failed" >&2
+    exit 1
+  fi
+  rm -rf "$ctx"
+}
+build_portmap_image
+# --- end of the Kubernetes image --------------------------------------------
 
 todo=()
 for image in "${IMAGES[@]}"; do

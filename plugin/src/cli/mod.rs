@@ -2,6 +2,7 @@
 //! and dispatch; each command's work in its own file.
 
 mod inspect;
+mod install;
 mod migrate;
 mod restore;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use inspect::{list, status};
+use install::install;
 use migrate::migrate_to;
 use restore::{restore, watch};
 
@@ -31,6 +33,8 @@ use restore::{restore, watch};
         what moving every mapping to nftables would do\n  \
         portmap migrate --to iptables-legacy --network podman\n                                 \
         move back; nftables rules do not record the network name\n  \
+        portmap install --dest /host/opt/cni/bin\n                                 \
+        copy this binary there atomically (a DaemonSet's install container)\n  \
         echo '{\"cniVersion\":\"1.0.0\"}' | CNI_COMMAND=VERSION portmap"
 )]
 struct Cli {
@@ -81,6 +85,19 @@ enum Sub {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Copy this binary into a CNI bin directory atomically (temp file in
+    /// that directory, fsync, mode 0755, rename over the old one): a
+    /// runtime never sees a partial file, and a running old binary is no
+    /// obstacle. The Kubernetes DaemonSet's install container runs it.
+    Install {
+        /// The CNI bin directory (must exist), e.g. the node's /opt/cni/bin
+        /// mounted at /host/opt/cni/bin.
+        #[arg(long)]
+        dest: std::path::PathBuf,
+        /// File name in that directory (the plugin `type` runtimes look up).
+        #[arg(long, default_value = "portmap")]
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -114,5 +131,6 @@ pub fn main() -> ExitCode {
             network,
             dry_run,
         } => migrate_to(to, network.as_deref(), dry_run),
+        Sub::Install { dest, name } => install(&dest, &name),
     }
 }
