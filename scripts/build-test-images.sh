@@ -14,6 +14,10 @@
 #
 # and, from contrib/kubernetes/Containerfile (FROM scratch, the static
 # binary): portmap-rs/portmap:VERSION (conformance/tests/kubernetes.rs).
+# Every image but nftables (it depends on iptables) has Debian's
+# containernetworking-plugins installed, and all keep its .deb under
+# /var/cache/portmap-test/ (the packages test reinstalls it offline over
+# ours: conformance/tests/packages/).
 #
 # Each image is labelled with a hash of this script; an image whose label
 # matches is kept, so re-running is cheap. Needs root, debootstrap and a
@@ -32,8 +36,8 @@ fi
 SUITE="${DEBIAN_SUITE:-trixie}"
 OLD_SUITE=bullseye
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-PACKAGES=iproute2,iptables,nftables,conntrack,procps
-OLD_PACKAGES=$PACKAGES,containernetworking-plugins
+PACKAGES=iproute2,iptables,nftables,conntrack,procps,containernetworking-plugins
+OLD_PACKAGES=$PACKAGES
 RECIPE="$( (sha256sum <"$0"; echo "$SUITE $MIRROR") | sha256sum | cut -c1-16)"
 WORK=/var/cache/portmap-test-images
 IMAGES=(iptables-legacy nftables both debian11)
@@ -102,6 +106,11 @@ base() {
       rm -rf "$root"
       exit 1
     fi
+    # --- packages test: keep containernetworking-plugins' .deb (apt-get
+    # install --reinstall of it must work with no network in the test).
+    mkdir -p "$root/var/cache/portmap-test"
+    cp "$root"/var/cache/apt/archives/containernetworking-plugins_*.deb "$root/var/cache/portmap-test/"
+    # --- end packages test
     chroot "$root" apt-get clean
     rm -rf "$root"/var/lib/apt/lists/*
     tar -C "$root" -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
@@ -122,7 +131,7 @@ rm -f /usr/sbin/xtables-nft-multi
 find /usr/sbin -xtype l -delete
 EOF
       ;;
-    nftables) echo "dpkg --purge iptables" ;;
+    nftables) echo "dpkg --purge containernetworking-plugins iptables" ;;  # it depends on iptables
     both|debian11) echo "true" ;;
   esac
 }

@@ -25,6 +25,7 @@ packages=(
   tar
   qemu-user-static    # scripts/release.sh smoke-tests the aarch64 binaries
   file
+  rpm                 # rpmbuild for scripts/package.sh's .rpm; rpm -qlp/--scripts/--root in tests/packages
   systemd             # systemd-analyze verifies contrib/systemd units
   python3-venv        # actionlint's venv (PEP 668: no pip outside one)
 )

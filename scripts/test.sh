@@ -56,6 +56,8 @@ echo "==> fuzz config and prevResult parsing for 15 s (scripts/fuzz.sh)"
 bash scripts/fuzz.sh 15
 echo "==> static release binaries (scripts/release.sh; the Debian 11 image runs them)"
 bash scripts/release.sh
+echo "==> .deb and .rpm packages (scripts/package.sh; conformance/tests/packages installs them)"
+bash scripts/package.sh
 echo "==> Docker engine and distro images (for conformance/tests/distros.rs)"
 if engine="$(bash scripts/docker-engine.sh start)"; then
   eval "$engine"
