@@ -805,6 +805,81 @@ fn consecutive_ports_are_one_rule_whatever_their_number(
     }
 }
 
+/// `portmap migrate` of a 5,000-port range, nftables → iptables-nft →
+/// nftables: each move lands as a range (as many rules as one port in that
+/// backend), the middle port answers after each, the source keeps nothing.
+#[test]
+fn a_range_migrates_both_ways_and_stays_a_range() {
+    let Some(f) = Fixture::new("nftables") else {
+        return;
+    };
+    if !prerequisites(tools("iptables-nft")) {
+        return;
+    }
+    let a = f.topo.container("a", 5).expect("container");
+    let _srv = EchoServer::start(&a.ns, "a", 22345).expect("echo");
+    let nft: Box<dyn Backend> = make_backend("nftables");
+    let ipt: Box<dyn Backend> = make_backend("iptables-nft");
+    // Both views: nft's table and iptables-nft's chains, ours only.
+    let count = |b: &dyn Backend, id: &str| {
+        let rules = without_guard(&f.full_ruleset());
+        let saved = f.run("iptables-nft-save", &["-t", "nat"])
+            + &f.run("ip6tables-nft-save", &["-t", "nat"]);
+        match b.kind() {
+            portmap_backends::BackendKind::Nftables => {
+                rules.matches(&format!("comment \"{id}\"")).count()
+            }
+            _ => {
+                let chain = portmap_backends::iptables::rules::container_chain(NET, id);
+                saved
+                    .lines()
+                    .filter(|l| l.starts_with("-A ") && l.contains(&chain))
+                    .count()
+            }
+        }
+    };
+    let one = Plan::new(&request(&a, "ctr-one", true, true, consecutive(20000, 1)));
+    let mut per_port = Vec::new();
+    for b in [&nft, &ipt] {
+        f.host()
+            .run(|| b.add(&one))
+            .expect("netns")
+            .expect("add one");
+        per_port.push(count(b.as_ref(), "ctr-one"));
+        f.host()
+            .run(|| b.del(&one.key, &Known::default(), None))
+            .expect("netns")
+            .expect("del one");
+    }
+    assert!(per_port.iter().all(|n| *n > 0), "{per_port:?}");
+    f.add(&request(&a, "ctr-a", true, true, consecutive(20000, 5000)));
+    for (to, from, want) in [(&ipt, &nft, per_port[1]), (&nft, &ipt, per_port[0])] {
+        let report = f
+            .host()
+            .run(|| {
+                portmap_backends::migrate::migrate(
+                    to.as_ref(),
+                    std::slice::from_ref(from),
+                    &[],
+                    Some(NET),
+                    false,
+                )
+            })
+            .expect("netns");
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        assert_eq!(report.moved.len(), 1, "{:?}", report.moved);
+        assert_eq!(report.moved[0].mappings, 2 * 5000, "both families' ports");
+        assert_eq!(count(to.as_ref(), "ctr-a"), want, "in {}", to.name());
+        assert_eq!(count(from.as_ref(), "ctr-a"), 0, "left in {}", from.name());
+        f.expect_tag(f.host(), h4(), 22345, "a");
+    }
+    f.del("ctr-a");
+    assert_eq!(
+        count(ipt.as_ref(), "ctr-a") + count(nft.as_ref(), "ctr-a"),
+        0
+    );
+}
+
 /// Not a gate (run with `--ignored --nocapture`): ADD and DEL of one
 /// container with 5,000 consecutive mappings against one mapping, the
 /// median of 5 rounds each, as the backend does them (no plugin process).
