@@ -28,6 +28,59 @@ pub struct Dnat {
     pub container_port: u16,
 }
 
+/// Adjacent mappings (in config order) one rule can carry: same protocol
+/// and host IP, host ports `first..=last`, each to the same port on the
+/// container. A range keeps the destination port (no port in the DNAT):
+/// neither nft (1.0.6 has no shifted port ranges in its syntax or JSON)
+/// nor iptables 1.4.21 can shift a range, so a run with an offset
+/// (hostPort != containerPort) stays one mapping per rule, as today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub protocol: Protocol,
+    pub host_ip: Option<IpAddr>,
+    pub first: u16,
+    pub last: u16,
+    /// The container port of `first` (equal to it when a range).
+    pub container_port: u16,
+}
+
+impl Run {
+    /// More than one port: rendered as a port range.
+    pub fn is_range(&self) -> bool {
+        self.last > self.first
+    }
+}
+
+/// `dnats` as rules. Two adjacent mappings already make a range: one
+/// rule instead of two, matching exactly the same packets at the same
+/// place in the chain (only adjacent mappings merge, so config order, which
+/// decides between overlapping ones, is kept). Distinct ports, as in
+/// upstream's goldens, stay one rule each, byte for byte.
+pub fn runs(dnats: &[Dnat]) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    for d in dnats {
+        if let Some(r) = out.last_mut() {
+            let extends = r.protocol == d.protocol
+                && r.host_ip == d.host_ip
+                && r.first == r.container_port
+                && d.host_port == d.container_port
+                && r.last.checked_add(1) == Some(d.host_port);
+            if extends {
+                r.last = d.host_port;
+                continue;
+            }
+        }
+        out.push(Run {
+            protocol: d.protocol,
+            host_ip: d.host_ip,
+            first: d.host_port,
+            last: d.host_port,
+            container_port: d.container_port,
+        });
+    }
+    out
+}
+
 /// Rules of one address family.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FamilyPlan {
@@ -38,6 +91,13 @@ pub struct FamilyPlan {
     /// Empty when snat is off.
     pub masquerade: Vec<MasqSource>,
     pub conditions: Vec<String>,
+}
+
+impl FamilyPlan {
+    /// The DNATs as the rules that carry them ([`runs`]).
+    pub fn runs(&self) -> Vec<Run> {
+        runs(&self.dnats)
+    }
 }
 
 /// Everything to install for one container.
@@ -173,6 +233,23 @@ pub(crate) mod tests {
             mark: MasqMark::Bit(13),
             conditions_v4: vec![],
             conditions_v6: vec![],
+        }
+    }
+
+    /// The golden container with port ranges: runs on any and on a
+    /// specific host IP, both protocols, and mappings with an offset.
+    pub fn ranged_request() -> Request {
+        let mut mappings: Vec<PortMapping> = (20000..21000)
+            .map(|p| mapping(Protocol::Tcp, p, p, None))
+            .collect();
+        mappings.extend((20000..20010).map(|p| mapping(Protocol::Udp, p, p, None)));
+        mappings.push(mapping(Protocol::Tcp, 8080, 80, None));
+        mappings.push(mapping(Protocol::Tcp, 8081, 81, None));
+        mappings.extend((30000..30005).map(|p| mapping(Protocol::Tcp, p, p, Some("192.0.2.1"))));
+        mappings.extend((30000..30003).map(|p| mapping(Protocol::Tcp, p, p, Some("2001:db8::1"))));
+        Request {
+            mappings,
+            ..golden_request()
         }
     }
 
@@ -316,6 +393,85 @@ pub(crate) mod tests {
         let plan = Plan::new(&req);
         assert!(plan.is_empty());
         assert!(plan.entry_ports.is_empty());
+    }
+
+    fn run(proto: Protocol, first: u16, last: u16, cont: u16, host_ip: Option<&str>) -> Run {
+        Run {
+            protocol: proto,
+            host_ip: host_ip.map(|s| s.parse().expect("ip")),
+            first,
+            last,
+            container_port: cont,
+        }
+    }
+
+    #[rstest]
+    #[case::one(vec![dnat(Protocol::Tcp, 80, 80, None)], vec![run(Protocol::Tcp, 80, 80, 80, None)])]
+    #[case::two_merge(
+        vec![dnat(Protocol::Tcp, 80, 80, None), dnat(Protocol::Tcp, 81, 81, None)],
+        vec![run(Protocol::Tcp, 80, 81, 80, None)]
+    )]
+    #[case::not_consecutive(
+        vec![dnat(Protocol::Tcp, 80, 80, None), dnat(Protocol::Tcp, 82, 82, None)],
+        vec![run(Protocol::Tcp, 80, 80, 80, None), run(Protocol::Tcp, 82, 82, 82, None)]
+    )]
+    #[case::descending_stays_apart(
+        vec![dnat(Protocol::Tcp, 81, 81, None), dnat(Protocol::Tcp, 80, 80, None)],
+        vec![run(Protocol::Tcp, 81, 81, 81, None), run(Protocol::Tcp, 80, 80, 80, None)]
+    )]
+    #[case::offsets_stay_per_port(
+        vec![dnat(Protocol::Tcp, 8080, 80, None), dnat(Protocol::Tcp, 8081, 81, None)],
+        vec![run(Protocol::Tcp, 8080, 8080, 80, None), run(Protocol::Tcp, 8081, 8081, 81, None)]
+    )]
+    #[case::an_offset_ends_a_run(
+        vec![dnat(Protocol::Tcp, 80, 80, None), dnat(Protocol::Tcp, 81, 81, None), dnat(Protocol::Tcp, 82, 92, None)],
+        vec![run(Protocol::Tcp, 80, 81, 80, None), run(Protocol::Tcp, 82, 82, 92, None)]
+    )]
+    #[case::mixed_protocols(
+        vec![dnat(Protocol::Tcp, 80, 80, None), dnat(Protocol::Udp, 81, 81, None), dnat(Protocol::Udp, 82, 82, None)],
+        vec![run(Protocol::Tcp, 80, 80, 80, None), run(Protocol::Udp, 81, 82, 81, None)]
+    )]
+    #[case::host_ips_differ(
+        vec![dnat(Protocol::Tcp, 80, 80, None), dnat(Protocol::Tcp, 81, 81, Some("192.0.2.1")), dnat(Protocol::Tcp, 82, 82, Some("192.0.2.1"))],
+        vec![run(Protocol::Tcp, 80, 80, 80, None), run(Protocol::Tcp, 81, 82, 81, Some("192.0.2.1"))]
+    )]
+    #[case::duplicates_stay_apart(
+        vec![dnat(Protocol::Tcp, 80, 80, None), dnat(Protocol::Tcp, 80, 80, None), dnat(Protocol::Tcp, 81, 81, None)],
+        vec![run(Protocol::Tcp, 80, 80, 80, None), run(Protocol::Tcp, 80, 81, 80, None)]
+    )]
+    #[case::top_port(
+        vec![dnat(Protocol::Tcp, 65534, 65534, None), dnat(Protocol::Tcp, 65535, 65535, None), dnat(Protocol::Tcp, 1, 1, None)],
+        vec![run(Protocol::Tcp, 65534, 65535, 65534, None), run(Protocol::Tcp, 1, 1, 1, None)]
+    )]
+    fn adjacent_consecutive_identity_mappings_make_runs(
+        #[case] dnats: Vec<Dnat>,
+        #[case] expected: Vec<Run>,
+    ) {
+        assert_eq!(runs(&dnats), expected);
+    }
+
+    #[test]
+    fn five_thousand_consecutive_ports_are_one_run_per_family() {
+        let req = Request {
+            mappings: (20000..25000)
+                .map(|p| mapping(Protocol::Tcp, p, p, None))
+                .collect(),
+            ..golden_request()
+        };
+        let plan = Plan::new(&req);
+        for fam in &plan.families {
+            assert_eq!(
+                fam.runs(),
+                vec![run(Protocol::Tcp, 20000, 24999, 20000, None)]
+            );
+        }
+        let golden = Plan::new(&golden_request());
+        let v4 = golden.family(Family::V4).expect("v4");
+        assert!(
+            v4.runs().iter().all(|r| !r.is_range()),
+            "goldens: one rule per mapping"
+        );
+        assert_eq!(v4.runs().len(), v4.dnats.len());
     }
 
     #[rstest]

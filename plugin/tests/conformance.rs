@@ -13,7 +13,7 @@ use portmap_conformance::topology::Setup;
 use rstest::rstest;
 
 const UPSTREAM: &str = "/usr/lib/cni/portmap";
-const SCENARIOS: [&str; 35] = [
+const SCENARIOS: [&str; 37] = [
     "tcp",
     "udp",
     "sctp",
@@ -39,6 +39,8 @@ const SCENARIOS: [&str; 35] = [
     "parallel-add",
     "interop-ours-then-reference",
     "interop-reference-then-ours",
+    "port-range",
+    "interop-port-range",
     "localnet-guard",
     "two-networks",
     "gc-other-network",
@@ -89,6 +91,8 @@ fn cell(
         "parallel-add",
         "interop-ours-then-reference",
         "interop-reference-then-ours",
+        "port-range",
+        "interop-port-range",
         "localnet-guard",
         "two-networks",
         "gc-other-network",

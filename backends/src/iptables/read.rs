@@ -65,13 +65,26 @@ pub(super) fn entry_ports(family: Family, spec: &str) -> Vec<ClosedPort> {
     ports
         .into_iter()
         .flat_map(|list| list.split(','))
-        .filter_map(|p| p.parse().ok())
+        .filter_map(port_range)
+        .flat_map(|(first, last)| first..=last)
         .map(|host_port| ClosedPort {
             family,
             protocol,
             host_port,
         })
         .collect()
+}
+
+/// `8080` or `20000:24999` (as multiport and `--dport` print them).
+fn port_range(word: &str) -> Option<(u16, u16)> {
+    let (first, last) = match word.split_once(':') {
+        Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+        None => {
+            let p = word.parse().ok()?;
+            (p, p)
+        }
+    };
+    (first <= last).then_some((first, last))
 }
 
 /// Reads the DNAT rules of a container chain back into mappings.
@@ -83,7 +96,7 @@ pub(super) fn mappings_of_chain(
     saved
         .rules_of(chain)
         .iter()
-        .filter_map(|spec| parse_dnat(family, spec))
+        .flat_map(|spec| parse_dnat(family, spec))
         .collect()
 }
 
@@ -160,27 +173,41 @@ fn setmark_bit(saved: &SavedTable) -> Option<u8> {
         })
 }
 
-fn parse_dnat(family: Family, spec: &str) -> Option<InstalledMapping> {
+/// A DNAT rule's mappings: one, or one per port of a `--dport` range,
+/// which a DNAT without port sends to the same port.
+fn parse_dnat(family: Family, spec: &str) -> Vec<InstalledMapping> {
     let words = rules::shell_words(spec);
     let after = |flag: &str| after(&words, flag);
-    let to = after("--to-destination")?;
-    let (ip, port) = to.rsplit_once(':')?;
-    let container_ip: IpAddr = ip
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()?;
+    let Some(to) = after("--to-destination") else {
+        return Vec::new();
+    };
+    // `10.0.0.5`, `fd00::5` (no port), `10.0.0.5:80`, `[fd00::5]:80`.
+    let target = match to.parse::<IpAddr>() {
+        Ok(ip) => Some((ip, None)),
+        Err(_) => to.rsplit_once(':').and_then(|(ip, port)| {
+            let ip = ip.trim_start_matches('[').trim_end_matches(']');
+            Some((ip.parse().ok()?, Some(port.parse::<u16>().ok()?)))
+        }),
+    };
     let host_ip = after("-d")
         .and_then(|d| d.split('/').next())
         .and_then(|d| d.parse().ok());
-    Some(InstalledMapping {
-        family,
-        protocol: Protocol::parse(after("-p")?)?,
-        host_ip,
-        host_port: after("--dport")?.parse().ok()?,
-        container_ip,
-        container_port: port.parse().ok()?,
-    })
+    let protocol = after("-p").and_then(|p| Protocol::parse(p));
+    let ports = after("--dport").and_then(|p| port_range(p));
+    let (Some((container_ip, to)), Some(protocol), Some((first, last))) = (target, protocol, ports)
+    else {
+        return Vec::new();
+    };
+    (first..=last)
+        .map(|host_port| InstalledMapping {
+            family,
+            protocol,
+            host_ip,
+            host_port,
+            container_ip,
+            container_port: to.unwrap_or(host_port),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -217,6 +244,7 @@ mod tests {
     #[case::masq_all_external_chain(Request { masq_all: true, mark: MasqMark::ExternalChain("KUBE-MARK-MASQ".into()), ..golden_request() })]
     #[case::snat_off(Request { snat: false, ..golden_request() })]
     #[case::mark_bit_5(Request { mark: MasqMark::Bit(5), ..golden_request() })]
+    #[case::ranges(crate::plan::tests::ranged_request())]
     fn rules_read_back_re_plan_identically(#[case] req: Request) {
         let tables = saved_after_add(&req);
         let listed = containers(crate::BackendKind::IptablesNft, &tables);
@@ -260,6 +288,7 @@ mod tests {
             Family::V6,
             "-d 2001:db8::1/128 -p tcp -m tcp --dport 9443 -j DNAT --to-destination [fd00:88::5]:443",
         )
+        .pop()
         .expect("parsed");
         assert_eq!(m.host_ip, Some("2001:db8::1".parse().expect("ip")));
         assert_eq!((m.host_port, m.container_port), (9443, 443));
@@ -268,6 +297,23 @@ mod tests {
             Family::V4,
             "-s 10.0.0.0/8 -p tcp -m tcp --dport 1 -j CNI-HOSTPORT-SETMARK"
         )
-        .is_none());
+        .is_empty());
+        let range = parse_dnat(
+            Family::V6,
+            "-p udp -m udp --dport 20000:20002 -j DNAT --to-destination fd00:88::5",
+        );
+        let got: Vec<(u16, u16)> = range
+            .iter()
+            .map(|m| (m.host_port, m.container_port))
+            .collect();
+        assert_eq!(got, [(20000, 20000), (20001, 20001), (20002, 20002)]);
+        assert!(range.iter().all(|m| m.protocol == Protocol::Udp
+            && m.container_ip == "fd00:88::5".parse::<IpAddr>().expect("ip")));
+        let entry = r#"-p udp -m comment --comment "x" -m multiport --dports 53,20000:20002 -j C"#;
+        let ports: Vec<u16> = entry_ports(Family::V4, entry)
+            .iter()
+            .map(|p| p.host_port)
+            .collect();
+        assert_eq!(ports, [53, 20000, 20001, 20002]);
     }
 }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use sha2::{Digest, Sha512};
 
-use crate::plan::{Dnat, FamilyPlan, MasqSource, Plan};
+use crate::plan::{FamilyPlan, MasqSource, Plan, Run};
 use crate::{Family, MasqMark};
 
 pub const DNAT_CHAIN: &str = "CNI-HOSTPORT-DNAT";
@@ -94,19 +94,24 @@ fn host_cidr(ip: IpAddr) -> String {
     format!("{ip}/{}", Family::of(&ip).max_prefix())
 }
 
-fn dport(d: &Dnat) -> String {
+/// `--dport 8080`, or `--dport 20000:24999` for a range.
+fn dport(d: &Run) -> String {
     let p = d.protocol.as_str();
-    format!("-p {p} -m {p} --dport {}", d.host_port)
+    match d.is_range() {
+        false => format!("-p {p} -m {p} --dport {}", d.first),
+        true => format!("-p {p} -m {p} --dport {}:{}", d.first, d.last),
+    }
 }
 
-fn dest(d: &Dnat) -> String {
+fn dest(d: &Run) -> String {
     d.host_ip
         .map(|ip| format!("-d {} ", host_cidr(ip)))
         .unwrap_or_default()
 }
 
 /// The rules of the container chain, as `-A` lines, in upstream order:
-/// per mapping hairpin mark, localhost mark, then DNAT.
+/// per mapping (per run of them: plan.rs `runs`) hairpin mark, localhost
+/// mark, then DNAT.
 pub fn container_rules(plan: &Plan, fam: &FamilyPlan) -> Vec<String> {
     let chain = container_chain(&plan.key.network, &plan.key.container_id);
     let mark_target = match &plan.mark {
@@ -114,7 +119,7 @@ pub fn container_rules(plan: &Plan, fam: &FamilyPlan) -> Vec<String> {
         MasqMark::ExternalChain(c) => c.clone(),
     };
     let mut rules = Vec::new();
-    for d in &fam.dnats {
+    for d in &fam.runs() {
         for source in &fam.masquerade {
             let src = match source {
                 MasqSource::Container => format!(
@@ -131,9 +136,12 @@ pub fn container_rules(plan: &Plan, fam: &FamilyPlan) -> Vec<String> {
                 dport(d)
             ));
         }
-        let to = match fam.container.addr {
-            IpAddr::V4(a) => format!("{a}:{}", d.container_port),
-            IpAddr::V6(a) => format!("[{a}]:{}", d.container_port),
+        // A range keeps the destination port: no port, as iptables-save
+        // prints it (no brackets around an IPv6 address then).
+        let to = match (fam.container.addr, d.is_range()) {
+            (a, true) => a.to_string(),
+            (IpAddr::V4(a), false) => format!("{a}:{}", d.container_port),
+            (IpAddr::V6(a), false) => format!("[{a}]:{}", d.container_port),
         };
         rules.push(format!(
             "-A {chain} {}{} -j DNAT --to-destination {to}",
@@ -145,22 +153,53 @@ pub fn container_rules(plan: &Plan, fam: &FamilyPlan) -> Vec<String> {
 }
 
 /// Entry rules (without `-A CNI-HOSTPORT-DNAT`), protocols sorted, ports
-/// in groups of 15; the family's conditions go before the jump.
+/// in groups of 15 slots; the family's conditions go before the jump.
 pub fn entry_specs(plan: &Plan, fam: &FamilyPlan) -> Vec<String> {
     let chain = container_chain(&plan.key.network, &plan.key.container_id);
     let comment = quote(&entry_comment(&plan.key.network, &plan.key.container_id));
     let conditions: String = fam.conditions.iter().map(|c| format!("{c} ")).collect();
     let mut specs = Vec::new();
     for (proto, ports) in &plan.entry_ports {
-        for group in ports.chunks(MULTIPORT_MAX) {
-            let list: Vec<String> = group.iter().map(u16::to_string).collect();
+        for list in multiport_lists(ports) {
             specs.push(format!(
-                "-p {proto} -m comment --comment {comment} -m multiport --dports {} {conditions}-j {chain}",
-                list.join(",")
+                "-p {proto} -m comment --comment {comment} -m multiport --dports {list} {conditions}-j {chain}",
             ));
         }
     }
     specs
+}
+
+/// `--dports` lists for `ports` (config order). Three or more adjacent
+/// consecutive ports become `first:last`, which takes 2 of multiport's 15
+/// slots (the kernel's limit, refused beyond); two stay `a,b` (as many
+/// slots, upstream's text).
+pub fn multiport_lists(ports: &[u16]) -> Vec<String> {
+    let mut items: Vec<(u16, u16)> = Vec::new();
+    for &p in ports {
+        match items.last_mut() {
+            Some((_, last)) if last.checked_add(1) == Some(p) => *last = p,
+            _ => items.push((p, p)),
+        }
+    }
+    let mut words: Vec<(String, usize)> = Vec::new();
+    for (first, last) in items {
+        match last - first {
+            0 => words.push((first.to_string(), 1)),
+            1 => words.extend([(first.to_string(), 1), (last.to_string(), 1)]),
+            _ => words.push((format!("{first}:{last}"), 2)),
+        }
+    }
+    let mut lists: Vec<(Vec<String>, usize)> = Vec::new();
+    for (word, slots) in words {
+        match lists.last_mut() {
+            Some((list, used)) if *used + slots <= MULTIPORT_MAX => {
+                list.push(word);
+                *used += slots;
+            }
+            _ => lists.push((vec![word], slots)),
+        }
+    }
+    lists.into_iter().map(|(list, _)| list.join(",")).collect()
 }
 
 /// A saved rule line split into its chain and its spec (`-A C spec`).
@@ -292,182 +331,5 @@ pub fn parse_entry_comment(comment: &str) -> Option<(String, String)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::plan::tests::golden_request;
-    use crate::Request;
-
-    #[test]
-    fn chain_names_match_upstream_vectors() {
-        assert_eq!(
-            container_chain("cni-portmap-unit-test", "unit-test-10295"),
-            "CNI-DN-5b3cd8c3aa24b836f0fc5"
-        );
-        assert_eq!(
-            container_chain("goldennet", "golden-1"),
-            "CNI-DN-734e1f1c3c9c8b2b7b8e7"
-        );
-        assert_eq!(old_snat_chain("goldennet", "golden-1").len(), 28);
-        assert!(old_snat_chain("goldennet", "golden-1").starts_with("CNI-SN-"));
-    }
-
-    #[test]
-    fn comment_is_cut_to_255_bytes_on_a_char_boundary() {
-        let id = "é".repeat(200);
-        let c = entry_comment("net", &id);
-        assert!(c.len() <= 255 && c.len() >= 254, "{}", c.len());
-        assert!(c.starts_with("dnat name: \"net\" id: \"é"));
-    }
-
-    #[test]
-    fn quote_round_trips_through_shell_words() {
-        let c = entry_comment("goldennet", "golden-1");
-        let q = quote(&c);
-        assert_eq!(q, r#""dnat name: \"goldennet\" id: \"golden-1\"""#);
-        assert_eq!(
-            shell_words(&format!("--comment {q} -j X")),
-            vec!["--comment", &c, "-j", "X"]
-        );
-        assert_eq!(
-            parse_entry_comment(&c),
-            Some(("goldennet".into(), "golden-1".into()))
-        );
-    }
-
-    #[test]
-    fn mark_values() {
-        assert_eq!(mark_value(13), "0x2000/0x2000");
-        assert_eq!(mark_value(5), "0x20/0x20");
-        assert_eq!(mark_value(0), "0x1/0x1");
-        assert_eq!(mark_value(31), "0x80000000/0x80000000");
-    }
-
-    fn rendered(req: &Request, family: Family) -> Vec<String> {
-        let plan = Plan::new(req);
-        let fam = plan.family(family).expect("family");
-        let mut lines = container_rules(&plan, fam);
-        lines.extend(
-            entry_specs(&plan, fam)
-                .into_iter()
-                .map(|s| format!("-A {DNAT_CHAIN} {s}")),
-        );
-        lines
-    }
-
-    /// The container part of `golden/iptables-default.iptables-save.txt`.
-    #[test]
-    fn golden_default_v4_and_v6() {
-        let ch = "CNI-DN-734e1f1c3c9c8b2b7b8e7";
-        let entry = r#"-m comment --comment "dnat name: \"goldennet\" id: \"golden-1\"" -m multiport --dports"#;
-        let v4 = vec![
-            format!("-A {ch} -s 10.88.0.0/16 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK"),
-            format!("-A {ch} -s 127.0.0.1/32 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK"),
-            format!("-A {ch} -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.88.0.5:80"),
-            format!("-A {ch} -s 10.88.0.0/16 -p udp -m udp --dport 8080 -j CNI-HOSTPORT-SETMARK"),
-            format!("-A {ch} -s 127.0.0.1/32 -p udp -m udp --dport 8080 -j CNI-HOSTPORT-SETMARK"),
-            format!("-A {ch} -p udp -m udp --dport 8080 -j DNAT --to-destination 10.88.0.5:80"),
-            format!("-A {ch} -s 10.88.0.0/16 -d 192.0.2.1/32 -p tcp -m tcp --dport 9090 -j CNI-HOSTPORT-SETMARK"),
-            format!("-A {ch} -s 127.0.0.1/32 -d 192.0.2.1/32 -p tcp -m tcp --dport 9090 -j CNI-HOSTPORT-SETMARK"),
-            format!("-A {ch} -d 192.0.2.1/32 -p tcp -m tcp --dport 9090 -j DNAT --to-destination 10.88.0.5:90"),
-            format!("-A CNI-HOSTPORT-DNAT -p tcp {entry} 8080,9090,9443 -j {ch}"),
-            format!("-A CNI-HOSTPORT-DNAT -p udp {entry} 8080 -j {ch}"),
-        ];
-        assert_eq!(rendered(&golden_request(), Family::V4), v4);
-        let v6 = vec![
-            format!("-A {ch} -s fd00:88::/64 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK"),
-            format!("-A {ch} -p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:88::5]:80"),
-            format!("-A {ch} -s fd00:88::/64 -p udp -m udp --dport 8080 -j CNI-HOSTPORT-SETMARK"),
-            format!("-A {ch} -p udp -m udp --dport 8080 -j DNAT --to-destination [fd00:88::5]:80"),
-            format!("-A {ch} -s fd00:88::/64 -d 2001:db8::1/128 -p tcp -m tcp --dport 9443 -j CNI-HOSTPORT-SETMARK"),
-            format!("-A {ch} -d 2001:db8::1/128 -p tcp -m tcp --dport 9443 -j DNAT --to-destination [fd00:88::5]:443"),
-            format!("-A CNI-HOSTPORT-DNAT -p tcp {entry} 8080,9090,9443 -j {ch}"),
-            format!("-A CNI-HOSTPORT-DNAT -p udp {entry} 8080 -j {ch}"),
-        ];
-        assert_eq!(rendered(&golden_request(), Family::V6), v6);
-    }
-
-    #[test]
-    fn masq_all_drops_source_and_localhost_and_external_chain_is_jumped_to() {
-        let req = Request {
-            masq_all: true,
-            mark: MasqMark::ExternalChain("KUBE-MARK-MASQ".into()),
-            ..golden_request()
-        };
-        let lines = rendered(&req, Family::V4);
-        assert_eq!(
-            lines[0],
-            "-A CNI-DN-734e1f1c3c9c8b2b7b8e7 -p tcp -m tcp --dport 8080 -j KUBE-MARK-MASQ"
-        );
-        assert!(!lines.iter().any(|l| l.contains("127.0.0.1")));
-        assert!(!lines.iter().any(|l| l.contains("-s ")));
-    }
-
-    #[test]
-    fn snat_off_leaves_only_dnat() {
-        let req = Request {
-            snat: false,
-            ..golden_request()
-        };
-        let lines = rendered(&req, Family::V4);
-        assert!(lines.iter().all(|l| !l.contains("SETMARK")), "{lines:#?}");
-        assert_eq!(lines.len(), 3 + 2);
-    }
-
-    #[test]
-    fn forty_ports_make_three_multiport_groups() {
-        let req = Request {
-            mappings: (0..40)
-                .map(|i| crate::plan::tests::mapping(crate::Protocol::Tcp, 10000 + i, 80, None))
-                .collect(),
-            ..golden_request()
-        };
-        let plan = Plan::new(&req);
-        let specs = entry_specs(&plan, plan.family(Family::V4).expect("v4"));
-        let counts: Vec<usize> = specs
-            .iter()
-            .map(|s| {
-                s.split("--dports ")
-                    .nth(1)
-                    .expect("ports")
-                    .split(' ')
-                    .next()
-                    .expect("list")
-                    .split(',')
-                    .count()
-            })
-            .collect();
-        assert_eq!(counts, vec![15, 15, 10]);
-    }
-
-    #[test]
-    fn conditions_precede_the_jump_and_compare_order_free() {
-        let req = Request {
-            conditions_v4: vec![
-                "-s".into(),
-                "192.0.2.0/24".into(),
-                "!".into(),
-                "-i".into(),
-                "lo".into(),
-            ],
-            ..golden_request()
-        };
-        let plan = Plan::new(&req);
-        let spec = &entry_specs(&plan, plan.family(Family::V4).expect("v4"))[0];
-        assert!(
-            spec.ends_with("-s 192.0.2.0/24 ! -i lo -j CNI-DN-734e1f1c3c9c8b2b7b8e7"),
-            "{spec}"
-        );
-        // What iptables-save prints for it.
-        let saved = r#"-s 192.0.2.0/24 ! -i lo -p tcp -m comment --comment "dnat name: \"goldennet\" id: \"golden-1\"" -m multiport --dports 8080,9090,9443 -j CNI-DN-734e1f1c3c9c8b2b7b8e7"#;
-        assert_eq!(canonical(spec), canonical(saved));
-        assert_ne!(canonical(spec), canonical(&saved.replace("8080,", "")));
-    }
-
-    #[test]
-    fn canonical_adds_host_prefixes_and_implied_matches() {
-        assert_eq!(
-            canonical("-d 1.2.3.4 -p tcp --dport 80 -j X"),
-            canonical("-d 1.2.3.4/32 -p tcp -m tcp --dport 80 -j X")
-        );
-    }
-}
+#[path = "rules_tests.rs"]
+mod tests;

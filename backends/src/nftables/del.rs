@@ -111,8 +111,9 @@ fn delete(
     }
     rules
         .iter()
-        .filter_map(|r| {
-            r.port.map(|(protocol, host_port)| ClosedPort {
+        .filter_map(|r| r.port)
+        .flat_map(|(protocol, first, last)| {
+            (first..=last).map(move |host_port| ClosedPort {
                 family,
                 protocol,
                 host_port,

@@ -36,6 +36,12 @@ const NFTA_CMP_DATA: u16 = 3;
 const NFTA_CMP_SREG: u16 = 1;
 const NFTA_CMP_OP: u16 = 2;
 const NFT_CMP_EQ: u32 = 0;
+const NFT_CMP_LTE: u32 = 3;
+const NFT_CMP_GTE: u32 = 5;
+const NFTA_RANGE_OP: u16 = 2;
+const NFTA_RANGE_FROM_DATA: u16 = 3;
+const NFTA_RANGE_TO_DATA: u16 = 4;
+const NFT_RANGE_EQ: u32 = 0;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
@@ -63,8 +69,9 @@ pub(super) struct KernelRule {
     /// u32 as the JSON schema (and nft) take it.
     pub(super) handle: u32,
     pub(super) comment: Option<String>,
-    /// The protocol and destination port a rule matches (DNAT rules).
-    pub(super) port: Option<(Protocol, u16)>,
+    /// The protocol and destination ports (first, last) a rule matches
+    /// (DNAT rules; first == last but for a port range).
+    pub(super) port: Option<(Protocol, u16, u16)>,
     /// The container address a rule leads to: where a DNAT rule sends,
     /// the destination a masquerade rule matches. Rules carry only the
     /// container ID, so this tells one attachment's rules from another's.
@@ -246,7 +253,7 @@ enum Loaded {
 }
 
 /// One expression of a rule: its name and its attributes.
-struct Expr<'a> {
+pub(super) struct Expr<'a> {
     name: String,
     data: &'a [u8],
 }
@@ -271,7 +278,7 @@ impl Expr<'_> {
     }
 }
 
-fn exprs(list: &[u8]) -> Vec<Expr<'_>> {
+pub(super) fn exprs(list: &[u8]) -> Vec<Expr<'_>> {
     attrs(list)
         .filter(|(kind, _)| *kind == NFTA_LIST_ELEM)
         .map(|(_, elem)| {
@@ -365,9 +372,16 @@ fn target_of(list: &[Expr<'_>]) -> Option<IpAddr> {
 
 /// `tcp dport 8080` as nft encodes it: the layer 4 protocol loaded (meta
 /// l4proto, or the IPv4 protocol / IPv6 next header field) and compared,
-/// then the transport header's bytes 2..4 loaded and compared.
-fn port_of(list: &[Expr<'_>]) -> Option<(Protocol, u16)> {
-    let (mut loaded, mut proto, mut dport) = (Loaded::Other, None, None);
+/// then the transport header's bytes 2..4 loaded and compared. A range
+/// (`tcp dport 20000-24999`) is two compares, `gte` then `lte` (nft 1.0.6),
+/// or one `range` expression (how other nft releases may encode it).
+pub(super) fn port_of(list: &[Expr<'_>]) -> Option<(Protocol, u16, u16)> {
+    let (mut loaded, mut proto) = (Loaded::Other, None);
+    let (mut first, mut last) = (None, None);
+    let port = |v: Option<&[u8]>| match v {
+        Some([hi, lo, ..]) => Some(u16::from_be_bytes([*hi, *lo])),
+        _ => None,
+    };
     for e in list {
         loaded = match e.name.as_str() {
             "meta" if e.be32(NFTA_META_KEY) == Some(NFT_META_L4PROTO) => Loaded::L4proto,
@@ -381,14 +395,35 @@ fn port_of(list: &[Expr<'_>]) -> Option<(Protocol, u16)> {
                 (Some(NFT_PAYLOAD_NETWORK_HEADER), Some(9 | 6), Some(1)) => Loaded::L4proto,
                 _ => Loaded::Other,
             },
-            "cmp" => {
-                match (loaded, e.cmp_value()) {
-                    (Loaded::L4proto, Some([p, ..])) => proto = Some(*p),
-                    (Loaded::Dport, Some([hi, lo, ..])) => {
-                        dport = Some(u16::from_be_bytes([*hi, *lo]))
-                    }
-                    _ => {}
+            "cmp" => match (loaded, e.be32(NFTA_CMP_OP)) {
+                (Loaded::L4proto, _) => {
+                    proto = e.cmp_value().and_then(|v| v.first().copied());
+                    Loaded::Other
                 }
+                (Loaded::Dport, Some(NFT_CMP_GTE)) => {
+                    first = port(e.cmp_value());
+                    // The `lte` reads the same register next.
+                    Loaded::Dport
+                }
+                (Loaded::Dport, Some(NFT_CMP_LTE)) => {
+                    last = port(e.cmp_value());
+                    Loaded::Other
+                }
+                (Loaded::Dport, _) => {
+                    first = port(e.cmp_value());
+                    last = first;
+                    Loaded::Other
+                }
+                _ => Loaded::Other,
+            },
+            "range" if loaded == Loaded::Dport && e.be32(NFTA_RANGE_OP) == Some(NFT_RANGE_EQ) => {
+                let bound = |key| {
+                    attrs(e.attr(key)?)
+                        .find(|(k, _)| *k == NFTA_DATA_VALUE)
+                        .and_then(|(_, v)| port(Some(v)))
+                };
+                first = bound(NFTA_RANGE_FROM_DATA);
+                last = bound(NFTA_RANGE_TO_DATA);
                 Loaded::Other
             }
             _ => Loaded::Other,
@@ -400,7 +435,8 @@ fn port_of(list: &[Expr<'_>]) -> Option<(Protocol, u16)> {
         132 => Protocol::Sctp,
         _ => return None,
     };
-    Some((protocol, dport?))
+    let (first, last) = (first?, last?);
+    (first <= last).then_some((protocol, first, last))
 }
 
 #[cfg(test)]
@@ -460,7 +496,7 @@ mod tests {
         assert_eq!(by_netlink, by_nft);
 
         let ports = |rules: &[KernelRule]| {
-            let mut p: Vec<(Protocol, u16)> = rules
+            let mut p: Vec<(Protocol, u16, u16)> = rules
                 .iter()
                 .filter(|r| r.owner() == Some("golden-1"))
                 .filter_map(|r| r.port)
@@ -471,17 +507,17 @@ mod tests {
         assert_eq!(
             ports(&v4),
             [
-                (Protocol::Tcp, 8080),
-                (Protocol::Tcp, 9090),
-                (Protocol::Udp, 8080)
+                (Protocol::Tcp, 8080, 8080),
+                (Protocol::Tcp, 9090, 9090),
+                (Protocol::Udp, 8080, 8080)
             ]
         );
         assert_eq!(
             ports(&v6),
             [
-                (Protocol::Tcp, 8080),
-                (Protocol::Tcp, 9443),
-                (Protocol::Udp, 8080)
+                (Protocol::Tcp, 8080, 8080),
+                (Protocol::Tcp, 9443, 9443),
+                (Protocol::Udp, 8080, 8080)
             ]
         );
         assert!(

@@ -135,12 +135,17 @@ pub(super) fn containers(tables: &[(Family, Vec<Listed>)]) -> Vec<InstalledConta
         .collect()
 }
 
-/// Reads a DNAT rule back into a mapping; masquerade rules yield nothing.
-pub(super) fn parse_mapping(family: Family, r: &Listed) -> Option<InstalledMapping> {
+/// Reads a DNAT rule back into its mappings (a port range: one per port,
+/// each to the same port); masquerade rules yield nothing.
+pub(super) fn parse_mapping(family: Family, r: &Listed) -> Vec<InstalledMapping> {
     let mut protocol = None;
-    let mut host_port = None;
+    let mut ports = None;
     let mut host_ip = None;
     let mut target = None;
+    let port = |e: &Expression<'_>| match e {
+        Expression::Number(n) => u16::try_from(*n).ok(),
+        _ => None,
+    };
     for s in &r.expr {
         match s {
             Statement::Match(Match {
@@ -148,30 +153,49 @@ pub(super) fn parse_mapping(family: Family, r: &Listed) -> Option<InstalledMappi
                 right,
                 op: Operator::EQ,
             }) => match (p.field.as_ref(), right) {
-                ("dport", Expression::Number(n)) => {
+                ("dport", Expression::Number(_)) => {
                     protocol = Protocol::parse(&p.protocol);
-                    host_port = u16::try_from(*n).ok();
+                    ports = port(right).map(|n| (n, n));
+                }
+                ("dport", Expression::Range(range)) => {
+                    protocol = Protocol::parse(&p.protocol);
+                    let [a, b] = &range.range;
+                    ports = port(a).zip(port(b)).filter(|(a, b)| a <= b);
                 }
                 ("daddr", Expression::String(a)) => host_ip = a.parse().ok(),
                 _ => {}
             },
             Statement::DNAT(Some(NAT {
                 addr: Some(Expression::String(a)),
-                port: Some(Expression::Number(p)),
+                port: to,
                 ..
-            })) => target = Some((a.parse().ok()?, u16::try_from(*p).ok()?)),
+            })) => {
+                let Ok(addr) = a.parse::<IpAddr>() else {
+                    return Vec::new();
+                };
+                // No port: the destination port is kept.
+                target = match to {
+                    None => Some((addr, None)),
+                    Some(p) => port(p).map(|p| (addr, Some(p))),
+                };
+            }
             _ => {}
         }
     }
-    let (container_ip, container_port) = target?;
-    Some(InstalledMapping {
-        family,
-        protocol: protocol?,
-        host_ip,
-        host_port: host_port?,
-        container_ip,
-        container_port,
-    })
+    let (Some((container_ip, to)), Some(protocol), Some((first, last))) = (target, protocol, ports)
+    else {
+        return Vec::new();
+    };
+    (first..=last)
+        .map(|host_port| InstalledMapping {
+            family,
+            protocol,
+            host_ip,
+            host_port,
+            container_ip,
+            container_port: to.unwrap_or(host_port),
+        })
+        .collect()
 }
 
 /// The container address a listed rule leads to (see `KernelRule::target`):

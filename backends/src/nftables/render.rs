@@ -17,9 +17,9 @@ use super::PREROUTING;
 use super::SRCNAT_PRIORITY;
 use super::TABLE;
 use super::TABLE_COMMENT;
-use crate::plan::Dnat;
 use crate::plan::FamilyPlan;
 use crate::plan::MasqSource;
+use crate::plan::Run;
 use crate::Family;
 use nftables::batch::Batch;
 use nftables::expr::Expression;
@@ -30,6 +30,7 @@ use nftables::expr::NamedExpression;
 use nftables::expr::Payload;
 use nftables::expr::PayloadField;
 use nftables::expr::Prefix;
+use nftables::expr::Range;
 use nftables::schema::Chain;
 use nftables::schema::FlushObject;
 use nftables::schema::NfCmd;
@@ -236,16 +237,18 @@ pub(super) fn expected_rules(
     let ipx = nf_family_name(fam.family);
     let conditions = parse_conditions(&fam.conditions)?;
     let mut rules = Vec::new();
-    for d in &fam.dnats {
+    for run in fam.runs() {
         let mut expr = conditions.clone();
-        if let Some(host_ip) = d.host_ip {
+        if let Some(host_ip) = run.host_ip {
             expr.push(matches(payload(ipx, "daddr"), addr_expr(host_ip)));
         }
-        expr.push(dport_match(d));
+        expr.push(dport_match(&run));
+        // A range keeps the destination port: `dnat to C` with no port.
+        let port = (!run.is_range()).then(|| Expression::Number(u32::from(run.container_port)));
         expr.push(Statement::DNAT(Some(NAT {
             addr: Some(addr_expr(fam.container.addr)),
             family: None,
-            port: Some(Expression::Number(u32::from(d.container_port))),
+            port,
             flags: None,
         })));
         rules.push((HOSTPORTS, expr));
@@ -277,11 +280,17 @@ pub(super) fn expected_rules(
     Ok(rules)
 }
 
-pub(super) fn dport_match(d: &Dnat) -> Statement<'static> {
-    matches(
-        payload(d.protocol.as_str(), "dport"),
-        Expression::Number(u32::from(d.host_port)),
-    )
+/// `tcp dport 8080`, or `tcp dport 20000-24999` for a range (nft lists
+/// it back as `{"range": [20000, 24999]}`).
+pub(super) fn dport_match(run: &Run) -> Statement<'static> {
+    let port = |p: u16| Expression::Number(u32::from(p));
+    let right = match run.is_range() {
+        false => port(run.first),
+        true => Expression::Range(Box::new(Range {
+            range: [port(run.first), port(run.last)],
+        })),
+    };
+    matches(payload(run.protocol.as_str(), "dport"), right)
 }
 
 pub(super) fn describe(fam: &FamilyPlan, chain: &str, expr: &[Statement<'_>]) -> String {
@@ -289,19 +298,24 @@ pub(super) fn describe(fam: &FamilyPlan, chain: &str, expr: &[Statement<'_>]) ->
         return format!("masquerade to {}", fam.container.addr);
     }
     let mut proto = String::new();
-    let mut port = 0;
-    let mut target = String::new();
+    let mut port = String::new();
+    let mut target = fam.container.addr.to_string();
     for s in expr {
         match s {
             Statement::Match(m) => {
-                if let (
-                    Expression::Named(NamedExpression::Payload(Payload::PayloadField(p))),
-                    Expression::Number(n),
-                ) = (&m.left, &m.right)
-                {
-                    proto = p.protocol.to_string();
-                    port = *n;
+                let Expression::Named(NamedExpression::Payload(Payload::PayloadField(p))) = &m.left
+                else {
+                    continue;
+                };
+                match &m.right {
+                    Expression::Number(n) => port = n.to_string(),
+                    Expression::Range(r) => match &r.range {
+                        [Expression::Number(a), Expression::Number(b)] => port = format!("{a}-{b}"),
+                        _ => continue,
+                    },
+                    _ => continue,
                 }
+                proto = p.protocol.to_string();
             }
             Statement::DNAT(Some(nat)) => {
                 if let Some(Expression::Number(p)) = nat.port {

@@ -2,7 +2,7 @@ use super::render::{add_skeleton, wiring_shapes};
 use super::*;
 use crate::plan::tests::{golden_request, neighbour};
 use crate::plan::FamilyPlan;
-use crate::{MasqMark, Request};
+use crate::{MasqMark, Protocol, Request};
 use rstest::rstest;
 
 /// The rules an ADD of `req` installs, as `list table` gives them back.
@@ -43,6 +43,7 @@ fn sorted_rules(fam: &FamilyPlan) -> Vec<String> {
 #[case::golden(golden_request())]
 #[case::masq_all(Request { masq_all: true, ..golden_request() })]
 #[case::snat_off(Request { snat: false, ..golden_request() })]
+#[case::ranges(crate::plan::tests::ranged_request())]
 fn rules_read_back_re_plan_identically(#[case] req: Request) {
     let listed = containers(&listed_after_add(&req));
     assert_eq!(listed.len(), 1);
@@ -325,4 +326,100 @@ fn a_receipt_names_the_rules_and_a_stale_one_is_refused() {
         assert!(left.iter().any(|r| r.owner() == Some("second")));
     })
     .expect("in netns");
+}
+
+/// A port range reads back from the kernel as its first and last port
+/// (nft 1.0.6 writes `cmp gte` + `cmp lte`), and DEL by receipt reports
+/// every port of it closed (the UDP conntrack flush needs them all).
+#[test]
+fn ranges_read_back_from_the_kernel_and_close_every_port() {
+    if !prerequisites(&["nft"]) {
+        return;
+    }
+    let ns = Netns::new("nft-ranges").expect("netns");
+    let nft = Nftables::from_path().expect("nft");
+    let plan = Plan::new(&crate::plan::tests::ranged_request());
+    ns.run(|| {
+        let receipt = nft.install(&plan, None).expect("add").expect("a receipt");
+        for fam in &plan.families {
+            let mut got: Vec<(Protocol, u16, u16)> = kernel::rules(fam.family, None)
+                .expect("dump")
+                .into_iter()
+                .filter_map(|r| r.port)
+                .collect();
+            let mut want: Vec<(Protocol, u16, u16)> = fam
+                .runs()
+                .iter()
+                .map(|r| (r.protocol, r.first, r.last))
+                .collect();
+            got.sort();
+            want.sort();
+            assert_eq!(got, want, "{:?}", fam.family);
+            assert!(want.iter().any(|(_, a, b)| b - a == 999));
+        }
+        let mut closed = nft
+            .del_by_receipt(&plan.key, &Known::default(), &receipt)
+            .expect("del")
+            .expect("the receipt holds");
+        closed.sort();
+        let mut want: Vec<ClosedPort> = plan
+            .families
+            .iter()
+            .flat_map(|f| {
+                f.dnats.iter().map(|d| ClosedPort {
+                    family: f.family,
+                    protocol: d.protocol,
+                    host_port: d.host_port,
+                })
+            })
+            .collect();
+        want.sort();
+        assert_eq!(closed, want);
+    })
+    .expect("in netns");
+}
+
+/// The other encoding of `tcp dport 20000-24999`: one `range` expression
+/// (NFTA_RANGE_*), as netlink carries it, hand-built.
+#[test]
+fn a_range_expression_reads_as_its_bounds() {
+    use crate::nfnetlink::{attr, nul_terminated};
+    let be = |v: u32| v.to_be_bytes().to_vec();
+    let value = |v: &[u8]| attr(1, v);
+    let expr = |name: &str, data: Vec<Vec<u8>>| {
+        attr(
+            1,
+            &[attr(1, &nul_terminated(name)), attr(2, &data.concat())].concat(),
+        )
+    };
+    let list = [
+        expr("meta", vec![attr(2, &be(16)), attr(1, &be(1))]),
+        expr(
+            "cmp",
+            vec![attr(1, &be(1)), attr(2, &be(0)), attr(3, &value(&[17]))],
+        ),
+        expr(
+            "payload",
+            vec![
+                attr(1, &be(1)),
+                attr(2, &be(2)),
+                attr(3, &be(2)),
+                attr(4, &be(2)),
+            ],
+        ),
+        expr(
+            "range",
+            vec![
+                attr(1, &be(1)),
+                attr(2, &be(0)),
+                attr(3, &value(&20000u16.to_be_bytes())),
+                attr(4, &value(&24999u16.to_be_bytes())),
+            ],
+        ),
+    ]
+    .concat();
+    assert_eq!(
+        kernel::port_of(&kernel::exprs(&list)),
+        Some((Protocol::Udp, 20000, 24999))
+    );
 }

@@ -34,7 +34,7 @@ fn h4() -> IpAddr {
 /// Interop needs a reference, and one that can have written the rules:
 /// a binary speaking only CNI <= 1.0.0 predates portmap's nftables
 /// backend (upstream v1.5), so it is compared on iptables cells only.
-fn needs_reference(ctx: &Ctx) -> Option<String> {
+pub(super) fn needs_reference(ctx: &Ctx) -> Option<String> {
     let Some(reference) = &ctx.reference else {
         return Some("no --reference binary given".to_string());
     };

@@ -4,7 +4,8 @@
 //!
 //! `ctx` defines a scenario and its context; each other part is a group
 //! of scenarios using it. Parts depend on `ctx` (and `lifecycle`,
-//! `options` on `reach`'s `with_container`), never on this module.
+//! `options` on `reach`'s `with_container`, `ranges` on `lifecycle`'s
+//! `needs_reference`), never on this module.
 
 mod client_shapes;
 mod ctx;
@@ -12,6 +13,7 @@ mod lifecycle;
 mod localnet;
 mod multinet;
 mod options;
+mod ranges;
 mod reach;
 mod unreadable;
 
@@ -23,6 +25,7 @@ pub fn catalogue() -> Vec<Scenario> {
     let mut all = reach::scenarios();
     all.extend(options::scenarios());
     all.extend(lifecycle::scenarios());
+    all.extend(ranges::scenarios());
     all.extend(localnet::scenarios());
     all.extend(multinet::scenarios());
     all.extend(unreadable::scenarios());
