@@ -24,20 +24,21 @@ pub const CONF_FILE: &str = "/etc/firewalld/firewalld.conf";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirewalldError {
+    // Boxed: zbus::Error is 128 bytes.
     #[error("cannot connect to the system bus: {0}")]
-    Connect(#[source] zbus::Error),
+    Connect(#[source] Box<zbus::Error>),
     #[error("asking the system bus {what}: {source}")]
     Query {
         what: &'static str,
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     #[error("firewalld's {what} is not a {expected}: {source}")]
     Decode {
         what: &'static str,
         expected: &'static str,
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
 }
 
@@ -45,10 +46,8 @@ pub enum FirewalldError {
 /// after `timeout` (firewalld answers only once its start-up is over).
 pub fn system_bus(timeout: Duration) -> Result<Connection, FirewalldError> {
     zbus::blocking::connection::Builder::system()
-        .map_err(FirewalldError::Connect)?
-        .method_timeout(timeout)
-        .build()
-        .map_err(FirewalldError::Connect)
+        .and_then(|b| b.method_timeout(timeout).build())
+        .map_err(|e| FirewalldError::Connect(Box::new(e)))
 }
 
 /// Whether firewalld's name has an owner on `bus`.
@@ -61,17 +60,17 @@ pub fn on_bus(bus: &Connection) -> Result<bool, FirewalldError> {
             "NameHasOwner",
             &(BUS_NAME,),
         )
-        .map_err(|source| FirewalldError::Query {
+        .map_err(|e| FirewalldError::Query {
             what: "whether firewalld is on it",
-            source,
+            source: Box::new(e),
         })?;
     reply
         .body()
         .deserialize::<bool>()
-        .map_err(|source| FirewalldError::Decode {
+        .map_err(|e| FirewalldError::Decode {
             what: "NameHasOwner reply",
             expected: "boolean",
-            source,
+            source: Box::new(e),
         })
 }
 
@@ -91,19 +90,22 @@ fn property(
             "Get",
             &(iface, name),
         )
-        .map_err(|source| FirewalldError::Query { what: name, source })?;
+        .map_err(|e| FirewalldError::Query {
+            what: name,
+            source: Box::new(e),
+        })?;
     let value = reply
         .body()
         .deserialize::<zbus::zvariant::OwnedValue>()
-        .map_err(|source| FirewalldError::Decode {
+        .map_err(|e| FirewalldError::Decode {
             what: name,
             expected: "variant",
-            source,
+            source: Box::new(e),
         })?;
     String::try_from(&*value).map_err(|e| FirewalldError::Decode {
         what: name,
         expected: "string",
-        source: e.into(),
+        source: Box::new(e.into()),
     })
 }
 
@@ -117,7 +119,7 @@ pub fn state(bus: &Connection) -> Result<String, FirewalldError> {
 pub fn backend_in_conf(text: &str) -> String {
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("FirewallBackend="))
-        .last()
+        .next_back()
         .map(|v| v.trim().to_string())
         .unwrap_or_else(|| "nftables".to_string())
 }

@@ -14,10 +14,12 @@
 mod common;
 #[path = "firewalld/daemon.rs"]
 mod daemon;
+#[path = "firewalld/systemd_unit.rs"]
+mod systemd_unit;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -45,7 +47,19 @@ struct Watch {
 }
 
 impl Watch {
+    /// Started, on the bus (asserted).
     fn start(rig: &Rig, bus: &str, log: PathBuf) -> Watch {
+        let w = Watch::spawn(rig, bus, log);
+        assert!(
+            w.said().contains("firewalld signals: on"),
+            "watch is not on firewalld's bus: {}",
+            w.said()
+        );
+        w
+    }
+
+    /// Started and past its firewalld line, whatever it says.
+    fn spawn(rig: &Rig, bus: &str, log: PathBuf) -> Watch {
         let child = rig
             .topo
             .host
@@ -57,25 +71,30 @@ impl Watch {
             .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
             .args(["watch", "--interval", "60"])
             .stdout(std::fs::File::create(&log).expect("watch log"))
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(log.with_extension("err")).expect("watch err"))
             .spawn()
             .expect("start portmap watch");
         let w = Watch { child, log };
-        let start = Instant::now();
-        while !w.said().contains("firewalld signals:") {
-            assert!(start.elapsed() < Duration::from_secs(5), "{}", w.said());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(
-            w.said().contains("firewalld signals: on"),
-            "watch is not on firewalld's bus: {}",
-            w.said()
-        );
+        w.wait_for("firewalld signals:", Duration::from_secs(5));
         w
     }
 
+    fn wait_for(&self, text: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.said().contains(text) {
+            assert!(
+                start.elapsed() < limit,
+                "no {text:?} in {limit:?}: {}",
+                self.said()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What it printed, stdout then stderr.
     fn said(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        read(&self.log) + &read(&self.log.with_extension("err"))
     }
 
     fn reinstalled(&self) -> usize {
@@ -366,4 +385,57 @@ fn check_status(
             }
         }
     }
+}
+
+/// Without a bus the watch says firewalld signals are off, once, and
+/// restores by nf_tables event as before; with one it follows the bus
+/// away and back (reconnecting, 1 s then 2 s apart).
+#[test]
+fn watch_without_a_bus_and_after_losing_it() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !prerequisites(&["dbus-daemon", "nsenter", "unshare"]) {
+        return;
+    }
+    let Some(rig) = Rig::new(Tools::default()) else {
+        return;
+    };
+    let a = rig.topo.container("a", 5).expect("container a");
+    let _server = EchoServer::start(&a.ns, "a", 80).expect("echo server");
+    let cfg = config(&a, Some("nftables"), tcp_8080());
+    rig.must(&ours(), "ADD", "ctr-a", Some(&a), &cfg);
+    let nowhere = rig.tools.path().join("no-bus");
+    let watch = Watch::spawn(
+        &rig,
+        &format!("unix:path={}", nowhere.display()),
+        rig.tools.path().join("watch.log"),
+    );
+    let said = watch.said();
+    assert_eq!(said.matches("firewalld signals").count(), 1, "{said}");
+    assert!(
+        said.contains("portmap watch: firewalld signals: off ("),
+        "{said}"
+    );
+    rig.topo
+        .host
+        .exec("nft", &["flush", "ruleset"])
+        .expect("flush");
+    watch.wait_for("reinstalled ctr-a in nftables", Duration::from_secs(3));
+    drop(watch);
+
+    let first = Daemon::new(&rig.topo.host, "nftables", false);
+    let bus = first.bus_address();
+    let watch = Watch::start(&rig, &bus, rig.tools.path().join("watch2.log"));
+    assert!(
+        watch.said().contains("(firewalld is not running now)"),
+        "{}",
+        watch.said()
+    );
+    drop(first);
+    watch.wait_for("lost the system bus; reconnecting", Duration::from_secs(3));
+    let second = Daemon::new(&rig.topo.host, "nftables", false);
+    assert_eq!(second.bus_address(), bus);
+    watch.wait_for("firewalld signals: on again", Duration::from_secs(8));
+    drop(watch);
+    drop(second);
+    rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg);
 }

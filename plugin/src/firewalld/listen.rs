@@ -99,8 +99,12 @@ impl Subscription {
         let bus = system_bus(START_TIMEOUT)?;
         // Before the matches: nothing they let through is missed.
         let messages = MessageIterator::from(&bus);
-        let query =
-            |what: &'static str| move |source: zbus::Error| FirewalldError::Query { what, source };
+        let query = |what: &'static str| {
+            move |e: zbus::Error| FirewalldError::Query {
+                what,
+                source: Box::new(e),
+            }
+        };
         let dbus = zbus::blocking::fdo::DBusProxy::new(&bus).map_err(query("for its proxy"))?;
         for rule in rules().map_err(query("a match rule"))? {
             dbus.add_match_rule(rule)

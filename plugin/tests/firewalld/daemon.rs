@@ -134,7 +134,7 @@ impl Daemon {
     }
 
     /// `program` inside the mount and network namespaces, on the bus.
-    fn enter(&self, program: &str) -> Command {
+    pub fn enter(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--target={}", self.bus.id()))
             .args(["--mount", "--net", "--", "env", "-i"])
@@ -155,8 +155,24 @@ impl Daemon {
     /// Starts firewalld and waits until its start-up is over (its
     /// `state` property says RUNNING, what `firewall-cmd --state` asks).
     pub fn start_firewalld(&mut self) -> Duration {
-        assert!(self.firewalld.is_none(), "firewalld already runs");
         let started = Instant::now();
+        self.spawn_firewalld();
+        self.wait_running();
+        started.elapsed()
+    }
+
+    /// Returns once firewalld's start or reload (SIGHUP) is over: its main
+    /// loop answers the `state` query only then (the signal's source has
+    /// the higher priority).
+    pub fn wait_running(&self) {
+        let state = portmap::firewalld::state(&self.connection()).expect("firewalld state");
+        assert_eq!(state, "RUNNING", "{}", self.log("firewalld.log"));
+    }
+
+    /// Starts firewalld and returns once its bus name appears: when
+    /// systemd deems a Type=dbus unit started, before its start-up flush.
+    pub fn spawn_firewalld(&mut self) {
+        assert!(self.firewalld.is_none(), "firewalld already runs");
         let child = self
             .enter("firewalld")
             .args(["--nofork", "--nopid", "--log-target", "file", "--log-file"])
@@ -176,10 +192,16 @@ impl Daemon {
             );
             portmap::firewalld::on_bus(&bus).unwrap_or(false)
         });
-        // Answered once its main loop runs: after the start-up flush.
-        let state = portmap::firewalld::state(&bus).expect("firewalld state");
-        assert_eq!(state, "RUNNING", "{}", self.log("firewalld.log"));
-        started.elapsed()
+    }
+
+    /// What `systemctl reload firewalld` does (its ExecReload=kill -HUP).
+    pub fn sighup(&self) {
+        let pid = self.firewalld_pid().expect("firewalld runs");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP firewalld");
     }
 
     fn exited(&mut self) -> bool {
