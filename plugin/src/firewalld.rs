@@ -143,12 +143,8 @@ pub struct Presence {
 }
 
 pub fn presence() -> Presence {
-    let here = processes_here(|argv| {
-        // A Python script: argv[0] is the interpreter, the script follows.
-        argv.iter()
-            .take(3)
-            .any(|a| Path::new(a).file_name().is_some_and(|n| n == "firewalld"))
-    });
+    // A Python script: the kernel names it after the script (comm).
+    let here = processes_here(|comm, _| comm == "firewalld");
     let (on_bus, mut backend) = match system_bus(Duration::from_secs(2)) {
         Err(e) => (Err(e), None),
         Ok(bus) => {
@@ -174,16 +170,12 @@ pub fn presence() -> Presence {
 
 /// `portmap watch` processes in this network namespace.
 pub fn watchers() -> Vec<u32> {
-    processes_here(|argv| {
-        argv.first()
-            .is_some_and(|a| Path::new(a).file_name().is_some_and(|n| n == "portmap"))
-            && argv.get(1).is_some_and(|a| a == "watch")
-    })
+    processes_here(|comm, argv| comm == "portmap" && argv.get(1).is_some_and(|a| a == "watch"))
 }
 
-/// PIDs of processes in this thread's network namespace whose argv
-/// matches (ours excluded).
-fn processes_here(matches: impl Fn(&[String]) -> bool) -> Vec<u32> {
+/// PIDs of processes in this thread's network namespace whose command
+/// name and argv match (ours excluded).
+fn processes_here(matches: impl Fn(&str, &[String]) -> bool) -> Vec<u32> {
     let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
     let Some(ours) = id(Path::new("/proc/thread-self/ns/net")) else {
         return vec![];
@@ -197,6 +189,9 @@ fn processes_here(matches: impl Fn(&[String]) -> bool) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
         .filter(|pid| {
+            let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+                return false;
+            };
             let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
                 return false;
             };
@@ -205,7 +200,7 @@ fn processes_here(matches: impl Fn(&[String]) -> bool) -> Vec<u32> {
                 .filter(|a| !a.is_empty())
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            matches(&argv)
+            matches(comm.trim_end(), &argv)
         })
         .filter(|pid| id(Path::new(&format!("/proc/{pid}/ns/net"))) == Some(ours))
         .collect();
