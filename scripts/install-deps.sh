@@ -28,6 +28,8 @@ packages=(
   rpm                 # rpmbuild for scripts/package.sh's .rpm; rpm -qlp/--scripts/--root in tests/packages
   systemd             # systemd-analyze verifies contrib/systemd units
   python3-venv        # actionlint's venv (PEP 668: no pip outside one)
+  firewalld           # plugin/tests/firewalld.rs runs a real one in its own netns (never started on the host)
+  dbus                # dbus-daemon: that test's private system bus
 )
 
 # The distro suite needs a Docker engine, the runtime tests containerd and
@@ -53,8 +55,29 @@ if [ "${#missing[@]}" -gt 0 ]; then
     SUDO="sudo"
   fi
   export DEBIAN_FRONTEND=noninteractive
+  # Packages must start no service on the host (firewalld would flush its
+  # iptables, dockerd write its own rules): a policy-rc.d refusing every
+  # start for the install, unless the host has one already.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# install-deps.sh: start nothing while it installs\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+    $SUDO chmod 0755 "$policy"
+    own_policy=1
+    trap '$SUDO rm -f "$policy"' EXIT
+  fi
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  if [ -n "$own_policy" ]; then
+    $SUDO rm -f "$policy"
+    trap - EXIT
+  fi
+  # Installed for the tests only: it must not take the host's firewall
+  # over at the next boot either (its postinst enables the unit).
+  if [[ " ${missing[*]} " == *" firewalld "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl --root=/ disable firewalld.service >/dev/null 2>&1 ||
+      echo "install-deps: could not disable firewalld.service; run: systemctl disable firewalld" >&2
+  fi
 fi
 
 # Pinned PyPI wheels in the tools venv, each found by its dist-info

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod cni;
 pub mod commands;
 pub mod config;
+pub mod firewalld;
 pub mod gojson;
 pub mod journal;
 pub mod lock;

@@ -12,6 +12,7 @@ use portmap_backends::{Attachment, BackendKind, InstalledContainer, Plan, Verdic
 
 use super::Target;
 
+use crate::firewalld::{self, Presence};
 use crate::journal::{Entry, Journal};
 
 /// Journal entries whose rules are not all in place.
@@ -201,6 +202,10 @@ pub(super) fn status() -> ExitCode {
     for line in mapping_advice(&all, picked) {
         println!("{line}");
     }
+    let presence = firewalld::presence();
+    for line in firewalld_report(&presence, &all, &firewalld::watchers()) {
+        println!("{line}");
+    }
     for line in portmap_backends::guard::report() {
         println!("{line}");
     }
@@ -261,6 +266,82 @@ fn mapping_advice(all: &[InstalledContainer], picked: BackendKind) -> Vec<String
     out
 }
 
+/// Whether firewalld runs here, its backend, which of our mappings its
+/// reloads flush and whether a `portmap watch` puts them back.
+fn firewalld_report(p: &Presence, all: &[InstalledContainer], watchers: &[u32]) -> Vec<String> {
+    let on_bus = matches!(p.on_bus, Ok(true));
+    if p.here.is_empty() {
+        return vec![if on_bus {
+            format!(
+                "firewalld: owns {} on the system bus but runs in another network namespace: \
+                 its reloads do not touch this one's rules",
+                firewalld::BUS_NAME
+            )
+        } else {
+            "firewalld: not running in this network namespace".to_string()
+        }];
+    }
+    let pids: Vec<String> = p.here.iter().map(u32::to_string).collect();
+    let backend = p
+        .backend
+        .as_ref()
+        .map_or("backend unknown".to_string(), |(b, from)| {
+            format!("backend {b} (from {from})")
+        });
+    let mut out = vec![format!(
+        "firewalld: running in this network namespace (pid {}), {backend}; its start and \
+         every reload flush every iptables table (iptables -F -X -Z), whatever its backend",
+        pids.join(", ")
+    )];
+    if let Err(e) = &p.on_bus {
+        out.push(format!(
+            "firewalld: its D-Bus signals cannot be followed here: {e}"
+        ));
+    }
+    let flushed: Vec<&InstalledContainer> = all
+        .iter()
+        .filter(|c| firewalld::flushes(c.backend))
+        .collect();
+    if flushed.is_empty() {
+        out.push(
+            "firewalld: none of our mappings is in iptables (nftables ones outlive its reloads)"
+                .to_string(),
+        );
+        return out;
+    }
+    out.push(format!(
+        "firewalld: its reloads flush {} container(s) of ours (nftables ones are kept):",
+        flushed.len()
+    ));
+    for c in &flushed {
+        let mut ports: Vec<String> = c
+            .mappings
+            .iter()
+            .map(|m| format!("{}/{}", m.host_port, m.protocol))
+            .collect();
+        // One per family in the rules, once here.
+        ports.dedup();
+        out.push(format!(
+            "  {} in {}: {}",
+            c.container_id,
+            c.backend,
+            ports.join(" ")
+        ));
+    }
+    out.push(if watchers.is_empty() {
+        "warning: no `portmap watch` runs in this network namespace: after a firewalld reload \
+         these stay unreachable until `portmap restore` (enable portmap-watch.service)"
+            .to_string()
+    } else {
+        let pids: Vec<String> = watchers.iter().map(u32::to_string).collect();
+        format!(
+            "firewalld: `portmap watch` (pid {}) restores them after each start and reload",
+            pids.join(", ")
+        )
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,5 +396,44 @@ mod tests {
             lines[1].ends_with("portmap migrate --to iptables --network NAME"),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn firewalld_report_names_what_its_reloads_flush() {
+        let presence = |here: Vec<u32>, on_bus: bool| Presence {
+            here,
+            on_bus: Ok(on_bus),
+            backend: Some(("iptables".into(), "its D-Bus config")),
+        };
+        let all = [
+            container(BackendKind::Nftables, "kept"),
+            container(BackendKind::IptablesLegacy, "lost"),
+        ];
+        let lines = firewalld_report(&presence(vec![7], true), &all, &[]);
+        assert!(
+            lines[0].contains("pid 7), backend iptables (from its D-Bus config)"),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[1],
+            "firewalld: its reloads flush 1 container(s) of ours (nftables ones are kept):"
+        );
+        assert_eq!(lines[2], "  lost in iptables-legacy: ");
+        assert!(
+            lines[3].starts_with("warning: no `portmap watch`"),
+            "{lines:?}"
+        );
+        let lines = firewalld_report(&presence(vec![7], true), &all, &[9]);
+        assert!(lines[3].contains("(pid 9) restores them"), "{lines:?}");
+        let lines = firewalld_report(&presence(vec![7], true), &all[..1], &[]);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[1].contains("none of our mappings is in iptables"));
+        let lines = firewalld_report(&presence(vec![], true), &all, &[]);
+        assert!(
+            lines[0].contains("runs in another network namespace"),
+            "{lines:?}"
+        );
+        let lines = firewalld_report(&presence(vec![], false), &all, &[]);
+        assert_eq!(lines, ["firewalld: not running in this network namespace"]);
     }
 }

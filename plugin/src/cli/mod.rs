@@ -50,7 +50,8 @@ enum Sub {
         #[arg(long)]
         json: bool,
     },
-    /// Show which backends are usable here and which one auto-selection picks.
+    /// Show which backends are usable here and which one auto-selection
+    /// picks; whether firewalld runs here and which mappings its reloads flush.
     Status,
     /// Reinstall every journaled container whose rules are missing or
     /// damaged (after a firewall reload), each in its own backend and one
@@ -62,7 +63,9 @@ enum Sub {
     },
     /// Keep restoring: after nf_tables reports a removed table, chain or
     /// rule (a flush, `systemctl restart nftables`, a firewalld reload),
-    /// within a second; iptables, which has no events, every --interval.
+    /// within a second; after firewalld's D-Bus `Reloaded` signal and its
+    /// restarts (system bus, DBUS_SYSTEM_BUS_ADDRESS honoured); iptables,
+    /// which has no events, every --interval.
     /// One line per reinstalled container. Stops on SIGTERM or SIGINT.
     Watch {
         /// Seconds between checks of iptables-held containers.

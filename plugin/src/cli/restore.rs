@@ -230,6 +230,9 @@ pub(super) fn watch(interval: Duration) -> ExitCode {
         journal.dir().display(),
         if events.is_some() { "on" } else { "off" }
     );
+    // firewalld's Reloaded (and start, stop): its flush takes legacy
+    // iptables too, which sends no nf_tables notification.
+    let firewalld = crate::firewalld::Listener::start();
     let mut removal_at: Option<Instant> = None;
     let mut next_check = Instant::now() + interval;
     while !STOP.load(Ordering::SeqCst) {
@@ -240,6 +243,10 @@ pub(super) fn watch(interval: Duration) -> ExitCode {
                 Err(e) => eprintln!("portmap: watch: {e}"),
             },
             None => std::thread::sleep(TICK),
+        }
+        if firewalld.as_ref().is_some_and(|f| f.triggered()) {
+            removal_at = None;
+            restore_pass(&journal, false, &|_| true);
         }
         if removal_at.is_some_and(|t| t.elapsed() >= DEBOUNCE) {
             removal_at = None;
