@@ -246,6 +246,35 @@ pub struct InstalledMapping {
     pub container_port: u16,
 }
 
+/// What one DNAT rule says, read back from either backend: a host port
+/// range (one port, or a run rendered as one rule) and its target.
+pub struct DnatRule {
+    pub family: Family,
+    pub protocol: Protocol,
+    pub host_ip: Option<IpAddr>,
+    pub host_ports: (u16, u16),
+    pub container_ip: IpAddr,
+    /// `None`: the rule keeps the destination port (a run's rendering).
+    pub container_port: Option<u16>,
+}
+
+impl DnatRule {
+    /// The mappings the rule stands for, one per host port.
+    pub fn mappings(&self) -> Vec<InstalledMapping> {
+        let (first, last) = self.host_ports;
+        (first..=last)
+            .map(|host_port| InstalledMapping {
+                family: self.family,
+                protocol: self.protocol,
+                host_ip: self.host_ip,
+                host_port,
+                container_ip: self.container_ip,
+                container_port: self.container_port.unwrap_or(host_port),
+            })
+            .collect()
+    }
+}
+
 /// Where one ADD put a container's rules, as its backend can find them
 /// again (nftables: family, chain and handle of each rule).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]

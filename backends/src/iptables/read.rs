@@ -194,20 +194,20 @@ fn parse_dnat(family: Family, spec: &str) -> Vec<InstalledMapping> {
         .and_then(|d| d.parse().ok());
     let protocol = after("-p").and_then(|p| Protocol::parse(p));
     let ports = after("--dport").and_then(|p| port_range(p));
-    let (Some((container_ip, to)), Some(protocol), Some((first, last))) = (target, protocol, ports)
+    let (Some((container_ip, container_port)), Some(protocol), Some(host_ports)) =
+        (target, protocol, ports)
     else {
         return Vec::new();
     };
-    (first..=last)
-        .map(|host_port| InstalledMapping {
-            family,
-            protocol,
-            host_ip,
-            host_port,
-            container_ip,
-            container_port: to.unwrap_or(host_port),
-        })
-        .collect()
+    crate::DnatRule {
+        family,
+        protocol,
+        host_ip,
+        host_ports,
+        container_ip,
+        container_port,
+    }
+    .mappings()
 }
 
 #[cfg(test)]

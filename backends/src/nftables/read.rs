@@ -182,20 +182,20 @@ pub(super) fn parse_mapping(family: Family, r: &Listed) -> Vec<InstalledMapping>
             _ => {}
         }
     }
-    let (Some((container_ip, to)), Some(protocol), Some((first, last))) = (target, protocol, ports)
+    let (Some((container_ip, container_port)), Some(protocol), Some(host_ports)) =
+        (target, protocol, ports)
     else {
         return Vec::new();
     };
-    (first..=last)
-        .map(|host_port| InstalledMapping {
-            family,
-            protocol,
-            host_ip,
-            host_port,
-            container_ip,
-            container_port: to.unwrap_or(host_port),
-        })
-        .collect()
+    crate::DnatRule {
+        family,
+        protocol,
+        host_ip,
+        host_ports,
+        container_ip,
+        container_port,
+    }
+    .mappings()
 }
 
 /// The container address a listed rule leads to (see `KernelRule::target`):
