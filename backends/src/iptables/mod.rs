@@ -178,6 +178,19 @@ impl Iptables {
         plan: &'p Plan,
     ) -> Result<Vec<(&'p FamilyPlan, &Runner, SavedTable)>, IptablesError> {
         let mut found = Vec::new();
+        for (fam, runner) in self.plan_runners(plan)? {
+            found.push((fam, runner, read_for_plan(runner)?));
+        }
+        Ok(found)
+    }
+
+    /// The plan's families that have mappings, each with its runner (see
+    /// [`Iptables::plan_families`]), before any read.
+    fn plan_runners<'p>(
+        &self,
+        plan: &'p Plan,
+    ) -> Result<Vec<(&'p FamilyPlan, &Runner)>, IptablesError> {
+        let mut found = Vec::new();
         for fam in plan.families.iter().filter(|f| !f.dnats.is_empty()) {
             let Some(runner) = self.runner(fam.family) else {
                 if access::kernel_has(fam.family) {
@@ -185,7 +198,7 @@ impl Iptables {
                 }
                 continue;
             };
-            found.push((fam, runner, read_for_plan(runner)?));
+            found.push((fam, runner));
         }
         if found.is_empty() && !plan.is_empty() {
             return Err(self.not_usable());
@@ -242,15 +255,47 @@ impl Iptables {
 
     fn check_inner(&self, plan: &Plan) -> Result<Option<String>, IptablesError> {
         for (fam, _, saved) in self.plan_families(plan)? {
-            if let Some(missing) = batch::check(plan, fam, &saved) {
-                return Ok(Some(format!(
-                    "{} {}: {missing}",
-                    self.name_str(),
-                    fam.family
-                )));
+            if let Some(missing) = self.compare(plan, fam, &saved) {
+                return Ok(Some(missing));
             }
         }
         Ok(None)
+    }
+
+    fn compare(&self, plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> Option<String> {
+        batch::check(plan, fam, saved)
+            .map(|missing| format!("{} {}: {missing}", self.name_str(), fam.family))
+    }
+
+    /// Every plan against one nat read per family; a plan this backend
+    /// cannot check (no tools for a family it maps) is damaged, with why.
+    fn check_all_inner(&self, plans: &[&Plan]) -> Result<Vec<Verdict>, IptablesError> {
+        let mut tables: BTreeMap<Family, SavedTable> = BTreeMap::new();
+        let mut verdicts = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let runners = match self.plan_runners(plan) {
+                Ok(runners) => runners,
+                Err(e) => {
+                    verdicts.push(Verdict::Damaged(e.to_string()));
+                    continue;
+                }
+            };
+            let mut verdict = Verdict::Whole;
+            for (fam, runner) in runners {
+                if !tables.contains_key(&fam.family) {
+                    tables.insert(fam.family, read_for_plan(runner)?);
+                }
+                let missing = tables
+                    .get(&fam.family)
+                    .and_then(|saved| self.compare(plan, fam, saved));
+                if let Some(missing) = missing {
+                    verdict = Verdict::Damaged(missing);
+                    break;
+                }
+            }
+            verdicts.push(verdict);
+        }
+        Ok(verdicts)
     }
 
     /// Deletes the containers `doomed` picks from what each family's read
@@ -389,6 +434,10 @@ impl Backend for Iptables {
         Ok(self
             .check_inner(plan)?
             .map_or(Verdict::Whole, Verdict::Damaged))
+    }
+
+    fn check_all(&self, plans: &[&Plan]) -> Result<Vec<Verdict>, BackendError> {
+        Ok(self.check_all_inner(plans)?)
     }
 
     /// The chain names the attachment (network and ID): nothing else of
