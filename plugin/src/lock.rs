@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cni::{CniError, Code};
@@ -31,7 +32,23 @@ pub fn lock_path() -> PathBuf {
 /// The plugin lock at [`lock_path`]: the CNI commands, `restore`, `watch`
 /// and `migrate` all serialise on it.
 pub fn acquire_plugin_lock() -> Result<Lock, CniError> {
-    acquire(&lock_path())
+    let lock = acquire(&lock_path())?;
+    let generation = portmap_backends::nfnetlink::generation().map_or(NO_GENERATION, u64::from);
+    LOCKED_AT.store(generation, Ordering::SeqCst);
+    Ok(lock)
+}
+
+const NO_GENERATION: u64 = u64::MAX;
+/// The nf_tables generation read right after this process last took the
+/// plugin lock.
+static LOCKED_AT: AtomicU64 = AtomicU64::new(NO_GENERATION);
+
+/// The nf_tables generation when this process last took the plugin lock
+/// (`None`: never, or no answer). Every portmap writes only under the
+/// lock, so the commits between it and the generation after our writes
+/// are ours (the journal's ring of own commits, which `watch` ignores).
+pub fn generation_at_lock() -> Option<u32> {
+    u32::try_from(LOCKED_AT.load(Ordering::SeqCst)).ok()
 }
 
 pub fn acquire(path: &Path) -> Result<Lock, CniError> {

@@ -3,7 +3,7 @@
 
 mod inspect;
 mod migrate;
-mod restore;
+pub mod restore;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -56,12 +56,15 @@ enum Sub {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Keep restoring: after nf_tables reports a removed table, chain or
-    /// rule (a flush, `systemctl restart nftables`, a firewalld reload),
-    /// within a second; iptables, which has no events, every --interval.
-    /// One line per reinstalled container. Stops on SIGTERM or SIGINT.
+    /// Keep restoring: within a second after nf_tables reports that
+    /// somebody else removed a rule, chain or table of ours (a flush,
+    /// `systemctl restart nftables`, a firewalld reload; nftables and
+    /// iptables-nft), and iptables-legacy, which has no events, every
+    /// --interval. Our own ADD/DEL start nothing. One line per pass and
+    /// per reinstalled container. Stops on SIGTERM or SIGINT.
     Watch {
-        /// Seconds between checks of iptables-held containers.
+        /// Seconds between checks of iptables-legacy-held containers
+        /// (every 12th check also looks at the others).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         interval: u64,
     },
@@ -108,7 +111,12 @@ pub fn main() -> ExitCode {
         Sub::List { json } => list(json),
         Sub::Status => status(),
         Sub::Restore { dry_run } => restore(dry_run),
-        Sub::Watch { interval } => watch(Duration::from_secs(interval)),
+        Sub::Watch { interval } => {
+            // Extra restore triggers (a firewalld `Reloaded` listener) send
+            // on `_triggers`; none yet.
+            let (_triggers, triggers) = std::sync::mpsc::channel();
+            watch(Duration::from_secs(interval), triggers)
+        }
         Sub::Migrate {
             to,
             network,
