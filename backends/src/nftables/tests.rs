@@ -1,4 +1,4 @@
-use super::render::{add_skeleton, wiring_shapes};
+use super::render::{add_skeleton, expected_rules, wiring_shapes};
 use super::*;
 use crate::plan::tests::{golden_request, neighbour};
 use crate::plan::FamilyPlan;
