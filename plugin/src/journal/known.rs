@@ -21,6 +21,17 @@ const OWN: &str = "_nf_tables.own";
 /// second of them, when at most a few dozen ran.
 const OWN_RING: usize = 64;
 
+/// `ring` with our commits (from, to] added: one range with the previous
+/// when back to back, the oldest dropped beyond [`OWN_RING`].
+fn with_own(mut ring: Vec<(u32, u32)>, from: u32, to: u32) -> Vec<(u32, u32)> {
+    match ring.last_mut() {
+        Some(last) if last.1 == from => last.1 = to,
+        _ => ring.push((from, to)),
+    }
+    let start = ring.len().saturating_sub(OWN_RING);
+    ring.split_off(start)
+}
+
 fn addrs_of(entry: &Entry) -> Vec<IpAddr> {
     [entry.request.v4, entry.request.v6]
         .into_iter()
@@ -135,13 +146,8 @@ impl Journal {
         // we took it are ours.
         if let (Some(from), Some(to)) = (crate::lock::generation_at_lock(), generation) {
             if from != to {
-                let mut ring = Self::read_own(&netns);
-                ring.push((from, to));
-                let start = ring.len().saturating_sub(OWN_RING);
-                let text: String = ring[start..]
-                    .iter()
-                    .map(|(f, t)| format!("{f} {t}\n"))
-                    .collect();
+                let ring = with_own(Self::read_own(&netns), from, to);
+                let text: String = ring.iter().map(|(f, t)| format!("{f} {t}\n")).collect();
                 let _ = netns.replace(OWN, text.as_bytes(), false);
             }
         }
@@ -185,5 +191,24 @@ impl Journal {
     pub(super) fn drop_ledger(netns: &super::dirs::Dir) {
         let _ = netns.remove(LEDGER);
         let _ = netns.remove(OWN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_merges_back_to_back_commands_and_keeps_the_newest() {
+        let ring = with_own(with_own(Vec::new(), 3, 5), 5, 6);
+        assert_eq!(ring, [(3, 6)], "nobody wrote between: one range");
+        let ring = with_own(ring, 8, 9);
+        assert_eq!(ring, [(3, 6), (8, 9)], "generation 7 was somebody else's");
+        let mut ring = Vec::new();
+        for i in 0..100u32 {
+            ring = with_own(ring, 3 * i, 3 * i + 1);
+        }
+        assert_eq!(ring.len(), OWN_RING);
+        assert_eq!(ring.last(), Some(&(297, 298)));
     }
 }

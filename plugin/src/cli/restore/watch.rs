@@ -246,7 +246,7 @@ pub(crate) fn watch(interval: Duration, triggers: Receiver<Trigger>) -> ExitCode
             ticks = ticks.wrapping_add(1);
             // Without notifications (or for iptables-legacy, which has none)
             // check on the timer.
-            let everything = events.is_none() || ticks % BACKSTOP == 0;
+            let everything = events.is_none() || ticks.is_multiple_of(BACKSTOP);
             let started = Instant::now();
             let pass = pass::run(&journal, false, &|k| {
                 everything || k == BackendKind::IptablesLegacy
