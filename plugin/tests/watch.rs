@@ -78,8 +78,8 @@ fn a_pass_reads_without_the_lock() {
         let (id, cfg) = synthetic(&a, key, i);
         rig.must(&ours(), "ADD", &id, Some(&a), &cfg);
     }
-    // ADD reads over netlink and writes with `nft -f`: only lists sleep.
-    wrap(&rig, &["nft"], "case \"$*\" in *list*) sleep 2;; esac");
+    // ADD reads over netlink and writes with `nft -f`: only lists sleep (PATH holds only the tools: sleep by its path).
+    wrap(&rig, &["nft"], "case \"$*\" in *list*) /bin/sleep 2;; esac");
     let started = Instant::now();
     let mut restore = spawn_restore(&rig);
     std::thread::sleep(Duration::from_millis(500));
