@@ -4,7 +4,7 @@
 # 10), in network namespaces of the test's own. Fails when watch uses 5%
 # or more of one core (utime+stime from /proc/PID/stat), its VmRSS grows
 # by more than 1 MiB, our own commands start a pass, or it no longer
-# restores at the end. The suite runs the same test for 40 s.
+# restores at the end. The suite runs the same test for 30 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${1:-10}"
