@@ -66,7 +66,7 @@ fn watch_bench() {
     let latency = |label: &str| {
         let (mut adds, mut dels) = (Vec::new(), Vec::new());
         for i in 0..15 {
-            let (id, cfg) = synthetic(&a, key, 100_000 + i);
+            let (id, cfg) = synthetic(&a, key, 5_000 + i);
             adds.push(rig.must(&ours(), "ADD", &id, Some(&a), &cfg).elapsed);
             dels.push(rig.must(&ours(), "DEL", &id, Some(&a), &cfg).elapsed);
         }

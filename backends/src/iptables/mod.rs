@@ -4,6 +4,7 @@
 
 mod access;
 pub mod batch;
+mod check;
 mod error;
 pub mod guard;
 mod read;
@@ -265,37 +266,6 @@ impl Iptables {
     fn compare(&self, plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> Option<String> {
         batch::check(plan, fam, saved)
             .map(|missing| format!("{} {}: {missing}", self.name_str(), fam.family))
-    }
-
-    /// Every plan against one nat read per family; a plan this backend
-    /// cannot check (no tools for a family it maps) is damaged, with why.
-    fn check_all_inner(&self, plans: &[&Plan]) -> Result<Vec<Verdict>, IptablesError> {
-        let mut tables: BTreeMap<Family, SavedTable> = BTreeMap::new();
-        let mut verdicts = Vec::with_capacity(plans.len());
-        for plan in plans {
-            let runners = match self.plan_runners(plan) {
-                Ok(runners) => runners,
-                Err(e) => {
-                    verdicts.push(Verdict::Damaged(e.to_string()));
-                    continue;
-                }
-            };
-            let mut verdict = Verdict::Whole;
-            for (fam, runner) in runners {
-                if !tables.contains_key(&fam.family) {
-                    tables.insert(fam.family, read_for_plan(runner)?);
-                }
-                let missing = tables
-                    .get(&fam.family)
-                    .and_then(|saved| self.compare(plan, fam, saved));
-                if let Some(missing) = missing {
-                    verdict = Verdict::Damaged(missing);
-                    break;
-                }
-            }
-            verdicts.push(verdict);
-        }
-        Ok(verdicts)
     }
 
     /// Deletes the containers `doomed` picks from what each family's read
