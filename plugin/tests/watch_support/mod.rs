@@ -38,6 +38,12 @@ pub fn rig_for(backend: &str) -> Option<(Rig, &'static str)> {
     Some((Rig::new(tools)?, key))
 }
 
+/// The binary under test: `$PORTMAP_WATCH_BIN` (scripts/watch-bench.sh
+/// passes the release build), else the one cargo built for the tests.
+pub fn plugin() -> PathBuf {
+    std::env::var_os("PORTMAP_WATCH_BIN").map_or_else(ours, PathBuf::from)
+}
+
 /// `portmap ARGS` in the rig's host namespace, with the PATH, journal and
 /// lock its plugin calls use.
 pub fn cli(rig: &Rig, args: &[&str]) -> Outcome {
@@ -46,7 +52,7 @@ pub fn cli(rig: &Rig, args: &[&str]) -> Outcome {
 
 fn command(rig: &Rig, args: &[&str]) -> std::process::Command {
     let path = rig.tools.path();
-    let mut cmd = rig.topo.host.command(ours());
+    let mut cmd = rig.topo.host.command(plugin());
     cmd.env_clear()
         .env("PATH", path)
         .env("PORTMAP_STATE_DIR", state_dir(path))

@@ -17,9 +17,11 @@ pub(super) struct Pass {
     pub checked: usize,
     pub in_place: usize,
     pub reinstalled: usize,
-    /// Forgotten (rules and namespace gone) or deleted while the pass ran.
+    /// Forgotten: rules and namespace gone.
     pub dropped: usize,
     pub failed: usize,
+    /// Deleted or re-added by a runtime while the pass ran (nothing to do).
+    pub superseded: usize,
 }
 
 impl Pass {
@@ -130,7 +132,7 @@ pub(super) fn run(journal: &Journal, dry_run: bool, wanted: &dyn Fn(BackendKind)
             let id = &entry.request.key.container_id;
             match repairs.repair(entry, why) {
                 Ok(Restored::InPlace) => pass.in_place += 1,
-                Ok(Restored::Superseded) => pass.dropped += 1,
+                Ok(Restored::Superseded) => pass.superseded += 1,
                 Ok(Restored::Dropped) => {
                     pass.dropped += 1;
                     println!(

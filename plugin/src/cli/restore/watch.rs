@@ -161,11 +161,13 @@ extern "C" fn stop(_: nix::libc::c_int) {
 
 fn pass_line(why: &str, pass: &pass::Pass, took: Duration) -> String {
     format!(
-        "portmap watch: pass ({why}): {} checked, {} reinstalled, {} gone, {} failed, {} ms",
+        "portmap watch: pass ({why}): {} checked, {} reinstalled, {} gone, {} failed, \
+         {} changed meanwhile, {} ms",
         pass.checked,
         pass.reinstalled,
         pass.dropped,
         pass.failed,
+        pass.superseded,
         took.as_millis()
     )
 }
