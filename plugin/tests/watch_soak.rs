@@ -60,7 +60,7 @@ fn watch_soak() {
         rounds += 1;
         let rss = usage(pid).1;
         rss_max = rss_max.max(rss);
-        if rounds % 10 == 0 {
+        if rounds.is_multiple_of(10) {
             series.push(rss);
         }
         if let Some(rest) = Duration::from_secs(1).checked_sub(round.elapsed()) {

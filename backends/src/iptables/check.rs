@@ -3,6 +3,7 @@
 //! same `batch::check` CHECK runs) against a view holding just what that
 //! check looks at, so a pass stays linear in the number of containers.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::access::read_for_plan;
@@ -91,13 +92,11 @@ impl Iptables {
             let chain = rules::container_chain(&plan.key.network, &plan.key.container_id);
             let mut verdict = Verdict::Whole;
             for (fam, runner) in runners {
-                if !tables.contains_key(&fam.family) {
-                    tables.insert(fam.family, Indexed::new(read_for_plan(runner)?));
-                }
-                let missing = tables
-                    .get(&fam.family)
-                    .and_then(|t| self.compare(plan, fam, &t.view(&chain)));
-                if let Some(missing) = missing {
+                let table = match tables.entry(fam.family) {
+                    Entry::Occupied(t) => t.into_mut(),
+                    Entry::Vacant(t) => t.insert(Indexed::new(read_for_plan(runner)?)),
+                };
+                if let Some(missing) = self.compare(plan, fam, &table.view(&chain)) {
                     verdict = Verdict::Damaged(missing);
                     break;
                 }

@@ -2,6 +2,7 @@
 //! each of its families. CHECK reads per plan; `portmap restore` reads
 //! each family once and compares every journaled plan against that.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::read::{listed_target, Listed};
@@ -42,11 +43,14 @@ impl Nftables {
         for plan in plans {
             let mut verdict = Verdict::Whole;
             for fam in plan.families.iter().filter(|f| !f.dnats.is_empty()) {
-                if !tables.contains_key(&fam.family) {
-                    let listed = self.read(fam.family, &wanted)?;
-                    tables.insert(fam.family, listed.map(|l| Indexed::new(fam.family, l)));
-                }
-                let why = match tables.get(&fam.family).and_then(Option::as_ref) {
+                let table = match tables.entry(fam.family) {
+                    Entry::Occupied(t) => t.into_mut(),
+                    Entry::Vacant(t) => {
+                        let listed = self.read(fam.family, &wanted)?;
+                        t.insert(listed.map(|l| Indexed::new(fam.family, l)))
+                    }
+                };
+                let why = match table.as_ref() {
                     None => Ok(Some(missing(fam.family))),
                     Some(t) => match &t.wiring {
                         Some(why) => Ok(Some(why.clone())),

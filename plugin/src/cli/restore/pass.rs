@@ -172,9 +172,8 @@ impl Repairs<'_> {
     /// its ADD installed the guard (the host's, which CHECK leaves out),
     /// and reinstalling puts it back.
     fn guard_lost(&mut self, plan: &Plan) -> Option<Damage> {
-        if plan.localnet_container().is_none() {
-            return None;
-        }
+        // Only containers whose ADD installs it (snat, IPv4).
+        plan.localnet_container()?;
         let backend = &self.backend;
         let whole = *self
             .guard
