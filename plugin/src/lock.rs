@@ -18,6 +18,11 @@ pub const LOCK_PATH: &str = "/run/portmap.lock";
 pub const LOCK_ENV: &str = "PORTMAP_LOCK";
 const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(5);
+/// How long a process that released the lock waits before it takes it
+/// again (a restore pass between two repairs): longer than a waiter's
+/// poll, or `try_lock` polling lets the releaser win every time and a
+/// runtime's ADD or DEL starves.
+pub const YIELD: Duration = Duration::from_millis(2 * POLL.as_millis() as u64);
 
 /// Held until dropped (the kernel releases it if we die).
 pub struct Lock(#[allow(dead_code)] File);

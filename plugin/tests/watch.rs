@@ -104,6 +104,39 @@ fn a_pass_reads_without_the_lock() {
     rig.must(&ours(), "CHECK", &id, Some(&a), &cfg);
 }
 
+/// A pass reinstalling container after container (each write slowed to
+/// 100 ms) takes the lock per container and lets waiters in between: a
+/// runtime's ADD and DEL meanwhile wait for one write, not for the pass.
+#[test]
+fn a_long_pass_lets_add_and_del_in_between() {
+    let Some((rig, key)) = rig_for("nftables") else {
+        return;
+    };
+    let a = rig.topo.container("a", 5).expect("container a");
+    for i in 0..30 {
+        let (id, cfg) = synthetic(&a, key, i);
+        rig.must(&ours(), "ADD", &id, Some(&a), &cfg);
+    }
+    flush_ours(&rig, "nftables");
+    wrap(&rig, &["nft"], "case \"$*\" in *-f*) /bin/sleep 0.1;; esac");
+    let mut restore = spawn_restore(&rig);
+    std::thread::sleep(Duration::from_millis(500));
+    let (id, cfg) = synthetic(&a, key, 100);
+    let add = rig.must(&ours(), "ADD", &id, Some(&a), &cfg).elapsed;
+    let del = rig.must(&ours(), "DEL", &id, Some(&a), &cfg).elapsed;
+    let running = restore.try_wait().expect("wait").is_none();
+    let out = restore.wait_with_output().expect("restore");
+    let said = String::from_utf8_lossy(&out.stdout);
+    eprintln!("during the pass: ADD {add:?}, DEL {del:?}");
+    assert!(out.status.success(), "{said}");
+    assert!(running, "the pass ended first: {said}");
+    assert!(said.contains("reinstalled 30 container(s)"), "{said}");
+    // Our own write (100 ms slowed) plus one of the pass's at most.
+    for took in [add, del] {
+        assert!(took < Duration::from_millis(1000), "{add:?} {del:?}");
+    }
+}
+
 /// Churn outside our rules (another nft table; for iptables-nft also
 /// another rule in nat PREROUTING) and our own ADD/DEL start no pass; a
 /// removal of ours by somebody else starts exactly one.
@@ -166,8 +199,10 @@ fn watch_ignores_other_tables_and_our_own_commands(#[values("nftables", "nft")] 
     rig.must(&ours(), "CHECK", "ctr-a", Some(&a), &cfg_a);
 }
 
-/// Another table changing every 50 ms never lets the debounce settle;
-/// the cap still runs the pass within a second of our table's removal.
+/// Steady churn: another table changing every 50 ms (ignored), and a
+/// chain of our ip6 table made and removed by somebody else each round,
+/// so the debounce never settles; the cap still runs the pass within a
+/// second of our ip table's removal.
 #[test]
 fn watch_restores_within_a_second_under_churn() {
     let Some((rig, key)) = rig_for("nftables") else {
@@ -193,6 +228,11 @@ fn watch_restores_within_a_second_under_churn() {
                 }
                 let _ = host.exec("nft", &["add", "rule", "ip", "pmt_other", "c", "accept"]);
                 let _ = host.exec("nft", &["flush", "chain", "ip", "pmt_other", "c"]);
+                let _ = host.exec("nft", &["add", "chain", "ip6", "cni_hostport", "pmt_churn"]);
+                let _ = host.exec(
+                    "nft",
+                    &["delete", "chain", "ip6", "cni_hostport", "pmt_churn"],
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
@@ -208,6 +248,10 @@ fn watch_restores_within_a_second_under_churn() {
     // The 1 s cap, the pass itself, and the 20 ms probe interval.
     assert!(back < Duration::from_millis(1500), "{back:?}: {said}");
     assert!(said.contains("reinstalled ctr-a in nftables"), "{said}");
+    // The churn in our ip6 table did start passes, capped: never more
+    // than about one a second (the pass of the removal among them).
+    let passes = said.matches("portmap watch: pass (").count();
+    assert!((1..=4).contains(&passes), "{passes} passes: {said}");
 }
 
 /// iptables-nft keeps its rules in nf_tables: with the timer an hour

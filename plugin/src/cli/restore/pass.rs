@@ -68,6 +68,8 @@ struct Repairs<'p> {
     /// write made): the same under the lock means nobody wrote since.
     /// Says nothing of iptables-legacy, which is then always re-read.
     read_at: Option<u32>,
+    /// Whether a repair took the lock already (the next lets waiters in first).
+    locked_before: bool,
     /// Whether the localnet guard is whole, asked once (iptables asks with
     /// an `iptables-save -t mangle` process).
     guard: Option<bool>,
@@ -110,6 +112,7 @@ pub(super) fn run(journal: &Journal, dry_run: bool, wanted: &dyn Fn(BackendKind)
             backend,
             dry_run,
             read_at: read_at.filter(|_| kind != BackendKind::IptablesLegacy),
+            locked_before: false,
             guard: None,
         };
         let plans: Vec<Plan> = entries.iter().map(|(_, e)| Plan::new(&e.request)).collect();
@@ -201,6 +204,10 @@ impl Repairs<'_> {
                 why => Restored::Reinstalled(why.to_string()),
             });
         }
+        if self.locked_before {
+            std::thread::sleep(lock::YIELD);
+        }
+        self.locked_before = true;
         let _lock = lock::acquire_plugin_lock().map_err(|e| e.msg)?;
         let key = &entry.request.key;
         match self.journal.entry(key, &entry.ifname) {
