@@ -402,6 +402,13 @@ pub trait Backend: Send + Sync {
     /// ([`Backend::localnet_guard`]): it is the host's, and upstream's
     /// containers have none, yet pass CHECK.
     fn check(&self, plan: &Plan) -> Result<Verdict, BackendError>;
+    /// [`Backend::check`] of many plans against one read of the firewall
+    /// (`portmap restore`: one read per pass, not one per container). A
+    /// plan that cannot be compared is `Damaged` with why; a read that
+    /// fails fails them all.
+    fn check_all(&self, plans: &[&Plan]) -> Result<Vec<Verdict>, BackendError> {
+        plans.iter().map(|p| self.check(p)).collect()
+    }
     /// Removes every rule of the attachment (those `known` owns, where the
     /// backend cannot tell attachments apart otherwise); succeeds when
     /// there is none. `receipt`: where its ADD put them, a hint the caller

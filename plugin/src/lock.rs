@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cni::{CniError, Code};
@@ -17,6 +18,11 @@ pub const LOCK_PATH: &str = "/run/portmap.lock";
 pub const LOCK_ENV: &str = "PORTMAP_LOCK";
 const WAIT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(5);
+/// How long a process that released the lock waits before it takes it
+/// again (a restore pass between two repairs): longer than a waiter's
+/// poll, or `try_lock` polling lets the releaser win every time and a
+/// runtime's ADD or DEL starves.
+pub const YIELD: Duration = Duration::from_millis(2 * POLL.as_millis() as u64);
 
 /// Held until dropped (the kernel releases it if we die).
 pub struct Lock(#[allow(dead_code)] File);
@@ -31,7 +37,23 @@ pub fn lock_path() -> PathBuf {
 /// The plugin lock at [`lock_path`]: the CNI commands, `restore`, `watch`
 /// and `migrate` all serialise on it.
 pub fn acquire_plugin_lock() -> Result<Lock, CniError> {
-    acquire(&lock_path())
+    let lock = acquire(&lock_path())?;
+    let generation = portmap_backends::nfnetlink::generation().map_or(NO_GENERATION, u64::from);
+    LOCKED_AT.store(generation, Ordering::SeqCst);
+    Ok(lock)
+}
+
+const NO_GENERATION: u64 = u64::MAX;
+/// The nf_tables generation read right after this process last took the
+/// plugin lock.
+static LOCKED_AT: AtomicU64 = AtomicU64::new(NO_GENERATION);
+
+/// The nf_tables generation when this process last took the plugin lock
+/// (`None`: never, or no answer). Every portmap writes only under the
+/// lock, so the commits between it and the generation after our writes
+/// are ours (the journal's ring of own commits, which `watch` ignores).
+pub fn generation_at_lock() -> Option<u32> {
+    u32::try_from(LOCKED_AT.load(Ordering::SeqCst)).ok()
 }
 
 pub fn acquire(path: &Path) -> Result<Lock, CniError> {

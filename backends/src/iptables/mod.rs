@@ -4,6 +4,7 @@
 
 mod access;
 pub mod batch;
+mod check;
 mod error;
 pub mod guard;
 mod read;
@@ -178,6 +179,19 @@ impl Iptables {
         plan: &'p Plan,
     ) -> Result<Vec<(&'p FamilyPlan, &Runner, SavedTable)>, IptablesError> {
         let mut found = Vec::new();
+        for (fam, runner) in self.plan_runners(plan)? {
+            found.push((fam, runner, read_for_plan(runner)?));
+        }
+        Ok(found)
+    }
+
+    /// The plan's families that have mappings, each with its runner (see
+    /// [`Iptables::plan_families`]), before any read.
+    fn plan_runners<'p>(
+        &self,
+        plan: &'p Plan,
+    ) -> Result<Vec<(&'p FamilyPlan, &Runner)>, IptablesError> {
+        let mut found = Vec::new();
         for fam in plan.families.iter().filter(|f| !f.dnats.is_empty()) {
             let Some(runner) = self.runner(fam.family) else {
                 if access::kernel_has(fam.family) {
@@ -185,7 +199,7 @@ impl Iptables {
                 }
                 continue;
             };
-            found.push((fam, runner, read_for_plan(runner)?));
+            found.push((fam, runner));
         }
         if found.is_empty() && !plan.is_empty() {
             return Err(self.not_usable());
@@ -242,15 +256,16 @@ impl Iptables {
 
     fn check_inner(&self, plan: &Plan) -> Result<Option<String>, IptablesError> {
         for (fam, _, saved) in self.plan_families(plan)? {
-            if let Some(missing) = batch::check(plan, fam, &saved) {
-                return Ok(Some(format!(
-                    "{} {}: {missing}",
-                    self.name_str(),
-                    fam.family
-                )));
+            if let Some(missing) = self.compare(plan, fam, &saved) {
+                return Ok(Some(missing));
             }
         }
         Ok(None)
+    }
+
+    fn compare(&self, plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> Option<String> {
+        batch::check(plan, fam, saved)
+            .map(|missing| format!("{} {}: {missing}", self.name_str(), fam.family))
     }
 
     /// Deletes the containers `doomed` picks from what each family's read
@@ -389,6 +404,10 @@ impl Backend for Iptables {
         Ok(self
             .check_inner(plan)?
             .map_or(Verdict::Whole, Verdict::Damaged))
+    }
+
+    fn check_all(&self, plans: &[&Plan]) -> Result<Vec<Verdict>, BackendError> {
+        Ok(self.check_all_inner(plans)?)
     }
 
     /// The chain names the attachment (network and ID): nothing else of

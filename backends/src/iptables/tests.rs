@@ -237,3 +237,46 @@ fn an_unreadable_nat_table_is_passed_over_only_where_it_holds_nothing_sought() {
         .expect("v6");
     assert!(v6.contains("CNI-DN-"), "{v6}");
 }
+
+/// `check_all` (one read, indexed) says of every plan what `check` says
+/// of it alone: whole, never installed, and with its chain flushed.
+#[test]
+fn check_all_agrees_with_check_plan_by_plan() {
+    if !prerequisites(&["iptables-nft-save", "ip6tables-nft-save"]) {
+        return;
+    }
+    let ipt = Iptables::variant(Variant::Nft).expect("iptables-nft");
+    let golden = Plan::new(&golden_request());
+    let (second, third, absent) = (
+        neighbour("second", 6),
+        neighbour("third", 7),
+        neighbour("absent", 8),
+    );
+    let ns = Netns::new("ipt-check-all").expect("netns");
+    let verdicts = |ns: &Netns| {
+        ns.run(|| {
+            let plans = [&second, &golden, &third, &absent];
+            let one_by_one: Vec<Verdict> =
+                plans.iter().map(|p| ipt.check(p).expect("check")).collect();
+            (ipt.check_all(&plans).expect("check_all"), one_by_one)
+        })
+        .expect("in netns")
+    };
+    ns.run(|| {
+        for plan in [&second, &golden, &third] {
+            ipt.add(plan).expect("add");
+        }
+    })
+    .expect("in netns");
+    let (all, each) = verdicts(&ns);
+    assert_eq!(all, each);
+    assert_eq!(all[..3], [Verdict::Whole, Verdict::Whole, Verdict::Whole]);
+    assert!(matches!(&all[3], Verdict::Damaged(_)), "{all:?}");
+    let chain = rules::container_chain(&third.key.network, &third.key.container_id);
+    ns.exec("iptables-nft", &["-t", "nat", "-F", &chain])
+        .expect("flush");
+    let (all, each) = verdicts(&ns);
+    assert_eq!(all, each);
+    assert!(matches!(&all[2], Verdict::Damaged(_)), "{all:?}");
+    assert_eq!(all[..2], [Verdict::Whole, Verdict::Whole]);
+}

@@ -42,7 +42,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub mod conntrack;
 mod events;
-pub use events::{Events, RuleEvents};
+pub use events::{Commit, Events, Removal, RuleEvents, Touched};
 
 /// (family, name) of every nf_tables table, family as nft spells it
 /// (`ip`, `ip6`, `inet`...). Fails where nf_tables does not work.

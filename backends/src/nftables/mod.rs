@@ -3,7 +3,7 @@
 //! transaction and receipt), `del` (DEL and GC, by receipt or from dumps),
 //! `kernel` (our rules over netlink), `render` (the plan as nftables
 //! objects), `read` (`nft -j list table` back into containers, for CHECK
-//! and `list`), `conditions` (conditionsV4/V6 words into matches), and
+//! and `list`), `check` (CHECK's comparison, one plan or many per read), `conditions` (conditionsV4/V6 words into matches), and
 //! here the errors and the `Backend` commands.
 //!
 //! Where we differ from upstream on purpose: hostports rules are inserted
@@ -26,6 +26,7 @@ use crate::{
 };
 
 mod add;
+mod check;
 mod conditions;
 mod del;
 mod guard;
@@ -39,8 +40,8 @@ mod tests;
 use add::skeleton_intact;
 pub use conditions::parse_conditions;
 pub use guard::{guard_intact, GUARD_CHAIN, GUARD_TABLE};
-use read::{containers, listed_target, Listed};
-use render::{add_table_comment, describe, expected_rules, jump_target, wiring_rules};
+use read::{containers, Listed};
+use render::add_table_comment;
 
 pub const TABLE: &str = "cni_hostport";
 pub const TABLE_COMMENT: &str = "CNI portmap plugin";
@@ -181,58 +182,6 @@ impl Nftables {
         Ok(())
     }
 
-    fn check_inner(&self, plan: &Plan) -> Result<Option<String>, NftError> {
-        for fam in &plan.families {
-            if fam.dnats.is_empty() {
-                continue;
-            }
-            let table = format!("{} {TABLE}", nf_family_name(fam.family));
-            let id = plan.key.container_id.as_str();
-            // The wiring chains' rules, and this container's own.
-            let wanted = |chain: &str, comment: Option<&str>| {
-                !CONTAINER_CHAINS.contains(&chain) || owner_of(chain, comment) == Some(id)
-            };
-            let Some(listed) = self.read(fam.family, &wanted)? else {
-                return Ok(Some(format!("table {table} is missing")));
-            };
-            for (chain, expr) in wiring_rules() {
-                if !listed.iter().any(|r| r.chain == chain && r.expr == expr) {
-                    return Ok(Some(format!(
-                        "table {table}: chain {chain} lacks its jump to {}",
-                        jump_target(&expr)
-                    )));
-                }
-            }
-            // This attachment's: the container's rules leading to its
-            // address (another network's attachment has another).
-            let mut ours: Vec<&Listed> = listed
-                .iter()
-                .filter(|r| is_ours(r, &plan.key.container_id))
-                .filter(|r| listed_target(r).is_none_or(|t| t == fam.container.addr))
-                .collect();
-            for (chain, expr) in expected_rules(fam)? {
-                match ours.iter().position(|r| r.chain == chain && r.expr == expr) {
-                    Some(i) => {
-                        ours.remove(i);
-                    }
-                    None => {
-                        return Ok(Some(format!(
-                            "table {table}: chain {chain} is missing the rule for {}",
-                            describe(fam, chain, &expr)
-                        )))
-                    }
-                }
-            }
-            if let Some(extra) = ours.first() {
-                return Ok(Some(format!(
-                    "table {table}: chain {} has an unexpected rule (handle {}) for container {}",
-                    extra.chain, extra.handle, plan.key.container_id
-                )));
-            }
-        }
-        Ok(None)
-    }
-
     fn list_inner(&self) -> Result<Vec<InstalledContainer>, NftError> {
         let mut tables = Vec::new();
         for family in [Family::V4, Family::V6] {
@@ -263,6 +212,10 @@ impl Backend for Nftables {
         Ok(self
             .check_inner(plan)?
             .map_or(Verdict::Whole, Verdict::Damaged))
+    }
+
+    fn check_all(&self, plans: &[&Plan]) -> Result<Vec<Verdict>, BackendError> {
+        Ok(self.check_all_inner(plans)?)
     }
 
     fn del(

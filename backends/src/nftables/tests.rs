@@ -1,4 +1,4 @@
-use super::render::{add_skeleton, wiring_shapes};
+use super::render::{add_skeleton, expected_rules, wiring_shapes};
 use super::*;
 use crate::plan::tests::{golden_request, neighbour};
 use crate::plan::FamilyPlan;
@@ -421,5 +421,50 @@ fn a_range_expression_reads_as_its_bounds() {
     assert_eq!(
         kernel::port_of(&kernel::exprs(&list)),
         Some((Protocol::Udp, 20000, 24999))
+    );
+}
+
+/// `check_all` (one read per family, indexed) says of every plan what
+/// `check` says of it alone: whole, never installed, and with the
+/// per-container chains flushed.
+#[test]
+fn check_all_agrees_with_check_plan_by_plan() {
+    if !prerequisites(&["nft"]) {
+        return;
+    }
+    let nft = Nftables::from_path().expect("nft");
+    let golden = Plan::new(&golden_request());
+    let (second, third, absent) = (
+        neighbour("second", 6),
+        neighbour("third", 7),
+        neighbour("absent", 8),
+    );
+    let ns = Netns::new("nft-check-all").expect("netns");
+    let verdicts = |ns: &Netns| {
+        ns.run(|| {
+            let plans = [&second, &golden, &third, &absent];
+            let one_by_one: Vec<Verdict> =
+                plans.iter().map(|p| nft.check(p).expect("check")).collect();
+            (nft.check_all(&plans).expect("check_all"), one_by_one)
+        })
+        .expect("in netns")
+    };
+    ns.run(|| {
+        for plan in [&second, &golden, &third] {
+            nft.add(plan).expect("add");
+        }
+    })
+    .expect("in netns");
+    let (all, each) = verdicts(&ns);
+    assert_eq!(all, each);
+    assert_eq!(all[..3], [Verdict::Whole, Verdict::Whole, Verdict::Whole]);
+    assert!(matches!(&all[3], Verdict::Damaged(_)), "{all:?}");
+    ns.exec("nft", &["flush", "chain", "ip", TABLE, HOSTPORTS])
+        .expect("flush");
+    let (all, each) = verdicts(&ns);
+    assert_eq!(all, each);
+    assert!(
+        all.iter().all(|v| matches!(v, Verdict::Damaged(_))),
+        "{all:?}"
     );
 }

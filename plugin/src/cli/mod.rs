@@ -4,7 +4,7 @@
 mod inspect;
 mod install;
 mod migrate;
-mod restore;
+pub mod restore;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -61,14 +61,17 @@ enum Sub {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Keep restoring: after nf_tables reports a removed table, chain or
-    /// rule (a flush, `systemctl restart nftables`, a firewalld reload),
-    /// within a second; after firewalld's D-Bus `Reloaded` signal and its
-    /// restarts (system bus, DBUS_SYSTEM_BUS_ADDRESS honoured); iptables,
-    /// which has no events, every --interval.
-    /// One line per reinstalled container. Stops on SIGTERM or SIGINT.
+    /// Keep restoring: within a second after nf_tables reports that
+    /// somebody else removed a rule, chain or table of ours (a flush,
+    /// `systemctl restart nftables`, a firewalld reload; nftables and
+    /// iptables-nft); after firewalld's D-Bus `Reloaded` signal and its
+    /// restarts (system bus, DBUS_SYSTEM_BUS_ADDRESS honoured); and
+    /// iptables-legacy, which has no events, every --interval. Our own
+    /// ADD/DEL start nothing. One line per pass and per reinstalled
+    /// container. Stops on SIGTERM or SIGINT.
     Watch {
-        /// Seconds between checks of iptables-held containers.
+        /// Seconds between checks of iptables-legacy-held containers
+        /// (every 12th check also looks at the others).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         interval: u64,
     },
@@ -128,7 +131,15 @@ pub fn main() -> ExitCode {
         Sub::List { json } => list(json),
         Sub::Status => status(),
         Sub::Restore { dry_run } => restore(dry_run),
-        Sub::Watch { interval } => watch(Duration::from_secs(interval)),
+        Sub::Watch { interval } => {
+            // firewalld's Reloaded (and start, stop): its flush takes legacy
+            // iptables too, which sends no nf_tables notification.
+            let (tx, triggers) = std::sync::mpsc::channel();
+            crate::firewalld::Listener::start(move |t| {
+                let _ = tx.send(restore::Trigger::Signal(t.to_string()));
+            });
+            watch(Duration::from_secs(interval), triggers)
+        }
         Sub::Migrate {
             to,
             network,

@@ -8,7 +8,7 @@
 //! answered after the flush. On exit (CleanupOnExit) it flushes, then its
 //! name goes.
 
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::time::Duration;
 
 use zbus::blocking::{Connection, MessageIterator};
@@ -47,21 +47,19 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 const RECONNECTS: u32 = 10;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// The listening thread's triggers.
-pub struct Listener {
-    rx: Receiver<Trigger>,
-}
+/// firewalld's signals, listened to on a thread of their own.
+pub struct Listener;
 
 impl Listener {
-    /// Subscribes on the system bus and starts listening; prints one line
-    /// saying whether firewalld signals are on. `None`: no bus, and the
-    /// watch goes on without them.
-    pub fn start() -> Option<Listener> {
+    /// Subscribes on the system bus and starts listening, handing each
+    /// trigger to `forward`; prints one line saying whether firewalld
+    /// signals are on. `false`: no bus, and the watch goes on without them.
+    pub fn start(forward: impl Fn(Trigger) + Send + 'static) -> bool {
         let sub = match Subscription::open() {
             Ok(s) => s,
             Err(e) => {
                 println!("portmap watch: firewalld signals: off ({e})");
-                return None;
+                return false;
             }
         };
         let running = match on_bus(&sub.bus) {
@@ -74,18 +72,20 @@ impl Listener {
         let spawned = std::thread::Builder::new()
             .name("firewalld".into())
             .spawn(move || listen(sub, &tx));
-        match spawned {
-            Ok(_) => Some(Listener { rx }),
-            Err(e) => {
-                println!("portmap watch: firewalld signals: off (no thread: {e})");
-                None
-            }
+        if let Err(e) = spawned {
+            println!("portmap watch: firewalld signals: off (no thread: {e})");
+            return false;
         }
-    }
-
-    /// Whether a trigger arrived since the last call (all pending taken).
-    pub fn triggered(&self) -> bool {
-        self.rx.try_iter().count() > 0
+        // The waiter threads `listen` starts send on clones of `tx`; one
+        // forwarder hands everything on in order.
+        let forwarded = std::thread::Builder::new()
+            .name("firewalld-forward".into())
+            .spawn(move || rx.into_iter().for_each(forward));
+        if let Err(e) = forwarded {
+            println!("portmap watch: firewalld signals: off (no thread: {e})");
+            return false;
+        }
+        true
     }
 }
 

@@ -2,18 +2,35 @@
 //! and addresses: nftables rules record neither), and the ledger: the
 //! nf_tables generation right after our own last write, which tells
 //! whether anybody else wrote since (then receipts and "no entry, no
-//! rules" may not hold).
+//! rules" may not hold), and a ring of our recent commits (`watch`).
 
 use std::net::IpAddr;
 
 use portmap_backends::{Attachment, ContainerKey, Known};
 
 use super::dirs::Kind;
-use super::{read_entry, Entry, Journal, RETIRED};
+use super::{parse_entry, read_entry, safe, Entry, Journal, JournalError, RETIRED};
 
 /// The ledger's file in the namespace's directory: not a container ID
 /// (those start alphanumeric), so never taken for one.
 const LEDGER: &str = "_nf_tables.generation";
+/// Our recent commits, `from to` per line: generations in (from, to] were
+/// made by a portmap holding the plugin lock (`watch` ignores them).
+const OWN: &str = "_nf_tables.own";
+/// How many commands' commits the ring remembers: `watch` looks within a
+/// second of them, when at most a few dozen ran.
+const OWN_RING: usize = 64;
+
+/// `ring` with our commits (from, to] added: one range with the previous
+/// when back to back, the oldest dropped beyond [`OWN_RING`].
+fn with_own(mut ring: Vec<(u32, u32)>, from: u32, to: u32) -> Vec<(u32, u32)> {
+    match ring.last_mut() {
+        Some(last) if last.1 == from => last.1 = to,
+        _ => ring.push((from, to)),
+    }
+    let start = ring.len().saturating_sub(OWN_RING);
+    ring.split_off(start)
+}
 
 fn addrs_of(entry: &Entry) -> Vec<IpAddr> {
     [entry.request.v4, entry.request.v6]
@@ -43,6 +60,28 @@ impl Journal {
             }
         }
         found
+    }
+
+    /// The entry of attachment `key` on `ifname` as it is now (`None`:
+    /// removed or retired since), for a restore about to write.
+    pub fn entry(&self, key: &ContainerKey, ifname: &str) -> Result<Option<Entry>, JournalError> {
+        let Some(prefix) = Self::prefix(key).filter(|_| safe(ifname)) else {
+            return Ok(None);
+        };
+        let Some(dir) = self.container(&key.container_id)? else {
+            return Ok(None);
+        };
+        let dir = dir.trusted()?;
+        let name = format!("{prefix}{ifname}.json");
+        let unreadable = |reason| JournalError::Unreadable {
+            path: dir.path().join(&name),
+            reason,
+        };
+        match dir.read(&name) {
+            Ok(text) => parse_entry(&text).map(Some).map_err(unreadable),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unreadable(e.to_string())),
+        }
     }
 
     /// What is known of the attachment `key` (all its interfaces) and of
@@ -103,6 +142,34 @@ impl Journal {
             Some(g) => netns.replace(LEDGER, g.to_string().as_bytes(), false),
             None => netns.remove(LEDGER),
         };
+        // Called under the plugin lock, after our writes: the commits since
+        // we took it are ours.
+        if let (Some(from), Some(to)) = (crate::lock::generation_at_lock(), generation) {
+            if from != to {
+                let ring = with_own(Self::read_own(&netns), from, to);
+                let text: String = ring.iter().map(|(f, t)| format!("{f} {t}\n")).collect();
+                let _ = netns.replace(OWN, text.as_bytes(), false);
+            }
+        }
+    }
+
+    /// The ranges of recent commits of ours (see [`OWN`]), oldest first.
+    pub fn own_commits(&self) -> Vec<(u32, u32)> {
+        match self.open(false) {
+            Ok(Some((_, netns))) => Self::read_own(&netns),
+            _ => Vec::new(),
+        }
+    }
+
+    fn read_own(netns: &super::dirs::Dir) -> Vec<(u32, u32)> {
+        let text = netns.read(OWN).unwrap_or_default();
+        String::from_utf8_lossy(&text)
+            .lines()
+            .filter_map(|l| {
+                let (from, to) = l.split_once(' ')?;
+                Some((from.parse().ok()?, to.parse().ok()?))
+            })
+            .collect()
     }
 
     /// Whether nobody wrote nf_tables since our last write: the journal
@@ -116,11 +183,32 @@ impl Journal {
     pub(super) fn only_ledger_left(netns: &mut super::dirs::Dir) -> bool {
         netns
             .list()
-            .is_ok_and(|names| names.iter().all(|(n, _)| n == LEDGER))
+            .is_ok_and(|names| names.iter().all(|(n, _)| n == LEDGER || n == OWN))
     }
 
-    /// Removes the ledger, so an empty namespace directory can go.
+    /// Removes the ledger (and the ring), so an empty namespace directory
+    /// can go.
     pub(super) fn drop_ledger(netns: &super::dirs::Dir) {
         let _ = netns.remove(LEDGER);
+        let _ = netns.remove(OWN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_merges_back_to_back_commands_and_keeps_the_newest() {
+        let ring = with_own(with_own(Vec::new(), 3, 5), 5, 6);
+        assert_eq!(ring, [(3, 6)], "nobody wrote between: one range");
+        let ring = with_own(ring, 8, 9);
+        assert_eq!(ring, [(3, 6), (8, 9)], "generation 7 was somebody else's");
+        let mut ring = Vec::new();
+        for i in 0..100u32 {
+            ring = with_own(ring, 3 * i, 3 * i + 1);
+        }
+        assert_eq!(ring.len(), OWN_RING);
+        assert_eq!(ring.last(), Some(&(297, 298)));
     }
 }

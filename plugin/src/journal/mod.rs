@@ -498,8 +498,11 @@ impl Journal {
 }
 
 fn read_entry(dir: &Dir, name: &str) -> Result<Entry, String> {
-    let text = dir.read(name).map_err(|e| e.to_string())?;
-    let entry: Entry = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+    parse_entry(&dir.read(name).map_err(|e| e.to_string())?)
+}
+
+fn parse_entry(text: &[u8]) -> Result<Entry, String> {
+    let entry: Entry = serde_json::from_slice(text).map_err(|e| e.to_string())?;
     if entry.format != FORMAT {
         return Err(format!("format {} is not {FORMAT}", entry.format));
     }

@@ -1,0 +1,172 @@
+//! CHECK's comparison: a plan against the listed `cni_hostport` table of
+//! each of its families. CHECK reads per plan; `portmap restore` reads
+//! each family once and compares every journaled plan against that.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::read::{listed_target, Listed};
+use super::render::{describe, expected_rules, jump_target, wiring_rules};
+use super::{
+    is_ours, nf_family_name, owner, owner_of, NftError, Nftables, CONTAINER_CHAINS, TABLE,
+};
+use crate::plan::{FamilyPlan, Plan};
+use crate::{Family, Verdict};
+
+impl Nftables {
+    pub(super) fn check_inner(&self, plan: &Plan) -> Result<Option<String>, NftError> {
+        let id = plan.key.container_id.as_str();
+        // The wiring chains' rules, and this container's own.
+        let wanted = |chain: &str, comment: Option<&str>| {
+            !CONTAINER_CHAINS.contains(&chain) || owner_of(chain, comment) == Some(id)
+        };
+        for fam in plan.families.iter().filter(|f| !f.dnats.is_empty()) {
+            let listed = self.read(fam.family, &wanted)?;
+            if let Some(why) = compare(plan, fam, listed.as_deref())? {
+                return Ok(Some(why));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every plan against one read per family (only the families some plan
+    /// needs), indexed by container; a plan that cannot be compared (its
+    /// conditions do not render) is damaged, with why.
+    pub(super) fn check_all_inner(&self, plans: &[&Plan]) -> Result<Vec<Verdict>, NftError> {
+        let ids: BTreeSet<&str> = plans.iter().map(|p| p.key.container_id.as_str()).collect();
+        let wanted = |chain: &str, comment: Option<&str>| {
+            !CONTAINER_CHAINS.contains(&chain)
+                || owner_of(chain, comment).is_some_and(|o| ids.contains(o))
+        };
+        let mut tables: BTreeMap<Family, Option<Indexed>> = BTreeMap::new();
+        let mut verdicts = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let mut verdict = Verdict::Whole;
+            for fam in plan.families.iter().filter(|f| !f.dnats.is_empty()) {
+                let table = match tables.entry(fam.family) {
+                    Entry::Occupied(t) => t.into_mut(),
+                    Entry::Vacant(t) => {
+                        let listed = self.read(fam.family, &wanted)?;
+                        t.insert(listed.map(|l| Indexed::new(fam.family, l)))
+                    }
+                };
+                let why = match table.as_ref() {
+                    None => Ok(Some(missing(fam.family))),
+                    Some(t) => match &t.wiring {
+                        Some(why) => Ok(Some(why.clone())),
+                        None => compare_ours(plan, fam, t.of(&plan.key.container_id)),
+                    },
+                };
+                match why {
+                    Ok(None) => continue,
+                    Ok(Some(why)) => verdict = Verdict::Damaged(why),
+                    Err(e) => verdict = Verdict::Damaged(e.to_string()),
+                }
+                break;
+            }
+            verdicts.push(verdict);
+        }
+        Ok(verdicts)
+    }
+}
+
+/// One family's listed table, for many plans: the wiring checked once,
+/// each container's rules found without a scan.
+struct Indexed {
+    listed: Vec<Listed>,
+    wiring: Option<String>,
+    by_owner: BTreeMap<String, Vec<usize>>,
+}
+
+impl Indexed {
+    fn new(family: Family, listed: Vec<Listed>) -> Indexed {
+        let mut by_owner: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, r) in listed.iter().enumerate() {
+            if let Some(id) = owner(r) {
+                by_owner.entry(id.to_string()).or_default().push(i);
+            }
+        }
+        Indexed {
+            wiring: wiring_missing(family, &listed),
+            listed,
+            by_owner,
+        }
+    }
+
+    fn of<'t>(&'t self, id: &str) -> impl Iterator<Item = &'t Listed> + 't {
+        let at = self.by_owner.get(id).map(Vec::as_slice).unwrap_or_default();
+        at.iter().filter_map(|&i| self.listed.get(i))
+    }
+}
+
+fn table_name(family: Family) -> String {
+    format!("{} {TABLE}", nf_family_name(family))
+}
+
+fn missing(family: Family) -> String {
+    format!("table {} is missing", table_name(family))
+}
+
+/// The first wiring rule (a hook chain's jump) the table lacks.
+fn wiring_missing(family: Family, listed: &[Listed]) -> Option<String> {
+    wiring_rules().into_iter().find_map(|(chain, expr)| {
+        (!listed.iter().any(|r| r.chain == chain && r.expr == expr)).then(|| {
+            format!(
+                "table {}: chain {chain} lacks its jump to {}",
+                table_name(family),
+                jump_target(&expr)
+            )
+        })
+    })
+}
+
+/// What of `fam`'s rules the listed table (`None`: missing) lacks or has
+/// too many of; `None` when it is exact.
+fn compare(
+    plan: &Plan,
+    fam: &FamilyPlan,
+    listed: Option<&[Listed]>,
+) -> Result<Option<String>, NftError> {
+    let Some(listed) = listed else {
+        return Ok(Some(missing(fam.family)));
+    };
+    if let Some(why) = wiring_missing(fam.family, listed) {
+        return Ok(Some(why));
+    }
+    let id = plan.key.container_id.as_str();
+    compare_ours(plan, fam, listed.iter().filter(|r| is_ours(r, id)))
+}
+
+/// [`compare`] of the container's own rules (`ours`, in table order).
+fn compare_ours<'l>(
+    plan: &Plan,
+    fam: &FamilyPlan,
+    ours: impl Iterator<Item = &'l Listed>,
+) -> Result<Option<String>, NftError> {
+    let table = table_name(fam.family);
+    // This attachment's: the container's rules leading to its address
+    // (another network's attachment has another).
+    let mut ours: Vec<&Listed> = ours
+        .filter(|r| listed_target(r).is_none_or(|t| t == fam.container.addr))
+        .collect();
+    for (chain, expr) in expected_rules(fam)? {
+        match ours.iter().position(|r| r.chain == chain && r.expr == expr) {
+            Some(i) => {
+                ours.remove(i);
+            }
+            None => {
+                return Ok(Some(format!(
+                    "table {table}: chain {chain} is missing the rule for {}",
+                    describe(fam, chain, &expr)
+                )))
+            }
+        }
+    }
+    if let Some(extra) = ours.first() {
+        return Ok(Some(format!(
+            "table {table}: chain {} has an unexpected rule (handle {}) for container {}",
+            extra.chain, extra.handle, plan.key.container_id
+        )));
+    }
+    Ok(None)
+}
