@@ -52,6 +52,57 @@ struct Subjects {
     backends: Vec<String>,
 }
 
+fn parse_section(s: &str) -> Result<bench::Section, String> {
+    bench::Section::parse(s)
+        .ok_or_else(|| format!("unknown section {s:?} (latency, mappings, dataplane, restore)"))
+}
+
+/// What `bench` runs, and how much of it.
+#[derive(clap::Args)]
+struct BenchSizes {
+    /// Sections to run, comma-separated: latency, mappings, dataplane, restore.
+    #[arg(long, value_delimiter = ',', value_parser = parse_section,
+          default_value = "latency,mappings,dataplane,restore")]
+    sections: Vec<bench::Section>,
+    /// latency: containers already installed when measuring.
+    #[arg(long, value_delimiter = ',', default_value = "0,100,1000")]
+    sizes: Vec<usize>,
+    /// latency: ADD+DEL pairs per binary and cell.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..))]
+    ops: u16,
+    /// mappings: mappings of the UDP and of the TCP container.
+    #[arg(long, default_value_t = 1000)]
+    many: usize,
+    /// mappings: consecutive TCP mappings of the large container.
+    #[arg(long, default_value_t = 5000)]
+    consecutive: usize,
+    /// mappings: ADD+DEL pairs per container.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    mapping_ops: u16,
+    /// dataplane: mappings of the one large container.
+    #[arg(long, default_value_t = 5000)]
+    dp_mappings: usize,
+    /// dataplane: containers of one mapping each.
+    #[arg(long, default_value_t = 1000)]
+    dp_containers: usize,
+    /// dataplane: batches per host state and port.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u16).range(1..))]
+    dp_batches: u16,
+    /// dataplane: connections per batch.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..))]
+    dp_conns: u16,
+    /// restore: journaled containers per measurement (target: the second
+    /// against the first; watch runs beside the largest).
+    #[arg(long, value_delimiter = ',', default_value = "20,200,1000")]
+    restore_sizes: Vec<usize>,
+    /// restore: passes per N (fewer once 20 s are spent on one N).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    restore_ops: u16,
+    /// restore: ADD+DEL pairs beside `portmap watch` (and as many without).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    watch_ops: u16,
+}
+
 #[derive(Subcommand)]
 enum Sub {
     /// List the scenarios with one-line descriptions.
@@ -79,29 +130,36 @@ enum Sub {
         #[arg(long)]
         markdown: Option<PathBuf>,
     },
-    /// Measure ADD/DEL latency and spawned processes, ours beside a
-    /// reference binary, with N other containers installed.
+    /// Measure ADD/DEL latency and spawned processes (ours beside a
+    /// reference binary), many mappings, the data plane, restore/watch.
     #[command(after_help = "Example:\n  \
         sudo portmap-conformance bench --plugin target/release/portmap --reference /usr/lib/cni/portmap \\\n      \
-            --json bench.json --plot bench.svg\n\n\
-        Each backend gets a fresh namespace; the N other containers are installed with --plugin\n\
-        (both binaries write the same rules). Rounds alternate which binary runs first.\n\
-        One extra ADD and DEL per cell run under `strace -f -e trace=execve` to count processes.")]
+            --json bench.json --plot bench.svg --dataplane-plot dataplane.svg\n\n\
+        Sections (--sections, default all), each per backend in fresh namespaces:\n  \
+        latency    ADD/DEL with N other containers installed (with --plugin; both binaries write the\n             \
+        same rules), rounds alternating which binary runs first; one more ADD and DEL per cell\n             \
+        under `strace -f -e trace=execve` to count processes\n  \
+        mappings   one container with --many UDP vs --many TCP mappings, and --consecutive TCP ports vs\n             \
+        one mapping (ours only: upstream v1.1.1 takes minutes for 1,000 mappings)\n  \
+        dataplane  new TCP connections from a client namespace to an unpublished host port and to a\n             \
+        published one: the probe alone, beside --dp-mappings mappings, beside --dp-containers\n             \
+        containers (interleaved rounds; median of --dp-batches batches of --dp-conns)\n  \
+        restore    `portmap restore` with nothing missing at --restore-sizes journaled containers, then\n             \
+        ADD/DEL beside `portmap watch` at the largest against the same host without it")]
     Bench {
         #[command(flatten)]
         subjects: Subjects,
-        /// Containers already installed when measuring.
-        #[arg(long, value_delimiter = ',', default_value = "0,100,1000")]
-        sizes: Vec<usize>,
-        /// ADD+DEL pairs per binary and cell.
-        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..))]
-        ops: u16,
+        #[command(flatten)]
+        sizes: BenchSizes,
         /// Write the figures, the machine and the targets as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
         /// SVG plot of median latency against N.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// SVG plot of the data plane's cost per host state.
+        #[arg(long)]
+        dataplane_plot: Option<PathBuf>,
         /// Exit 3 when a target is missed (they are always printed).
         #[arg(long)]
         gate: bool,
@@ -152,20 +210,18 @@ fn main() -> ExitCode {
                     backends,
                 },
             sizes,
-            ops,
             json,
             plot,
+            dataplane_plot,
             gate,
         } => {
-            let outputs = BenchOutputs { json, plot, gate };
-            match bench(
-                plugin,
-                reference,
-                &backends,
-                sizes,
-                usize::from(ops),
-                &outputs,
-            ) {
+            let outputs = BenchOutputs {
+                json,
+                plot,
+                dataplane_plot,
+                gate,
+            };
+            match bench(plugin, reference, &backends, sizes, &outputs) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("portmap-conformance: {e}");
@@ -193,6 +249,7 @@ fn absolute(path: &PathBuf) -> Result<PathBuf, String> {
 struct BenchOutputs {
     json: Option<PathBuf>,
     plot: Option<PathBuf>,
+    dataplane_plot: Option<PathBuf>,
     gate: bool,
 }
 
@@ -200,10 +257,10 @@ fn bench(
     plugin: PathBuf,
     reference: Option<PathBuf>,
     backends: &[String],
-    sizes: Vec<usize>,
-    ops: usize,
+    sizes: BenchSizes,
     out: &BenchOutputs,
 ) -> Result<ExitCode, String> {
+    let ops = usize::from(sizes.ops);
     let opts = bench::Options {
         plugin: absolute(&plugin)?,
         reference: reference.as_ref().map(absolute).transpose()?,
@@ -211,28 +268,61 @@ fn bench(
             backends,
             &[Axis::Nftables, Axis::IptablesNft, Axis::IptablesLegacy],
         )?,
-        sizes,
-        ops,
+        sections: sizes.sections,
+        latency: bench::latency::Sizes {
+            sizes: sizes.sizes,
+            ops,
+        },
+        mappings: bench::mappings::Sizes {
+            many: sizes.many,
+            consecutive: sizes.consecutive,
+            ops: usize::from(sizes.mapping_ops),
+        },
+        dataplane: bench::dataplane::Sizes {
+            mappings: sizes.dp_mappings,
+            containers: sizes.dp_containers,
+            batches: usize::from(sizes.dp_batches),
+            conns: usize::from(sizes.dp_conns),
+        },
+        restore: bench::restore::Sizes {
+            sizes: sizes.restore_sizes,
+            ops: usize::from(sizes.restore_ops),
+            watch_ops: usize::from(sizes.watch_ops),
+        },
     };
     let progress = |line: &str| {
         eprint!("\r\x1b[2K{line}");
         let _ = std::io::stderr().flush();
     };
-    let samples = bench::run(&opts, &progress).map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
+    let report = bench::run(&opts, &progress).map_err(|e| e.to_string())?;
     eprintln!();
-    println!("{}", bench_report::table(&samples));
-    let targets = bench_report::targets(&samples);
+    println!("{}", bench_report::tables(&report));
+    let targets = bench_report::targets(&report);
     println!("targets:");
     for (met, what) in &targets {
         println!("  {} {what}", if *met { "met   " } else { "MISSED" });
     }
+    println!("bench took {:.0} s", started.elapsed().as_secs_f64());
     if let Some(path) = &out.json {
-        let doc = bench_report::json(&samples, bench::machine(), ops);
+        let doc = bench_report::json(&report, bench::machine(), ops);
         std::fs::write(path, format!("{doc:#}\n"))
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    if let Some(path) = &out.plot {
-        bench_report::plot(&samples, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let plots = [
+        (&out.plot, report.latency.is_empty()),
+        (&out.dataplane_plot, report.dataplane.is_empty()),
+    ];
+    for (i, (path, empty)) in plots.into_iter().enumerate() {
+        let Some(path) = path.as_ref().filter(|_| !empty) else {
+            continue;
+        };
+        let drawn = if i == 0 {
+            bench_report::plot(&report.latency, path)
+        } else {
+            bench_report::plot_dataplane(&report.dataplane, path)
+        };
+        drawn.map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let missed = targets.iter().filter(|(met, _)| !met).count();
     Ok(if out.gate && missed > 0 {
