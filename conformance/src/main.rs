@@ -68,7 +68,7 @@ struct BenchSizes {
     #[arg(long, value_delimiter = ',', default_value = "0,100,1000")]
     sizes: Vec<usize>,
     /// latency: ADD+DEL pairs per binary and cell.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..))]
     ops: u16,
     /// mappings: mappings of the UDP and of the TCP container.
     #[arg(long, default_value_t = 1000)]
@@ -95,7 +95,8 @@ struct BenchSizes {
     /// against the first; watch runs beside the largest).
     #[arg(long, value_delimiter = ',', default_value = "20,200,1000")]
     restore_sizes: Vec<usize>,
-    /// restore: passes per N (fewer once 20 s are spent on one N).
+    /// restore: passes per N (fewer once 10 s are spent on one N; a pass
+    /// over 60 s is stopped and reported as such).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
     restore_ops: u16,
     /// restore: ADD+DEL pairs beside `portmap watch` (and as many without).

@@ -101,6 +101,13 @@ pub struct DataplaneRow {
 const HOST_PORT: u16 = 9000;
 const PROBE_PORT: u16 = 19000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Accepted connections a sink keeps open.
+const HELD: usize = 64;
+/// SO_LINGER on, 0 s: close() sends a reset.
+const RESET: nix::libc::linger = nix::libc::linger {
+    l_onoff: 1,
+    l_linger: 0,
+};
 
 /// A listener that accepts and drops, stopped on drop.
 struct Sink {
@@ -123,8 +130,17 @@ impl Sink {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
+            // Kept until the client has reset them (it connects one at a
+            // time): closing first would leave TIME_WAIT here, and a SYN
+            // meeting one stalls for a second.
+            let mut held = std::collections::VecDeque::new();
             while !flag.load(Ordering::Relaxed) {
-                let _ = listener.accept();
+                if let Ok((conn, _)) = listener.accept() {
+                    held.push_back(conn);
+                    if held.len() > HELD {
+                        held.pop_front();
+                    }
+                }
             }
         });
         Ok(Sink {
@@ -208,11 +224,7 @@ impl<'a> Host<'a> {
                 let s = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)
                     .map_err(|e| format!("connect {to}: {e}"))?;
                 // Closed with a reset: no TIME_WAIT piling up over batches.
-                let linger = nix::libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                };
-                setsockopt(&s, sockopt::Linger, &linger).map_err(|e| format!("SO_LINGER: {e}"))?;
+                setsockopt(&s, sockopt::Linger, &RESET).map_err(|e| format!("SO_LINGER: {e}"))?;
             }
             Ok::<_, String>(start.elapsed())
         })?;

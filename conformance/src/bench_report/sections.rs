@@ -235,6 +235,15 @@ pub fn restore_table(restore: &[RestoreRow], watch: &[WatchRow]) -> String {
             r.in_place.map_or("?".to_string(), |k| k.to_string()),
             vs
         );
+        if let Some(limit) = r.over {
+            let _ = writeln!(
+                out,
+                "{:<16} {:>5}  a pass took > {} s: stopped (not among the runs)",
+                r.backend,
+                r.n,
+                limit.as_secs()
+            );
+        }
     }
     if !watch.is_empty() {
         let _ = writeln!(
@@ -267,6 +276,19 @@ pub fn restore_targets(restore: &[RestoreRow], watch: &[WatchRow]) -> Vec<(bool,
     for backend in backends {
         let rows: Vec<&RestoreRow> = restore.iter().filter(|r| r.backend == backend).collect();
         if let [first, second, ..] = rows.as_slice() {
+            if let Some(limit) = second.over.filter(|_| second.runs == 0) {
+                out.push((
+                    false,
+                    format!(
+                        "{backend} restore pass, nothing missing: N={} > {} s (stopped) vs N={} {:.1} ms (target <= {TARGET_RESTORE_GROWTH}x)",
+                        second.n,
+                        limit.as_secs(),
+                        first.n,
+                        first.pass.median_ms
+                    ),
+                ));
+                continue;
+            }
             let (a, b) = (second.pass.median_ms, first.pass.median_ms);
             let what = format!(
                 "{backend} restore pass, nothing missing: N={} {a:.1} ms vs N={} {b:.1} ms",
@@ -295,7 +317,7 @@ pub fn restore_json(restore: &[RestoreRow], watch: &[WatchRow]) -> Value {
     json!({
         "passes": restore.iter().map(|r| json!({
             "backend": r.backend, "n": r.n, "pass": stats(&r.pass), "runs": r.runs,
-            "in_place": r.in_place,
+            "in_place": r.in_place, "stopped_over_s": r.over.map(|d| d.as_secs()),
         })).collect::<Vec<_>>(),
         "watch": watch.iter().map(|w| json!({
             "backend": w.backend, "n": w.n,
@@ -388,6 +410,7 @@ mod tests {
             pass: st(ms),
             runs: 1,
             in_place: Some(n),
+            over: None,
         };
         let watch = WatchRow {
             backend: "nftables".into(),
