@@ -11,7 +11,11 @@ use portmap_conformance::report::{self, Cell, Verdict};
 use portmap_conformance::run::{run_cell, CellSpec};
 use portmap_conformance::scenarios::{catalogue, Axis};
 use portmap_conformance::topology::Setup;
-use portmap_conformance::{bench, bench_report, chain, cni};
+use portmap_conformance::{chain, cni};
+
+#[path = "main/bench.rs"]
+mod bench_cmd;
+use bench_cmd::{bench, BenchOutputs, BenchSizes};
 
 fn parse_setup(s: &str) -> Result<Setup, String> {
     Setup::parse(s).ok_or_else(|| format!("unknown setup {s:?} (veth or chain)"))
@@ -80,29 +84,36 @@ enum Sub {
         #[arg(long)]
         markdown: Option<PathBuf>,
     },
-    /// Measure ADD/DEL latency and spawned processes, ours beside a
-    /// reference binary, with N other containers installed.
+    /// Measure ADD/DEL latency and spawned processes (ours beside a
+    /// reference binary), many mappings, the data plane, restore/watch.
     #[command(after_help = "Example:\n  \
         sudo portmap-conformance bench --plugin target/release/portmap --reference /usr/lib/cni/portmap \\\n      \
-            --json bench.json --plot bench.svg\n\n\
-        Each backend gets a fresh namespace; the N other containers are installed with --plugin\n\
-        (both binaries write the same rules). Rounds alternate which binary runs first.\n\
-        One extra ADD and DEL per cell run under `strace -f -e trace=execve` to count processes.")]
+            --json bench.json --plot bench.svg --dataplane-plot dataplane.svg\n\n\
+        Sections (--sections, default all), each per backend in fresh namespaces:\n  \
+        latency    ADD/DEL with N other containers installed (with --plugin; both binaries write the\n             \
+        same rules), rounds alternating which binary runs first; one more ADD and DEL per cell\n             \
+        under `strace -f -e trace=execve` to count processes\n  \
+        mappings   one container with --many UDP vs --many TCP mappings, and --consecutive TCP ports vs\n             \
+        one mapping (ours only: upstream v1.1.1 takes minutes for 1,000 mappings)\n  \
+        dataplane  new TCP connections from a client namespace to an unpublished host port and to a\n             \
+        published one: the probe alone, beside --dp-mappings mappings, beside --dp-containers\n             \
+        containers (interleaved rounds; median of --dp-batches batches of --dp-conns)\n  \
+        restore    `portmap restore` with nothing missing at --restore-sizes journaled containers, then\n             \
+        ADD/DEL beside `portmap watch` at the largest against the same host without it")]
     Bench {
         #[command(flatten)]
         subjects: Subjects,
-        /// Containers already installed when measuring.
-        #[arg(long, value_delimiter = ',', default_value = "0,100,1000")]
-        sizes: Vec<usize>,
-        /// ADD+DEL pairs per binary and cell.
-        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..))]
-        ops: u16,
+        #[command(flatten)]
+        sizes: BenchSizes,
         /// Write the figures, the machine and the targets as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
         /// SVG plot of median latency against N.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// SVG plot of the data plane's cost per host state.
+        #[arg(long)]
+        dataplane_plot: Option<PathBuf>,
         /// Exit 3 when a target is missed (they are always printed).
         #[arg(long)]
         gate: bool,
@@ -153,20 +164,18 @@ fn main() -> ExitCode {
                     backends,
                 },
             sizes,
-            ops,
             json,
             plot,
+            dataplane_plot,
             gate,
         } => {
-            let outputs = BenchOutputs { json, plot, gate };
-            match bench(
-                plugin,
-                reference,
-                &backends,
-                sizes,
-                usize::from(ops),
-                &outputs,
-            ) {
+            let outputs = BenchOutputs {
+                json,
+                plot,
+                dataplane_plot,
+                gate,
+            };
+            match bench(plugin, reference, &backends, sizes, &outputs) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("portmap-conformance: {e}");
@@ -189,58 +198,6 @@ fn parse_axes(backends: &[String], default: &[Axis]) -> Result<Vec<Axis>, String
 
 fn absolute(path: &PathBuf) -> Result<PathBuf, String> {
     std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-struct BenchOutputs {
-    json: Option<PathBuf>,
-    plot: Option<PathBuf>,
-    gate: bool,
-}
-
-fn bench(
-    plugin: PathBuf,
-    reference: Option<PathBuf>,
-    backends: &[String],
-    sizes: Vec<usize>,
-    ops: usize,
-    out: &BenchOutputs,
-) -> Result<ExitCode, String> {
-    let opts = bench::Options {
-        plugin: absolute(&plugin)?,
-        reference: reference.as_ref().map(absolute).transpose()?,
-        backends: parse_axes(
-            backends,
-            &[Axis::Nftables, Axis::IptablesNft, Axis::IptablesLegacy],
-        )?,
-        sizes,
-        ops,
-    };
-    let progress = |line: &str| {
-        eprint!("\r\x1b[2K{line}");
-        let _ = std::io::stderr().flush();
-    };
-    let samples = bench::run(&opts, &progress).map_err(|e| e.to_string())?;
-    eprintln!();
-    println!("{}", bench_report::table(&samples));
-    let targets = bench_report::targets(&samples);
-    println!("targets:");
-    for (met, what) in &targets {
-        println!("  {} {what}", if *met { "met   " } else { "MISSED" });
-    }
-    if let Some(path) = &out.json {
-        let doc = bench_report::json(&samples, bench::machine(), ops);
-        std::fs::write(path, format!("{doc:#}\n"))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    if let Some(path) = &out.plot {
-        bench_report::plot(&samples, path).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    let missed = targets.iter().filter(|(met, _)| !met).count();
-    Ok(if out.gate && missed > 0 {
-        ExitCode::from(3)
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 fn run(

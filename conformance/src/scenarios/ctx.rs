@@ -72,6 +72,8 @@ pub fn always(_: &Ctx) -> Option<String> {
 /// binaries. Dropped (namespaces and all) when the cell ends.
 pub struct Ctx {
     pub plugin: PathBuf,
+    /// Whose cell this is: `matrix::OURS` or `matrix::REFERENCE`.
+    pub binary: String,
     pub reference: Option<PathBuf>,
     /// The CNI version every binary of the run speaks (negotiated).
     pub cni_version: String,
@@ -98,6 +100,7 @@ impl Ctx {
             .map_err(|e| format!("topology: {e}"))?;
         Ok(Ctx {
             plugin: spec.plugin.to_path_buf(),
+            binary: spec.binary.to_string(),
             reference: spec.reference.map(Path::to_path_buf),
             cni_version: spec.cni_version.to_string(),
             axis,

@@ -1,13 +1,21 @@
-//! The benchmark's outputs: a table with ours/upstream ratios, the
-//! targets checked against the figures, JSON, and an SVG plot.
+//! The benchmark's outputs: a table per section (latency with
+//! ours/upstream ratios here, the others in `sections`), the targets
+//! checked against the figures, JSON, and SVG plots (`plot`).
+
+mod plot;
+mod sections;
 
 use std::fmt::Write as _;
-use std::path::Path;
 
-use plotters::prelude::*;
 use serde_json::{json, Value};
 
-use crate::bench::Sample;
+use crate::bench::{Report, Sample};
+
+pub use self::plot::{plot, plot_dataplane};
+pub use self::sections::{
+    dataplane_table, mappings_table, restore_table, TARGET_CONSECUTIVE, TARGET_DATAPLANE,
+    TARGET_RESTORE_GROWTH, TARGET_UDP_VS_TCP, TARGET_WATCH,
+};
 
 /// Our latency must be at most this fraction of upstream's on iptables.
 pub const TARGET_VS_UPSTREAM: f64 = 0.5;
@@ -33,7 +41,7 @@ fn find<'a>(samples: &'a [Sample], binary: &str, backend: &str, n: usize) -> Opt
         .find(|s| s.binary == binary && s.backend == backend && s.n == n)
 }
 
-fn ratio(ours: f64, theirs: f64) -> String {
+pub(crate) fn ratio(ours: f64, theirs: f64) -> String {
     if theirs > 0.0 {
         format!("{:.2}x", ours / theirs)
     } else {
@@ -97,15 +105,55 @@ fn medians(a: &Sample, b: &Sample) -> [(&'static str, f64, f64); 2] {
 }
 
 /// `a` against `limit` times `b`, and the line saying so.
-fn target(limit: f64, a: f64, b: f64, what: String) -> (bool, String) {
+pub(crate) fn target(limit: f64, a: f64, b: f64, what: String) -> (bool, String) {
     (
         a <= limit * b,
         format!("{what} = {} (target <= {limit}x)", ratio(a, b)),
     )
 }
 
-/// Each target as (met, one line saying what was compared).
-pub fn targets(samples: &[Sample]) -> Vec<(bool, String)> {
+/// Every section's targets as (met, one line saying what was compared).
+pub fn targets(report: &Report) -> Vec<(bool, String)> {
+    let mut out = latency_targets(&report.latency);
+    out.extend(sections::mappings_targets(&report.mappings));
+    out.extend(sections::dataplane_targets(&report.dataplane));
+    out.extend(sections::restore_targets(&report.restore, &report.watch));
+    out
+}
+
+/// Every section's table that has rows, each under its title.
+pub fn tables(report: &Report) -> String {
+    let mut out = String::new();
+    let mut section = |title: &str, empty: bool, text: String| {
+        if !empty {
+            let _ = writeln!(out, "== {title} ==\n{text}");
+        }
+    };
+    section(
+        "latency: ADD/DEL with N other containers (ms)",
+        report.latency.is_empty(),
+        table(&report.latency),
+    );
+    section(
+        "mappings: one container with many mappings (ms; ours only)",
+        report.mappings.is_empty(),
+        mappings_table(&report.mappings),
+    );
+    section(
+        "data plane: new TCP connection from a client namespace (µs per connection)",
+        report.dataplane.is_empty(),
+        dataplane_table(&report.dataplane),
+    );
+    section(
+        "restore/watch: passes with nothing missing, ADD/DEL beside `portmap watch` (ms; ours only)",
+        report.restore.is_empty() && report.watch.is_empty(),
+        restore_table(&report.restore, &report.watch),
+    );
+    out
+}
+
+/// The latency section's targets.
+pub fn latency_targets(samples: &[Sample]) -> Vec<(bool, String)> {
     let mut out = Vec::new();
     let ours: Vec<&Sample> = samples.iter().filter(|s| s.binary == "ours").collect();
     for o in ours.iter().filter(|o| o.backend.starts_with("iptables")) {
@@ -155,8 +203,9 @@ pub fn targets(samples: &[Sample]) -> Vec<(bool, String)> {
     out
 }
 
-pub fn json(samples: &[Sample], machine: Value, ops: usize) -> Value {
-    let rows: Vec<Value> = samples
+pub fn json(report: &Report, machine: Value, ops: usize) -> Value {
+    let rows: Vec<Value> = report
+        .latency
         .iter()
         .map(|s| {
             json!({
@@ -166,82 +215,21 @@ pub fn json(samples: &[Sample], machine: Value, ops: usize) -> Value {
             })
         })
         .collect();
-    let targets: Vec<Value> = targets(samples)
+    let targets: Vec<Value> = targets(report)
         .into_iter()
         .map(|(met, what)| json!({"met": met, "what": what}))
         .collect();
-    json!({"machine": machine, "ops_per_cell": ops, "results": rows, "targets": targets})
-}
-
-/// Median latency against N: ADD on the left, DEL on the right, one line
-/// per binary and backend.
-pub fn plot(samples: &[Sample], path: &Path) -> Result<(), String> {
-    let root = SVGBackend::new(path, (1200, 520)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let (left, right) = root.split_horizontally(600);
-    let max_n = samples.iter().map(|s| s.n).max().unwrap_or(1).max(1) as f64;
-    let mut series: Vec<(String, Vec<&Sample>)> = Vec::new();
-    for s in samples {
-        let name = format!("{} {}", s.binary, s.backend);
-        match series.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, v)) => v.push(s),
-            None => series.push((name, vec![s])),
-        }
-    }
-    for (area, op) in [(left, "ADD"), (right, "DEL")] {
-        let ms = |s: &Sample| {
-            if op == "ADD" {
-                s.add.median_ms
-            } else {
-                s.del.median_ms
-            }
-        };
-        let max_ms = samples.iter().map(ms).fold(1.0, f64::max) * 1.1;
-        let mut chart = ChartBuilder::on(&area)
-            .caption(format!("{op} median latency"), ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(55)
-            .build_cartesian_2d(0f64..max_n * 1.05, 0f64..max_ms)
-            .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("containers already installed (N)")
-            .y_desc("ms")
-            .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y:.0}"))
-            .draw()
-            .map_err(|e| e.to_string())?;
-        for (i, (name, points)) in series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let style = if name.starts_with("upstream") {
-                ShapeStyle::from(color).stroke_width(2)
-            } else {
-                ShapeStyle::from(color).stroke_width(3)
-            };
-            let xy: Vec<(f64, f64)> = points.iter().map(|s| (s.n as f64, ms(s))).collect();
-            chart
-                .draw_series(LineSeries::new(xy.clone(), style))
-                .map_err(|e| e.to_string())?
-                .label(name.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-            chart
-                .draw_series(xy.into_iter().map(|p| Circle::new(p, 3, style.filled())))
-                .map_err(|e| e.to_string())?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())?;
-    }
-    root.present().map_err(|e| e.to_string())
+    json!({
+        "machine": machine, "ops_per_cell": ops, "results": rows,
+        "mappings": sections::mappings_json(&report.mappings),
+        "dataplane": sections::dataplane_json(&report.dataplane),
+        "restore": sections::restore_json(&report.restore, &report.watch),
+        "targets": targets,
+    })
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::bench::Stats;
 
@@ -264,7 +252,7 @@ mod tests {
     }
 
     /// Ours and upstream at N = 0 and 1000; ours' DEL misses both targets.
-    fn samples() -> [Sample; 4] {
+    pub(super) fn samples() -> [Sample; 4] {
         [
             sample("ours", 0, 10.0, 10.0, 2),
             sample("upstream", 0, 40.0, 15.0, 20),
@@ -276,7 +264,7 @@ mod tests {
     #[test]
     fn targets_compare_ratios_growth_and_process_counts() {
         let samples = samples();
-        let t = targets(&samples);
+        let t = latency_targets(&samples);
         let met = |needle: &str| {
             t.iter()
                 .find(|(_, w)| w.contains(needle))
@@ -293,7 +281,7 @@ mod tests {
         nft.backend = "nftables".into();
         let mut nft_two = sample("ours", 1000, 10.0, 10.0, 2);
         nft_two.backend = "nftables".into();
-        let t = targets(&[nft, nft_two]);
+        let t = latency_targets(&[nft, nft_two]);
         let line = |n: &str| t.iter().find(|(_, w)| w.starts_with(n)).cloned();
         assert!(
             line("nftables N=0 ADD").is_some_and(|(m, w)| m && w.contains("the transaction alone"))
@@ -303,17 +291,5 @@ mod tests {
             "two processes miss it"
         );
         assert!(table(&samples).contains("0.25x"));
-    }
-
-    #[test]
-    fn plot_writes_an_svg_with_every_series() {
-        let samples = samples();
-        let path = std::env::temp_dir().join(format!("bench-plot-{}.svg", std::process::id()));
-        plot(&samples, &path).expect("plot");
-        let svg = std::fs::read_to_string(&path).expect("svg");
-        let _ = std::fs::remove_file(&path);
-        assert!(svg.starts_with("<svg"));
-        assert!(svg.contains("ours iptables-nft") && svg.contains("upstream iptables-nft"));
-        assert!(svg.contains("ADD median latency") && svg.contains("DEL median latency"));
     }
 }
