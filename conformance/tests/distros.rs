@@ -7,17 +7,15 @@
 //! Needs a Docker engine (`scripts/docker-engine.sh start`) and the images;
 //! `scripts/test.sh` provides both. With `CI` set, their absence fails.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use portmap_conformance::scenarios::catalogue;
 use rstest::rstest;
 use serde_json::Value;
-use testcontainers::core::{AccessMode, CmdWaitFor, ExecCommand, Mount};
-use testcontainers::runners::SyncRunner;
-use testcontainers::{Container, GenericImage, ImageExt};
-
-const BIN_DIR: &str = "/opt/portmap";
+use support::distro::{self, image_available, run_catalogue, sh, BIN_DIR};
+use testcontainers::{Container, GenericImage};
 
 /// The binaries built alongside this test (`cargo test` at the workspace
 /// root builds every member's binaries into one directory).
@@ -47,66 +45,15 @@ fn static_binaries() -> Option<PathBuf> {
          --target x86_64-unknown-linux-musl -p portmap -p portmap-conformance)",
         target.display()
     );
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg} (CI is set: a missing prerequisite is a failure)");
-    }
-    eprintln!("SKIPPED: {msg}");
+    support::unavailable(&msg);
     None
 }
 
-/// Whether the engine answers and has the image; a failure under CI.
-fn image_available(image: &str) -> bool {
-    let missing = match Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", image])
-        .output()
-    {
-        Err(e) => Some(format!("cannot run the docker client: {e}")),
-        Ok(out) if out.status.success() => None,
-        Ok(out) => Some(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-    };
-    let Some(why) = missing else { return true };
-    let msg = format!(
-        "distro image {image} unavailable ({why}); start an engine with \
-         `eval \"$(scripts/docker-engine.sh start)\"` and run scripts/build-test-images.sh"
-    );
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg} (CI is set: a missing prerequisite is a failure)");
-    }
-    eprintln!("SKIPPED: {msg}");
-    false
-}
-
-/// Runs `script` with sh inside the container; returns exit code and the
-/// merged output.
-fn sh(container: &Container<GenericImage>, script: &str) -> (i64, String) {
-    let cmd = ExecCommand::new(["sh", "-c", &format!("{{ {script} ; }} 2>&1")])
-        .with_cmd_ready_condition(CmdWaitFor::exit());
-    let mut exec = container.exec(cmd).expect("exec in container");
-    let out = exec.stdout_to_vec().expect("exec output");
-    let code = exec.exit_code().expect("exit code").unwrap_or(-1);
-    (code, String::from_utf8_lossy(&out).into_owned())
-}
-
-/// Starts the image with the capabilities the suite needs (not
-/// `--privileged`) and the binaries in `bins` mounted read-only. Docker
-/// mounts /proc/sys read-only; only its per-namespace `net` part is made
-/// writable, so nothing outside the container's namespaces can change.
+/// The image with the binaries in `bins` mounted read-only and a writable
+/// /proc/sys/net.
 fn start(image: &str, bins: &Path) -> Container<GenericImage> {
-    let (name, tag) = image.split_once(':').unwrap_or((image, "latest"));
-    let container = GenericImage::new(name, tag)
-        .with_cmd(["sleep", "infinity"])
-        .with_cap_add("NET_ADMIN")
-        .with_cap_add("SYS_ADMIN")
-        .with_mount(
-            Mount::bind_mount(bins.to_string_lossy(), BIN_DIR)
-                .with_access_mode(AccessMode::ReadOnly),
-        )
-        .start()
-        .unwrap_or_else(|e| panic!("starting {image}: {e}"));
-    let (code, out) = sh(
-        &container,
-        "mount --bind /proc/sys/net /proc/sys/net && mount -o remount,bind,rw /proc/sys/net",
-    );
+    let container = distro::start(image, &[(bins, BIN_DIR)]);
+    let (code, out) = sh(&container, distro::WRITABLE_NET);
     assert_eq!(code, 0, "making /proc/sys/net writable in {image}: {out}");
     container
 }
@@ -142,33 +89,19 @@ fn auto_picks_the_usable_backend_and_the_catalogue_passes(
     );
 
     let axes: String = backends.iter().map(|b| format!(" --backend {b}")).collect();
-    let (code, report) = sh(
+    let run = run_catalogue(
         &container,
-        &format!(
-            "{BIN_DIR}/portmap-conformance run --plugin {BIN_DIR}/portmap --setup veth{axes} \
-             --json /tmp/report.json"
-        ),
+        image,
+        &format!("--plugin {BIN_DIR}/portmap --setup veth{axes}"),
     );
-    let (_, json) = sh(&container, "cat /tmp/report.json");
-    let cells: Value = serde_json::from_str(&json)
-        .unwrap_or_else(|e| panic!("report of {image} is not JSON ({e}):\n{json}\n{report}"));
-    let cells = cells.as_array().cloned().unwrap_or_default();
-    let failed: Vec<String> = cells
-        .iter()
-        .filter(|c| c["result"] != "pass" && c["result"] != "not-applicable")
-        .map(|c| format!("{} on {}: {}", c["scenario"], c["backend"], c["reason"]))
-        .collect();
-    assert!(
-        code == 0 && failed.is_empty(),
-        "conformance in {image} (exit {code}) failed:\n{}\n\n{report}",
-        failed.join("\n")
-    );
+    run.assert_passed(&format!("conformance in {image}"));
     let scenarios = catalogue().len();
     for backend in backends {
-        let ran = cells.iter().filter(|c| c["backend"] == *backend).count();
+        let ran = run.on(backend);
         assert_eq!(
             ran, scenarios,
-            "{image}: {ran} of {scenarios} scenarios reported on {backend}:\n{report}"
+            "{image}: {ran} of {scenarios} scenarios reported on {backend}:\n{}",
+            run.text
         );
     }
 }
@@ -195,17 +128,14 @@ fn debian11_runs_the_static_binaries_through_the_catalogue() {
         Some("nftables"),
         "nft 0.9.8 takes our JSON: {status}"
     );
-    let (code, report) = sh(
+    let run = run_catalogue(
         &container,
+        image,
         &format!(
-            "{BIN_DIR}/portmap-conformance run --plugin {BIN_DIR}/portmap \
-             --reference /usr/lib/cni/portmap --setup veth --setup chain --json /tmp/report.json"
+            "--plugin {BIN_DIR}/portmap --reference /usr/lib/cni/portmap --setup veth --setup chain"
         ),
     );
-    let (_, json) = sh(&container, "cat /tmp/report.json");
-    let cells: Value = serde_json::from_str(&json)
-        .unwrap_or_else(|e| panic!("report of {image} is not JSON ({e}):\n{json}\n{report}"));
-    let cells = cells.as_array().cloned().unwrap_or_default();
+    let (code, report, cells) = (run.code, &run.text, &run.cells);
     let ours: Vec<&Value> = cells.iter().filter(|c| c["binary"] == "ours").collect();
     let failed: Vec<String> = ours
         .iter()
@@ -233,6 +163,5 @@ fn debian11_runs_the_static_binaries_through_the_catalogue() {
         reference, expected,
         "the reference ran beside ours:\n{report}"
     );
-    let closing = report.lines().find(|l| l.starts_with("ours: "));
-    eprintln!("{image}: {}", closing.unwrap_or_default());
+    eprintln!("{image}: {}", run.closing());
 }

@@ -11,6 +11,7 @@
 
 #[path = "kubernetes/manifest.rs"]
 mod manifest;
+mod support;
 #[path = "kubernetes/watch.rs"]
 mod watch;
 

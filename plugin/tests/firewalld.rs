@@ -20,7 +20,7 @@ mod systemd_unit;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{config, ours, tcp_8080, Rig};
@@ -39,6 +39,45 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const WITHIN: Duration = Duration::from_secs(1);
 /// The host's address on the remote namespace's link (conformance's veth::remote).
 const HOST_ON_REMOTE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+
+/// Our binary in the rig's host namespace with only the rig's PATH,
+/// journal and lock in its environment.
+fn ours_command(rig: &Rig) -> Command {
+    let mut cmd = rig.topo.host.command(ours());
+    cmd.env_clear()
+        .env("PATH", rig.tools.path())
+        .env("PORTMAP_STATE_DIR", state_dir(rig.tools.path()))
+        .env("PORTMAP_LOCK", lock_path(rig.tools.path()));
+    cmd
+}
+
+/// One firewalld test at a time; `None` (a skip, a failure under CI)
+/// without firewalld, its client, dbus-daemon, nsenter, unshare and `extra`.
+fn firewalld_turn(extra: &[&str]) -> Option<MutexGuard<'static, ()>> {
+    let serial = serial();
+    let mut tools = vec![
+        "firewalld",
+        "firewall-cmd",
+        "dbus-daemon",
+        "nsenter",
+        "unshare",
+    ];
+    tools.extend(extra);
+    prerequisites(&tools).then_some(serial)
+}
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the test must leave: the root namespace as `state_before`, none
+/// of this process's named namespaces, the daemon's directory `dir` gone.
+fn assert_left_nothing(state_before: &str, dir: &Path) {
+    let (state_after, netns_left) = host_state();
+    assert_eq!(state_after, state_before, "the root namespace changed");
+    assert!(netns_left.is_empty(), "namespaces left: {netns_left:?}");
+    assert!(!dir.exists(), "{} left", dir.display());
+}
 
 /// `portmap watch` on the rig's journal and lock, on the test's bus.
 struct Watch {
@@ -60,14 +99,7 @@ impl Watch {
 
     /// Started and past its firewalld line, whatever it says.
     fn spawn(rig: &Rig, bus: &str, log: PathBuf) -> Watch {
-        let child = rig
-            .topo
-            .host
-            .command(ours())
-            .env_clear()
-            .env("PATH", rig.tools.path())
-            .env("PORTMAP_STATE_DIR", state_dir(rig.tools.path()))
-            .env("PORTMAP_LOCK", lock_path(rig.tools.path()))
+        let child = ours_command(rig)
             .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
             .args(["watch", "--interval", "60"])
             .stdout(std::fs::File::create(&log).expect("watch log"))
@@ -157,13 +189,8 @@ fn answer_time(
 
 /// `portmap status` in the rig's host namespace, on the test's bus.
 fn status(rig: &Rig, bus: &str) -> String {
-    let mut cmd = rig.topo.host.command(ours());
-    cmd.env_clear()
-        .env("PATH", rig.tools.path())
-        .env("PORTMAP_STATE_DIR", state_dir(rig.tools.path()))
-        .env("PORTMAP_LOCK", lock_path(rig.tools.path()))
-        .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
-        .arg("status");
+    let mut cmd = ours_command(rig);
+    cmd.env("DBUS_SYSTEM_BUS_ADDRESS", bus).arg("status");
     let out = run_with_input(cmd, b"").expect("portmap status");
     assert_eq!(out.exit, Some(0), "status: {}", out.summary());
     out.stdout
@@ -198,23 +225,12 @@ fn host_state() -> (String, Vec<String>) {
 #[case::fw_iptables_ours_iptables_nft("iptables", "nft")]
 #[case::fw_iptables_legacy_ours_iptables_legacy("iptables", "legacy")]
 fn published_ports_survive_firewalld(#[case] fw_backend: &'static str, #[case] ours_is: &str) {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !prerequisites(&[
-        "firewalld",
-        "firewall-cmd",
-        "dbus-daemon",
-        "nsenter",
-        "unshare",
-        "iptables-legacy-save",
-    ]) {
+    let Some(_turn) = firewalld_turn(&["iptables-legacy-save"]) else {
         return;
-    }
+    };
     let (state_before, _) = host_state();
     let dir = run_cell(fw_backend, ours_is);
-    let (state_after, netns_left) = host_state();
-    assert_eq!(state_after, state_before, "the root namespace changed");
-    assert!(netns_left.is_empty(), "namespaces left: {netns_left:?}");
-    assert!(!dir.exists(), "{} left", dir.display());
+    assert_left_nothing(&state_before, &dir);
 }
 
 /// One cell; returns the daemon's temp directory (gone by then).
@@ -392,7 +408,7 @@ fn check_status(
 /// away and back (reconnecting, 1 s then 2 s apart).
 #[test]
 fn watch_without_a_bus_and_after_losing_it() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     if !prerequisites(&["dbus-daemon", "nsenter", "unshare"]) {
         return;
     }

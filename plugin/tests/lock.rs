@@ -66,17 +66,14 @@ fn host_state() -> Vec<String> {
     out
 }
 
-#[test]
-fn a_cell_passes_while_the_host_lock_is_held() {
-    if !prerequisites(&["nft", "conntrack"]) {
-        return;
-    }
-    // Held only for the one cell (a few seconds).
+/// The catalogue's tcp cell (nftables, veth) of `plugin`, the host's lock
+/// held only for it (a few seconds, the CNI version negotiated inside):
+/// its verdict and how long it took.
+fn tcp_cell_with_host_lock(plugin: &Path) -> (Verdict, Duration) {
     let host = hold_host_lock();
-    let plugin = PathBuf::from(env!("CARGO_BIN_EXE_portmap"));
-    let cni_version = negotiate(&[Path::new(&plugin)]).expect("a CNI version");
+    let cni_version = negotiate(&[plugin]).expect("a CNI version");
     let spec = CellSpec {
-        plugin: &plugin,
+        plugin,
         reference: None,
         binary: portmap_conformance::report::OURS,
         setup: Setup::Veth,
@@ -88,16 +85,30 @@ fn a_cell_passes_while_the_host_lock_is_held() {
     let cell = run_cell(&spec, Axis::parse("nftables").expect("axis"), tcp);
     let took = start.elapsed();
     drop(host);
-    match cell.verdict {
-        Verdict::Pass => {}
-        other => panic!("the tcp cell with {HOST_LOCK} held: {other:?}"),
-    }
-    // The plugin waits up to 60 s for a held lock: a cell that waited on
-    // the host's lock would take that long.
+    (cell.verdict, took)
+}
+
+/// The plugin waits up to 60 s for a held lock: a cell that waited on
+/// the host's lock would take that long.
+fn assert_no_wait(took: Duration) {
     assert!(
         took < Duration::from_secs(30),
         "the cell took {took:?}: did it wait on {HOST_LOCK}?"
     );
+}
+
+#[test]
+fn a_cell_passes_while_the_host_lock_is_held() {
+    if !prerequisites(&["nft", "conntrack"]) {
+        return;
+    }
+    let plugin = PathBuf::from(env!("CARGO_BIN_EXE_portmap"));
+    let (verdict, took) = tcp_cell_with_host_lock(&plugin);
+    match verdict {
+        Verdict::Pass => {}
+        other => panic!("the tcp cell with {HOST_LOCK} held: {other:?}"),
+    }
+    assert_no_wait(took);
 }
 
 /// A portmap that ignores `PORTMAP_LOCK` and `PORTMAP_STATE_DIR` (ours,
@@ -134,31 +145,14 @@ fn a_plugin_ignoring_portmap_lock_gets_the_cells_lock_and_state() {
     .expect("chmod wrapper");
 
     let state_before = host_state();
-    let host = hold_host_lock();
-    let cni_version = negotiate(&[Path::new(&wrapper)]).expect("a CNI version");
-    let spec = CellSpec {
-        plugin: &wrapper,
-        reference: None,
-        binary: portmap_conformance::report::OURS,
-        setup: Setup::Veth,
-        cni_version: &cni_version,
-    };
-    let all = catalogue();
-    let tcp = all.iter().find(|s| s.name == "tcp").expect("tcp scenario");
-    let start = Instant::now();
-    let cell = run_cell(&spec, Axis::parse("nftables").expect("axis"), tcp);
-    let took = start.elapsed();
-    drop(host);
-    match cell.verdict {
+    let (verdict, took) = tcp_cell_with_host_lock(&wrapper);
+    match verdict {
         Verdict::Pass => {}
         other => {
             panic!("the tcp cell of a plugin ignoring PORTMAP_LOCK, {HOST_LOCK} held: {other:?}")
         }
     }
-    assert!(
-        took < Duration::from_secs(30),
-        "the cell took {took:?}: did it wait on {HOST_LOCK}?"
-    );
+    assert_no_wait(took);
 
     let ours = std::fs::read_link("/proc/self/ns/mnt").expect("own mount namespace");
     let calls = std::fs::read_to_string(&log).expect("the wrapper's log");

@@ -6,18 +6,14 @@
 //! Debian's back.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use portmap_conformance::scenarios::catalogue;
 use rstest::rstest;
-use serde_json::Value;
-use testcontainers::core::{AccessMode, CmdWaitFor, ExecCommand, Mount};
-use testcontainers::runners::SyncRunner;
-use testcontainers::{Container, GenericImage, ImageExt};
+use testcontainers::{Container, GenericImage};
 
+use crate::support::distro::{self, image_available, run_catalogue, sh, BIN_DIR};
 use crate::{dist_file, unavailable, VERSION};
 
-const BIN_DIR: &str = "/opt/portmap";
 const DIST_DIR: &str = "/opt/portmap-dist";
 const PORTMAP: &str = "/usr/lib/cni/portmap";
 const DISTRIB: &str = "/usr/lib/cni/portmap.distrib";
@@ -38,32 +34,6 @@ fn static_binaries() -> Option<PathBuf> {
         target.display()
     ));
     None
-}
-
-fn image_available(image: &str) -> bool {
-    let why = match Command::new("docker")
-        .args(["image", "inspect", "--format", "{{.Id}}", image])
-        .output()
-    {
-        Err(e) => format!("cannot run the docker client: {e}"),
-        Ok(out) if out.status.success() => return true,
-        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    };
-    unavailable(&format!(
-        "distro image {image} unavailable ({why}); start an engine with \
-         `eval \"$(scripts/docker-engine.sh start)\"` and run scripts/build-test-images.sh"
-    ));
-    false
-}
-
-/// Runs `script` with sh in the container: exit code and merged output.
-fn sh(container: &Container<GenericImage>, script: &str) -> (i64, String) {
-    let cmd = ExecCommand::new(["sh", "-c", &format!("{{ {script} ; }} 2>&1")])
-        .with_cmd_ready_condition(CmdWaitFor::exit());
-    let mut exec = container.exec(cmd).expect("exec in container");
-    let out = exec.stdout_to_vec().expect("exec output");
-    let code = exec.exit_code().expect("exit code").unwrap_or(-1);
-    (code, String::from_utf8_lossy(&out).into_owned())
 }
 
 /// `script` must exit 0; its output.
@@ -95,22 +65,11 @@ fn diversions(container: &Container<GenericImage>) -> String {
 /// The image with the test's capabilities, the static binaries and dist/
 /// mounted read-only, and a writable /proc/sys/net (as distros.rs does).
 fn start(image: &str, bins: &Path, dist: &Path) -> Container<GenericImage> {
-    let (name, tag) = image.split_once(':').unwrap_or((image, "latest"));
-    let ro = |host: &Path, at: &str| {
-        Mount::bind_mount(host.to_string_lossy(), at).with_access_mode(AccessMode::ReadOnly)
-    };
-    let container = GenericImage::new(name, tag)
-        .with_cmd(["sleep", "infinity"])
-        .with_cap_add("NET_ADMIN")
-        .with_cap_add("SYS_ADMIN")
-        .with_mount(ro(bins, BIN_DIR))
-        .with_mount(ro(dist, DIST_DIR))
-        .start()
-        .unwrap_or_else(|e| panic!("starting {image}: {e}"));
+    let container = distro::start(image, &[(bins, BIN_DIR), (dist, DIST_DIR)]);
     ok(
         &container,
         "making /proc/sys/net writable",
-        "mount --bind /proc/sys/net /proc/sys/net && mount -o remount,bind,rw /proc/sys/net",
+        distro::WRITABLE_NET,
     );
     container
 }
@@ -119,37 +78,21 @@ fn start(image: &str, bins: &Path, dist: &Path) -> Container<GenericImage> {
 /// every cell passes (or does not apply) on each of `backends`.
 fn catalogue_passes(container: &Container<GenericImage>, image: &str, backends: &[&str]) {
     let axes: String = backends.iter().map(|b| format!(" --backend {b}")).collect();
-    let (code, report) = sh(
+    let run = run_catalogue(
         container,
-        &format!(
-            "{BIN_DIR}/portmap-conformance run --plugin {PORTMAP} --setup veth{axes} \
-             --json /tmp/report.json"
-        ),
+        image,
+        &format!("--plugin {PORTMAP} --setup veth{axes}"),
     );
-    let (_, json) = sh(container, "cat /tmp/report.json");
-    let cells: Value = serde_json::from_str(&json)
-        .unwrap_or_else(|e| panic!("report of {image} is not JSON ({e}):\n{json}\n{report}"));
-    let cells = cells.as_array().cloned().unwrap_or_default();
-    let failed: Vec<String> = cells
-        .iter()
-        .filter(|c| c["result"] != "pass" && c["result"] != "not-applicable")
-        .map(|c| format!("{} on {}: {}", c["scenario"], c["backend"], c["reason"]))
-        .collect();
-    assert!(
-        code == 0 && failed.is_empty(),
-        "conformance of the packaged portmap in {image} (exit {code}) failed:\n{}\n\n{report}",
-        failed.join("\n")
-    );
+    run.assert_passed(&format!("conformance of the packaged portmap in {image}"));
     for backend in backends {
-        let ran = cells.iter().filter(|c| c["backend"] == *backend).count();
         assert_eq!(
-            ran,
+            run.on(backend),
             catalogue().len(),
-            "{image}: scenarios on {backend}:\n{report}"
+            "{image}: scenarios on {backend}:\n{}",
+            run.text
         );
     }
-    let closing = report.lines().find(|l| l.starts_with("ours: "));
-    eprintln!("{image}: {}", closing.unwrap_or_default());
+    eprintln!("{image}: {}", run.closing());
 }
 
 #[rstest]

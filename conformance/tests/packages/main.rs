@@ -10,19 +10,14 @@
 
 mod deb;
 mod rpm;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::path::{Path, PathBuf};
 
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+use support::unavailable;
 
-/// A missing prerequisite: a failure under CI, a skip with the reason
-/// printed otherwise.
-fn unavailable(msg: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("{msg} (CI is set: a missing prerequisite is a failure)");
-    }
-    eprintln!("SKIPPED: {msg}");
-}
+const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// `file` in dist/ at the workspace root, if package.sh wrote it.
 fn dist_file(file: &str) -> Option<PathBuf> {

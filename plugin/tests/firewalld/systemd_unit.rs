@@ -32,12 +32,7 @@ fn run_unit(rig: &Rig, fw: &Daemon, unit: &str, keys: &[&str]) -> String {
     let mut said = String::new();
     for (ignore, argv) in commands(unit, keys) {
         let mut cmd = if argv[0] == "/opt/cni/bin/portmap" {
-            let mut c = rig.topo.host.command(ours());
-            c.env_clear()
-                .env("PATH", rig.tools.path())
-                .env("PORTMAP_STATE_DIR", state_dir(rig.tools.path()))
-                .env("PORTMAP_LOCK", lock_path(rig.tools.path()));
-            c
+            ours_command(rig)
         } else {
             fw.enter(&argv[0])
         };
@@ -55,16 +50,9 @@ fn run_unit(rig: &Rig, fw: &Daemon, unit: &str, keys: &[&str]) -> String {
 
 #[test]
 fn restore_unit_runs_after_firewalld_s_flush() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    if !prerequisites(&[
-        "firewalld",
-        "firewall-cmd",
-        "dbus-daemon",
-        "nsenter",
-        "unshare",
-    ]) {
+    let Some(_turn) = firewalld_turn(&[]) else {
         return;
-    }
+    };
     let unit_path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/systemd/portmap-restore.service");
     let unit = std::fs::read_to_string(unit_path).expect("unit");
@@ -114,8 +102,5 @@ fn restore_unit_runs_after_firewalld_s_flush() {
     rig.must(&ours(), "DEL", "ctr-a", Some(&a), &cfg);
     drop(fw);
     drop((_server, a, remote, rig));
-    let (state_after, netns_left) = host_state();
-    assert_eq!(state_after, state_before, "the root namespace changed");
-    assert!(netns_left.is_empty(), "namespaces left: {netns_left:?}");
-    assert!(!dir.exists(), "{} left", dir.display());
+    assert_left_nothing(&state_before, &dir);
 }
