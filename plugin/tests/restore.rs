@@ -9,10 +9,9 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{config, ours, tcp_8080, Rig};
+use common::{config, ours, rig_for, tcp_8080, Rig};
 use portmap_conformance::cni::state_dir;
 use portmap_conformance::firewall::without_guard;
-use portmap_conformance::toolpath::{IptablesVariant, Tools};
 use portmap_conformance::traffic::EchoServer;
 use rstest::rstest;
 use serde_json::json;
@@ -88,29 +87,6 @@ fn journal_dir(rig: &Rig) -> PathBuf {
                 .is_some_and(|n| n.to_string_lossy().starts_with("netns-"))
         })
         .expect("the namespace's journal")
-}
-
-/// The rig and config `backend` key for a test's backend: `nftables`,
-/// or the iptables variant `nft` / `legacy`.
-fn rig_for(backend: &str) -> Option<(Rig, &'static str)> {
-    let tools = match backend {
-        "nftables" => Tools::default(),
-        "nft" => Tools {
-            iptables: Some(IptablesVariant::Nft),
-            ..Tools::default()
-        },
-        _ => Tools {
-            iptables: Some(IptablesVariant::Legacy),
-            both_variants: false,
-            ..Tools::default()
-        },
-    };
-    let key = if backend == "nftables" {
-        "nftables"
-    } else {
-        "iptables"
-    };
-    Some((Rig::new(tools)?, key))
 }
 
 #[rstest]

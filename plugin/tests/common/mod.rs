@@ -8,7 +8,7 @@ use std::time::Duration;
 use portmap_conformance::cni::{invoke, run_with_input, state_dir, Call, Outcome};
 use portmap_conformance::firewall;
 use portmap_conformance::netns::{prerequisites, Netns};
-use portmap_conformance::toolpath::{ToolDir, Tools};
+use portmap_conformance::toolpath::{IptablesVariant, ToolDir, Tools};
 use portmap_conformance::topology::{Container, Topology, HOST_V4};
 use portmap_conformance::traffic::tcp_ask;
 use serde_json::{json, Value};
@@ -171,4 +171,27 @@ pub fn upstream_available() -> bool {
     }
     eprintln!("SKIPPED: {UPSTREAM} missing");
     false
+}
+
+/// The rig and config `backend` key for a test's backend: `nftables`,
+/// or the iptables variant `nft` / `legacy`.
+pub fn rig_for(backend: &str) -> Option<(Rig, &'static str)> {
+    let tools = match backend {
+        "nftables" => Tools::default(),
+        "nft" => Tools {
+            iptables: Some(IptablesVariant::Nft),
+            ..Tools::default()
+        },
+        _ => Tools {
+            iptables: Some(IptablesVariant::Legacy),
+            both_variants: false,
+            ..Tools::default()
+        },
+    };
+    let key = if backend == "nftables" {
+        "nftables"
+    } else {
+        "iptables"
+    };
+    Some((Rig::new(tools)?, key))
 }

@@ -9,34 +9,12 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use portmap_conformance::cni::{lock_path, run_with_input, state_dir, Outcome};
-use portmap_conformance::toolpath::{IptablesVariant, Tools};
 use portmap_conformance::topology::Container;
 use serde_json::{json, Value};
 
 use crate::common::{config, ours, Rig};
 
-/// The rig and config `backend` key for a test's backend: `nftables`,
-/// or the iptables variant `nft` / `legacy`.
-pub fn rig_for(backend: &str) -> Option<(Rig, &'static str)> {
-    let tools = match backend {
-        "nftables" => Tools::default(),
-        "nft" => Tools {
-            iptables: Some(IptablesVariant::Nft),
-            ..Tools::default()
-        },
-        _ => Tools {
-            iptables: Some(IptablesVariant::Legacy),
-            both_variants: false,
-            ..Tools::default()
-        },
-    };
-    let key = if backend == "nftables" {
-        "nftables"
-    } else {
-        "iptables"
-    };
-    Some((Rig::new(tools)?, key))
-}
+pub use crate::common::rig_for;
 
 /// The binary under test: `$PORTMAP_WATCH_BIN` (scripts/watch-bench.sh
 /// passes the release build), else the one cargo built for the tests.
