@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::strace::{spawned, TraceFile};
-use super::MAX_CONTAINERS;
 use super::{container_id, one_mapping, BenchError, Binary, Env, Options, Stats, World};
 use crate::cni::speaks_cni_1_1;
 use crate::matrix::Axis;
@@ -22,10 +21,7 @@ pub struct Sizes {
 
 impl Sizes {
     pub(crate) fn check(&self) -> Result<(), BenchError> {
-        match self.sizes.iter().find(|&&n| n > MAX_CONTAINERS) {
-            Some(&n) => Err(BenchError::TooMany(n)),
-            None => Ok(()),
-        }
+        super::check_sizes(&self.sizes)
     }
 }
 

@@ -81,6 +81,14 @@ const SUBNET_PREFIX: [u8; 2] = [10, 89];
 
 /// Host ports 20000.. and addresses 10.89.0.2.. are handed out per container.
 pub const MAX_CONTAINERS: usize = 40_000;
+
+/// The first of `sizes` over [`MAX_CONTAINERS`], as the error.
+pub(crate) fn check_sizes(sizes: &[usize]) -> Result<(), BenchError> {
+    match sizes.iter().find(|&&n| n > MAX_CONTAINERS) {
+        Some(&n) => Err(BenchError::TooMany(n)),
+        None => Ok(()),
+    }
+}
 /// One container's mappings use host ports from 20000 on.
 pub const MAX_MAPPINGS: usize = 45_000;
 

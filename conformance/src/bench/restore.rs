@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::MAX_CONTAINERS;
 use super::{container_id, one_mapping, BenchError, Binary, Env, Options, Stats, World};
 use crate::matrix::Axis;
 
@@ -37,10 +36,7 @@ const STOP_WAIT: Duration = Duration::from_secs(10);
 
 impl Sizes {
     pub(crate) fn check(&self) -> Result<(), BenchError> {
-        match self.sizes.iter().find(|&&n| n > MAX_CONTAINERS) {
-            Some(&n) => Err(BenchError::TooMany(n)),
-            None => Ok(()),
-        }
+        super::check_sizes(&self.sizes)
     }
 }
 
