@@ -431,23 +431,7 @@ fn watch_restores_by_itself(#[values("nftables", "nft", "legacy")] backend: &str
     );
     rig.must(&ours(), "CHECK", "ctr-a", Some(&a), &cfg);
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(watch.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let stopped = Instant::now();
-    let status = loop {
-        if let Some(status) = watch.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(3),
-            "watch ignored SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status:?}");
+    common::stop_watch(&mut watch);
     let said = std::fs::read_to_string(&log).expect("log");
     assert!(said.contains("reinstalled ctr-a in"), "{said}");
     assert!(

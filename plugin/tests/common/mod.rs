@@ -195,3 +195,24 @@ pub fn rig_for(backend: &str) -> Option<(Rig, &'static str)> {
     };
     Some((Rig::new(tools)?, key))
 }
+
+/// SIGTERMs a running `portmap watch`; it must exit 0 within 3 s.
+pub fn stop_watch(child: &mut std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let stopped = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(3),
+            "watch ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -95,23 +95,7 @@ impl Watch {
 
     /// SIGTERM, then its exit within 3 s.
     pub fn stop(mut self) -> String {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("SIGTERM");
-        let stopped = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(
-                stopped.elapsed() < Duration::from_secs(3),
-                "watch ignored SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(status.success(), "{status:?}");
+        crate::common::stop_watch(&mut self.child);
         self.said()
     }
 }
