@@ -319,7 +319,19 @@ mod tests {
             .expect("open");
         assert!(other.try_lock().is_err(), "held exclusively");
         drop(held);
-        assert!(other.try_lock().is_ok(), "released on drop");
+        // Another test thread's fork may hold a copy of the descriptor
+        // (and so the flock) until its child execs: wait, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let released = loop {
+            if other.try_lock().is_ok() {
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        assert!(released, "released on drop");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
