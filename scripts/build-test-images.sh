@@ -22,7 +22,21 @@
 # Each image is labelled with a hash of this script; an image whose label
 # matches is kept, so re-running is cheap. Needs root, debootstrap and a
 # Docker engine (DOCKER_HOST as scripts/docker-engine.sh exports it).
+#
+# --only distros: the Debian images only (no build needed first, so
+# scripts/test.sh runs it beside the compile); --only portmap: the
+# Kubernetes image only (needs scripts/release.sh's binary).
 set -euo pipefail
+ONLY=all
+case "${1:-}" in
+  --only) ONLY="${2:-}" ;;
+  "") ;;
+  *) echo "usage: $0 [--only distros|portmap]" >&2; exit 2 ;;
+esac
+case "$ONLY" in
+  all|distros|portmap) ;;
+  *) echo "usage: $0 [--only distros|portmap]" >&2; exit 2 ;;
+esac
 if [ "$(id -u)" -ne 0 ]; then
   echo "build-test-images.sh: needs root (debootstrap); run it as root, or: sudo $0" >&2
   exit 1
@@ -80,7 +94,8 @@ build_portmap_image() {
   fi
   rm -rf "$ctx"
 }
-build_portmap_image
+[ "$ONLY" = distros ] || build_portmap_image
+[ "$ONLY" = portmap ] && exit 0
 # --- end of the Kubernetes image --------------------------------------------
 
 todo=()
@@ -97,7 +112,6 @@ mkdir -p "$WORK"
 base() {
   local tar="$WORK/base-$1-$RECIPE.tar"
   if [ ! -f "$tar" ]; then
-    find "$WORK" -maxdepth 1 -name "base-*.tar" ! -name "base-*-$RECIPE.tar" -delete  # older recipes
     local root
     root="$(mktemp -d "$WORK/root.XXXXXX")"
     echo "build-test-images: debootstrap $1 ($2) from $MIRROR" >&2
@@ -135,6 +149,20 @@ EOF
     both|debian11) echo "true" ;;
   esac
 }
+
+# Both suites' debootstraps at once: they wait on the mirror more than on
+# the CPU. Each writes its own tar; the loop below finds them cached.
+find "$WORK" -maxdepth 1 -name "base-*.tar" ! -name "base-*-$RECIPE.tar" -delete  # older recipes
+pids=()
+for image in "${todo[@]}"; do
+  case "$image" in
+    debian11) base "$OLD_SUITE" "$OLD_PACKAGES" >/dev/null & pids+=($!) ;;
+    *) [ -n "${started_new:-}" ] || { started_new=1; base "$SUITE" "$PACKAGES" >/dev/null & pids+=($!); } ;;
+  esac
+done
+for pid in "${pids[@]}"; do
+  wait "$pid" || exit 1
+done
 
 for image in "${todo[@]}"; do
   case "$image" in

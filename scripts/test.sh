@@ -25,8 +25,13 @@ source scripts/paths.sh
 # leave them exactly as it found them.
 host_before="$(bash scripts/host-state.sh)"
 engine_started=""
+images_pid=""
 finish() {
   local rc=$?
+  if [ -n "$images_pid" ]; then  # a step failed while the images built
+    kill -TERM -- "-$images_pid" 2>/dev/null || true
+    wait "$images_pid" 2>/dev/null || true
+  fi
   [ -n "$engine_started" ] && bash scripts/docker-engine.sh stop
   local host_after
   host_after="$(bash scripts/host-state.sh)"
@@ -40,6 +45,24 @@ finish() {
   exit "$rc"
 }
 trap finish EXIT
+
+# The distro images (debootstrap, mostly waiting on the mirror) build in
+# the background while the compile steps below use the CPU (in a
+# process group of their own, so a failing step can stop them).
+images_log="target/build-test-images.log"
+echo "==> Docker engine; distro images in the background (scripts/build-test-images.sh, log: $images_log)"
+if engine="$(bash scripts/docker-engine.sh start)"; then
+  eval "$engine"
+  engine_started=1
+  mkdir -p target
+  setsid bash scripts/build-test-images.sh --only distros >"$images_log" 2>&1 &
+  images_pid=$!
+elif [ -n "${CI:-}" ]; then
+  echo "test.sh: no Docker engine (CI is set: the distro suite must run)" >&2
+  exit 1
+else
+  echo "test.sh: no Docker engine; the distro tests will be skipped" >&2
+fi
 
 echo "==> actionlint (.github workflows and actions)"
 actionlint
@@ -58,16 +81,17 @@ echo "==> static release binaries (scripts/release.sh; the Debian 11 image runs 
 bash scripts/release.sh
 echo "==> .deb and .rpm packages (scripts/package.sh; conformance/tests/packages installs them)"
 bash scripts/package.sh
-echo "==> Docker engine and distro images (for conformance/tests/distros.rs)"
-if engine="$(bash scripts/docker-engine.sh start)"; then
-  eval "$engine"
-  engine_started=1
-  bash scripts/build-test-images.sh
-elif [ -n "${CI:-}" ]; then
-  echo "test.sh: no Docker engine (CI is set: the distro suite must run)" >&2
-  exit 1
-else
-  echo "test.sh: no Docker engine; the distro tests will be skipped" >&2
+if [ -n "$images_pid" ]; then
+  echo "==> distro images (waiting for the background build) and the Kubernetes image"
+  images_rc=0
+  wait "$images_pid" || images_rc=$?
+  images_pid=""
+  sed 's/^/  /' "$images_log"
+  if [ "$images_rc" -ne 0 ]; then
+    echo "test.sh: scripts/build-test-images.sh --only distros failed (exit $images_rc)" >&2
+    exit 1
+  fi
+  bash scripts/build-test-images.sh --only portmap
 fi
 echo "==> install-deps under sudo's reset PATH (scripts/tests/install-deps-sudo.sh)"
 bash scripts/tests/install-deps-sudo.sh
