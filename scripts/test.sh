@@ -24,6 +24,8 @@ source scripts/paths.sh
 # The root namespace's sysctls, firewall and namespaces: the suite must
 # leave them exactly as it found them.
 host_before="$(bash scripts/host-state.sh)"
+# Step headers carry the seconds since the start: where a CI run's time went.
+step() { echo "==> $* (+${SECONDS}s)"; }
 engine_started=""
 images_pid=""
 finish() {
@@ -40,7 +42,7 @@ finish() {
     diff <(echo "$host_before") <(echo "$host_after") >&2 || true
     rc=1
   else
-    echo "==> root namespace unchanged (sysctls, firewall, namespaces)"
+    step "root namespace unchanged (sysctls, firewall, namespaces)"
   fi
   exit "$rc"
 }
@@ -50,7 +52,7 @@ trap finish EXIT
 # the background while the compile steps below use the CPU (in a
 # process group of their own, so a failing step can stop them).
 images_log="target/build-test-images.log"
-echo "==> Docker engine; distro images in the background (scripts/build-test-images.sh, log: $images_log)"
+step "Docker engine; distro images in the background (scripts/build-test-images.sh, log: $images_log)"
 if engine="$(bash scripts/docker-engine.sh start)"; then
   eval "$engine"
   engine_started=1
@@ -64,25 +66,25 @@ else
   echo "test.sh: no Docker engine; the distro tests will be skipped" >&2
 fi
 
-echo "==> actionlint (.github workflows and actions)"
+step "actionlint (.github workflows and actions)"
 actionlint
-echo "==> cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
-echo "==> cargo clippy --all-targets -- -D warnings"
+step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # fuzz/ is its own workspace (root Cargo.toml excludes it), so clippy and
 # cargo test never build it. --locked: fuzz/Cargo.lock must already know
 # every dependency the plugin and backends crates have.
-echo "==> cargo check of the fuzz workspace (fuzz/Cargo.toml, --locked)"
+step "cargo check of the fuzz workspace (fuzz/Cargo.toml, --locked)"
 cargo check --locked --quiet --manifest-path fuzz/Cargo.toml
-echo "==> fuzz config and prevResult parsing for 15 s (scripts/fuzz.sh)"
+step "fuzz config and prevResult parsing for 15 s (scripts/fuzz.sh)"
 bash scripts/fuzz.sh 15
-echo "==> static release binaries (scripts/release.sh; the Debian 11 image runs them)"
+step "static release binaries (scripts/release.sh; the Debian 11 image runs them)"
 bash scripts/release.sh
-echo "==> .deb and .rpm packages (scripts/package.sh; conformance/tests/packages installs them)"
+step ".deb and .rpm packages (scripts/package.sh; conformance/tests/packages installs them)"
 bash scripts/package.sh
 if [ -n "$images_pid" ]; then
-  echo "==> distro images (waiting for the background build) and the Kubernetes image"
+  step "distro images (waiting for the background build) and the Kubernetes image"
   images_rc=0
   wait "$images_pid" || images_rc=$?
   images_pid=""
@@ -93,9 +95,9 @@ if [ -n "$images_pid" ]; then
   fi
   bash scripts/build-test-images.sh --only portmap
 fi
-echo "==> install-deps under sudo's reset PATH (scripts/tests/install-deps-sudo.sh)"
+step "install-deps under sudo's reset PATH (scripts/tests/install-deps-sudo.sh)"
 bash scripts/tests/install-deps-sudo.sh
-echo "==> the reusable action run for real with act (scripts/tests/action-selftest.sh)"
+step "the reusable action run for real with act (scripts/tests/action-selftest.sh)"
 bash scripts/tests/action-selftest.sh
-echo "==> cargo test"
+step "cargo test"
 cargo test --workspace "$@"
