@@ -2,10 +2,26 @@
 # Installs everything the build and the test suites need on a fresh Debian
 # machine. Idempotent: packages already present are not touched, so it is
 # cheap to call from every other script.
+#
+# --harness: only what building and running the conformance harness needs
+# (the reusable action's first step, on other projects' runners): the
+# firewall tools, iproute2, conntrack and the reference plugins; none of
+# the suite's own runtimes, firewalld, Docker, packagers or PyPI tools.
 set -euo pipefail
 # cargo under sudo (secure_path) and actionlint's venv: see paths.sh.
 source "$(dirname "$0")/paths.sh"
 
+harness_only=""
+case "${1:-}" in
+  --harness) harness_only=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--harness]" >&2; exit 2 ;;
+esac
+
+harness_packages=(
+  nftables iptables iproute2 conntrack kmod containernetworking-plugins
+  build-essential pkg-config
+)
 packages=(
   nftables            # nft binary (nftables backend, JSON API)
   iptables            # iptables-legacy + iptables-nft and their -save/-restore
@@ -38,6 +54,7 @@ packages=(
 command -v dockerd >/dev/null 2>&1 || packages+=(docker.io)
 command -v containerd >/dev/null 2>&1 || packages+=(containerd)
 command -v runc >/dev/null 2>&1 || packages+=(runc)
+[ -n "$harness_only" ] && packages=("${harness_packages[@]}")
 
 missing=()
 for p in "${packages[@]}"; do
@@ -78,6 +95,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     $SUDO systemctl --root=/ disable firewalld.service >/dev/null 2>&1 ||
       echo "install-deps: could not disable firewalld.service; run: systemctl disable firewalld" >&2
   fi
+fi
+
+if [ -n "$harness_only" ]; then
+  command -v cargo >/dev/null 2>&1 && exit 0
+  echo "install-deps: cargo not found; install a Rust toolchain (rustup) first" >&2
+  exit 1
 fi
 
 # Pinned PyPI wheels in the tools venv, each found by its dist-info
