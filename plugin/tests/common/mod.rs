@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portmap_conformance::cni::{invoke, run_with_input, state_dir, Call, Outcome};
+use portmap_conformance::cni::{invoke, lock_path, run_with_input, state_dir, Call, Outcome};
 use portmap_conformance::firewall;
 use portmap_conformance::netns::{prerequisites, Netns};
 use portmap_conformance::toolpath::{IptablesVariant, ToolDir, Tools};
@@ -136,12 +136,14 @@ impl Rig {
     }
 }
 
-/// `portmap ARGS` in `ns` with tool directory `path` (PATH and journal).
+/// `portmap ARGS` in `ns` with tool directory `path` (PATH, journal and
+/// lock: never the host's /run/portmap.lock).
 pub fn cli_with(ns: &Netns, path: &Path, args: &[&str]) -> Outcome {
     let mut cmd = ns.command(ours());
     cmd.env_clear()
         .env("PATH", path)
         .env("PORTMAP_STATE_DIR", state_dir(path))
+        .env("PORTMAP_LOCK", lock_path(path))
         .args(args);
     run_with_input(cmd, b"").expect("run portmap cli")
 }
