@@ -2,8 +2,9 @@
 # Prints what the test suite must leave as it found it in the root network
 # namespace: forwarding and route_localnet sysctls, the firewall (nftables,
 # iptables-nft, and iptables-legacy where its tables exist: listing them
-# would load them), and the named network namespaces. scripts/test.sh
-# compares a run's before and after.
+# would load them), the named network namespaces, and the host-wide state
+# a portmap keeps (its lock, its journal under /run/cni/portmap: tests give
+# every binary their own). scripts/test.sh compares a run's before and after.
 set -uo pipefail
 
 for key in net/ipv4/ip_forward net/ipv6/conf/all/forwarding \
@@ -30,3 +31,7 @@ for family in ip ip6; do
 done
 echo "--- ip netns list"
 ip netns list 2>/dev/null
+echo "--- portmap's host state (/run/portmap.lock, /run/cni/portmap)"
+ls -d /run/portmap.lock 2>/dev/null
+[ -d /run/cni/portmap ] && find /run/cni/portmap | sort
+exit 0

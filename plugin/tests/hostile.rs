@@ -3,7 +3,7 @@
 //! msg, firewall untouched) or a correct result (exit 0, cleaned up by
 //! DEL); never a panic, never a half-applied change.
 
-use portmap_conformance::cni::{run_with_input, state_dir, Outcome};
+use portmap_conformance::cni::{lock_path, run_with_input, state_dir, Outcome};
 use portmap_conformance::netns::Netns;
 use portmap_conformance::toolpath::Tools;
 use rstest::rstest;
@@ -313,6 +313,10 @@ fn run(rig: &Rig, sandbox: &Netns, case: &Case, command: Option<&str>) -> Outcom
         (
             "PORTMAP_STATE_DIR",
             Some(state_dir(rig.tools.path()).display().to_string()),
+        ),
+        (
+            "PORTMAP_LOCK",
+            Some(lock_path(rig.tools.path()).display().to_string()),
         ),
     ];
     for (k, v) in &case.env {

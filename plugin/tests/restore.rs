@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::{config, ours, rig_for, tcp_8080, Rig};
-use portmap_conformance::cni::state_dir;
+use portmap_conformance::cni::{lock_path, state_dir};
 use portmap_conformance::firewall::without_guard;
 use portmap_conformance::traffic::EchoServer;
 use rstest::rstest;
@@ -391,6 +391,7 @@ fn watch_restores_by_itself(#[values("nftables", "nft", "legacy")] backend: &str
         .env_clear()
         .env("PATH", rig.tools.path())
         .env("PORTMAP_STATE_DIR", state_dir(rig.tools.path()))
+        .env("PORTMAP_LOCK", lock_path(rig.tools.path()))
         .args(["watch", "--interval", "1"])
         .stdout(std::fs::File::create(&log).expect("log"))
         .stderr(Stdio::inherit())

@@ -49,6 +49,7 @@ impl<'w> Containerd<'w> {
             .host
             .command("containerd")
             .env("PORTMAP_STATE_DIR", dir.join("portmap-state"))
+            .env("PORTMAP_LOCK", dir.join("portmap.lock"))
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())

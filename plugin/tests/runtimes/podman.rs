@@ -43,14 +43,20 @@ impl<'w> Podman<'w> {
         let default = networks.first().map_or(PMTEST.name, |n| n.name);
         let bin = world.plugin_dir();
         let conf = dir.join("containers.conf");
+        // engine.env: the DEL of `podman container cleanup`, which conmon
+        // starts, does not inherit this command's environment, and must
+        // not use the host's portmap lock and journal either.
         std::fs::write(
             &conf,
             format!(
                 "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
                  events_logfile_path = \"{events}\"\n\
+                 env = [\"PORTMAP_STATE_DIR={state}\", \"PORTMAP_LOCK={lock}\"]\n\
                  [network]\nnetwork_backend = \"cni\"\nnetwork_config_dir = \"{net_d}\"\n\
                  cni_plugin_dirs = [\"{bin}\"]\ndefault_network = \"{default}\"\n",
                 events = dir.join("events.log").display(),
+                state = dir.join("portmap-state").display(),
+                lock = dir.join("portmap.lock").display(),
                 net_d = net_d.display(),
                 bin = bin.display(),
             ),
@@ -82,6 +88,7 @@ impl<'w> Podman<'w> {
         let mut cmd = self.world.topo.host.command("podman");
         cmd.env("CONTAINERS_CONF", &self.conf)
             .env("PORTMAP_STATE_DIR", dir.join("portmap-state"))
+            .env("PORTMAP_LOCK", dir.join("portmap.lock"))
             .env("CONTAINERS_STORAGE_CONF", &self.storage)
             .env("TMPDIR", dir.join("tmp"))
             .arg("--root")
