@@ -2,7 +2,7 @@
 //! JSON + exit code out; firewall tests inside namespaces they create.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -18,11 +18,39 @@ use serde_json::{json, Value};
 mod common;
 use common::{config, ours, tcp_8080, upstream_available, Rig, UPSTREAM};
 
-/// Runs the binary outside any namespace (no firewall is touched).
+/// Runs the binary outside any namespace (no firewall is touched), with
+/// a lock and journal of its own (never the host's).
 fn run_plain(env: &[(&str, &str)], stdin: &str) -> Outcome {
+    let dir = Scratch::new();
+    run_plain_in(&dir.0, env, stdin)
+}
+
+fn run_plain_in(dir: &Path, env: &[(&str, &str)], stdin: &str) -> Outcome {
     let mut cmd = Command::new(ours());
-    cmd.env_clear().envs(env.iter().copied());
+    cmd.env_clear()
+        .env("PORTMAP_LOCK", dir.join("portmap.lock"))
+        .env("PORTMAP_STATE_DIR", dir.join("state"))
+        .envs(env.iter().copied());
     run_with_input(cmd, stdin.as_bytes()).expect("run")
+}
+
+/// A directory of its own per call, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("portmap-plain-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[test]
@@ -81,6 +109,31 @@ fn add_without_mappings_echoes_prev_result_converted(
     let out = run_plain(&add_env(), &cfg.to_string());
     assert!(out.ok(), "{}", out.summary());
     assert_eq!(out.json().expect("json"), want);
+}
+
+/// Most chained calls on a node map no port (pods without host ports):
+/// they answer at once while another portmap holds the lock (which an ADD
+/// with mappings waits 60 s for), and write nothing.
+#[test]
+fn add_and_check_without_mappings_take_no_lock() {
+    let dir = Scratch::new();
+    let lock = std::fs::File::create(dir.0.join("portmap.lock")).expect("lock file");
+    lock.try_lock().expect("hold the lock");
+    let prev = json!({"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/24"}]});
+    let cfg = json!({"cniVersion": "1.0.0", "name": "net", "type": "portmap", "prevResult": prev});
+    for command in ["ADD", "CHECK"] {
+        let mut env = add_env();
+        env[0].1 = command;
+        let started = std::time::Instant::now();
+        let out = run_plain_in(&dir.0, &env, &cfg.to_string());
+        assert!(out.ok(), "{command}: {}", out.summary());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{command} waited {:?} for a lock it does not need",
+            started.elapsed()
+        );
+    }
+    assert!(!dir.0.join("state").exists(), "no journal written");
 }
 
 fn bad(patch: Value) -> Value {

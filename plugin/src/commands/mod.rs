@@ -87,11 +87,32 @@ pub fn run(
         Command::Version => Ok(Some(crate::cni::version_info(
             &config::parse(stdin)?.cni_version,
         ))),
-        Command::Add => locked(stdin, host, |cfg| add(cfg, env, host).map(Some)),
-        Command::Check => locked(stdin, host, |cfg| check(cfg, env, host).map(|()| None)),
+        Command::Add => locked_if_mapping(stdin, env, host, |cfg| add(cfg, env, host).map(Some)),
+        Command::Check => {
+            locked_if_mapping(stdin, env, host, |cfg| check(cfg, env, host).map(|()| None))
+        }
         Command::Status => locked(stdin, host, |cfg| status(cfg, host).map(|()| None)),
         Command::Gc => locked(stdin, host, |cfg| gc(cfg, host).map(|()| None)),
     }
+}
+
+/// [`locked`], but with no lock for a request that maps no port: ADD and
+/// CHECK then read and write nothing, and these are most chained calls on
+/// a node (pods without host ports), which must not queue behind another
+/// container's ADD or a restore.
+fn locked_if_mapping<T>(
+    stdin: &[u8],
+    env: &Env,
+    host: &dyn Host,
+    f: impl FnOnce(&Config) -> Result<T, CniError>,
+) -> Result<T, CniError> {
+    let cfg = config::parse(stdin)?;
+    let _lock = if Plan::new(&cfg.request(env)).is_empty() {
+        None
+    } else {
+        host.lock()?
+    };
+    f(&cfg)
 }
 
 /// Parses the config, then runs `f` under the plugin lock.
