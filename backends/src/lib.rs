@@ -167,6 +167,30 @@ pub struct Request {
     pub mark: MasqMark,
     pub conditions_v4: Vec<String>,
     pub conditions_v6: Vec<String>,
+    /// nftables only (iptables renders rules whatever it says); absent in
+    /// journals written before it existed: upstream's rules.
+    #[serde(default)]
+    pub layout: Layout,
+}
+
+/// How the nftables backend carries single-port mappings: upstream's one
+/// rule each, or one element each in a per-family map (`nftablesLayout`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    #[default]
+    Rules,
+    Maps,
+}
+
+impl Layout {
+    pub fn parse(name: &str) -> Option<Layout> {
+        match name {
+            "rules" => Some(Layout::Rules),
+            "maps" => Some(Layout::Maps),
+            _ => None,
+        }
+    }
 }
 
 /// What identifies a container's rules: iptables hashes both into the
@@ -369,6 +393,9 @@ pub struct InstalledOptions {
     /// Container prefix lengths, where the rules show them (iptables
     /// hairpin rules match the container subnet; nftables the address).
     pub prefix_len: BTreeMap<Family, u8>,
+    /// nftables: some mappings are elements of our map (the maps layout),
+    /// which upstream's binary cannot delete.
+    pub map_elements: bool,
 }
 
 /// The one seam: both firewalls implement this.

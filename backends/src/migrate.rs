@@ -282,5 +282,6 @@ pub fn request_of(
         mark: c.options.mark.clone().unwrap_or_default(),
         conditions_v4: vec![],
         conditions_v6: vec![],
+        layout: Default::default(),
     })
 }
