@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod nfnetlink;
 pub mod nftables;
 pub mod plan;
+pub mod relayout;
 pub mod select;
 
 use std::collections::{BTreeMap, BTreeSet};

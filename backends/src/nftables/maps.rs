@@ -357,12 +357,14 @@ impl Elements {
                         w.describe()
                     ))
                 }
-                Some(e) if e != w => return Some(format!(
+                Some(e) if e != w => {
+                    return Some(format!(
                     "table {table}: map {MAP} holds {} of container {} where container {id} has {}",
                     e.describe(),
                     e.owner.as_deref().unwrap_or("(none)"),
                     w.describe()
-                )),
+                ))
+                }
                 Some(_) => {}
             }
         }

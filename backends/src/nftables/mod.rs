@@ -43,6 +43,7 @@ mod tests;
 use add::skeleton_intact;
 pub use conditions::parse_conditions;
 pub use guard::{guard_intact, GUARD_CHAIN, GUARD_TABLE};
+pub use maps::MAP;
 use read::{containers, Listed};
 use render::add_table_comment;
 
