@@ -431,8 +431,20 @@ mod tests {
         assert!(!c.masq_all);
         assert_eq!(c.mark, MasqMark::Bit(13));
         assert_eq!(c.backend, None);
+        assert_eq!(c.layout, Layout::Rules);
         assert!(!c.iptables_specific);
         assert_eq!(c.mappings[0].protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn the_maps_layout_reaches_the_request() {
+        let c = parse(&with(json!({"nftablesLayout": "maps"}))).expect("valid");
+        assert_eq!(c.layout, Layout::Maps);
+        let env = Env {
+            container_id: "c".into(),
+            ..Env::default()
+        };
+        assert_eq!(c.request(&env).layout, Layout::Maps);
     }
 
     #[rstest]
