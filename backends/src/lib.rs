@@ -168,9 +168,10 @@ pub struct Request {
     pub mark: MasqMark,
     pub conditions_v4: Vec<String>,
     pub conditions_v6: Vec<String>,
-    /// nftables only (iptables renders rules whatever it says); absent in
-    /// journals written before it existed: upstream's rules.
-    #[serde(default)]
+    /// nftables only (iptables renders rules whatever it says). Absent in
+    /// journals written before it existed, and left out for `rules`: the
+    /// entry format stays what earlier releases read and write.
+    #[serde(default, skip_serializing_if = "Layout::is_rules")]
     pub layout: Layout,
 }
 
@@ -185,6 +186,10 @@ pub enum Layout {
 }
 
 impl Layout {
+    pub fn is_rules(&self) -> bool {
+        *self == Layout::Rules
+    }
+
     pub fn parse(name: &str) -> Option<Layout> {
         match name {
             "rules" => Some(Layout::Rules),
