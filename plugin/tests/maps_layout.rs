@@ -160,3 +160,55 @@ fn an_unknown_layout_is_refused() {
         out.summary()
     );
 }
+
+/// Upstream's iptables-only binary beside a maps container: both answer,
+/// either DEL leaves the other's mapping working, and upstream ignores
+/// the key (its next ADD with the same config works).
+#[test]
+fn upstream_beside_a_maps_container() {
+    if !common::upstream_available() {
+        return;
+    }
+    let Some(rig) = Rig::new(Tools::default()) else {
+        return;
+    };
+    let upstream = std::path::PathBuf::from(common::UPSTREAM);
+    let ours_c = rig.topo.container("c0", 5).expect("container");
+    let theirs = rig.topo.container("c1", 6).expect("container");
+    let _s0 = EchoServer::start(&ours_c.ns, "c0", 80).expect("echo");
+    let _s1 = EchoServer::start(&theirs.ns, "c1", 80).expect("echo");
+    rig.must(
+        &ours(),
+        "ADD",
+        "ctr-ours",
+        Some(&ours_c),
+        &maps_config(&ours_c, 8080, "maps"),
+    );
+    let mut up_cfg = maps_config(&theirs, 8081, "maps");
+    up_cfg.as_object_mut().map(|o| o.remove("backend"));
+    rig.must(&upstream, "ADD", "ctr-up", Some(&theirs), &up_cfg);
+    assert_eq!(rig.answers(8080).as_deref(), Some("c0"));
+    assert_eq!(rig.answers(8081).as_deref(), Some("c1"));
+    rig.must(&upstream, "DEL", "ctr-up", Some(&theirs), &up_cfg);
+    assert_eq!(rig.answers(8081), None);
+    assert_eq!(
+        rig.answers(8080).as_deref(),
+        Some("c0"),
+        "upstream's DEL kept ours"
+    );
+    rig.must(&upstream, "ADD", "ctr-up", Some(&theirs), &up_cfg);
+    rig.must(
+        &ours(),
+        "DEL",
+        "ctr-ours",
+        Some(&ours_c),
+        &maps_config(&ours_c, 8080, "maps"),
+    );
+    assert_eq!(rig.answers(8080), None);
+    assert_eq!(
+        rig.answers(8081).as_deref(),
+        Some("c1"),
+        "our DEL kept upstream's"
+    );
+    rig.must(&upstream, "DEL", "ctr-up", Some(&theirs), &up_cfg);
+}
