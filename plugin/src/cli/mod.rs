@@ -51,7 +51,9 @@ enum Sub {
         json: bool,
     },
     /// Show which backends are usable here and which one auto-selection
-    /// picks; whether firewalld runs here and which mappings its reloads flush.
+    /// picks; whether firewalld runs here and which mappings its reloads
+    /// flush; a warning while nftables map elements (nftablesLayout maps)
+    /// exist, which upstream's binary cannot delete.
     Status,
     /// Reinstall every journaled container whose rules are missing or
     /// damaged (after a firewall reload), each in its own backend and one
