@@ -273,8 +273,8 @@ impl Nftables {
         Ok(())
     }
 
-    /// The map's elements (`nft -j list map`, one process); `None` when
-    /// the family has no map (checked over netlink first).
+    /// The map's elements, over netlink (elements.rs: no process); `None`
+    /// when the family has no map.
     pub(super) fn read_map(&self, family: Family) -> Result<Option<Vec<Element>>, NftError> {
         if self
             .tables_in
@@ -284,31 +284,7 @@ impl Nftables {
         {
             return Ok(None);
         }
-        let fam = nf_family_name(family);
-        let action = format!("list map {fam} {TABLE} {MAP}");
-        let out = self.run(
-            &["-j", "list", "map", fam, TABLE, MAP],
-            None,
-            exec::READ,
-            &action,
-        )?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            if stderr.contains("No such file or directory") {
-                return Ok(None);
-            }
-            return Err(NftError::Rejected { action, stderr });
-        }
-        let doc: Value = serde_json::from_slice(&out.stdout)?;
-        let items = doc.get("nftables").and_then(Value::as_array);
-        Ok(Some(
-            items
-                .into_iter()
-                .flatten()
-                .filter_map(|i| i.get("map").and_then(parse_map))
-                .flatten()
-                .collect(),
-        ))
+        Ok(Some(super::elements::elements(family)?))
     }
 }
 

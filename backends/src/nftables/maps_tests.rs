@@ -31,9 +31,26 @@ fn nft_cmd(args: &[&str]) {
     assert!(out.status.success(), "nft {args:?}: {out:?}");
 }
 
+/// The map's elements as ADD and DEL read them (netlink), checked
+/// against what `nft -j list map` says.
 fn elements(nft: &Nftables, family: Family) -> Vec<Element> {
     let mut e = nft.read_map(family).expect("read").unwrap_or_default();
     e.sort();
+    let fam = nf_family_name(family);
+    let out = std::process::Command::new("nft")
+        .args(["-j", "list", "map", fam, TABLE, MAP])
+        .output()
+        .expect("nft runs");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let items = doc.get("nftables").and_then(|v| v.as_array());
+    let mut listed: Vec<Element> = items
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.get("map").and_then(super::maps::parse_map))
+        .flatten()
+        .collect();
+    listed.sort();
+    assert_eq!(e, listed, "netlink and nft disagree");
     e
 }
 

@@ -29,6 +29,7 @@ mod add;
 mod check;
 mod conditions;
 mod del;
+mod elements;
 mod guard;
 mod kernel;
 mod maps;
