@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod nfnetlink;
 pub mod nftables;
 pub mod plan;
+pub mod relayout;
 pub mod select;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -167,6 +168,35 @@ pub struct Request {
     pub mark: MasqMark,
     pub conditions_v4: Vec<String>,
     pub conditions_v6: Vec<String>,
+    /// nftables only (iptables renders rules whatever it says). Absent in
+    /// journals written before it existed, and left out for `rules`: the
+    /// entry format stays what earlier releases read and write.
+    #[serde(default, skip_serializing_if = "Layout::is_rules")]
+    pub layout: Layout,
+}
+
+/// How the nftables backend carries single-port mappings: upstream's one
+/// rule each, or one element each in a per-family map (`nftablesLayout`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    #[default]
+    Rules,
+    Maps,
+}
+
+impl Layout {
+    pub fn is_rules(&self) -> bool {
+        *self == Layout::Rules
+    }
+
+    pub fn parse(name: &str) -> Option<Layout> {
+        match name {
+            "rules" => Some(Layout::Rules),
+            "maps" => Some(Layout::Maps),
+            _ => None,
+        }
+    }
 }
 
 /// What identifies a container's rules: iptables hashes both into the
@@ -369,6 +399,9 @@ pub struct InstalledOptions {
     /// Container prefix lengths, where the rules show them (iptables
     /// hairpin rules match the container subnet; nftables the address).
     pub prefix_len: BTreeMap<Family, u8>,
+    /// nftables: some mappings are elements of our map (the maps layout),
+    /// which upstream's binary cannot delete.
+    pub map_elements: bool,
 }
 
 /// The one seam: both firewalls implement this.

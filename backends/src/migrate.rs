@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use crate::{
     Attachment, Backend, BackendError, BackendKind, ContainerAddr, ContainerKey, Family,
-    InstalledContainer, Known, Plan, PortMapping, Request, Verdict,
+    InstalledContainer, Known, Layout, Plan, PortMapping, Request, Verdict,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +81,7 @@ pub fn migrate(
     sources: &[Box<dyn Backend>],
     journaled: &[Attachment],
     network: Option<&str>,
+    layout: Layout,
     dry_run: bool,
 ) -> Report {
     let mut report = Report::default();
@@ -98,16 +99,8 @@ pub fn migrate(
         for c in containers {
             let parts = attachments_of(&c, journaled, network);
             for (i, part) in parts.iter().enumerate() {
-                let known = Known {
-                    addrs: Some(addrs_of(part)),
-                    others: parts
-                        .iter()
-                        .enumerate()
-                        .filter(|(j, _)| *j != i)
-                        .flat_map(|(_, p)| addrs_of(p))
-                        .collect(),
-                };
-                match move_one(target, source.as_ref(), part, &known, dry_run) {
+                let known = known_of(&parts, i);
+                match move_one(target, source.as_ref(), part, &known, layout, dry_run) {
                     Ok(m) => report.moved.push(m),
                     Err(e) => report.failed.push(e),
                 }
@@ -117,10 +110,23 @@ pub fn migrate(
     report
 }
 
+/// What is known of attachment `i` of `parts` (one container's).
+pub(crate) fn known_of(parts: &[InstalledContainer], i: usize) -> Known {
+    Known {
+        addrs: parts.get(i).map(addrs_of),
+        others: parts
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, p)| addrs_of(p))
+            .collect(),
+    }
+}
+
 /// `c` split into its attachments, each with its network: as the rules
 /// record it (iptables), else by the journaled attachments' addresses,
 /// else `network` for what is left.
-fn attachments_of(
+pub(crate) fn attachments_of(
     c: &InstalledContainer,
     journaled: &[Attachment],
     network: Option<&str>,
@@ -171,9 +177,13 @@ fn move_one(
     source: &dyn Backend,
     c: &InstalledContainer,
     known: &Known,
+    layout: Layout,
     dry_run: bool,
 ) -> Result<Moved, MigrateError> {
-    let req = request_of(c, None, target, crate::host::connected_prefix)?;
+    let req = Request {
+        layout,
+        ..request_of(c, None, target, crate::host::connected_prefix)?
+    };
     let moved = Moved {
         network: req.key.network.clone(),
         container_id: c.container_id.clone(),
@@ -282,5 +292,6 @@ pub fn request_of(
         mark: c.options.mark.clone().unwrap_or_default(),
         conditions_v4: vec![],
         conditions_v6: vec![],
+        layout: Default::default(),
     })
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::{ContainerAddr, ContainerKey, Family, MasqMark, Protocol, Request};
+use crate::{ContainerAddr, ContainerKey, Family, Layout, MasqMark, Protocol, Request};
 
 /// Who needs masquerading so replies come back through the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,12 +91,43 @@ pub struct FamilyPlan {
     /// Empty when snat is off.
     pub masquerade: Vec<MasqSource>,
     pub conditions: Vec<String>,
+    /// The request's layout (a rendering choice only nftables makes).
+    pub layout: Layout,
 }
 
 impl FamilyPlan {
     /// The DNATs as the rules that carry them ([`runs`]).
     pub fn runs(&self) -> Vec<Run> {
         runs(&self.dnats)
+    }
+
+    /// The runs a map element can carry: with the maps layout, single
+    /// ports on any host IP of a container without conditions; the first
+    /// of two with the same protocol and port (the one a rule would let
+    /// win). None with the rules layout.
+    pub fn element_runs(&self) -> Vec<Run> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.runs()
+            .into_iter()
+            .filter(|r| self.map_eligible(r))
+            .filter(|r| seen.insert((r.protocol, r.first)))
+            .collect()
+    }
+
+    /// The runs left as rules (in front of the map lookup). An eligible
+    /// duplicate of an element is neither: as a rule it would never match.
+    pub fn rule_runs(&self) -> Vec<Run> {
+        self.runs()
+            .into_iter()
+            .filter(|r| !self.map_eligible(r))
+            .collect()
+    }
+
+    fn map_eligible(&self, r: &Run) -> bool {
+        self.layout == Layout::Maps
+            && self.conditions.is_empty()
+            && r.host_ip.is_none()
+            && !r.is_range()
     }
 }
 
@@ -186,6 +217,7 @@ fn family_plan(req: &Request, container: ContainerAddr) -> FamilyPlan {
         dnats,
         masquerade,
         conditions,
+        layout: req.layout,
     }
 }
 
@@ -233,6 +265,7 @@ pub(crate) mod tests {
             mark: MasqMark::Bit(13),
             conditions_v4: vec![],
             conditions_v6: vec![],
+            layout: Default::default(),
         }
     }
 
@@ -350,6 +383,7 @@ pub(crate) mod tests {
         let req = Request {
             conditions_v4: vec!["-s".into(), "192.0.2.0/24".into()],
             conditions_v6: vec!["-s".into(), "2001:db8::/32".into()],
+            layout: Default::default(),
             ..golden_request()
         };
         let plan = Plan::new(&req);
@@ -472,6 +506,54 @@ pub(crate) mod tests {
             "goldens: one rule per mapping"
         );
         assert_eq!(v4.runs().len(), v4.dnats.len());
+    }
+
+    #[test]
+    fn the_maps_layout_takes_single_ports_on_any_host_ip_only() {
+        let req = Request {
+            layout: Layout::Maps,
+            ..ranged_request()
+        };
+        let plan = Plan::new(&req);
+        let v4 = plan.family(Family::V4).expect("v4");
+        let elements = v4.element_runs();
+        assert_eq!(
+            elements,
+            vec![
+                run(Protocol::Tcp, 8080, 8080, 80, None),
+                run(Protocol::Tcp, 8081, 8081, 81, None)
+            ]
+        );
+        assert_eq!(v4.rule_runs().len() + elements.len(), v4.runs().len());
+        assert!(v4.rule_runs().iter().all(|r| r.is_range()));
+        let conditioned = Request {
+            conditions_v4: vec!["iifname != \"lo\"".into()],
+            ..req.clone()
+        };
+        let plan = Plan::new(&conditioned);
+        assert!(plan
+            .family(Family::V4)
+            .expect("v4")
+            .element_runs()
+            .is_empty());
+        let rules = Plan::new(&ranged_request());
+        assert!(rules.families.iter().all(|f| f.element_runs().is_empty()));
+        let dup = Request {
+            mappings: vec![
+                mapping(Protocol::Tcp, 80, 8080, None),
+                mapping(Protocol::Tcp, 80, 9090, None),
+            ],
+            ..req
+        };
+        let v4 = Plan::new(&dup).family(Family::V4).cloned().expect("v4");
+        assert_eq!(
+            v4.element_runs(),
+            vec![run(Protocol::Tcp, 80, 80, 8080, None)]
+        );
+        assert!(
+            v4.rule_runs().is_empty(),
+            "the shadowed duplicate is dropped"
+        );
     }
 
     #[rstest]

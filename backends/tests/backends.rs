@@ -235,6 +235,7 @@ fn request(c: &Container, id: &str, v4: bool, v6: bool, mappings: Vec<PortMappin
         mark: MasqMark::Bit(13),
         conditions_v4: vec![],
         conditions_v6: vec![],
+        layout: Default::default(),
     }
 }
 
@@ -862,6 +863,7 @@ fn a_range_migrates_both_ways_and_stays_a_range() {
                     std::slice::from_ref(from),
                     &[],
                     Some(NET),
+                    Default::default(),
                     false,
                 )
             })
@@ -1199,6 +1201,7 @@ fn golden_request(snat: bool, masq_all: bool, mark_bit: u8) -> Request {
         mark: MasqMark::Bit(mark_bit),
         conditions_v4: vec![],
         conditions_v6: vec![],
+        layout: Default::default(),
     }
 }
 

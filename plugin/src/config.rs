@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use portmap_backends::select::Choice;
-use portmap_backends::{ContainerKey, MasqMark, PortMapping, Protocol, Request};
+use portmap_backends::{ContainerKey, Layout, MasqMark, PortMapping, Protocol, Request};
 
 use crate::cni::result::{self, container_addrs};
 use crate::cni::{self, CniError, Code, Env};
@@ -30,6 +30,8 @@ struct RawConfig {
     mark_masq_bit: Option<i64>,
     #[serde(rename = "externalSetMarkChain", default)]
     external_set_mark_chain: Option<String>,
+    #[serde(rename = "nftablesLayout", default)]
+    nftables_layout: Option<String>,
     #[serde(rename = "conditionsV4", default)]
     conditions_v4: Option<Vec<String>>,
     #[serde(rename = "conditionsV6", default)]
@@ -133,6 +135,8 @@ pub struct Config {
     pub mark: MasqMark,
     pub conditions_v4: Vec<String>,
     pub conditions_v6: Vec<String>,
+    /// `nftablesLayout` (ours): `rules` (default, upstream's) or `maps`.
+    pub layout: Layout,
     pub mappings: Vec<PortMapping>,
     /// Normalised to the 1.0 shape.
     pub prev_result: Option<Map<String, Value>>,
@@ -260,6 +264,14 @@ pub fn parse(stdin: &[u8]) -> Result<Config, CniError> {
             iptables_options.join(" ")
         )));
     }
+    let layout = match raw.nftables_layout.as_deref() {
+        None => Layout::default(),
+        Some(l) => Layout::parse(l).ok_or_else(|| {
+            invalid(format!(
+                "unrecognized nftablesLayout {l:?} (expected \"rules\" or \"maps\")"
+            ))
+        })?,
+    };
     let conditions_v4 = conditions("conditionsV4", raw.conditions_v4)?;
     let conditions_v6 = conditions("conditionsV6", raw.conditions_v6)?;
     let mappings = raw
@@ -298,6 +310,7 @@ pub fn parse(stdin: &[u8]) -> Result<Config, CniError> {
         mark,
         conditions_v4,
         conditions_v6,
+        layout,
         mappings,
         prev_result,
         valid_attachments,
@@ -378,6 +391,7 @@ impl Config {
             mark: self.mark.clone(),
             conditions_v4: self.conditions_v4.clone(),
             conditions_v6: self.conditions_v6.clone(),
+            layout: self.layout,
         }
     }
 }
@@ -417,8 +431,20 @@ mod tests {
         assert!(!c.masq_all);
         assert_eq!(c.mark, MasqMark::Bit(13));
         assert_eq!(c.backend, None);
+        assert_eq!(c.layout, Layout::Rules);
         assert!(!c.iptables_specific);
         assert_eq!(c.mappings[0].protocol, Protocol::Tcp);
+    }
+
+    #[test]
+    fn the_maps_layout_reaches_the_request() {
+        let c = parse(&with(json!({"nftablesLayout": "maps"}))).expect("valid");
+        assert_eq!(c.layout, Layout::Maps);
+        let env = Env {
+            container_id: "c".into(),
+            ..Env::default()
+        };
+        assert_eq!(c.request(&env).layout, Layout::Maps);
     }
 
     #[rstest]

@@ -102,13 +102,14 @@ fn small_bench_measures_every_cell_and_counts_processes() {
     let doc = bench_report::json(&report, bench::machine(), 3);
     assert_eq!(doc["results"].as_array().map(Vec::len), Some(samples.len()));
     assert_eq!(doc["mappings"].as_array().map(Vec::len), Some(12));
-    assert_eq!(doc["dataplane"].as_array().map(Vec::len), Some(18));
+    assert_eq!(doc["dataplane"].as_array().map(Vec::len), Some(20));
     assert_eq!(doc["restore"]["passes"].as_array().map(Vec::len), Some(6));
     assert_eq!(doc["restore"]["watch"].as_array().map(Vec::len), Some(3));
-    // Per backend: 1 + 2 + 2 + 2 mapping lines, 4 data plane, 1 + 2 restore/watch.
+    // Per backend: 1 + 2 + 2 + 2 mapping lines, 4 data plane, 1 + 2
+    // restore/watch; nftables 2 more data plane (the maps layout).
     let targets = doc["targets"].as_array().map_or(0, Vec::len);
     let latency_targets = bench_report::latency_targets(&samples).len();
-    assert_eq!(targets, latency_targets + 3 * (7 + 4 + 3), "{doc:#}");
+    assert_eq!(targets, latency_targets + 3 * (7 + 4 + 3) + 2, "{doc:#}");
     let tables = bench_report::tables(&report);
     for title in [
         "== latency",
@@ -149,9 +150,20 @@ fn other_sections(report: &bench::Report) {
         };
         assert_eq!(r.mappings, want, "{r:?}");
     }
-    assert_eq!(report.dataplane.len(), 18);
+    // The maps layout's row is nftables' only.
+    assert_eq!(report.dataplane.len(), 20);
     for backend in backends {
         for state in State::ALL {
+            if state == State::MapContainers && backend != "nftables" {
+                assert!(
+                    !report
+                        .dataplane
+                        .iter()
+                        .any(|r| r.backend == backend && r.state == state),
+                    "{backend} has a maps row"
+                );
+                continue;
+            }
             for target in [Target::Unpublished, Target::Published] {
                 let r = report
                     .dataplane
@@ -164,7 +176,7 @@ fn other_sections(report: &bench::Report) {
                 let installed = match state {
                     State::Empty => 0,
                     State::Mappings => 50,
-                    State::Containers => 4,
+                    State::Containers | State::MapContainers => 4,
                 };
                 assert_eq!((r.installed, r.batches, r.conns), (installed, 3, 20));
             }

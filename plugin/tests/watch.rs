@@ -275,3 +275,38 @@ fn iptables_nft_mappings_come_back_by_event() {
     assert!(said.contains("reinstalled ctr-a in iptables-nft"), "{said}");
     rig.must(&ours(), "CHECK", "ctr-a", Some(&a), &cfg);
 }
+
+/// The nftables maps layout: a map element deleted behind our back comes
+/// back by notification (DELSETELEM), the timer an hour away.
+#[test]
+fn a_deleted_map_element_comes_back_by_event() {
+    let Some((rig, key)) = rig_for("nftables") else {
+        return;
+    };
+    let a = rig.topo.container("a", 5).expect("container a");
+    let _sa = EchoServer::start(&a.ns, "a", 80).expect("echo a");
+    let mut cfg = config(&a, Some(key), tcp_8080());
+    cfg["nftablesLayout"] = serde_json::json!("maps");
+    rig.must(&ours(), "ADD", "ctr-a", Some(&a), &cfg);
+    let watch = Watch::start(&rig, 3600);
+    rig.topo
+        .host
+        .exec(
+            "nft",
+            &[
+                "delete",
+                "element",
+                "ip",
+                "cni_hostport",
+                "hostports_map",
+                "{ tcp . 8080 }",
+            ],
+        )
+        .expect("nft delete element");
+    let back = back_after(&rig, 8080, "a", Duration::from_secs(4));
+    let said = watch.stop();
+    let back = back.unwrap_or_else(|| panic!("not restored: {said}"));
+    assert!(back < Duration::from_millis(1500), "{back:?}: {said}");
+    assert!(said.contains("reinstalled ctr-a in nftables"), "{said}");
+    rig.must(&ours(), "CHECK", "ctr-a", Some(&a), &cfg);
+}

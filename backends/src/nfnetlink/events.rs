@@ -8,6 +8,11 @@ const NFNLGRP_NFTABLES: u32 = 7;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_DELRULE: u16 = 8;
+/// The maps layout's map and its elements (nftables/maps.rs).
+const NFT_MSG_DELSET: u16 = 11;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 
 /// Which of our rules an nf_tables removal touched.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -216,7 +221,8 @@ fn commits(b: &[u8], pending: &mut Touched, found: &mut Vec<Removal>) {
     }
 }
 
-/// What of ours a DELTABLE, DELCHAIN or DELRULE notification removed.
+/// What of ours a DELTABLE, DELCHAIN, DELRULE, DELSET or DELSETELEM
+/// notification removed.
 fn touched(msg: u16, body: &[u8]) -> Touched {
     // ip and ip6 only: our tables and iptables-nft's are of those families.
     if !matches!(body.first(), Some(2 | 10)) {
@@ -226,6 +232,8 @@ fn touched(msg: u16, body: &[u8]) -> Touched {
         NFT_MSG_DELTABLE => (NFTA_TABLE_NAME, None),
         NFT_MSG_DELCHAIN => (NFTA_CHAIN_TABLE, Some(NFTA_CHAIN_NAME)),
         NFT_MSG_DELRULE => (NFTA_RULE_TABLE, Some(NFTA_RULE_CHAIN)),
+        NFT_MSG_DELSET => (NFTA_SET_TABLE, None),
+        NFT_MSG_DELSETELEM => (NFTA_SET_ELEM_LIST_TABLE, None),
         _ => return Touched::default(),
     };
     let (mut table, mut chain) = (None, None);

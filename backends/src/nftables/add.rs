@@ -27,6 +27,8 @@ use nftables::schema::NfListObject;
 /// whole.
 struct AddBatch<'b> {
     batch: Batch<'b>,
+    /// Map commands, after the batch's (maps.rs).
+    extra: Vec<serde_json::Value>,
     trimmed: bool,
     /// How many rules of the container it adds.
     rules: usize,
@@ -82,7 +84,11 @@ impl Nftables {
         let id = plan.key.container_id.as_str();
         // Without a subscription the ADD still works; DEL then reads more.
         let events = crate::nfnetlink::RuleEvents::subscribe().ok();
-        self.apply(add.batch, &format!("add rules for container {id}"))?;
+        self.apply_with(
+            add.batch,
+            add.extra,
+            &format!("add rules for container {id}"),
+        )?;
         let mut rules = Vec::new();
         let whole = events.is_some_and(|e| {
             e.drain_new(&mut |body| {
@@ -109,6 +115,7 @@ impl Nftables {
         whole_skeleton: bool,
     ) -> Result<AddBatch<'static>, NftError> {
         let mut batch = Batch::new();
+        let mut extra = Vec::new();
         let mut trimmed = false;
         let mut rules = 0;
         // The guard goes in with the first ADD that will turn route_localnet
@@ -125,9 +132,10 @@ impl Nftables {
                 continue;
             }
             let expected = expected_rules(fam)?;
+            let earlier_known = earlier;
             let masquerade = !fam.masquerade.is_empty();
             let id = plan.key.container_id.as_str();
-            let earlier: Vec<KernelRule> = match earlier {
+            let earlier: Vec<KernelRule> = match earlier_known {
                 Some(known) => kernel::rules(fam.family, None)?
                     .into_iter()
                     .filter(|r| r.owner() == Some(id) && known.owns(r.target))
@@ -167,9 +175,11 @@ impl Nftables {
                     &plan.key.container_id,
                 )));
             }
+            self.add_elements(fam, id, earlier_known, &mut extra)?;
         }
         Ok(AddBatch {
             batch,
+            extra,
             trimmed,
             rules,
         })

@@ -5,7 +5,8 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::read::{listed_target, Listed};
+use super::maps::Elements;
+use super::read::{listed_target, Listed, Read};
 use super::render::{describe, expected_rules, jump_target, wiring_rules};
 use super::{
     is_ours, nf_family_name, owner, owner_of, NftError, Nftables, CONTAINER_CHAINS, TABLE,
@@ -21,8 +22,13 @@ impl Nftables {
             !CONTAINER_CHAINS.contains(&chain) || owner_of(chain, comment) == Some(id)
         };
         for fam in plan.families.iter().filter(|f| !f.dnats.is_empty()) {
-            let listed = self.read(fam.family, &wanted)?;
-            if let Some(why) = compare(plan, fam, listed.as_deref())? {
+            let read = self.read_all(fam.family, &wanted)?;
+            if let Some(why) = compare(plan, fam, read.as_ref().map(|r| r.rules.as_slice()))? {
+                return Ok(Some(why));
+            }
+            let Some(read) = read else { continue };
+            let elements = Elements::new(read.elements, read.lookup);
+            if let Some(why) = elements.compare(fam, id, &table_name(fam.family)) {
                 return Ok(Some(why));
             }
         }
@@ -46,15 +52,20 @@ impl Nftables {
                 let table = match tables.entry(fam.family) {
                     Entry::Occupied(t) => t.into_mut(),
                     Entry::Vacant(t) => {
-                        let listed = self.read(fam.family, &wanted)?;
-                        t.insert(listed.map(|l| Indexed::new(fam.family, l)))
+                        let read = self.read_all(fam.family, &wanted)?;
+                        t.insert(read.map(|r| Indexed::new(fam.family, r)))
                     }
                 };
                 let why = match table.as_ref() {
                     None => Ok(Some(missing(fam.family))),
                     Some(t) => match &t.wiring {
                         Some(why) => Ok(Some(why.clone())),
-                        None => compare_ours(plan, fam, t.of(&plan.key.container_id)),
+                        None => compare_ours(plan, fam, t.of(&plan.key.container_id)).map(|why| {
+                            why.or_else(|| {
+                                let table = table_name(fam.family);
+                                t.elements.compare(fam, &plan.key.container_id, &table)
+                            })
+                        }),
                     },
                 };
                 match why {
@@ -74,12 +85,14 @@ impl Nftables {
 /// each container's rules found without a scan.
 struct Indexed {
     listed: Vec<Listed>,
+    elements: Elements,
     wiring: Option<String>,
     by_owner: BTreeMap<String, Vec<usize>>,
 }
 
 impl Indexed {
-    fn new(family: Family, listed: Vec<Listed>) -> Indexed {
+    fn new(family: Family, read: Read) -> Indexed {
+        let listed = read.rules;
         let mut by_owner: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, r) in listed.iter().enumerate() {
             if let Some(id) = owner(r) {
@@ -87,6 +100,7 @@ impl Indexed {
             }
         }
         Indexed {
+            elements: Elements::new(read.elements, read.lookup),
             wiring: wiring_missing(family, &listed),
             listed,
             by_owner,

@@ -3,6 +3,7 @@
 
 use super::kernel;
 use super::kernel::KernelRule;
+use super::maps::{delete_elements_cmd, retire, Element};
 use super::render::rule_ref;
 use super::table_ref;
 use super::NftError;
@@ -15,6 +16,7 @@ use crate::Receipt;
 use nftables::batch::Batch;
 use nftables::schema::NfListObject;
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 impl Nftables {
     /// DEL by a receipt: each rule fetched by its handle (one small request
@@ -32,8 +34,17 @@ impl Nftables {
             return Ok(None);
         }
         let mut batch = Batch::new();
+        let mut extra = Vec::new();
         let mut closed = Vec::new();
-        let families: BTreeSet<Family> = receipt.rules.iter().map(|r| r.family).collect();
+        let mine = |owner: &str, target: Option<IpAddr>| owner == id && known.owns(target);
+        let elements = self.elements_where(&mine)?;
+        let mut families: BTreeSet<Family> = receipt.rules.iter().map(|r| r.family).collect();
+        families.extend(
+            elements
+                .iter()
+                .filter(|m| !m.ours.is_empty())
+                .map(|m| m.family),
+        );
         for family in families {
             let mut found = Vec::new();
             for r in receipt.rules.iter().filter(|r| r.family == family) {
@@ -43,11 +54,19 @@ impl Nftables {
                 }
             }
             let handles: Vec<u32> = found.iter().map(|k| k.handle).collect();
-            let last_out = !kernel::others_than(family, &handles)?;
+            let map = elements.iter().find(|m| m.family == family);
+            let last_out = !kernel::others_than(family, &handles)? && map.is_none_or(|m| !m.others);
             let found: Vec<&KernelRule> = found.iter().collect();
-            closed.extend(delete(&mut batch, family, &found, last_out));
+            let ours = map.map(|m| m.ours.as_slice()).unwrap_or_default();
+            let retire = !last_out && map.is_some_and(|m| !m.others && !m.ours.is_empty());
+            closed.extend(delete(
+                &mut batch, &mut extra, family, &found, ours, last_out,
+            ));
+            if retire {
+                extra = retire_map(extra, family)?;
+            }
         }
-        self.apply(batch, &format!("delete rules of container {id}"))?;
+        self.apply_with(batch, extra, &format!("delete rules of container {id}"))?;
         Ok(Some(closed))
     }
 
@@ -58,11 +77,13 @@ impl Nftables {
     /// nothing is ours.
     pub(super) fn del_where(
         &self,
-        doomed: impl Fn(&KernelRule) -> bool,
+        doomed: Doomed<'_>,
     ) -> Result<(Vec<ClosedPort>, BTreeSet<String>), NftError> {
         let mut batch = Batch::new();
+        let mut extra = Vec::new();
         let mut closed = Vec::new();
         let mut ids = BTreeSet::new();
+        let elements = self.elements_where(doomed)?;
         for family in [Family::V4, Family::V6] {
             if self
                 .tables_in
@@ -75,17 +96,32 @@ impl Nftables {
             let (ours, others): (Vec<&KernelRule>, Vec<&KernelRule>) = rules
                 .iter()
                 .filter(|r| r.owner().is_some())
-                .partition(|r| doomed(r));
-            if ours.is_empty() {
+                .partition(|r| r.owner().is_some_and(|o| doomed(o, r.target)));
+            let map = elements.iter().find(|m| m.family == family);
+            let own_elements = map.map(|m| m.ours.as_slice()).unwrap_or_default();
+            if ours.is_empty() && own_elements.is_empty() {
                 continue;
             }
             ids.extend(ours.iter().filter_map(|r| r.owner()).map(str::to_string));
-            closed.extend(delete(&mut batch, family, &ours, others.is_empty()));
+            ids.extend(own_elements.iter().filter_map(|e| e.owner.clone()));
+            let last_out = others.is_empty() && map.is_none_or(|m| !m.others);
+            closed.extend(delete(
+                &mut batch,
+                &mut extra,
+                family,
+                &ours,
+                own_elements,
+                last_out,
+            ));
+            if !last_out && map.is_some_and(|m| !m.others && !m.ours.is_empty()) {
+                extra = retire_map(extra, family)?;
+            }
         }
         if !ids.is_empty() {
             let names: Vec<&str> = ids.iter().map(String::as_str).collect();
-            self.apply(
+            self.apply_with(
                 batch,
+                extra,
                 &format!("delete rules of container {}", names.join(", ")),
             )?;
         }
@@ -93,13 +129,63 @@ impl Nftables {
     }
 }
 
-/// Adds to `batch` the deletion of `rules` by handle or, for the last
-/// container out, of the whole table (in the same transaction); returns
-/// the ports they mapped.
+/// `extra` with the family's element deletions replaced by the removal
+/// of the map they empty (and its lookup rule).
+fn retire_map(
+    extra: Vec<serde_json::Value>,
+    family: Family,
+) -> Result<Vec<serde_json::Value>, NftError> {
+    let mine = delete_elements_cmd(family, &[]);
+    let same_map = |c: &serde_json::Value| {
+        c.pointer("/delete/element/family") == mine.pointer("/delete/element/family")
+    };
+    let mut kept: Vec<serde_json::Value> = extra.into_iter().filter(|c| !same_map(c)).collect();
+    kept.extend(retire(family)?);
+    Ok(kept)
+}
+
+/// Which (owner, target) of ours a DEL or GC takes: rules and elements alike.
+pub(super) type Doomed<'d> = &'d dyn Fn(&str, Option<IpAddr>) -> bool;
+
+/// One family's map as a DEL sees it: the elements it takes, and whether
+/// any other stays (then the table stays too).
+pub(super) struct MapDel {
+    family: Family,
+    ours: Vec<Element>,
+    others: bool,
+}
+
+impl Nftables {
+    /// Per family holding our map, the elements `doomed` picks (by the
+    /// owner each carries and where it leads).
+    fn elements_where(&self, doomed: Doomed<'_>) -> Result<Vec<MapDel>, NftError> {
+        let mut found = Vec::new();
+        for family in [Family::V4, Family::V6] {
+            let Some(elements) = self.read_map(family)? else {
+                continue;
+            };
+            let (ours, others): (Vec<Element>, Vec<Element>) = elements
+                .into_iter()
+                .partition(|e| e.owner.as_deref().is_some_and(|o| doomed(o, Some(e.addr))));
+            found.push(MapDel {
+                family,
+                ours,
+                others: !others.is_empty(),
+            });
+        }
+        Ok(found)
+    }
+}
+
+/// Adds to `batch` the deletion of `rules` by handle (and to `extra` of
+/// `elements` by key) or, for the last container out, of the whole table
+/// (in the same transaction); returns the ports they mapped.
 fn delete(
     batch: &mut Batch<'static>,
+    extra: &mut Vec<serde_json::Value>,
     family: Family,
     rules: &[&KernelRule],
+    elements: &[Element],
     last_out: bool,
 ) -> Vec<ClosedPort> {
     if last_out {
@@ -108,7 +194,15 @@ fn delete(
         for r in rules {
             batch.delete(NfListObject::Rule(rule_ref(family, &r.chain, r.handle)));
         }
+        if !elements.is_empty() {
+            extra.push(delete_elements_cmd(family, elements));
+        }
     }
+    let element_ports = elements.iter().map(|e| ClosedPort {
+        family,
+        protocol: e.protocol,
+        host_port: e.port,
+    });
     rules
         .iter()
         .filter_map(|r| r.port)
@@ -119,5 +213,6 @@ fn delete(
                 host_port,
             })
         })
+        .chain(element_ports)
         .collect()
 }

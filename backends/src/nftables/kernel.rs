@@ -8,6 +8,7 @@
 //! rules and keep `nft -j` (read.rs): rebuilding nft's JSON from netlink
 //! expressions would duplicate nft.
 
+use super::maps::MAP;
 use super::owner_of;
 use super::CONTAINER_CHAINS;
 use super::TABLE;
@@ -52,6 +53,7 @@ const NFTA_IMMEDIATE_DREG: u16 = 1;
 const NFTA_IMMEDIATE_DATA: u16 = 2;
 const NFT_REG_VERDICT: u32 = 0;
 const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
+const NFTA_LOOKUP_SET: u16 = 1;
 const NFTA_FIB_DREG: u16 = 1;
 const NFTA_FIB_RESULT: u16 = 2;
 const NFTA_FIB_FLAGS: u16 = 3;
@@ -87,6 +89,8 @@ pub(super) enum Shape {
     Jump(String),
     /// `fib daddr type local jump <chain>`, nothing else.
     LocalJump(String),
+    /// The maps layout's `dnat ... map @hostports_map` (maps.rs).
+    MapLookup,
     Other,
 }
 
@@ -320,7 +324,11 @@ fn shape_of(list: &[Expr<'_>]) -> Shape {
             && fib.be32(NFTA_FIB_DREG) == cmp.be32(NFTA_CMP_SREG)
             && cmp.cmp_value() == Some(&RTN_LOCAL.to_ne_bytes()[..])
     };
+    let lookup = |e: &Expr<'_>| {
+        e.name == "lookup" && e.attr(NFTA_LOOKUP_SET).map(string).as_deref() == Some(MAP)
+    };
     match list {
+        [.., l, nat] if lookup(l) && nat.name == "nat" => Shape::MapLookup,
         [j] => jump(j).map_or(Shape::Other, Shape::Jump),
         [fib, cmp, j] if local(fib, cmp) => jump(j).map_or(Shape::Other, Shape::LocalJump),
         _ => Shape::Other,

@@ -29,8 +29,12 @@ mod add;
 mod check;
 mod conditions;
 mod del;
+mod elements;
 mod guard;
 mod kernel;
+mod maps;
+#[cfg(test)]
+mod maps_tests;
 mod read;
 mod render;
 #[cfg(test)]
@@ -40,6 +44,7 @@ mod tests;
 use add::skeleton_intact;
 pub use conditions::parse_conditions;
 pub use guard::{guard_intact, GUARD_CHAIN, GUARD_TABLE};
+pub use maps::MAP;
 use read::{containers, Listed};
 use render::add_table_comment;
 
@@ -168,9 +173,19 @@ impl Nftables {
     /// before that, or, had nft hung after, finds the whole batch in,
     /// which the runtime's DEL after our failed ADD removes (DEL finds
     /// rules by container ID).
-    fn apply(&self, batch: Batch<'_>, action: &str) -> Result<(), NftError> {
+    /// `extra`: raw commands after the batch's (map elements, which the
+    /// crate's schema cannot carry with comments).
+    fn apply_with(
+        &self,
+        batch: Batch<'_>,
+        extra: Vec<serde_json::Value>,
+        action: &str,
+    ) -> Result<(), NftError> {
         let mut doc = serde_json::to_value(batch.to_nftables())?;
         add_table_comment(&mut doc);
+        if let Some(cmds) = doc.get_mut("nftables").and_then(|v| v.as_array_mut()) {
+            cmds.extend(extra);
+        }
         let payload = serde_json::to_string(&doc)?;
         let out = self.run(&["-j", "-f", "-"], Some(&payload), exec::NFT_APPLY, action)?;
         if !out.status.success() {
@@ -184,10 +199,13 @@ impl Nftables {
 
     fn list_inner(&self) -> Result<Vec<InstalledContainer>, NftError> {
         let mut tables = Vec::new();
+        let mut elements = Vec::new();
         for family in [Family::V4, Family::V6] {
-            tables.push((family, self.read(family, &|_, _| true)?.unwrap_or_default()));
+            let read = self.read_all(family, &|_, _| true)?.unwrap_or_default();
+            elements.push((family, read.elements));
+            tables.push((family, read.rules));
         }
-        Ok(containers(&tables))
+        Ok(maps::with_elements(containers(&tables), &elements))
     }
 }
 
@@ -231,7 +249,7 @@ impl Backend for Nftables {
         }
         let id = key.container_id.as_str();
         Ok(self
-            .del_where(|r| r.owner() == Some(id) && known.owns(r.target))?
+            .del_where(&|owner, target| owner == id && known.owns(target))?
             .0)
     }
 
@@ -248,13 +266,11 @@ impl Backend for Nftables {
         // Rules carry only the container ID (upstream's format), not the
         // network: only attachments known to be the network's go, each by
         // the addresses its rules lead to.
-        let (_, ids) = self.del_where(|r| {
-            r.owner().is_some_and(|id| {
-                !keep.contains(id)
-                    && doomed.iter().any(|a| {
-                        a.key.container_id == id && r.target.is_some_and(|t| a.addrs.contains(&t))
-                    })
-            })
+        let (_, ids) = self.del_where(&|id, target| {
+            !keep.contains(id)
+                && doomed.iter().any(|a| {
+                    a.key.container_id == id && target.is_some_and(|t| a.addrs.contains(&t))
+                })
         })?;
         Ok(ids.into_iter().collect())
     }

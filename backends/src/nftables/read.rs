@@ -3,11 +3,13 @@
 //! into containers, mappings and options (`list`, `migrate`, DEL's
 //! conntrack flush).
 
+use super::maps::{parse_map, Element, MAP};
 use super::nf_family_name;
 use super::owner;
 use super::NftError;
 use super::Nftables;
 use super::Wanted;
+use super::HOSTPORTS;
 use super::MASQUERADING;
 use super::TABLE;
 use crate::exec;
@@ -38,6 +40,8 @@ pub(super) struct ListedDoc<'a> {
 pub(super) struct ListedItem<'a> {
     #[serde(borrow, default)]
     rule: Option<ListedRule<'a>>,
+    #[serde(default)]
+    map: Option<serde_json::Value>,
 }
 
 #[derive(serde::Deserialize)]
@@ -60,16 +64,26 @@ pub(super) struct Listed {
     pub(super) expr: Vec<Statement<'static>>,
 }
 
+/// One family's listed table: rules, and the maps layout's elements and
+/// whether its lookup rule is there.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Read {
+    pub(super) rules: Vec<Listed>,
+    pub(super) elements: Vec<Element>,
+    pub(super) lookup: bool,
+}
+
 impl Nftables {
-    /// Lists the rules of `<family> cni_hostport`; `None` when the table is
-    /// missing. Only rules `wanted` (by chain and comment) get their
-    /// expressions: parsing them is most of a read's cost with many
-    /// containers, and most callers need few.
-    pub(super) fn read(
+    /// Lists the rules of `<family> cni_hostport` and its map; `None` when
+    /// the table is missing. Only rules `wanted` (by chain and
+    /// comment) get their expressions: parsing them is most of a read's
+    /// cost with many containers, and most callers need few. The lookup
+    /// rule is told by its map reference and left unparsed.
+    pub(super) fn read_all(
         &self,
         family: Family,
         wanted: Wanted<'_>,
-    ) -> Result<Option<Vec<Listed>>, NftError> {
+    ) -> Result<Option<Read>, NftError> {
         if self
             .tables_in
             .as_ref()
@@ -89,8 +103,20 @@ impl Nftables {
         }
         let raw = String::from_utf8_lossy(&out.stdout);
         let doc: ListedDoc<'_> = serde_json::from_str(&raw)?;
+        let mut read = Read::default();
         let mut rules = Vec::new();
-        for r in doc.nftables.into_iter().filter_map(|item| item.rule) {
+        for item in doc.nftables {
+            if let Some(elements) = item.map.as_ref().and_then(parse_map) {
+                read.elements = elements;
+            }
+            let Some(r) = item.rule else { continue };
+            if r.chain == HOSTPORTS
+                && r.comment.is_none()
+                && r.expr.get().contains(&format!("\"@{MAP}\""))
+            {
+                read.lookup = true;
+                continue;
+            }
             let expr = if wanted(&r.chain, r.comment.as_deref()) {
                 serde_json::from_str(r.expr.get())?
             } else {
@@ -103,7 +129,8 @@ impl Nftables {
                 expr,
             });
         }
-        Ok(Some(rules))
+        read.rules = rules;
+        Ok(Some(read))
     }
 }
 

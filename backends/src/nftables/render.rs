@@ -237,7 +237,7 @@ pub(super) fn expected_rules(
     let ipx = nf_family_name(fam.family);
     let conditions = parse_conditions(&fam.conditions)?;
     let mut rules = Vec::new();
-    for run in fam.runs() {
+    for run in fam.rule_runs() {
         let mut expr = conditions.clone();
         if let Some(host_ip) = run.host_ip {
             expr.push(matches(payload(ipx, "daddr"), addr_expr(host_ip)));

@@ -4,7 +4,8 @@
 //! to a container's listener. States, each its own host namespace set up
 //! once, measured in interleaved rounds: the probe's single mapping
 //! alone ("empty"), beside one container of 5,000 mappings, beside 1,000
-//! containers of one mapping each.
+//! containers of one mapping each, and (nftables) the same 1,000 in the
+//! maps layout.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -52,17 +53,30 @@ pub enum State {
     Empty,
     Mappings,
     Containers,
+    /// The same containers with `"nftablesLayout": "maps"` (nftables only).
+    MapContainers,
 }
 
 impl State {
-    pub const ALL: [State; 3] = [State::Empty, State::Mappings, State::Containers];
+    pub const ALL: [State; 4] = [
+        State::Empty,
+        State::Mappings,
+        State::Containers,
+        State::MapContainers,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             State::Empty => "empty",
             State::Mappings => "mappings",
             State::Containers => "containers",
+            State::MapContainers => "containers-maps",
         }
+    }
+
+    /// Whether `axis` measures this state (the maps layout is nftables').
+    fn on(self, axis: Axis) -> bool {
+        self != State::MapContainers || axis == Axis::Nftables
     }
 }
 
@@ -197,6 +211,10 @@ impl<'a> Host<'a> {
                 world.install(&ours, 0, sizes.containers)?;
                 sizes.containers
             }
+            State::MapContainers => {
+                world.install_in(&ours, 0, sizes.containers, Some("maps"))?;
+                sizes.containers
+            }
         };
         Ok(Host {
             state,
@@ -246,6 +264,7 @@ pub(crate) fn run(
     let sizes = &opts.dataplane;
     let hosts = State::ALL
         .iter()
+        .filter(|s| s.on(axis))
         .map(|&s| Host::new(opts, axis, env, s))
         .collect::<Result<Vec<_>, _>>()?;
     let targets = [Target::Unpublished, Target::Published];

@@ -301,11 +301,25 @@ impl<'a> World<'a> {
     /// ADDs bench containers `from..to` (one TCP mapping each, host port
     /// 20000 + i) with `binary`.
     pub fn install(&self, binary: &Binary<'_>, from: usize, to: usize) -> Result<(), BenchError> {
+        self.install_in(binary, from, to, None)
+    }
+
+    /// [`World::install`] with the config's `nftablesLayout` set to `layout`.
+    pub fn install_in(
+        &self,
+        binary: &Binary<'_>,
+        from: usize,
+        to: usize,
+        layout: Option<&str>,
+    ) -> Result<(), BenchError> {
         for i in from..to {
             if i % 100 == 0 {
                 self.progress(&format!("installing containers {i}/{to}"));
             }
-            let cfg = self.config(i, one_mapping(i));
+            let mut cfg = self.config(i, one_mapping(i));
+            if let Some(layout) = layout {
+                cfg["nftablesLayout"] = json!(layout);
+            }
             self.call(binary, "ADD", &container_id(i), &cfg, None)?;
         }
         Ok(())

@@ -149,6 +149,7 @@ fn state_label(r: &DataplaneRow) -> String {
         State::Empty => "empty".to_string(),
         State::Mappings => format!("{} mappings", r.installed),
         State::Containers => format!("{} containers", r.installed),
+        State::MapContainers => format!("{} ctrs (maps)", r.installed),
     }
 }
 

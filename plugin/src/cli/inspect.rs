@@ -5,6 +5,7 @@
 use std::process::ExitCode;
 
 use portmap_backends::iptables::{Iptables, Variant};
+use portmap_backends::nftables::MAP;
 use portmap_backends::select::{self, cleanup_backends};
 use std::net::IpAddr;
 
@@ -255,6 +256,15 @@ fn mapping_advice(all: &[InstalledContainer], picked: BackendKind) -> Vec<String
             network(*backend, target)
         ));
     }
+    let in_maps = all.iter().filter(|c| c.options.map_elements).count();
+    if in_maps > 0 {
+        out.push(format!(
+            "warning: {in_maps} container(s) have mappings as elements of nftables map {MAP} \
+             (nftablesLayout \"maps\"), which upstream's portmap cannot delete (its DEL deletes \
+             rules by comment): before switching to upstream's binary, run \
+             portmap migrate --to nftables --layout rules"
+        ));
+    }
     if per_backend.iter().any(|(b, _)| *b == BackendKind::Nftables) {
         out.push(format!(
             "note: upstream portmap before v1.5 (Debian's 1.1.1 among them) knows only iptables \
@@ -383,6 +393,26 @@ mod tests {
         assert_eq!(
             mapping_advice(&[], BackendKind::Nftables),
             ["mappings: none installed"]
+        );
+    }
+
+    #[test]
+    fn advice_warns_while_a_map_holds_elements() {
+        let mut mapped = container(BackendKind::Nftables, "a");
+        mapped.options.map_elements = true;
+        let all = [mapped, container(BackendKind::Nftables, "b")];
+        let lines = mapping_advice(&all, BackendKind::Nftables);
+        assert_eq!(
+            lines[1],
+            "warning: 1 container(s) have mappings as elements of nftables map hostports_map \
+             (nftablesLayout \"maps\"), which upstream's portmap cannot delete (its DEL deletes \
+             rules by comment): before switching to upstream's binary, run \
+             portmap migrate --to nftables --layout rules"
+        );
+        let lines = mapping_advice(&all[1..], BackendKind::Nftables);
+        assert!(
+            lines.iter().all(|l| !l.contains("hostports_map")),
+            "{lines:?}"
         );
     }
 

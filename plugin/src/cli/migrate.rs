@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use portmap_backends::iptables::{Iptables, Variant};
-use portmap_backends::migrate;
 use portmap_backends::select::{self, cleanup_backends, Choice};
+use portmap_backends::{migrate, relayout, Layout};
 use portmap_backends::{nfnetlink, Backend};
 
 use super::Target;
@@ -29,7 +29,16 @@ fn target_backend(to: Target) -> Result<Box<dyn Backend>, String> {
     })
 }
 
-pub(super) fn migrate_to(to: Target, network: Option<&str>, dry_run: bool) -> ExitCode {
+pub(super) fn migrate_to(
+    to: Target,
+    network: Option<&str>,
+    layout: Option<Layout>,
+    dry_run: bool,
+) -> ExitCode {
+    if layout.is_some() && to != Target::Nftables {
+        eprintln!("portmap: migrate: --layout applies to --to nftables only");
+        return ExitCode::FAILURE;
+    }
     let target = match target_backend(to) {
         Ok(t) => t,
         Err(e) => {
@@ -51,19 +60,31 @@ pub(super) fn migrate_to(to: Target, network: Option<&str>, dry_run: bool) -> Ex
         .as_ref()
         .map(Journal::all_attachments)
         .unwrap_or_default();
-    let report = migrate::migrate(
+    let mut report = migrate::migrate(
         target.as_ref(),
         &cleanup_backends(),
         &journaled,
         network,
+        layout.unwrap_or_default(),
         dry_run,
     );
+    let relaid = layout.map(|l| {
+        (
+            l,
+            relayout::relayout(target.as_ref(), &journaled, network, l, dry_run),
+        )
+    });
     if !dry_run {
         if let Ok(j) = &journal {
             j.write_ledger(nfnetlink::generation().ok());
         }
         let moved = match &journal {
-            Ok(j) => journal_moves(j, &report.moved).map_err(|e| e.to_string()),
+            Ok(j) => journal_moves(j, &report.moved, layout)
+                .and_then(|()| match &relaid {
+                    Some((l, r)) => journal_moves(j, &r.moved, Some(*l)),
+                    None => Ok(()),
+                })
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = moved {
@@ -77,6 +98,25 @@ pub(super) fn migrate_to(to: Target, network: Option<&str>, dry_run: bool) -> Ex
             "{verb} {}: {} -> {} ({} mappings)",
             m.container_id, m.from, m.to, m.mappings
         );
+    }
+    if let Some((l, r)) = relaid {
+        let name = match l {
+            Layout::Rules => "rules",
+            Layout::Maps => "maps",
+        };
+        for m in &r.moved {
+            println!(
+                "{verb} {}: nftables layout -> {name} ({} mappings)",
+                m.container_id, m.mappings
+            );
+        }
+        println!(
+            "{} {} container(s) to the nftables {name} layout, {} failed",
+            verb,
+            r.moved.len(),
+            r.failed.len()
+        );
+        report.failed.extend(r.failed);
     }
     for e in &report.failed {
         eprintln!("portmap: migrate: {e}");
@@ -97,7 +137,13 @@ pub(super) fn migrate_to(to: Target, network: Option<&str>, dry_run: bool) -> Ex
 
 /// Journal entries follow their containers to the new backend, so a
 /// restore reinstalls them where they now are.
-fn journal_moves(journal: &Journal, moved: &[migrate::Moved]) -> Result<(), JournalError> {
+/// `layout`, given: the layout their requests now have (a restore
+/// reinstalls them so).
+fn journal_moves(
+    journal: &Journal,
+    moved: &[migrate::Moved],
+    layout: Option<Layout>,
+) -> Result<(), JournalError> {
     for (_, mut entry) in journal.entries().into_iter().flatten() {
         let id = &entry.request.key.container_id;
         let network = &entry.request.key.network;
@@ -106,6 +152,9 @@ fn journal_moves(journal: &Journal, moved: &[migrate::Moved]) -> Result<(), Jour
             .find(|m| &m.container_id == id && &m.network == network && m.from == entry.backend)
         {
             entry.backend = m.to;
+            if let Some(layout) = layout {
+                entry.request.layout = layout;
+            }
             journal.write(&entry)?;
             // The old backend's receipt names rules that are gone.
             journal.write_receipt(&entry.request.key, &entry.ifname, None)?;

@@ -51,7 +51,9 @@ enum Sub {
         json: bool,
     },
     /// Show which backends are usable here and which one auto-selection
-    /// picks; whether firewalld runs here and which mappings its reloads flush.
+    /// picks; whether firewalld runs here and which mappings its reloads
+    /// flush; a warning while nftables map elements (nftablesLayout maps)
+    /// exist, which upstream's binary cannot delete.
     Status,
     /// Reinstall every journaled container whose rules are missing or
     /// damaged (after a firewall reload), each in its own backend and one
@@ -87,6 +89,12 @@ enum Sub {
         /// moving such containers to iptables, whose chain names hash it.
         #[arg(long)]
         network: Option<String>,
+        /// With --to nftables: the layout every nftables mapping should
+        /// have afterwards: `maps` (single ports as map elements) or
+        /// `rules` (upstream's, which upstream's binary can delete). Each
+        /// container that is not in it is re-installed in one transaction.
+        #[arg(long, value_enum)]
+        layout: Option<LayoutArg>,
         /// Only print what would move.
         #[arg(long)]
         dry_run: bool,
@@ -104,6 +112,14 @@ enum Sub {
         #[arg(long, default_value = "portmap")]
         name: String,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LayoutArg {
+    /// one rule per mapping (upstream's layout)
+    Rules,
+    /// single-port mappings as elements of map hostports_map
+    Maps,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -143,8 +159,15 @@ pub fn main() -> ExitCode {
         Sub::Migrate {
             to,
             network,
+            layout,
             dry_run,
-        } => migrate_to(to, network.as_deref(), dry_run),
+        } => {
+            let layout = layout.map(|l| match l {
+                LayoutArg::Rules => portmap_backends::Layout::Rules,
+                LayoutArg::Maps => portmap_backends::Layout::Maps,
+            });
+            migrate_to(to, network.as_deref(), layout, dry_run)
+        }
         Sub::Install { dest, name } => install(&dest, &name),
     }
 }

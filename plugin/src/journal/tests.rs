@@ -20,6 +20,7 @@ fn request(network: &str, id: &str) -> Request {
         mark: MasqMark::default(),
         conditions_v4: vec![],
         conditions_v6: vec![],
+        layout: Default::default(),
     }
 }
 
@@ -455,6 +456,7 @@ fn an_entry_in_todays_format_reads_and_writes_the_same() {
             mark: MasqMark::ExternalChain("KUBE-MARK-MASQ".into()),
             conditions_v4: vec!["-s".into(), "10.0.0.0/8".into()],
             conditions_v6: vec![],
+            layout: Default::default(),
         },
     );
     let read: Entry = serde_json::from_value(fixture.clone()).expect("today's entry reads");

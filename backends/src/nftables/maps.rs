@@ -1,0 +1,399 @@
+//! The opt-in maps layout (`nftablesLayout: "maps"`): single-port
+//! mappings as elements of one map per family, looked up by one
+//! comment-less rule at the end of `hostports` (rules inserted at its head
+//! stay in front). Each element carries its container ID as comment, so
+//! DEL removes only its own keys and a newer container's element for the
+//! same key survives an older one's late DEL. Written as raw nft JSON: the
+//! nftables crate has no element comments.
+
+use super::kernel::{self, Shape};
+use super::nf_family_name;
+use super::NftError;
+use super::Nftables;
+use super::HOSTPORTS;
+use super::TABLE;
+use super::TABLE_COMMENT;
+use crate::exec;
+use crate::nfnetlink::{self, attr, nfproto, nul_terminated, NetlinkError};
+use crate::plan::FamilyPlan;
+use crate::{
+    BackendKind, Family, InstalledContainer, InstalledMapping, InstalledOptions, Known, Protocol,
+};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// The map's name (one per family table).
+pub const MAP: &str = "hostports_map";
+const NFT_MSG_GETSET: u16 = 10;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+
+/// One map element: `protocol . port : addr . to_port`, owned by `owner`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Element {
+    pub(super) protocol: Protocol,
+    pub(super) port: u16,
+    pub(super) addr: IpAddr,
+    pub(super) to_port: u16,
+    pub(super) owner: Option<String>,
+}
+
+impl Element {
+    pub(super) fn same_key(&self, other: &Element) -> bool {
+        (self.protocol, self.port) == (other.protocol, other.port)
+    }
+
+    pub(super) fn describe(&self) -> String {
+        let to = std::net::SocketAddr::new(self.addr, self.to_port);
+        format!("element {} . {} : {to}", self.protocol.as_str(), self.port)
+    }
+}
+
+/// The elements `fam` (of container `id`) puts in its family's map.
+pub(super) fn expected_elements(fam: &FamilyPlan, id: &str) -> Vec<Element> {
+    fam.element_runs()
+        .into_iter()
+        .map(|r| Element {
+            protocol: r.protocol,
+            port: r.first,
+            addr: fam.container.addr,
+            to_port: r.container_port,
+            owner: Some(id.to_string()),
+        })
+        .collect()
+}
+
+fn addr_type(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
+    }
+}
+
+fn map_ref(family: Family) -> Value {
+    json!({"family": nf_family_name(family), "table": TABLE, "name": MAP})
+}
+
+/// Its lookup rule, appended: after every rule of `hostports`, and with no
+/// comment, so no container's DEL (ours or upstream's) takes it.
+pub(super) fn add_lookup(family: Family) -> Value {
+    json!({"add": {"rule": {
+        "family": nf_family_name(family),
+        "table": TABLE,
+        "chain": HOSTPORTS,
+        "expr": [lookup_dnat(family)],
+    }}})
+}
+
+/// `dnat ip to meta l4proto . th dport map @hostports_map`, as nft lists it.
+pub(super) fn lookup_dnat(family: Family) -> Value {
+    json!({"dnat": {
+        "family": nf_family_name(family),
+        "addr": {"map": {
+            "key": {"concat": [{"meta": {"key": "l4proto"}}, {"payload": {"protocol": "th", "field": "dport"}}]},
+            "data": format!("@{MAP}"),
+        }},
+    }})
+}
+
+fn key(e: &Element) -> Value {
+    json!({"concat": [e.protocol.as_str(), e.port]})
+}
+
+pub(super) fn add_elements_cmd(family: Family, elems: &[Element]) -> Value {
+    let elem: Vec<Value> = elems
+        .iter()
+        .map(|e| {
+            let val = match &e.owner {
+                Some(id) => json!({"elem": {"val": key(e), "comment": id}}),
+                None => key(e),
+            };
+            json!([val, {"concat": [e.addr.to_string(), e.to_port]}])
+        })
+        .collect();
+    let mut obj = map_ref(family);
+    obj["elem"] = Value::Array(elem);
+    json!({"add": {"element": obj}})
+}
+
+/// Deletes elements by key (the kernel deletes whatever value it holds:
+/// callers only pass keys they read as theirs, under the global lock).
+pub(super) fn delete_elements_cmd(family: Family, elems: &[Element]) -> Value {
+    let mut obj = map_ref(family);
+    obj["elem"] = Value::Array(elems.iter().map(key).collect());
+    json!({"delete": {"element": obj}})
+}
+
+/// The elements of a listed `{"map": ...}` object of ours (`None` for
+/// another set or map).
+pub(super) fn parse_map(map: &Value) -> Option<Vec<Element>> {
+    if map.get("name")?.as_str()? != MAP {
+        return None;
+    }
+    let elems = map.get("elem").and_then(Value::as_array);
+    Some(
+        elems
+            .into_iter()
+            .flatten()
+            .filter_map(parse_element)
+            .collect(),
+    )
+}
+
+fn parse_element(pair: &Value) -> Option<Element> {
+    let [k, v] = pair.as_array()?.as_slice() else {
+        return None;
+    };
+    let (k, owner) = match k.get("elem") {
+        Some(e) => (e.get("val")?, e.get("comment").and_then(Value::as_str)),
+        None => (k, None),
+    };
+    let pair = |c: &Value| -> Option<(Value, u16)> {
+        let [a, b] = c.get("concat")?.as_array()?.as_slice() else {
+            return None;
+        };
+        Some((a.clone(), u16::try_from(b.as_u64()?).ok()?))
+    };
+    let (protocol, port) = pair(k)?;
+    let (addr, to_port) = pair(v)?;
+    Some(Element {
+        protocol: Protocol::parse(protocol.as_str()?)?,
+        port,
+        addr: addr.as_str()?.parse().ok()?,
+        to_port,
+        owner: owner.map(str::to_string),
+    })
+}
+
+/// Removes the map and its lookup rule (the map holds no element any
+/// more): the layout leaves nothing behind that upstream's binary could
+/// not remove, and `portmap status` stops warning.
+pub(super) fn retire(family: Family) -> Result<Vec<Value>, NftError> {
+    let mut cmds: Vec<Value> = kernel::rules(family, Some(HOSTPORTS))?
+        .iter()
+        .filter(|r| r.shape == Shape::MapLookup)
+        .map(|r| {
+            json!({"delete": {"rule": {
+                "family": nf_family_name(family), "table": TABLE, "chain": HOSTPORTS, "handle": r.handle,
+            }}})
+        })
+        .collect();
+    cmds.push(json!({"delete": {"map": map_ref(family)}}));
+    Ok(cmds)
+}
+
+/// Whether `<family> cni_hostport` has our map: one netlink request, so
+/// a DEL on a host without the layout starts no process for it.
+pub(super) fn has_map(family: Family) -> Result<bool, NetlinkError> {
+    let which = [
+        attr(NFTA_SET_TABLE, &nul_terminated(TABLE)),
+        attr(NFTA_SET_NAME, &nul_terminated(MAP)),
+    ]
+    .concat();
+    match nfnetlink::get(NFT_MSG_GETSET, nfproto(family), &which, &mut |_| {}) {
+        Ok(()) => Ok(true),
+        Err(NetlinkError::Refused(nix::Error::ENOENT)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+impl Nftables {
+    /// ADD's map commands for `fam` (container `id`): the map and lookup
+    /// where missing, the keys it takes over deleted (an older container's
+    /// element for the same key: newest wins) and, for a re-ADD (`earlier`),
+    /// its own elements it no longer wants; then its new elements.
+    pub(super) fn add_elements(
+        &self,
+        fam: &FamilyPlan,
+        id: &str,
+        earlier: Option<&Known>,
+        extra: &mut Vec<Value>,
+    ) -> Result<(), NftError> {
+        let want = expected_elements(fam, id);
+        if want.is_empty() && earlier.is_none() {
+            return Ok(());
+        }
+        let family = fam.family;
+        let current = self.read_map(family)?;
+        let stale = |e: &Element| {
+            let key_wanted = want.iter().any(|w| w.same_key(e));
+            let own =
+                e.owner.as_deref() == Some(id) && earlier.is_some_and(|k| k.owns(Some(e.addr)));
+            (key_wanted && !want.contains(e)) || (own && !key_wanted)
+        };
+        let held = current.as_deref().unwrap_or_default();
+        let gone: Vec<Element> = held.iter().filter(|e| stale(e)).cloned().collect();
+        let new: Vec<Element> = want.iter().filter(|w| !held.contains(w)).cloned().collect();
+        if !want.is_empty() {
+            if current.is_none() {
+                self.create_map(family)?;
+                extra.push(add_lookup(family));
+            } else if !kernel::rules(family, Some(HOSTPORTS))?
+                .iter()
+                .any(|r| r.shape == Shape::MapLookup)
+            {
+                extra.push(add_lookup(family));
+            }
+        }
+        if current.is_some() && new.is_empty() && gone.len() == held.len() {
+            extra.extend(retire(family)?);
+            return Ok(());
+        }
+        if !gone.is_empty() {
+            extra.push(delete_elements_cmd(family, &gone));
+        }
+        if !new.is_empty() {
+            extra.push(add_elements_cmd(family, &new));
+        }
+        Ok(())
+    }
+
+    /// Creates the (empty) map, and the table and chain it needs, in a
+    /// transaction of its own before ADD's: nft 1.0.6's JSON input cannot
+    /// declare a map whose values are a concatenation (it makes a set),
+    /// its text syntax can. Empty and not yet looked up, it changes no
+    /// packet's fate; ADD's transaction then adds the lookup and elements.
+    fn create_map(&self, family: Family) -> Result<(), NftError> {
+        let fam = nf_family_name(family);
+        let text = format!(
+            "add table {fam} {TABLE} {{ comment \"{TABLE_COMMENT}\"; }}\n\
+             add chain {fam} {TABLE} {HOSTPORTS}\n\
+             add map {fam} {TABLE} {MAP} {{ type inet_proto . inet_service : {} . inet_service; }}\n",
+            addr_type(family)
+        );
+        let action = format!("create map {fam} {TABLE} {MAP}");
+        let out = self.run(&["-f", "-"], Some(&text), exec::NFT_APPLY, &action)?;
+        if !out.status.success() {
+            return Err(NftError::Rejected {
+                action,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The map's elements, over netlink (elements.rs: no process); `None`
+    /// when the family has no map.
+    pub(super) fn read_map(&self, family: Family) -> Result<Option<Vec<Element>>, NftError> {
+        if self
+            .tables_in
+            .as_ref()
+            .is_some_and(|f| !f.contains(&family))
+            || !has_map(family)?
+        {
+            return Ok(None);
+        }
+        Ok(Some(super::elements::elements(family)?))
+    }
+}
+
+/// One family's elements, by key and by owner (CHECK of one plan or of
+/// every journaled one against one read).
+#[derive(Debug, Default)]
+pub(super) struct Elements {
+    by_key: BTreeMap<(Protocol, u16), Element>,
+    by_owner: BTreeMap<String, Vec<Element>>,
+    lookup: bool,
+}
+
+impl Elements {
+    pub(super) fn new(elements: Vec<Element>, lookup: bool) -> Elements {
+        let mut index = Elements {
+            lookup,
+            ..Elements::default()
+        };
+        for e in elements {
+            if let Some(owner) = &e.owner {
+                index
+                    .by_owner
+                    .entry(owner.clone())
+                    .or_default()
+                    .push(e.clone());
+            }
+            index.by_key.insert((e.protocol, e.port), e);
+        }
+        index
+    }
+
+    /// What of `fam`'s elements (container `id`) is missing, points
+    /// elsewhere or is extra; `None` when exact. `table` names the table.
+    pub(super) fn compare(&self, fam: &FamilyPlan, id: &str, table: &str) -> Option<String> {
+        let want = expected_elements(fam, id);
+        if !want.is_empty() && !self.lookup {
+            return Some(format!(
+                "table {table}: chain {HOSTPORTS} lacks the lookup of map {MAP}"
+            ));
+        }
+        for w in &want {
+            match self.by_key.get(&(w.protocol, w.port)) {
+                None => {
+                    return Some(format!(
+                        "table {table}: map {MAP} is missing the {} of container {id}",
+                        w.describe()
+                    ))
+                }
+                Some(e) if e != w => {
+                    return Some(format!(
+                    "table {table}: map {MAP} holds {} of container {} where container {id} has {}",
+                    e.describe(),
+                    e.owner.as_deref().unwrap_or("(none)"),
+                    w.describe()
+                ))
+                }
+                Some(_) => {}
+            }
+        }
+        let own = self.by_owner.get(id).map(Vec::as_slice).unwrap_or_default();
+        own.iter()
+            .find(|e| e.addr == fam.container.addr && !want.contains(e))
+            .map(|e| {
+                format!(
+                    "table {table}: map {MAP} has an unexpected {} for container {id}",
+                    e.describe()
+                )
+            })
+    }
+}
+
+/// `containers` (read from rules) with the mappings map elements hold
+/// added to their owners (a container with elements only is listed too).
+pub(super) fn with_elements(
+    mut containers: Vec<InstalledContainer>,
+    elements: &[(Family, Vec<Element>)],
+) -> Vec<InstalledContainer> {
+    for (family, elements) in elements {
+        for e in elements {
+            let Some(owner) = &e.owner else { continue };
+            let at = match containers.iter().position(|c| &c.container_id == owner) {
+                Some(at) => at,
+                None => {
+                    containers.push(InstalledContainer {
+                        backend: BackendKind::Nftables,
+                        container_id: owner.clone(),
+                        network: None,
+                        mappings: Vec::new(),
+                        options: InstalledOptions::default(),
+                    });
+                    containers.len() - 1
+                }
+            };
+            if let Some(c) = containers.get_mut(at) {
+                c.mappings.push(InstalledMapping {
+                    family: *family,
+                    protocol: e.protocol,
+                    host_ip: None,
+                    host_port: e.port,
+                    container_ip: e.addr,
+                    container_port: e.to_port,
+                });
+                c.options.map_elements = true;
+            }
+        }
+    }
+    for c in &mut containers {
+        c.mappings.sort();
+    }
+    containers.sort_by(|a, b| a.container_id.cmp(&b.container_id));
+    containers
+}
