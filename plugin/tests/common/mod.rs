@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portmap_conformance::cni::{invoke, run_with_input, state_dir, Call, Outcome};
+use portmap_conformance::cni::{invoke, lock_path, run_with_input, state_dir, Call, Outcome};
 use portmap_conformance::firewall;
 use portmap_conformance::netns::{prerequisites, Netns};
 use portmap_conformance::toolpath::{IptablesVariant, ToolDir, Tools};
@@ -136,12 +136,14 @@ impl Rig {
     }
 }
 
-/// `portmap ARGS` in `ns` with tool directory `path` (PATH and journal).
+/// `portmap ARGS` in `ns` with tool directory `path` (PATH, journal and
+/// the plugin lock its CNI calls take).
 pub fn cli_with(ns: &Netns, path: &Path, args: &[&str]) -> Outcome {
     let mut cmd = ns.command(ours());
     cmd.env_clear()
         .env("PATH", path)
         .env("PORTMAP_STATE_DIR", state_dir(path))
+        .env("PORTMAP_LOCK", lock_path(path))
         .args(args);
     run_with_input(cmd, b"").expect("run portmap cli")
 }
@@ -215,4 +217,24 @@ pub fn stop_watch(child: &mut std::process::Child) {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// What a firewall reload does to us: everything of ours is gone.
+pub fn flush_behind_the_back(rig: &Rig, backend: &str) {
+    let host = &rig.topo.host;
+    match backend {
+        "nftables" => {
+            host.exec("nft", &["flush", "ruleset"]).expect("nft flush");
+        }
+        variant => {
+            for tool in [
+                format!("iptables-{variant}"),
+                format!("ip6tables-{variant}"),
+            ] {
+                host.exec(&tool, &["-t", "nat", "-F"]).expect("flush");
+                host.exec(&tool, &["-t", "nat", "-X"])
+                    .expect("delete chains");
+            }
+        }
+    }
 }
