@@ -425,6 +425,21 @@ pub trait Backend: Send + Sync {
         plan: &Plan,
         earlier: Option<&Known>,
     ) -> Result<Option<Receipt>, BackendError>;
+    /// [`Backend::install`] of many attachments, in this order (a later
+    /// one's rules win where they overlap an earlier one's), in as few
+    /// writes as the backend can: one transaction (nftables), else one
+    /// install each. An error may leave some installed (not nftables).
+    fn install_all(
+        &self,
+        wanted: &[(&Plan, Option<&Known>)],
+    ) -> Result<Vec<Option<Receipt>>, BackendError> {
+        wanted.iter().map(|(p, k)| self.install(p, *k)).collect()
+    }
+    /// How many attachments one [`Backend::install_all`] should get (a
+    /// restore pass holds the plugin lock for that many).
+    fn install_chunk(&self) -> usize {
+        1
+    }
     /// [`Backend::install`] replacing every earlier rule of the container
     /// ID (migrate, tests: no journal to tell attachments apart).
     fn add(&self, plan: &Plan) -> Result<(), BackendError> {

@@ -9,7 +9,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{config, ours, rig_for, tcp_8080, Rig};
+use common::{config, flush_behind_the_back, ours, rig_for, tcp_8080, Rig};
 use portmap_conformance::cni::{lock_path, state_dir};
 use portmap_conformance::firewall::without_guard;
 use portmap_conformance::traffic::EchoServer;
@@ -46,26 +46,6 @@ fn log_writes(rig: &Rig) -> PathBuf {
         std::fs::set_permissions(&link, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
     log
-}
-
-/// What a firewall reload does to us: everything of ours is gone.
-fn flush_behind_the_back(rig: &Rig, backend: &str) {
-    let host = &rig.topo.host;
-    match backend {
-        "nftables" => {
-            host.exec("nft", &["flush", "ruleset"]).expect("nft flush");
-        }
-        variant => {
-            for tool in [
-                format!("iptables-{variant}"),
-                format!("ip6tables-{variant}"),
-            ] {
-                host.exec(&tool, &["-t", "nat", "-F"]).expect("flush");
-                host.exec(&tool, &["-t", "nat", "-X"])
-                    .expect("delete chains");
-            }
-        }
-    }
 }
 
 /// `Backend::name` of a test case's backend.

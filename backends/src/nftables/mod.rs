@@ -45,6 +45,9 @@ use add::skeleton_intact;
 pub use conditions::parse_conditions;
 pub use guard::{guard_intact, GUARD_CHAIN, GUARD_TABLE};
 pub use maps::MAP;
+
+/// Containers per restore transaction (see `Backend::install_chunk`).
+const INSTALL_CHUNK: usize = 100;
 use read::{containers, Listed};
 use render::add_table_comment;
 
@@ -224,6 +227,18 @@ impl Backend for Nftables {
         earlier: Option<&Known>,
     ) -> Result<Option<Receipt>, BackendError> {
         Ok(self.add_inner(plan, earlier)?)
+    }
+
+    fn install_all(
+        &self,
+        wanted: &[(&Plan, Option<&Known>)],
+    ) -> Result<Vec<Option<Receipt>>, BackendError> {
+        Ok(self.add_all(wanted)?)
+    }
+
+    fn install_chunk(&self) -> usize {
+        // One transaction of 100 containers takes well under a second.
+        INSTALL_CHUNK
     }
 
     fn check(&self, plan: &Plan) -> Result<Verdict, BackendError> {

@@ -29,7 +29,7 @@ use crate::traffic::TrafficError;
 pub use self::dataplane::DataplaneRow;
 pub use self::latency::Sample;
 pub use self::mappings::MappingRow;
-pub use self::restore::{RestoreRow, WatchRow};
+pub use self::restore::{Reinstall, RestoreRow, WatchRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {

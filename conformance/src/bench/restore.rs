@@ -1,5 +1,6 @@
 //! `portmap restore` with nothing missing at N journaled containers (the
-//! pass a boot or a watch wake-up runs), and ADD/DEL latency of one more
+//! pass a boot or a watch wake-up runs), the reinstall of all N after a
+//! flush of our tables (beyond the first N), and ADD/DEL latency of one more
 //! container with `portmap watch` running beside the largest N against
 //! the same host without it. Ours only (upstream has neither command).
 //! Both run in the bench's host namespace: the journal is per namespace.
@@ -31,6 +32,9 @@ const BUDGET: Duration = Duration::from_secs(10);
 /// A pass taking longer is stopped and reported as "> 60 s" (the whole
 /// run must stay within minutes; one pass took 310 s at N = 1,000).
 pub const PASS_LIMIT: Duration = Duration::from_secs(60);
+/// A reinstall after a flush taking longer is stopped (reported as such)
+/// and finished by an unlimited pass, so later measurements see all N.
+pub const REINSTALL_LIMIT: Duration = Duration::from_secs(180);
 /// How long `portmap watch` gets to stop after SIGTERM.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
@@ -51,6 +55,16 @@ pub struct RestoreRow {
     /// Set when a pass outlasted this limit and was stopped (then not
     /// among `runs`).
     pub over: Option<Duration>,
+    /// The reinstall of all N after a flush (not at the first N).
+    pub reinstall: Option<Reinstall>,
+}
+
+/// One `portmap restore` after our tables were flushed.
+#[derive(Debug, Clone)]
+pub struct Reinstall {
+    /// `None`: stopped at [`REINSTALL_LIMIT`].
+    pub elapsed: Option<Duration>,
+    pub limit: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -78,10 +92,14 @@ pub(crate) fn run(
     };
     let mut rows = Vec::new();
     let mut installed = 0;
-    for &n in &sizes {
+    for (k, &n) in sizes.iter().enumerate() {
         world.install(&ours, installed, n)?;
         installed = n;
-        rows.push(passes(&world, &ours, n, opts.restore.ops)?);
+        let mut row = passes(&world, &ours, n, opts.restore.ops)?;
+        if k > 0 {
+            row.reinstall = Some(reinstall(&world, &ours, n)?);
+        }
+        rows.push(row);
     }
     let watch = match sizes.last() {
         Some(&n) => vec![beside_watch(&world, &ours, n, opts.restore.watch_ops)?],
@@ -110,7 +128,7 @@ fn passes(
     let started = Instant::now();
     while times.len() < ops.max(1) && (times.is_empty() || started.elapsed() < BUDGET) {
         world.progress(&format!("restore N={n} pass {}/{ops}", times.len() + 1));
-        let Some((elapsed, stdout)) = pass(world, ours)? else {
+        let Some((elapsed, stdout)) = pass(world, ours, PASS_LIMIT)? else {
             over = Some(PASS_LIMIT);
             break;
         };
@@ -131,12 +149,69 @@ fn passes(
         runs: times.len(),
         in_place,
         over,
+        reinstall: None,
+    })
+}
+
+/// Our tables flushed (what a firewall reload does), then one timed
+/// `portmap restore`, which must reinstall all `n`.
+fn reinstall(world: &World<'_>, ours: &Binary<'_>, n: usize) -> Result<Reinstall, BenchError> {
+    world.progress(&format!("restore N={n} after a flush"));
+    let host = &world.topo.host;
+    let flush = |tool: &str, args: &[&str]| {
+        host.exec(tool, args)
+            .map(|_| ())
+            .map_err(|e| cli_error(world, tool, e.to_string()))
+    };
+    match world.axis {
+        Axis::Nftables => flush("nft", &["flush", "ruleset"])?,
+        Axis::IptablesNft | Axis::IptablesLegacy => {
+            let variant = if world.axis == Axis::IptablesNft {
+                "nft"
+            } else {
+                "legacy"
+            };
+            for tool in [
+                format!("iptables-{variant}"),
+                format!("ip6tables-{variant}"),
+            ] {
+                flush(&tool, &["-t", "nat", "-F"])?;
+                flush(&tool, &["-t", "nat", "-X"])?;
+            }
+        }
+        Axis::Auto => {
+            return Err(cli_error(world, "restore", "no flush for auto".into()));
+        }
+    }
+    let Some((elapsed, stdout)) = pass(world, ours, REINSTALL_LIMIT)? else {
+        world.progress(&format!("restore N={n}: finishing the stopped reinstall"));
+        pass(world, ours, Duration::from_secs(3600))?;
+        return Ok(Reinstall {
+            elapsed: None,
+            limit: REINSTALL_LIMIT,
+        });
+    };
+    let wanted = format!("reinstalled {n} container(s), 0 in place");
+    if !stdout.contains(&wanted) {
+        return Err(cli_error(
+            world,
+            "restore",
+            format!("after a flush of {n}, the pass said: {}", stdout.trim()),
+        ));
+    }
+    Ok(Reinstall {
+        elapsed: Some(elapsed),
+        limit: REINSTALL_LIMIT,
     })
 }
 
 /// One `portmap restore`: its time and output, `None` when it outlasted
-/// [`PASS_LIMIT`] (then killed: a pass with nothing missing writes nothing).
-fn pass(world: &World<'_>, ours: &Binary<'_>) -> Result<Option<(Duration, String)>, BenchError> {
+/// `limit` (then killed: a pass with nothing missing writes nothing).
+fn pass(
+    world: &World<'_>,
+    ours: &Binary<'_>,
+    limit: Duration,
+) -> Result<Option<(Duration, String)>, BenchError> {
     let mut cmd = world.cli(ours.path);
     cmd.arg("restore")
         .stdin(Stdio::null())
@@ -152,7 +227,7 @@ fn pass(world: &World<'_>, ours: &Binary<'_>) -> Result<Option<(Duration, String
         let out = child.wait_with_output();
         let _ = tx.send((start.elapsed(), out));
     });
-    let (elapsed, out) = match rx.recv_timeout(PASS_LIMIT) {
+    let (elapsed, out) = match rx.recv_timeout(limit) {
         Ok(done) => done,
         Err(_) => {
             // Our own child, by its pid; the thread reaps it.

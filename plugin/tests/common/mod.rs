@@ -218,3 +218,23 @@ pub fn stop_watch(child: &mut std::process::Child) {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// What a firewall reload does to us: everything of ours is gone.
+pub fn flush_behind_the_back(rig: &Rig, backend: &str) {
+    let host = &rig.topo.host;
+    match backend {
+        "nftables" => {
+            host.exec("nft", &["flush", "ruleset"]).expect("nft flush");
+        }
+        variant => {
+            for tool in [
+                format!("iptables-{variant}"),
+                format!("ip6tables-{variant}"),
+            ] {
+                host.exec(&tool, &["-t", "nat", "-F"]).expect("flush");
+                host.exec(&tool, &["-t", "nat", "-X"])
+                    .expect("delete chains");
+            }
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! loop over nf_tables notifications, extra triggers and a timer.
 
 mod pass;
+mod repair;
 mod watch;
 
 use std::process::ExitCode;

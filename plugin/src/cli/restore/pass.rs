@@ -1,15 +1,15 @@
 //! One restore pass: every wanted journal entry checked against one read
-//! per backend, without the plugin lock; the lock taken only around each
-//! repair, which first makes sure the entry and what was read still hold.
-//! A runtime's ADD or DEL so waits for one container's write at most.
+//! per backend, without the plugin lock; what is missing reinstalled in
+//! chunks (repair.rs), oldest ADD first, the lock taken around each chunk.
+//! A runtime's ADD or DEL so waits for one chunk's write at most.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-use portmap_backends::{host, nfnetlink, select, Backend, BackendKind, Plan, Verdict};
+use portmap_backends::{nfnetlink, select, Backend, BackendKind, Plan, Verdict};
 
-use crate::journal::{Entry, Journal, Receipted};
-use crate::lock;
+use crate::journal::{Entry, Journal};
 
 /// What one restore pass did.
 #[derive(Debug, Default)]
@@ -32,7 +32,7 @@ impl Pass {
 }
 
 /// What the repair of one entry came to.
-enum Restored {
+pub(super) enum Restored {
     InPlace,
     Reinstalled(String),
     /// Rules missing and the container's namespace gone: the entry goes.
@@ -42,7 +42,7 @@ enum Restored {
 }
 
 /// Why an entry needs reinstalling.
-enum Damage {
+pub(super) enum Damage {
     /// What CHECK (or a failed read) says of its rules.
     Rules(String),
     /// Its rules are whole but its ADD's localnet guard is not (the
@@ -60,19 +60,19 @@ impl std::fmt::Display for Damage {
 }
 
 /// One backend's side of a pass.
-struct Repairs<'p> {
-    journal: &'p Journal,
-    backend: Box<dyn Backend>,
-    dry_run: bool,
+pub(super) struct Repairs<'p> {
+    pub journal: &'p Journal,
+    pub backend: Box<dyn Backend>,
+    pub dry_run: bool,
     /// The nf_tables generation our verdicts were read at (or our last
     /// write made): the same under the lock means nobody wrote since.
     /// Says nothing of iptables-legacy, which is then always re-read.
-    read_at: Option<u32>,
+    pub read_at: Option<u32>,
     /// Whether a repair took the lock already (the next lets waiters in first).
-    locked_before: bool,
+    pub locked_before: bool,
     /// Whether the localnet guard is whole, asked once (iptables asks with
     /// an `iptables-save -t mangle` process).
-    guard: Option<bool>,
+    pub guard: Option<bool>,
 }
 
 /// Checks the entries of `journal` whose backend is `wanted` and
@@ -118,7 +118,8 @@ pub(super) fn run(journal: &Journal, dry_run: bool, wanted: &dyn Fn(BackendKind)
         let plans: Vec<Plan> = entries.iter().map(|(_, e)| Plan::new(&e.request)).collect();
         let refs: Vec<&Plan> = plans.iter().collect();
         let verdicts = repairs.backend.check_all(&refs).map_err(|e| e.to_string());
-        for (i, (path, entry)) in entries.iter().enumerate() {
+        let mut todo: Vec<(usize, Damage)> = Vec::new();
+        for (i, plan) in plans.iter().enumerate() {
             let damage = match &verdicts {
                 Ok(v) => match v.get(i) {
                     Some(Verdict::Whole) => None,
@@ -127,33 +128,33 @@ pub(super) fn run(journal: &Journal, dry_run: bool, wanted: &dyn Fn(BackendKind)
                 },
                 Err(e) => Some(e.clone()),
             };
-            let damage = damage.map(Damage::Rules);
-            let Some(why) = damage.or_else(|| repairs.guard_lost(&plans[i])) else {
-                pass.in_place += 1;
-                continue;
-            };
-            let id = &entry.request.key.container_id;
-            match repairs.repair(entry, why) {
-                Ok(Restored::InPlace) => pass.in_place += 1,
-                Ok(Restored::Superseded) => pass.superseded += 1,
-                Ok(Restored::Dropped) => {
-                    pass.dropped += 1;
-                    println!(
-                        "{} {id}: its rules are gone and so is its network namespace {}",
-                        if dry_run { "would forget" } else { "forgot" },
-                        entry.netns
-                    );
-                }
-                Ok(Restored::Reinstalled(why)) => {
-                    pass.reinstalled += 1;
-                    let verb = if dry_run {
-                        "would reinstall"
-                    } else {
-                        "reinstalled"
-                    };
-                    println!("{verb} {id} in {kind} ({why})");
-                }
-                Err(e) => failed(&mut pass, path, entry, &e),
+            match damage
+                .map(Damage::Rules)
+                .or_else(|| repairs.guard_lost(plan))
+            {
+                Some(why) => todo.push((i, why)),
+                None => pass.in_place += 1,
+            }
+        }
+        // Oldest ADD first: each reinstall goes to the head of the chains,
+        // so the newest container ends first and wins a reused address or
+        // port, as at its ADD.
+        todo.sort_by_cached_key(|(i, _)| entries.get(*i).and_then(|(p, _)| added_at(p)));
+        let chunk = if dry_run {
+            1
+        } else {
+            repairs.backend.install_chunk().max(1)
+        };
+        let mut todo = todo.into_iter().peekable();
+        while todo.peek().is_some() {
+            let items: Vec<(usize, Damage)> = todo.by_ref().take(chunk).collect();
+            let at: Vec<usize> = items.iter().map(|(i, _)| *i).collect();
+            // Indices from the enumeration of `entries` itself.
+            let asked = items.into_iter().map(|(i, why)| (&entries[i].1, why));
+            let results = repairs.repair(asked.collect());
+            for (i, result) in at.into_iter().zip(results) {
+                let (path, entry) = &entries[i];
+                report(&mut pass, kind, dry_run, path, entry, result);
             }
         }
     }
@@ -170,103 +171,44 @@ fn failed(pass: &mut Pass, path: &std::path::Path, entry: &Entry, e: &str) {
     );
 }
 
-impl Repairs<'_> {
-    /// Why the container's rules need reinstalling although CHECK passes:
-    /// its ADD installed the guard (the host's, which CHECK leaves out),
-    /// and reinstalling puts it back.
-    fn guard_lost(&mut self, plan: &Plan) -> Option<Damage> {
-        // Only containers whose ADD installs it (snat, IPv4).
-        plan.localnet_container()?;
-        let backend = &self.backend;
-        let whole = *self
-            .guard
-            .get_or_insert_with(|| backend.localnet_guard().unwrap_or(false));
-        (!whole).then_some(Damage::Guard)
-    }
+/// When the entry was written (its ADD: entries are replaced, never
+/// edited); `None` sorts first, in name order.
+fn added_at(path: &Path) -> Option<SystemTime> {
+    std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+}
 
-    /// What CHECK says of the plan's rules, or what of the guard is lost.
-    fn damage(&mut self, plan: &Plan) -> Option<Damage> {
-        let damage = match self.backend.check(plan) {
-            Ok(Verdict::Whole) => None,
-            Ok(Verdict::Damaged(what)) => Some(format!("{}: {what}", self.backend.name())),
-            Err(e) => Some(e.to_string()),
-        };
-        damage.map(Damage::Rules).or_else(|| self.guard_lost(plan))
-    }
-
-    /// Reinstalls `entry`, found damaged (`why`) by the lockless read,
-    /// under the plugin lock: the entry read again (a DEL may have removed
-    /// it), the container checked again when anybody wrote since.
-    fn repair(&mut self, entry: &Entry, why: Damage) -> Result<Restored, String> {
-        if self.dry_run {
-            return Ok(match why {
-                Damage::Rules(_) if self.stale(entry)? => Restored::Dropped,
-                why => Restored::Reinstalled(why.to_string()),
-            });
-        }
-        if self.locked_before {
-            std::thread::sleep(lock::YIELD);
-        }
-        self.locked_before = true;
-        let _lock = lock::acquire_plugin_lock().map_err(|e| e.msg)?;
-        let key = &entry.request.key;
-        match self.journal.entry(key, &entry.ifname) {
-            Ok(Some(now)) if now == *entry => {}
-            // Its ADD (which installed the rules) or DEL ran meanwhile.
-            Ok(_) => return Ok(Restored::Superseded),
-            Err(e) => return Err(e.to_string()),
-        }
-        let plan = Plan::new(&entry.request);
-        let fresh = self.read_at.is_some() && nfnetlink::generation().ok() == self.read_at;
-        let why = if fresh {
-            why
-        } else {
-            // Somebody wrote since the read: look at this container again.
-            self.guard = None;
-            match self.damage(&plan) {
-                Some(why) => why,
-                None => return Ok(Restored::InPlace),
-            }
-        };
-        // Rules gone with the namespace: the container is (the guard is
-        // the host's, put back whatever became of the container).
-        if matches!(why, Damage::Rules(_)) && self.stale(entry)? {
-            self.journal.remove(key).map_err(|e| e.to_string())?;
-            return Ok(Restored::Dropped);
-        }
-        let known = self.journal.known(key);
-        let installed = self.backend.install(&plan, Some(&known));
-        // Ours or not, a write may have happened: note where nf_tables is.
-        let generation = nfnetlink::generation().ok();
-        self.journal.write_ledger(generation);
-        if fresh {
-            // Only we wrote since the read: the other verdicts still hold.
-            self.read_at = generation;
-        }
-        let receipt = installed.map_err(|e| format!("{e}: {}", e.details()))?;
-        // The rules moved: DEL goes by the new receipt (or reads all).
-        let receipt = receipt.map(|receipt| Receipted {
-            backend: entry.backend,
-            receipt,
-        });
-        let _ = self
-            .journal
-            .write_receipt(key, &entry.ifname, receipt.as_ref());
-        host::after_add(&plan).map_err(|e| e.to_string())?;
-        if plan.localnet_container().is_some() {
-            // The install put the guard back with the rules.
-            self.guard = Some(true);
-        }
-        Ok(Restored::Reinstalled(why.to_string()))
-    }
-
-    /// Whether the entry's namespace is gone (an error: keep the entry).
-    fn stale(&self, entry: &Entry) -> Result<bool, String> {
-        entry.is_stale().map_err(|e| {
-            format!(
-                "skipped, entry kept: cannot tell whether its network namespace {} still exists: {e}",
+/// Counts and prints what the repair of one entry came to.
+fn report(
+    pass: &mut Pass,
+    kind: BackendKind,
+    dry_run: bool,
+    path: &Path,
+    entry: &Entry,
+    result: Result<Restored, String>,
+) {
+    let id = &entry.request.key.container_id;
+    match result {
+        Ok(Restored::InPlace) => pass.in_place += 1,
+        Ok(Restored::Superseded) => pass.superseded += 1,
+        Ok(Restored::Dropped) => {
+            pass.dropped += 1;
+            println!(
+                "{} {id}: its rules are gone and so is its network namespace {}",
+                if dry_run { "would forget" } else { "forgot" },
                 entry.netns
-            )
-        })
+            );
+        }
+        Ok(Restored::Reinstalled(why)) => {
+            pass.reinstalled += 1;
+            let verb = if dry_run {
+                "would reinstall"
+            } else {
+                "reinstalled"
+            };
+            println!("{verb} {id} in {kind} ({why})");
+        }
+        Err(e) => failed(pass, path, entry, &e),
     }
 }
