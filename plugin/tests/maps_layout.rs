@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{config, ours, Rig};
+use common::{config, delete_map_element, ours, Rig};
 use portmap_conformance::toolpath::Tools;
 use portmap_conformance::traffic::EchoServer;
 use serde_json::{json, Value};
@@ -47,20 +47,7 @@ fn maps_layout_end_to_end() {
     assert!(status.stdout.contains(WARNING), "{}", status.stdout);
 
     // An element deleted behind our back: CHECK fails, restore repairs.
-    rig.topo
-        .host
-        .exec(
-            "nft",
-            &[
-                "delete",
-                "element",
-                "ip",
-                "cni_hostport",
-                "hostports_map",
-                "{ tcp . 8080 }",
-            ],
-        )
-        .expect("nft delete element");
+    delete_map_element(&rig, "tcp . 8080");
     let check = rig.call(&ours(), "CHECK", "ctr-a", Some(&c), &cfg);
     assert!(!check.ok(), "CHECK passed without the element");
     assert!(

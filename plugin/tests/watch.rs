@@ -11,7 +11,7 @@ mod watch_support;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{config, ours, tcp_8080};
+use common::{config, delete_map_element, ours, tcp_8080};
 use portmap_conformance::traffic::EchoServer;
 use rstest::rstest;
 use watch_support::{
@@ -294,20 +294,7 @@ fn a_deleted_map_element_comes_back_by_event() {
     cfg["nftablesLayout"] = serde_json::json!("maps");
     rig.must(&ours(), "ADD", "ctr-a", Some(&a), &cfg);
     let watch = Watch::start(&rig, 3600);
-    rig.topo
-        .host
-        .exec(
-            "nft",
-            &[
-                "delete",
-                "element",
-                "ip",
-                "cni_hostport",
-                "hostports_map",
-                "{ tcp . 8080 }",
-            ],
-        )
-        .expect("nft delete element");
+    delete_map_element(&rig, "tcp . 8080");
     let back = back_after(&rig, 8080, "a", Duration::from_secs(4));
     let said = watch.stop();
     let back = back.unwrap_or_else(|| panic!("not restored: {said}"));

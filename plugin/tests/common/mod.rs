@@ -221,20 +221,50 @@ pub fn stop_watch(child: &mut std::process::Child) {
 
 /// What a firewall reload does to us: everything of ours is gone.
 pub fn flush_behind_the_back(rig: &Rig, backend: &str) {
-    let host = &rig.topo.host;
     match backend {
         "nftables" => {
-            host.exec("nft", &["flush", "ruleset"]).expect("nft flush");
+            rig.topo
+                .host
+                .exec("nft", &["flush", "ruleset"])
+                .expect("nft flush");
         }
-        variant => {
-            for tool in [
-                format!("iptables-{variant}"),
-                format!("ip6tables-{variant}"),
-            ] {
-                host.exec(&tool, &["-t", "nat", "-F"]).expect("flush");
-                host.exec(&tool, &["-t", "nat", "-X"])
-                    .expect("delete chains");
-            }
-        }
+        variant => flush_nat(rig, variant),
     }
+}
+
+/// Every rule and chain of both families' nat tables of iptables `variant`.
+pub fn flush_nat(rig: &Rig, variant: &str) {
+    for tool in [
+        format!("iptables-{variant}"),
+        format!("ip6tables-{variant}"),
+    ] {
+        rig.topo
+            .host
+            .exec(&tool, &["-t", "nat", "-F"])
+            .expect("flush");
+        rig.topo
+            .host
+            .exec(&tool, &["-t", "nat", "-X"])
+            .expect("delete chains");
+    }
+}
+
+/// Deletes the v4 map element of `key` (e.g. `tcp . 8080`) behind the
+/// plugin's back.
+pub fn delete_map_element(rig: &Rig, key: &str) {
+    let elem = format!("{{ {key} }}");
+    rig.topo
+        .host
+        .exec(
+            "nft",
+            &[
+                "delete",
+                "element",
+                "ip",
+                "cni_hostport",
+                "hostports_map",
+                &elem,
+            ],
+        )
+        .expect("nft delete element");
 }

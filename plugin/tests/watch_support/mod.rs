@@ -166,22 +166,14 @@ pub fn synthetic(c: &Container, key: &str, i: u32) -> (String, Value) {
 /// Removes our rules behind the plugin's back: our table (nftables), or
 /// the nat table's rules and chains (iptables).
 pub fn flush_ours(rig: &Rig, backend: &str) {
-    let host = &rig.topo.host;
     match backend {
         "nftables" => {
-            host.exec("nft", &["delete", "table", "ip", "cni_hostport"])
+            rig.topo
+                .host
+                .exec("nft", &["delete", "table", "ip", "cni_hostport"])
                 .expect("nft delete table");
         }
-        variant => {
-            for tool in [
-                format!("iptables-{variant}"),
-                format!("ip6tables-{variant}"),
-            ] {
-                host.exec(&tool, &["-t", "nat", "-F"]).expect("flush");
-                host.exec(&tool, &["-t", "nat", "-X"])
-                    .expect("delete chains");
-            }
-        }
+        variant => crate::common::flush_nat(rig, variant),
     }
 }
 
