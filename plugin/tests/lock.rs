@@ -20,17 +20,28 @@ use portmap_conformance::topology::Setup;
 const HOST_LOCK: &str = "/run/portmap.lock";
 const HOST_STATE: &str = "/run/cni/portmap";
 
-/// Holds the host's /run/portmap.lock while it lives (never removed: the
-/// host's own portmap shares this file), and keeps these tests from
-/// overlapping: one dropping its hold would free the other's.
+/// Holds the host's /run/portmap.lock while it lives, and keeps these
+/// tests from overlapping: one dropping its hold would free the other's.
+/// A file the host had is kept (the host's own portmap shares it); one
+/// the test made is removed, still held, so the host is left as found.
 struct HostLock {
     _file: File,
+    made: bool,
     _serial: MutexGuard<'static, ()>,
+}
+
+impl Drop for HostLock {
+    fn drop(&mut self) {
+        if self.made {
+            let _ = std::fs::remove_file(HOST_LOCK);
+        }
+    }
 }
 
 fn hold_host_lock() -> HostLock {
     static SERIAL: Mutex<()> = Mutex::new(());
     let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let made = !Path::new(HOST_LOCK).exists();
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -41,6 +52,7 @@ fn hold_host_lock() -> HostLock {
     file.lock().expect("lock /run/portmap.lock");
     HostLock {
         _file: file,
+        made,
         _serial: serial,
     }
 }

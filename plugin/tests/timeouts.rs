@@ -10,11 +10,11 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{config, ours, tcp_8080, Rig};
-use portmap_conformance::cni::{invoke, Call, Outcome};
+use portmap_conformance::cni::{invoke, lock_path, Call, Outcome};
 use portmap_conformance::toolpath::Tools;
 use portmap_conformance::topology::Container;
 use serde_json::{json, Value};
@@ -101,18 +101,17 @@ fn call(rig: &Rig, command: &str, id: &str, c: &Container, cfg: &Value) -> Outco
     invoke(&ours(), &rig.topo.host, &call).expect("run plugin")
 }
 
-/// The plugin-wide lock (the real path: the plugin has no other) can be
-/// taken; others' invocations hold it only for moments.
-fn assert_lock_free() {
+/// The plugin lock the rig's calls take (`PORTMAP_LOCK`) is free again:
+/// a killed tool left no invocation holding it.
+fn assert_lock_free(rig: &Rig) {
+    let path = lock_path(rig.tools.path());
     let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
         .write(true)
-        .open(Path::new("/run/portmap.lock"))
-        .expect("open lock");
+        .open(&path)
+        .expect("the calls made their lock file");
     let deadline = Instant::now() + Duration::from_secs(3);
     while file.try_lock().is_err() {
-        assert!(Instant::now() < deadline, "/run/portmap.lock stays held");
+        assert!(Instant::now() < deadline, "{} stays held", path.display());
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -175,7 +174,7 @@ fn a_hung_tool_fails_add_applies_nothing_and_frees_the_lock(
     hung.assert_all_dead();
     assert_eq!(hung.pids().len(), 2, "one run, not retried");
     assert_eq!(rig.ruleset(), before, "a killed {tool} applied nothing");
-    assert_lock_free();
+    assert_lock_free(&rig);
 
     // The next invocation neither waits nor finds leftovers.
     hung.restore();
@@ -219,7 +218,7 @@ fn a_hung_conntrack_tool_is_never_run() {
     assert!(!rig.ruleset().contains("5353"), "{}", rig.ruleset());
     assert_eq!(hung.pids(), Vec::<i32>::new(), "the tool never ran");
     hung.restore();
-    assert_lock_free();
+    assert_lock_free(&rig);
 }
 
 /// A runtime that kills the plugin (its own timeout) kills the tool the
