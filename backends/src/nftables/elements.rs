@@ -4,7 +4,7 @@
 
 use super::maps::{Element, MAP};
 use super::TABLE;
-use crate::nfnetlink::{self, attr, attrs, nfproto, nul_terminated, string, NetlinkError};
+use crate::nfnetlink::{self, attr, attrs, nfproto, nul_terminated, NetlinkError};
 use crate::{Family, Protocol};
 use std::net::IpAddr;
 
@@ -17,8 +17,6 @@ const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
 const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_DATA_VALUE: u16 = 1;
-/// libnftnl's element user data: type-length-value, the comment is type 0.
-const NFTNL_UDATA_SET_ELEM_COMMENT: u8 = 0;
 
 /// Every element of `<family> cni_hostport`'s map (none when it is missing).
 pub(super) fn elements(family: Family) -> Result<Vec<Element>, NetlinkError> {
@@ -53,7 +51,7 @@ fn parse(elem: &[u8]) -> Option<Element> {
         match kind {
             NFTA_SET_ELEM_KEY => key = value(v),
             NFTA_SET_ELEM_DATA => data = value(v),
-            NFTA_SET_ELEM_USERDATA => owner = comment(v),
+            NFTA_SET_ELEM_USERDATA => owner = super::kernel::comment_of(v),
             _ => {}
         }
     }
@@ -83,15 +81,4 @@ fn parse(elem: &[u8]) -> Option<Element> {
         to_port: port(to)?,
         owner,
     })
-}
-
-fn comment(mut udata: &[u8]) -> Option<String> {
-    while let [kind, len, rest @ ..] = udata {
-        let value = rest.get(..usize::from(*len))?;
-        if *kind == NFTNL_UDATA_SET_ELEM_COMMENT {
-            return Some(string(value));
-        }
-        udata = rest.get(usize::from(*len)..)?;
-    }
-    None
 }

@@ -237,7 +237,9 @@ fn parse_rule_in(body: &[u8], table: &str) -> Option<KernelRule> {
     })
 }
 
-fn comment_of(mut udata: &[u8]) -> Option<String> {
+/// The comment in nftnl userdata TLVs; rules and set elements both keep
+/// it at type 0 (elements.rs reads elements' owners with it).
+pub(super) fn comment_of(mut udata: &[u8]) -> Option<String> {
     while let [kind, len, rest @ ..] = udata {
         let value = rest.get(..usize::from(*len))?;
         if *kind == NFTNL_UDATA_RULE_COMMENT {
