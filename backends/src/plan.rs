@@ -124,10 +124,33 @@ impl FamilyPlan {
     }
 
     fn map_eligible(&self, r: &Run) -> bool {
-        self.layout == Layout::Maps
-            && self.conditions.is_empty()
-            && r.host_ip.is_none()
-            && !r.is_range()
+        self.in_maps() && r.host_ip.is_none() && !r.is_range()
+    }
+
+    /// Whether the maps layout applies: asked for, and no conditions
+    /// (those keep a container in rules whatever the layout).
+    fn in_maps(&self) -> bool {
+        self.layout == Layout::Maps && self.conditions.is_empty()
+    }
+
+    /// The masquerade sources a set element carries (the maps layout's
+    /// hairpin and localhost); masqAll stays a rule.
+    pub fn masquerade_elements(&self) -> Vec<MasqSource> {
+        self.masquerade
+            .iter()
+            .copied()
+            .filter(|s| self.in_maps() && *s != MasqSource::Any)
+            .collect()
+    }
+
+    /// The masquerade sources left as rules.
+    pub fn masquerade_rules(&self) -> Vec<MasqSource> {
+        let elements = self.masquerade_elements();
+        self.masquerade
+            .iter()
+            .copied()
+            .filter(|s| !elements.contains(s))
+            .collect()
     }
 }
 

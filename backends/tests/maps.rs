@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use portmap_backends::nftables::{Nftables, MAP};
+use portmap_backends::nftables::{Nftables, MAP, MASQ_SET};
 use portmap_backends::plan::Plan;
 use portmap_backends::relayout::relayout;
 use portmap_backends::{
@@ -77,12 +77,13 @@ impl Fixture {
 
     /// The host's own TCP connection to `ip:port` answered by container `tag`.
     fn expect_tag(&self, ip: IpAddr, port: u16, tag: &str) {
-        let got = tcp_ask(
-            self.host(),
-            SocketAddr::new(ip, port),
-            Duration::from_secs(3),
-        )
-        .expect("client");
+        self.expect_tag_from(self.host(), ip, port, tag);
+    }
+
+    /// [`Fixture::expect_tag`] from `client` (a container: hairpin).
+    fn expect_tag_from(&self, client: &Netns, ip: IpAddr, port: u16, tag: &str) {
+        let got =
+            tcp_ask(client, SocketAddr::new(ip, port), Duration::from_secs(3)).expect("client");
         assert!(
             got.as_ref().is_some_and(|a| a.tag == tag),
             "tcp {ip}:{port} answered {got:?}, expected {tag}\n{}",
@@ -131,7 +132,8 @@ fn h6() -> IpAddr {
 }
 
 /// A gets IP X and hostPort P and dies without a DEL; B gets X and P too:
-/// B's element replaces A's, and A's late DEL leaves B answering.
+/// B's elements (port and masquerade) replace A's, and A's late DEL leaves
+/// B answering, the host and itself (hairpin, through the masquerade set).
 #[test]
 fn reused_ip_newest_add_wins_and_a_late_del_keeps_it() {
     let Some(f) = Fixture::new() else { return };
@@ -151,11 +153,13 @@ fn reused_ip_newest_add_wins_and_a_late_del_keeps_it() {
     for port in [8080, 8082] {
         f.expect_tag(h4(), port, "b");
         f.expect_tag(h6(), port, "b");
+        f.expect_tag_from(&b.ns, h4(), port, "b");
+        f.expect_tag_from(&b.ns, h6(), port, "b");
     }
     assert_eq!(f.check(&req_b), Verdict::Whole);
     let after = f.ruleset();
     assert!(!after.contains("\"ctr-a\""), "A survived:\n{after}");
-    assert!(after.contains(MAP), "{after}");
+    assert!(after.contains(MAP) && after.contains(MASQ_SET), "{after}");
     f.del("ctr-b");
     let left = f.ruleset();
     assert!(

@@ -26,8 +26,8 @@ impl Nftables {
             if let Some(why) = compare(plan, fam, read.as_ref().map(|r| r.rules.as_slice()))? {
                 return Ok(Some(why));
             }
-            let Some(read) = read else { continue };
-            let elements = Elements::new(read.elements, read.lookup);
+            let Some(mut read) = read else { continue };
+            let elements = read.take_elements();
             if let Some(why) = elements.compare(fam, id, &table_name(fam.family)) {
                 return Ok(Some(why));
             }
@@ -91,7 +91,8 @@ struct Indexed {
 }
 
 impl Indexed {
-    fn new(family: Family, read: Read) -> Indexed {
+    fn new(family: Family, mut read: Read) -> Indexed {
+        let elements = read.take_elements();
         let listed = read.rules;
         let mut by_owner: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, r) in listed.iter().enumerate() {
@@ -100,7 +101,7 @@ impl Indexed {
             }
         }
         Indexed {
-            elements: Elements::new(read.elements, read.lookup),
+            elements,
             wiring: wiring_missing(family, &listed),
             listed,
             by_owner,

@@ -4,6 +4,7 @@
 use super::kernel;
 use super::kernel::KernelRule;
 use super::maps::{delete_elements_cmd, retire, Element};
+use super::masq::{self, MasqElement};
 use super::render::rule_ref;
 use super::table_ref;
 use super::NftError;
@@ -39,12 +40,7 @@ impl Nftables {
         let mine = |owner: &str, target: Option<IpAddr>| owner == id && known.owns(target);
         let elements = self.elements_where(&mine)?;
         let mut families: BTreeSet<Family> = receipt.rules.iter().map(|r| r.family).collect();
-        families.extend(
-            elements
-                .iter()
-                .filter(|m| !m.ours.is_empty())
-                .map(|m| m.family),
-        );
+        families.extend(elements.iter().filter(|m| m.takes_any()).map(|m| m.family));
         for family in families {
             let mut found = Vec::new();
             for r in receipt.rules.iter().filter(|r| r.family == family) {
@@ -57,10 +53,9 @@ impl Nftables {
             let map = elements.iter().find(|m| m.family == family);
             let last_out = !kernel::others_than(family, &handles)? && map.is_none_or(|m| !m.others);
             let found: Vec<&KernelRule> = found.iter().collect();
-            let ours = map.map(|m| m.ours.as_slice()).unwrap_or_default();
-            let retire = !last_out && map.is_some_and(|m| !m.others && !m.ours.is_empty());
+            let retire = !last_out && map.is_some_and(MapDel::empties);
             closed.extend(delete(
-                &mut batch, &mut extra, family, &found, ours, last_out,
+                &mut batch, &mut extra, family, &found, map, last_out,
             ));
             if retire {
                 extra = retire_map(extra, family)?;
@@ -98,22 +93,17 @@ impl Nftables {
                 .filter(|r| r.owner().is_some())
                 .partition(|r| r.owner().is_some_and(|o| doomed(o, r.target)));
             let map = elements.iter().find(|m| m.family == family);
-            let own_elements = map.map(|m| m.ours.as_slice()).unwrap_or_default();
-            if ours.is_empty() && own_elements.is_empty() {
+            if ours.is_empty() && !map.is_some_and(MapDel::takes_any) {
                 continue;
             }
             ids.extend(ours.iter().filter_map(|r| r.owner()).map(str::to_string));
-            ids.extend(own_elements.iter().filter_map(|e| e.owner.clone()));
+            if let Some(m) = map {
+                ids.extend(m.ours.iter().filter_map(|e| e.owner.clone()));
+                ids.extend(m.masq_ours.iter().filter_map(|e| e.owner.clone()));
+            }
             let last_out = others.is_empty() && map.is_none_or(|m| !m.others);
-            closed.extend(delete(
-                &mut batch,
-                &mut extra,
-                family,
-                &ours,
-                own_elements,
-                last_out,
-            ));
-            if !last_out && map.is_some_and(|m| !m.others && !m.ours.is_empty()) {
+            closed.extend(delete(&mut batch, &mut extra, family, &ours, map, last_out));
+            if !last_out && map.is_some_and(MapDel::empties) {
                 extra = retire_map(extra, family)?;
             }
         }
@@ -130,7 +120,7 @@ impl Nftables {
 }
 
 /// `extra` with the family's element deletions replaced by the removal
-/// of the map they empty (and its lookup rule).
+/// of the map and set they empty (and their lookup rules).
 fn retire_map(
     extra: Vec<serde_json::Value>,
     family: Family,
@@ -147,12 +137,24 @@ fn retire_map(
 /// Which (owner, target) of ours a DEL or GC takes: rules and elements alike.
 pub(super) type Doomed<'d> = &'d dyn Fn(&str, Option<IpAddr>) -> bool;
 
-/// One family's map as a DEL sees it: the elements it takes, and whether
-/// any other stays (then the table stays too).
+/// One family's map and masquerade set as a DEL sees them: the elements
+/// it takes, and whether any other stays (then the table stays too).
 pub(super) struct MapDel {
     family: Family,
     ours: Vec<Element>,
+    masq_ours: Vec<MasqElement>,
     others: bool,
+}
+
+impl MapDel {
+    fn takes_any(&self) -> bool {
+        !self.ours.is_empty() || !self.masq_ours.is_empty()
+    }
+
+    /// Whether it takes the last elements (the layout then goes).
+    fn empties(&self) -> bool {
+        !self.others && self.takes_any()
+    }
 }
 
 impl Nftables {
@@ -167,10 +169,15 @@ impl Nftables {
             let (ours, others): (Vec<Element>, Vec<Element>) = elements
                 .into_iter()
                 .partition(|e| e.owner.as_deref().is_some_and(|o| doomed(o, Some(e.addr))));
+            let masq = masq::read(family)?.unwrap_or_default();
+            let (masq_ours, masq_others): (Vec<MasqElement>, Vec<MasqElement>) = masq
+                .into_iter()
+                .partition(|e| e.owner.as_deref().is_some_and(|o| doomed(o, Some(e.daddr))));
             found.push(MapDel {
                 family,
                 ours,
-                others: !others.is_empty(),
+                masq_ours,
+                others: !others.is_empty() || !masq_others.is_empty(),
             });
         }
         Ok(found)
@@ -178,16 +185,18 @@ impl Nftables {
 }
 
 /// Adds to `batch` the deletion of `rules` by handle (and to `extra` of
-/// `elements` by key) or, for the last container out, of the whole table
-/// (in the same transaction); returns the ports they mapped.
+/// the elements `map` takes, by key) or, for the last container out, of
+/// the whole table (in the same transaction); returns the ports they mapped.
 fn delete(
     batch: &mut Batch<'static>,
     extra: &mut Vec<serde_json::Value>,
     family: Family,
     rules: &[&KernelRule],
-    elements: &[Element],
+    map: Option<&MapDel>,
     last_out: bool,
 ) -> Vec<ClosedPort> {
+    let elements = map.map(|m| m.ours.as_slice()).unwrap_or_default();
+    let masq_elements = map.map(|m| m.masq_ours.as_slice()).unwrap_or_default();
     if last_out {
         batch.delete(NfListObject::Table(table_ref(family)));
     } else {
@@ -196,6 +205,9 @@ fn delete(
         }
         if !elements.is_empty() {
             extra.push(delete_elements_cmd(family, elements));
+        }
+        if !masq_elements.is_empty() {
+            extra.push(masq::delete_cmd(family, masq_elements));
         }
     }
     let element_ports = elements.iter().map(|e| ClosedPort {

@@ -1,8 +1,10 @@
 //! The maps layout's elements over netlink (NFT_MSG_GETSETELEM dump): what
 //! ADD and DEL read, no process. Keys and values are nft concatenations,
-//! each field in a 4-byte register: `proto . port` and `addr . port`.
+//! each field in a 4-byte register: the map's `proto . port` and
+//! `addr . port`, the masquerade set's `saddr . daddr`.
 
 use super::maps::{Element, MAP};
+use super::masq::{MasqElement, MASQ_SET};
 use super::TABLE;
 use crate::nfnetlink::{self, attr, attrs, nfproto, nul_terminated, NetlinkError};
 use crate::{Family, Protocol};
@@ -20,9 +22,22 @@ const NFTA_DATA_VALUE: u16 = 1;
 
 /// Every element of `<family> cni_hostport`'s map (none when it is missing).
 pub(super) fn elements(family: Family) -> Result<Vec<Element>, NetlinkError> {
+    dump(family, MAP, parse)
+}
+
+/// Every element of `<family> cni_hostport`'s masquerade set.
+pub(super) fn masq_elements(family: Family) -> Result<Vec<MasqElement>, NetlinkError> {
+    dump(family, MASQ_SET, parse_masq)
+}
+
+fn dump<T>(
+    family: Family,
+    set: &str,
+    parse: fn(&[u8]) -> Option<T>,
+) -> Result<Vec<T>, NetlinkError> {
     let which = [
         attr(NFTA_SET_ELEM_LIST_TABLE, &nul_terminated(TABLE)),
-        attr(NFTA_SET_ELEM_LIST_SET, &nul_terminated(MAP)),
+        attr(NFTA_SET_ELEM_LIST_SET, &nul_terminated(set)),
     ]
     .concat();
     let mut found = Vec::new();
@@ -45,7 +60,8 @@ fn value(nested: &[u8]) -> Option<&[u8]> {
         .map(|(_, v)| v)
 }
 
-fn parse(elem: &[u8]) -> Option<Element> {
+/// An element's key, data (maps only) and owner (its comment).
+fn fields(elem: &[u8]) -> (Option<&[u8]>, Option<&[u8]>, Option<String>) {
     let (mut key, mut data, mut owner) = (None, None, None);
     for (kind, v) in attrs(elem) {
         match kind {
@@ -55,6 +71,30 @@ fn parse(elem: &[u8]) -> Option<Element> {
             _ => {}
         }
     }
+    (key, data, owner)
+}
+
+fn address(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}
+
+fn parse_masq(elem: &[u8]) -> Option<MasqElement> {
+    let (key, _, owner) = fields(elem);
+    let key = key?;
+    let half = key.len() / 2;
+    Some(MasqElement {
+        saddr: address(key.get(..half)?)?,
+        daddr: address(key.get(half..)?)?,
+        owner,
+    })
+}
+
+fn parse(elem: &[u8]) -> Option<Element> {
+    let (key, data, owner) = fields(elem);
     let (key, data) = (key?, data?);
     let protocol = match key.first()? {
         6 => Protocol::Tcp,
@@ -63,17 +103,8 @@ fn parse(elem: &[u8]) -> Option<Element> {
         _ => return None,
     };
     let port = |b: &[u8]| Some(u16::from_be_bytes(b.get(..2)?.try_into().ok()?));
-    let (addr, to) = match data.len() {
-        8 => (
-            IpAddr::from(<[u8; 4]>::try_from(data.get(..4)?).ok()?),
-            data.get(4..)?,
-        ),
-        20 => (
-            IpAddr::from(<[u8; 16]>::try_from(data.get(..16)?).ok()?),
-            data.get(16..)?,
-        ),
-        _ => return None,
-    };
+    let split = data.len().checked_sub(4)?;
+    let (addr, to) = (address(data.get(..split)?)?, data.get(split..)?);
     Some(Element {
         protocol,
         port: port(key.get(4..)?)?,

@@ -9,6 +9,7 @@
 //! expressions would duplicate nft.
 
 use super::maps::MAP;
+use super::masq::MASQ_SET;
 use super::owner_of;
 use super::CONTAINER_CHAINS;
 use super::TABLE;
@@ -91,6 +92,8 @@ pub(super) enum Shape {
     LocalJump(String),
     /// The maps layout's `dnat ... map @hostports_map` (maps.rs).
     MapLookup,
+    /// Its `ip saddr . ip daddr @hostports_masq masquerade` (masq.rs).
+    MasqLookup,
     Other,
 }
 
@@ -326,11 +329,12 @@ fn shape_of(list: &[Expr<'_>]) -> Shape {
             && fib.be32(NFTA_FIB_DREG) == cmp.be32(NFTA_CMP_SREG)
             && cmp.cmp_value() == Some(&RTN_LOCAL.to_ne_bytes()[..])
     };
-    let lookup = |e: &Expr<'_>| {
-        e.name == "lookup" && e.attr(NFTA_LOOKUP_SET).map(string).as_deref() == Some(MAP)
+    let lookup = |e: &Expr<'_>, set: &str| {
+        e.name == "lookup" && e.attr(NFTA_LOOKUP_SET).map(string).as_deref() == Some(set)
     };
     match list {
-        [.., l, nat] if lookup(l) && nat.name == "nat" => Shape::MapLookup,
+        [.., l, nat] if lookup(l, MAP) && nat.name == "nat" => Shape::MapLookup,
+        [.., l, masq] if lookup(l, MASQ_SET) && masq.name == "masq" => Shape::MasqLookup,
         [j] => jump(j).map_or(Shape::Other, Shape::Jump),
         [fib, cmp, j] if local(fib, cmp) => jump(j).map_or(Shape::Other, Shape::LocalJump),
         _ => Shape::Other,

@@ -4,13 +4,16 @@
 //! stay in front). Each element carries its container ID as comment, so
 //! DEL removes only its own keys and a newer container's element for the
 //! same key survives an older one's late DEL. Written as raw nft JSON: the
-//! nftables crate has no element comments.
+//! nftables crate has no element comments. Masquerading goes in a set made
+//! with the map (masq.rs); the two go, with their lookups, when both empty.
 
 use super::kernel::{self, Shape};
+use super::masq::{self, MasqElement, MasqIndex};
 use super::nf_family_name;
 use super::NftError;
 use super::Nftables;
 use super::HOSTPORTS;
+use super::MASQUERADING;
 use super::TABLE;
 use super::TABLE_COMMENT;
 use crate::exec;
@@ -166,21 +169,36 @@ fn parse_element(pair: &Value) -> Option<Element> {
     })
 }
 
-/// Removes the map and its lookup rule (the map holds no element any
-/// more): the layout leaves nothing behind that upstream's binary could
-/// not remove, and `portmap status` stops warning.
+/// Removes the map, the masquerade set and their lookup rules (neither
+/// holds an element any more): the layout leaves nothing behind that
+/// upstream's binary could not remove, and `portmap status` stops warning.
 pub(super) fn retire(family: Family) -> Result<Vec<Value>, NftError> {
+    let delete_rule = |chain: &str, handle: u32| {
+        json!({"delete": {"rule": {
+            "family": nf_family_name(family), "table": TABLE, "chain": chain, "handle": handle,
+        }}})
+    };
     let mut cmds: Vec<Value> = kernel::rules(family, Some(HOSTPORTS))?
         .iter()
         .filter(|r| r.shape == Shape::MapLookup)
-        .map(|r| {
-            json!({"delete": {"rule": {
-                "family": nf_family_name(family), "table": TABLE, "chain": HOSTPORTS, "handle": r.handle,
-            }}})
-        })
+        .map(|r| delete_rule(HOSTPORTS, r.handle))
         .collect();
+    cmds.extend(
+        masq::lookup_handles(family)?
+            .into_iter()
+            .map(|h| delete_rule(MASQUERADING, h)),
+    );
     cmds.push(json!({"delete": {"map": map_ref(family)}}));
+    if masq::has_set(family)? {
+        cmds.push(masq::delete_set_cmd(family));
+    }
     Ok(cmds)
+}
+
+fn has_lookup(family: Family, chain: &str, shape: Shape) -> Result<bool, NftError> {
+    Ok(kernel::rules(family, Some(chain))?
+        .iter()
+        .any(|r| r.shape == shape))
 }
 
 /// Whether `<family> cni_hostport` has our map: one netlink request, so
@@ -211,56 +229,79 @@ impl Nftables {
         extra: &mut Vec<Value>,
     ) -> Result<(), NftError> {
         let want = expected_elements(fam, id);
-        if want.is_empty() && earlier.is_none() {
+        let want_masq = masq::expected(fam, id);
+        if want.is_empty() && want_masq.is_empty() && earlier.is_none() {
             return Ok(());
         }
         let family = fam.family;
         let current = self.read_map(family)?;
+        let current_masq = match current {
+            Some(_) => masq::read(family)?,
+            None => None,
+        };
+        let own_earlier = |addr: IpAddr| earlier.is_some_and(|k| k.owns(Some(addr)));
         let stale = |e: &Element| {
             let key_wanted = want.iter().any(|w| w.same_key(e));
-            let own =
-                e.owner.as_deref() == Some(id) && earlier.is_some_and(|k| k.owns(Some(e.addr)));
+            let own = e.owner.as_deref() == Some(id) && own_earlier(e.addr);
             (key_wanted && !want.contains(e)) || (own && !key_wanted)
         };
         let held = current.as_deref().unwrap_or_default();
         let gone: Vec<Element> = held.iter().filter(|e| stale(e)).cloned().collect();
         let new: Vec<Element> = want.iter().filter(|w| !held.contains(w)).cloned().collect();
-        if !want.is_empty() {
-            if current.is_none() {
-                self.create_map(family)?;
-                extra.push(add_lookup(family));
-            } else if !kernel::rules(family, Some(HOSTPORTS))?
-                .iter()
-                .any(|r| r.shape == Shape::MapLookup)
-            {
+        let held_masq = current_masq.as_deref().unwrap_or_default();
+        let (gone_masq, new_masq) = masq::plan_changes(held_masq, &want_masq, id, &own_earlier);
+        if !want.is_empty() || !want_masq.is_empty() {
+            if current.is_none() || current_masq.is_none() {
+                self.create_layout(family)?;
+            }
+            if current.is_none() || !has_lookup(family, HOSTPORTS, Shape::MapLookup)? {
                 extra.push(add_lookup(family));
             }
+            if !want_masq.is_empty()
+                && (current_masq.is_none() || !has_lookup(family, MASQUERADING, Shape::MasqLookup)?)
+            {
+                extra.push(masq::add_lookup(family));
+            }
         }
-        if current.is_some() && new.is_empty() && gone.len() == held.len() {
+        let empties = |gone: usize, new: usize, held: usize| new == 0 && gone == held;
+        if current.is_some()
+            && empties(gone.len(), new.len(), held.len())
+            && empties(gone_masq.len(), new_masq.len(), held_masq.len())
+        {
             extra.extend(retire(family)?);
             return Ok(());
         }
         if !gone.is_empty() {
             extra.push(delete_elements_cmd(family, &gone));
         }
+        if !gone_masq.is_empty() {
+            extra.push(masq::delete_cmd(family, &gone_masq));
+        }
         if !new.is_empty() {
             extra.push(add_elements_cmd(family, &new));
+        }
+        if !new_masq.is_empty() {
+            extra.push(masq::add_cmd(family, &new_masq));
         }
         Ok(())
     }
 
-    /// Creates the (empty) map, and the table and chain it needs, in a
-    /// transaction of its own before ADD's: nft 1.0.6's JSON input cannot
-    /// declare a map whose values are a concatenation (it makes a set),
-    /// its text syntax can. Empty and not yet looked up, it changes no
-    /// packet's fate; ADD's transaction then adds the lookup and elements.
-    fn create_map(&self, family: Family) -> Result<(), NftError> {
+    /// Creates the (empty) map and masquerade set, and the table and chain
+    /// they need, in a transaction of its own before ADD's: nft 1.0.6's
+    /// JSON input cannot declare a map whose values are a concatenation
+    /// (it makes a set), its text syntax can. Empty and not yet looked
+    /// up, they change no packet's fate; ADD's transaction then adds the
+    /// lookups and elements. `add` of what exists changes nothing.
+    fn create_layout(&self, family: Family) -> Result<(), NftError> {
         let fam = nf_family_name(family);
         let text = format!(
             "add table {fam} {TABLE} {{ comment \"{TABLE_COMMENT}\"; }}\n\
              add chain {fam} {TABLE} {HOSTPORTS}\n\
-             add map {fam} {TABLE} {MAP} {{ type inet_proto . inet_service : {} . inet_service; }}\n",
-            addr_type(family)
+             add map {fam} {TABLE} {MAP} {{ type inet_proto . inet_service : {} . inet_service; }}\n\
+             add set {fam} {TABLE} {} {{ type {}; }}\n",
+            addr_type(family),
+            masq::MASQ_SET,
+            masq::set_type(family),
         );
         let action = format!("create map {fam} {TABLE} {MAP}");
         let out = self.run(&["-f", "-"], Some(&text), exec::NFT_APPLY, &action)?;
@@ -288,19 +329,21 @@ impl Nftables {
     }
 }
 
-/// One family's elements, by key and by owner (CHECK of one plan or of
-/// every journaled one against one read).
+/// One family's elements, by key and by owner, and its masquerade set
+/// (CHECK of one plan or of every journaled one against one read).
 #[derive(Debug, Default)]
 pub(super) struct Elements {
     by_key: BTreeMap<(Protocol, u16), Element>,
     by_owner: BTreeMap<String, Vec<Element>>,
     lookup: bool,
+    masq: MasqIndex,
 }
 
 impl Elements {
-    pub(super) fn new(elements: Vec<Element>, lookup: bool) -> Elements {
+    pub(super) fn new(elements: Vec<Element>, lookup: bool, masq: MasqIndex) -> Elements {
         let mut index = Elements {
             lookup,
+            masq,
             ..Elements::default()
         };
         for e in elements {
@@ -319,6 +362,11 @@ impl Elements {
     /// What of `fam`'s elements (container `id`) is missing, points
     /// elsewhere or is extra; `None` when exact. `table` names the table.
     pub(super) fn compare(&self, fam: &FamilyPlan, id: &str, table: &str) -> Option<String> {
+        self.compare_map(fam, id, table)
+            .or_else(|| self.masq.compare(fam, id, table))
+    }
+
+    fn compare_map(&self, fam: &FamilyPlan, id: &str, table: &str) -> Option<String> {
         let want = expected_elements(fam, id);
         if !want.is_empty() && !self.lookup {
             return Some(format!(
@@ -357,10 +405,12 @@ impl Elements {
 }
 
 /// `containers` (read from rules) with the mappings map elements hold
-/// added to their owners (a container with elements only is listed too).
+/// added to their owners (a container with elements only is listed too),
+/// and snat for the owners of masquerade elements.
 pub(super) fn with_elements(
     mut containers: Vec<InstalledContainer>,
     elements: &[(Family, Vec<Element>)],
+    masq: &[MasqElement],
 ) -> Vec<InstalledContainer> {
     for (family, elements) in elements {
         for e in elements {
@@ -392,6 +442,13 @@ pub(super) fn with_elements(
         }
     }
     for c in &mut containers {
+        if masq
+            .iter()
+            .any(|e| e.owner.as_ref() == Some(&c.container_id))
+        {
+            c.options.snat = true;
+            c.options.map_elements = true;
+        }
         c.mappings.sort();
     }
     containers.sort_by(|a, b| a.container_id.cmp(&b.container_id));

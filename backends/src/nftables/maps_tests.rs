@@ -6,7 +6,7 @@ use crate::plan::tests::{addr, golden_request};
 use crate::{Layout, Protocol, Request};
 use portmap_conformance::netns::{prerequisites, Netns};
 
-fn maps(req: Request) -> Request {
+pub(super) fn maps(req: Request) -> Request {
     Request {
         layout: Layout::Maps,
         ..req
@@ -14,7 +14,7 @@ fn maps(req: Request) -> Request {
 }
 
 /// A container `id` at `ip` mapping tcp `port` to 80, maps layout.
-fn one(id: &str, ip: &str, port: u16) -> Plan {
+pub(super) fn one(id: &str, ip: &str, port: u16) -> Plan {
     let mut req = maps(golden_request());
     req.key.container_id = id.into();
     req.v4 = Some(addr(ip));
@@ -23,7 +23,7 @@ fn one(id: &str, ip: &str, port: u16) -> Plan {
     Plan::new(&req)
 }
 
-fn nft_cmd(args: &[&str]) {
+pub(super) fn nft_cmd(args: &[&str]) {
     let out = std::process::Command::new("nft")
         .args(args)
         .output()
@@ -54,7 +54,7 @@ fn elements(nft: &Nftables, family: Family) -> Vec<Element> {
     e
 }
 
-fn damaged(nft: &Nftables, plan: &Plan) -> String {
+pub(super) fn damaged(nft: &Nftables, plan: &Plan) -> String {
     match nft.check(plan).expect("check") {
         Verdict::Damaged(why) => why,
         Verdict::Whole => panic!("CHECK passed a damaged container"),

@@ -35,6 +35,9 @@ mod kernel;
 mod maps;
 #[cfg(test)]
 mod maps_tests;
+mod masq;
+#[cfg(test)]
+mod masq_tests;
 mod read;
 mod render;
 #[cfg(test)]
@@ -45,6 +48,7 @@ use add::skeleton_intact;
 pub use conditions::parse_conditions;
 pub use guard::{guard_intact, GUARD_CHAIN, GUARD_TABLE};
 pub use maps::MAP;
+pub use masq::MASQ_SET;
 
 /// Containers per restore transaction (see `Backend::install_chunk`).
 const INSTALL_CHUNK: usize = 100;
@@ -203,12 +207,14 @@ impl Nftables {
     fn list_inner(&self) -> Result<Vec<InstalledContainer>, NftError> {
         let mut tables = Vec::new();
         let mut elements = Vec::new();
+        let mut masq = Vec::new();
         for family in [Family::V4, Family::V6] {
             let read = self.read_all(family, &|_, _| true)?.unwrap_or_default();
             elements.push((family, read.elements));
+            masq.extend(read.masq);
             tables.push((family, read.rules));
         }
-        Ok(maps::with_elements(containers(&tables), &elements))
+        Ok(maps::with_elements(containers(&tables), &elements, &masq))
     }
 }
 

@@ -3,7 +3,8 @@
 //! into containers, mappings and options (`list`, `migrate`, DEL's
 //! conntrack flush).
 
-use super::maps::{parse_map, Element, MAP};
+use super::maps::{parse_map, Element, Elements, MAP};
+use super::masq::{parse_set, MasqElement, MasqIndex, MASQ_SET};
 use super::nf_family_name;
 use super::owner;
 use super::NftError;
@@ -42,6 +43,8 @@ pub(super) struct ListedItem<'a> {
     rule: Option<ListedRule<'a>>,
     #[serde(default)]
     map: Option<serde_json::Value>,
+    #[serde(default)]
+    set: Option<serde_json::Value>,
 }
 
 #[derive(serde::Deserialize)]
@@ -64,13 +67,23 @@ pub(super) struct Listed {
     pub(super) expr: Vec<Statement<'static>>,
 }
 
-/// One family's listed table: rules, and the maps layout's elements and
-/// whether its lookup rule is there.
+/// One family's listed table: rules, and the maps layout's elements (map
+/// and masquerade set) and whether their lookup rules are there.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Read {
     pub(super) rules: Vec<Listed>,
     pub(super) elements: Vec<Element>,
     pub(super) lookup: bool,
+    pub(super) masq: Vec<MasqElement>,
+    pub(super) masq_lookup: bool,
+}
+
+impl Read {
+    /// The elements, indexed for CHECK (taken out of the read).
+    pub(super) fn take_elements(&mut self) -> Elements {
+        let masq = MasqIndex::new(std::mem::take(&mut self.masq), self.masq_lookup);
+        Elements::new(std::mem::take(&mut self.elements), self.lookup, masq)
+    }
 }
 
 impl Nftables {
@@ -109,12 +122,21 @@ impl Nftables {
             if let Some(elements) = item.map.as_ref().and_then(parse_map) {
                 read.elements = elements;
             }
+            if let Some(elements) = item.set.as_ref().and_then(parse_set) {
+                read.masq = elements;
+            }
             let Some(r) = item.rule else { continue };
-            if r.chain == HOSTPORTS
-                && r.comment.is_none()
-                && r.expr.get().contains(&format!("\"@{MAP}\""))
-            {
+            let looks_up = |chain: &str, set: &str| {
+                r.chain == chain
+                    && r.comment.is_none()
+                    && r.expr.get().contains(&format!("\"@{set}\""))
+            };
+            if looks_up(HOSTPORTS, MAP) {
                 read.lookup = true;
+                continue;
+            }
+            if looks_up(MASQUERADING, MASQ_SET) {
+                read.masq_lookup = true;
                 continue;
             }
             let expr = if wanted(&r.chain, r.comment.as_deref()) {

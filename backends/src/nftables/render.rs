@@ -253,7 +253,7 @@ pub(super) fn expected_rules(
         })));
         rules.push((HOSTPORTS, expr));
     }
-    for source in &fam.masquerade {
+    for source in &fam.masquerade_rules() {
         let saddr = match source {
             MasqSource::Container => addr_expr(fam.container.addr),
             MasqSource::Localhost => Expression::String("127.0.0.1".into()),
