@@ -12,6 +12,9 @@ use crate::topology::Setup;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Axis {
     Nftables,
+    /// nftables with `"nftablesLayout": "maps"` (ours only: upstream
+    /// ignores the key).
+    NftablesMaps,
     IptablesNft,
     IptablesLegacy,
     /// No `backend` key: the plugin chooses among this host's own tools.
@@ -19,8 +22,9 @@ pub enum Axis {
 }
 
 impl Axis {
-    pub const ALL: [Axis; 4] = [
+    pub const ALL: [Axis; 5] = [
         Axis::Nftables,
+        Axis::NftablesMaps,
         Axis::IptablesNft,
         Axis::IptablesLegacy,
         Axis::Auto,
@@ -29,6 +33,7 @@ impl Axis {
     pub fn name(self) -> &'static str {
         match self {
             Axis::Nftables => "nftables",
+            Axis::NftablesMaps => "nftables-maps",
             Axis::IptablesNft => "iptables-nft",
             Axis::IptablesLegacy => "iptables-legacy",
             Axis::Auto => "auto",
@@ -59,10 +64,22 @@ impl Axis {
     /// The config's `backend` key on this axis (none for auto).
     pub fn backend_key(self) -> Option<&'static str> {
         match self {
-            Axis::Nftables => Some("nftables"),
+            Axis::Nftables | Axis::NftablesMaps => Some("nftables"),
             Axis::IptablesNft | Axis::IptablesLegacy => Some("iptables"),
             Axis::Auto => None,
         }
+    }
+
+    /// `cfg` with this axis's keys: `backend` (none for auto) and, for
+    /// nftables-maps, `nftablesLayout`.
+    pub fn keyed(self, mut cfg: serde_json::Value) -> serde_json::Value {
+        if let Some(b) = self.backend_key() {
+            cfg["backend"] = serde_json::json!(b);
+        }
+        if self == Axis::NftablesMaps {
+            cfg["nftablesLayout"] = serde_json::json!("maps");
+        }
+        cfg
     }
 }
 

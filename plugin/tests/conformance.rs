@@ -105,7 +105,7 @@ fn cell(
         "client-multus"
     )]
     scenario: &str,
-    #[values("nftables", "iptables-nft", "iptables-legacy", "auto")] backend: &str,
+    #[values("nftables", "nftables-maps", "iptables-nft", "iptables-legacy", "auto")] backend: &str,
     #[values(Setup::Veth, Setup::Chain)] setup: Setup,
 ) {
     if !prerequisites(&[

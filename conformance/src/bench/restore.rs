@@ -164,7 +164,7 @@ fn reinstall(world: &World<'_>, ours: &Binary<'_>, n: usize) -> Result<Reinstall
             .map_err(|e| cli_error(world, tool, e.to_string()))
     };
     match world.axis {
-        Axis::Nftables => flush("nft", &["flush", "ruleset"])?,
+        Axis::Nftables | Axis::NftablesMaps => flush("nft", &["flush", "ruleset"])?,
         Axis::IptablesNft | Axis::IptablesLegacy => {
             let variant = if world.axis == Axis::IptablesNft {
                 "nft"

@@ -80,7 +80,9 @@ fn lifecycle(ctx: &Ctx, client: Client) -> Result<(), String> {
     let _tcp = EchoServer::start(&pod.ns, "pod", TCP.1).map_err(|e| e.to_string())?;
     let _udp = EchoServer::start(&pod.ns, "pod", UDP.1).map_err(|e| e.to_string())?;
     let backend = ctx.axis.backend_key();
-    let add = client.add_config(&pod.prev_result(true, false), backend);
+    let add = ctx
+        .axis
+        .keyed(client.add_config(&pod.prev_result(true, false), backend));
     let call = |command, cfg: &_, netns| send(ctx, client, command, cfg, netns);
     call("ADD", &add, Some(&pod))?;
     if client.sends_check() {
@@ -134,7 +136,9 @@ fn multus(ctx: &Ctx) -> Result<(), String> {
         pod_ports,
         json!({"capabilities": {"portMappings": true}}),
     );
-    let net1_cfg = client.add_config(&net1.prev_result(true, false), backend);
+    let net1_cfg = ctx
+        .axis
+        .keyed(client.add_config(&net1.prev_result(true, false), backend));
     let (host_a, host_b) = (Network::Primary.host(false), Network::Secondary.host(false));
     let eth0_answers = |when: &str| {
         ctx.expect_answer(ctx.host(), host_a, MULTUS_POD_TCP.0, "eth0")

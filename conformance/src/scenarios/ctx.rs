@@ -29,7 +29,7 @@ impl Firewall {
     /// plain `iptables` is (`offered`: what the tool directory was made with).
     fn expected(axis: Axis, offered: Tools, tools: &ToolDir, host: &Netns) -> Firewall {
         match axis {
-            Axis::Nftables => Firewall::Nftables,
+            Axis::Nftables | Axis::NftablesMaps => Firewall::Nftables,
             Axis::IptablesNft => Firewall::Iptables(IptablesVariant::Nft),
             Axis::IptablesLegacy => Firewall::Iptables(IptablesVariant::Legacy),
             Axis::Auto => {
@@ -153,14 +153,11 @@ impl Ctx {
 
     /// [`Ctx::config`] of the network called `name`.
     pub fn config_named(&self, name: &str, prev: Value, mappings: Value, extra: Value) -> Value {
-        let mut cfg = json!({
+        let mut cfg = self.axis.keyed(json!({
             "cniVersion": self.cni_version, "name": name, "type": "portmap",
             "runtimeConfig": {"portMappings": mappings},
             "prevResult": result_in_version(&prev, &self.cni_version)
-        });
-        if let Some(b) = self.axis.backend_key() {
-            cfg["backend"] = json!(b);
-        }
+        }));
         if let (Some(o), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
             o.extend(e.clone());
         }

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::ctx::{always, ensure, maps, Ctx, Firewall, Scenario, NET};
 use super::reach::with_container;
+use crate::matrix::Axis;
 use crate::topology::{HOST_V4, REMOTE_V4};
 use crate::traffic::{udp_ask, EchoServer};
 
@@ -38,6 +39,12 @@ pub(super) fn needs_reference(ctx: &Ctx) -> Option<String> {
     let Some(reference) = &ctx.reference else {
         return Some("no --reference binary given".to_string());
     };
+    if ctx.axis == Axis::NftablesMaps {
+        return Some(
+            "upstream's binary cannot delete map elements (portmap migrate --layout rules first)"
+                .to_string(),
+        );
+    }
     if ctx.firewall != Firewall::Nftables {
         return None;
     }

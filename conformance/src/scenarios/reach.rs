@@ -127,7 +127,9 @@ fn sctp(ctx: &Ctx) -> Result<(), String> {
     with_container(ctx, true, false, maps("sctp", [3868]), json!({}), |_| {
         let rules = ctx.ruleset();
         ensure(
-            rules.contains("sctp dport 3868") || rules.contains("-p sctp -m sctp --dport 3868"),
+            rules.contains("sctp dport 3868")
+                || rules.contains("-p sctp -m sctp --dport 3868")
+                || rules.contains("sctp . 3868 comment"),
             || "no SCTP rule for port 3868 in the ruleset".to_string(),
         )
     })
