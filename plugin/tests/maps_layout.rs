@@ -199,3 +199,47 @@ fn upstream_beside_a_maps_container() {
     );
     rig.must(&upstream, "DEL", "ctr-up", Some(&theirs), &up_cfg);
 }
+
+/// Two live containers on one hostPort (maps): the newer one's element
+/// wins and restore leaves it alone (the older one's key is shadowed, as a
+/// rule would be: no flapping between them on each pass); once the newer
+/// one is deleted, the older one's key is missing and restore gives it back.
+#[test]
+fn restore_leaves_a_newer_containers_key_alone() {
+    let Some(rig) = Rig::new(Tools::default()) else {
+        return;
+    };
+    let older = rig.topo.container("c0", 5).expect("container");
+    let newer = rig.topo.container("c1", 6).expect("container");
+    let _s0 = EchoServer::start(&older.ns, "c0", 80).expect("echo");
+    let _s1 = EchoServer::start(&newer.ns, "c1", 80).expect("echo");
+    let (cfg_old, cfg_new) = (
+        maps_config(&older, 8080, "maps"),
+        maps_config(&newer, 8080, "maps"),
+    );
+    rig.must(&ours(), "ADD", "ctr-old", Some(&older), &cfg_old);
+    rig.must(&ours(), "ADD", "ctr-new", Some(&newer), &cfg_new);
+    assert_eq!(rig.answers(8080).as_deref(), Some("c1"));
+    rig.must(&ours(), "CHECK", "ctr-old", Some(&older), &cfg_old);
+    for pass in 0..2 {
+        let restored = rig.cli(&["restore"]);
+        assert_eq!(restored.exit, Some(0), "{}", restored.summary());
+        assert!(
+            restored
+                .stdout
+                .contains("reinstalled 0 container(s), 2 in place"),
+            "pass {pass}: {}",
+            restored.stdout
+        );
+        assert_eq!(rig.answers(8080).as_deref(), Some("c1"), "pass {pass}");
+    }
+    rig.must(&ours(), "DEL", "ctr-new", Some(&newer), &cfg_new);
+    let restored = rig.cli(&["restore"]);
+    assert!(
+        restored.stdout.contains("reinstalled ctr-old"),
+        "{}",
+        restored.summary()
+    );
+    assert_eq!(rig.answers(8080).as_deref(), Some("c0"));
+    rig.must(&ours(), "DEL", "ctr-old", Some(&older), &cfg_old);
+}

@@ -381,6 +381,11 @@ impl Elements {
                         w.describe()
                     ))
                 }
+                // A newer ADD's element for the key: shadowed, as a rule
+                // behind a newer container's rule is (CHECK passes, and
+                // a restore pass does not take the key back for the
+                // older container, which would then flap between them).
+                Some(e) if e.owner.as_ref().is_some_and(|o| o != id) => {}
                 Some(e) if e != w => {
                     return Some(format!(
                     "table {table}: map {MAP} holds {} of container {} where container {id} has {}",
