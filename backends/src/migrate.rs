@@ -194,27 +194,7 @@ fn move_one(
     if dry_run {
         return Ok(moved);
     }
-    let step = |step: &'static str, backend: &dyn Backend| {
-        let id = c.container_id.clone();
-        let name = backend.name();
-        move |source| MigrateError::Step {
-            container_id: id,
-            step,
-            backend: name,
-            source: Box::new(source),
-        }
-    };
-    let plan = Plan::new(&req);
-    target
-        .install(&plan, Some(known))
-        .map_err(step("add", target))?;
-    if let Verdict::Damaged(what) = target.check(&plan).map_err(step("check", target))? {
-        return Err(MigrateError::NotWhole {
-            container_id: c.container_id.clone(),
-            backend: target.name(),
-            what,
-        });
-    }
+    install_whole(target, &Plan::new(&req), known, "add")?;
     // The source keys by what it recorded (iptables: network + ID).
     let source_key = ContainerKey {
         network: c.network.clone().unwrap_or_default(),
@@ -222,8 +202,47 @@ fn move_one(
     };
     source
         .del(&source_key, known, None)
-        .map_err(step("delete", source))?;
+        .map_err(step_failed(&c.container_id, "delete", source))?;
     Ok(moved)
+}
+
+/// Installs `plan` in `target` (replacing what `known` owns), then CHECKs
+/// it: an error unless it is whole. `step` names the install in errors.
+pub(crate) fn install_whole(
+    target: &dyn Backend,
+    plan: &Plan,
+    known: &Known,
+    step: &'static str,
+) -> Result<(), MigrateError> {
+    let id = &plan.key.container_id;
+    target
+        .install(plan, Some(known))
+        .map_err(step_failed(id, step, target))?;
+    match target
+        .check(plan)
+        .map_err(step_failed(id, "check", target))?
+    {
+        Verdict::Whole => Ok(()),
+        Verdict::Damaged(what) => Err(MigrateError::NotWhole {
+            container_id: id.clone(),
+            backend: target.name(),
+            what,
+        }),
+    }
+}
+
+fn step_failed(
+    id: &str,
+    step: &'static str,
+    backend: &dyn Backend,
+) -> impl FnOnce(crate::BackendError) -> MigrateError {
+    let (container_id, backend) = (id.to_string(), backend.name());
+    move |source| MigrateError::Step {
+        container_id,
+        step,
+        backend,
+        source: Box::new(source),
+    }
 }
 
 /// The request that re-creates `c`'s rules in `target`. `subnet_prefix`

@@ -3,7 +3,9 @@
 //! re-ADD deletes its own rules and elements and writes the new ones),
 //! then checked; the map goes with its last element.
 
-use crate::migrate::{attachments_of, known_of, request_of, MigrateError, Moved, Report};
+use crate::migrate::{
+    attachments_of, install_whole, known_of, request_of, MigrateError, Moved, Report,
+};
 use crate::{Attachment, Backend, BackendKind, Layout, Plan, Request, Verdict};
 
 /// Re-lays out every container `nft` (the nftables backend) lists that is
@@ -60,39 +62,14 @@ pub fn relayout(
         if verdict == Verdict::Whole {
             continue;
         }
-        let id = plan.key.container_id.clone();
-        let step = |step: &'static str| {
-            let id = id.clone();
-            move |source| MigrateError::Step {
-                container_id: id,
-                step,
-                backend: nft.name(),
-                source: Box::new(source),
-            }
-        };
         if !dry_run {
-            if let Err(e) = nft.install(plan, Some(known)).map_err(step("re-add")) {
+            if let Err(e) = install_whole(nft, plan, known, "re-add") {
                 report.failed.push(e);
                 continue;
             }
-            match nft.check(plan).map_err(step("check")) {
-                Ok(Verdict::Whole) => {}
-                Ok(Verdict::Damaged(what)) => {
-                    report.failed.push(MigrateError::NotWhole {
-                        container_id: id,
-                        backend: nft.name(),
-                        what,
-                    });
-                    continue;
-                }
-                Err(e) => {
-                    report.failed.push(e);
-                    continue;
-                }
-            }
         }
         report.moved.push(Moved {
-            container_id: id,
+            container_id: plan.key.container_id.clone(),
             network: plan.key.network.clone(),
             from: BackendKind::Nftables,
             to: BackendKind::Nftables,
