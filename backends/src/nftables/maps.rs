@@ -104,28 +104,33 @@ fn key(e: &Element) -> Value {
     json!({"concat": [e.protocol.as_str(), e.port]})
 }
 
+/// A key with its owner as comment (nft JSON's element form).
+pub(super) fn owned(key: Value, owner: Option<&String>) -> Value {
+    match owner {
+        Some(id) => json!({"elem": {"val": key, "comment": id}}),
+        None => key,
+    }
+}
+
+/// `{"<verb>": {"element": <set> + elem}}`: elements added to or deleted
+/// from the map or set `set` (a `map_ref`-shaped object).
+pub(super) fn element_cmd(verb: &str, mut set: Value, elem: Vec<Value>) -> Value {
+    set["elem"] = Value::Array(elem);
+    json!({ verb: {"element": set} })
+}
+
 pub(super) fn add_elements_cmd(family: Family, elems: &[Element]) -> Value {
-    let elem: Vec<Value> = elems
-        .iter()
-        .map(|e| {
-            let val = match &e.owner {
-                Some(id) => json!({"elem": {"val": key(e), "comment": id}}),
-                None => key(e),
-            };
-            json!([val, {"concat": [e.addr.to_string(), e.to_port]}])
-        })
-        .collect();
-    let mut obj = map_ref(family);
-    obj["elem"] = Value::Array(elem);
-    json!({"add": {"element": obj}})
+    let elem = elems.iter().map(|e| {
+        let value = json!({"concat": [e.addr.to_string(), e.to_port]});
+        json!([owned(key(e), e.owner.as_ref()), value])
+    });
+    element_cmd("add", map_ref(family), elem.collect())
 }
 
 /// Deletes elements by key (the kernel deletes whatever value it holds:
 /// callers only pass keys they read as theirs, under the global lock).
 pub(super) fn delete_elements_cmd(family: Family, elems: &[Element]) -> Value {
-    let mut obj = map_ref(family);
-    obj["elem"] = Value::Array(elems.iter().map(key).collect());
-    json!({"delete": {"element": obj}})
+    element_cmd("delete", map_ref(family), elems.iter().map(key).collect())
 }
 
 /// The elements of a listed `{"map": ...}` object of ours (`None` for

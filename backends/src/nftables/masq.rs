@@ -8,6 +8,7 @@
 //! element does the same whoever added it), DEL takes only its own.
 
 use super::kernel::{self, Shape};
+use super::maps::{element_cmd, owned};
 use super::nf_family_name;
 use super::{MASQUERADING, TABLE};
 use crate::nfnetlink::{self, attr, nfproto, nul_terminated, NetlinkError};
@@ -76,24 +77,14 @@ fn key(e: &MasqElement) -> Value {
 }
 
 pub(super) fn add_cmd(family: Family, elems: &[MasqElement]) -> Value {
-    let elem: Vec<Value> = elems
-        .iter()
-        .map(|e| match &e.owner {
-            Some(id) => json!({"elem": {"val": key(e), "comment": id}}),
-            None => key(e),
-        })
-        .collect();
-    let mut obj = set_ref(family);
-    obj["elem"] = Value::Array(elem);
-    json!({"add": {"element": obj}})
+    let elem = elems.iter().map(|e| owned(key(e), e.owner.as_ref()));
+    element_cmd("add", set_ref(family), elem.collect())
 }
 
 /// Deletes elements by key (callers pass only keys they read as theirs,
 /// under the global lock).
 pub(super) fn delete_cmd(family: Family, elems: &[MasqElement]) -> Value {
-    let mut obj = set_ref(family);
-    obj["elem"] = Value::Array(elems.iter().map(key).collect());
-    json!({"delete": {"element": obj}})
+    element_cmd("delete", set_ref(family), elems.iter().map(key).collect())
 }
 
 pub(super) fn delete_set_cmd(family: Family) -> Value {
