@@ -5,7 +5,7 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::maps::Elements;
+use super::maps_read::Elements;
 use super::read::{listed_target, Listed, Read};
 use super::render::{describe, expected_rules, jump_target, wiring_rules};
 use super::{

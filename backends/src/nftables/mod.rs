@@ -33,6 +33,7 @@ mod elements;
 mod guard;
 mod kernel;
 mod maps;
+mod maps_read;
 #[cfg(test)]
 mod maps_tests;
 mod masq;
@@ -214,7 +215,11 @@ impl Nftables {
             masq.extend(read.masq);
             tables.push((family, read.rules));
         }
-        Ok(maps::with_elements(containers(&tables), &elements, &masq))
+        Ok(maps_read::with_elements(
+            containers(&tables),
+            &elements,
+            &masq,
+        ))
     }
 }
 

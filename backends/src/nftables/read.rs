@@ -3,7 +3,8 @@
 //! into containers, mappings and options (`list`, `migrate`, DEL's
 //! conntrack flush).
 
-use super::maps::{parse_map, Element, Elements, MAP};
+use super::maps::{parse_map, Element, MAP};
+use super::maps_read::Elements;
 use super::masq::{parse_set, MasqElement, MasqIndex, MASQ_SET};
 use super::nf_family_name;
 use super::owner;
