@@ -307,7 +307,7 @@ pub(super) fn exprs(list: &[u8]) -> Vec<Expr<'_>> {
 /// `jump <chain>` and `fib daddr type local jump <chain>` as nft encodes
 /// them: an immediate verdict, after a fib address-type lookup into the
 /// register a compare with RTN_LOCAL reads.
-fn shape_of(list: &[Expr<'_>]) -> Shape {
+pub(super) fn shape_of(list: &[Expr<'_>]) -> Shape {
     let jump = |e: &Expr<'_>| {
         if e.name != "immediate" || e.be32(NFTA_IMMEDIATE_DREG) != Some(NFT_REG_VERDICT) {
             return None;

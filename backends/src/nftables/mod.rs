@@ -28,8 +28,11 @@ use crate::{
 mod add;
 mod check;
 mod conditions;
+mod decode;
 mod del;
 mod elements;
+#[cfg(test)]
+mod fast_tests;
 mod guard;
 mod kernel;
 mod maps;
