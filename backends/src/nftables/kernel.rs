@@ -6,7 +6,9 @@
 //! install (its [`Shape`]) and, for DEL's conntrack flush, the protocol and
 //! port a DNAT rule matches. CHECK and `list` compare and describe whole
 //! rules and keep `nft -j` (read.rs): rebuilding nft's JSON from netlink
-//! expressions would duplicate nft.
+//! expressions would duplicate nft. The restore pass first proves plans
+//! whole from a dump decoded strictly into our own rules (decode.rs), and
+//! keeps `nft -j` for what that cannot prove.
 
 use super::maps::MAP;
 use super::owner_of;

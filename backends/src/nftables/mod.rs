@@ -1,10 +1,12 @@
 //! nftables backend: the upstream `cni_hostport` layout, applied as one
 //! `nft -j` transaction per command. Parts: `add` (what ADD reads, its
 //! transaction and receipt), `del` (DEL and GC, by receipt or from dumps),
-//! `kernel` (our rules over netlink), `render` (the plan as nftables
-//! objects), `read` (`nft -j list table` back into containers, for CHECK
-//! and `list`), `check` (CHECK's comparison, one plan or many per read), `conditions` (conditionsV4/V6 words into matches), and
-//! here the errors and the `Backend` commands.
+//! `kernel` (our rules over netlink), `decode` (the restore pass's strict
+//! netlink decoding), `render` (the plan as nftables objects), `read`
+//! (`nft -j list table` back into containers, for CHECK and `list`),
+//! `check` (CHECK's comparison, one plan or many per read), `conditions`
+//! (conditionsV4/V6 words into matches), and here the errors and the
+//! `Backend` commands.
 //!
 //! Where we differ from upstream on purpose: hostports rules are inserted
 //! (newest container wins, as with iptables) and carry that container's
