@@ -342,7 +342,9 @@ fn decode(family: Family, list: &[Expr<'_>]) -> Option<Decoded> {
         _ => None,
     };
     let nat = c.next()?;
-    if !c.rest.is_empty() || nat.be32(1)? != NAT_DNAT {
+    // nft's own registers: the address in 1, the port in 2 (so neither
+    // immediate can have overwritten the other).
+    if !c.rest.is_empty() || nat.be32(1)? != NAT_DNAT || addr_reg != 1 {
         return None;
     }
     let same =
@@ -355,7 +357,8 @@ fn decode(family: Family, list: &[Expr<'_>]) -> Option<Decoded> {
             ok.then_some(None)?
         }
         Some((port_reg, value)) => {
-            let ok = nat.is("nat", &[1, 2, 3, 4, 5, 6, 7])
+            let ok = port_reg == 2
+                && nat.is("nat", &[1, 2, 3, 4, 5, 6, 7])
                 && same(3, 4, addr_reg)
                 && same(5, 6, port_reg)
                 && nat.be32(7)? == NAT_ADDR_PORT;
@@ -421,4 +424,10 @@ pub(super) fn expected(fam: &FamilyPlan) -> Option<Vec<(&'static str, Decoded)>>
         rules.push((MASQUERADING, Decoded::Masquerade { saddr, daddr: addr }));
     }
     Some(rules)
+}
+
+/// What one rule message decodes to (unit tests build messages by hand).
+#[cfg(test)]
+pub(super) fn decode_body(family: Family, body: &[u8]) -> Option<Decoded> {
+    rule(family, body)?.decoded
 }

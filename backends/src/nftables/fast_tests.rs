@@ -223,3 +223,94 @@ fn a_plan_with_conditions_takes_the_slow_path() {
     assert!(!v4_proven);
     assert_eq!(verdicts, [Verdict::Whole]);
 }
+
+/// `tcp dport 8080 dnat to 10.88.0.5:80` hand-built as netlink carries
+/// it decodes; the same with the port loaded into the address's register
+/// (which would send to a wrong address) or a trailing expression does not.
+#[test]
+fn only_the_exact_expression_sequence_decodes() {
+    use crate::nfnetlink::{attr, nul_terminated};
+    let be = |v: u32| v.to_be_bytes().to_vec();
+    let value = |v: &[u8]| attr(1, v);
+    let expr = |name: &str, data: Vec<Vec<u8>>| {
+        attr(
+            1,
+            &[attr(1, &nul_terminated(name)), attr(2, &data.concat())].concat(),
+        )
+    };
+    let rule = |port_reg: u32, tail: Vec<u8>| {
+        let list = [
+            expr("meta", vec![attr(1, &be(1)), attr(2, &be(16))]),
+            expr(
+                "cmp",
+                vec![attr(1, &be(1)), attr(2, &be(0)), attr(3, &value(&[6]))],
+            ),
+            expr(
+                "payload",
+                vec![
+                    attr(1, &be(1)),
+                    attr(2, &be(2)),
+                    attr(3, &be(2)),
+                    attr(4, &be(2)),
+                ],
+            ),
+            expr(
+                "cmp",
+                vec![
+                    attr(1, &be(1)),
+                    attr(2, &be(0)),
+                    attr(3, &value(&8080u16.to_be_bytes())),
+                ],
+            ),
+            expr(
+                "immediate",
+                vec![attr(1, &be(1)), attr(2, &value(&[10, 88, 0, 5]))],
+            ),
+            expr(
+                "immediate",
+                vec![
+                    attr(1, &be(port_reg)),
+                    attr(2, &value(&80u16.to_be_bytes())),
+                ],
+            ),
+            expr(
+                "nat",
+                vec![
+                    attr(1, &be(1)),
+                    attr(2, &be(2)),
+                    attr(3, &be(1)),
+                    attr(4, &be(1)),
+                    attr(5, &be(port_reg)),
+                    attr(6, &be(port_reg)),
+                    attr(7, &be(3)),
+                ],
+            ),
+            tail,
+        ]
+        .concat();
+        let body = [
+            vec![2, 0, 0, 0],
+            attr(2, &nul_terminated(HOSTPORTS)),
+            attr(4, &list),
+        ]
+        .concat();
+        decode::decode_body(Family::V4, &body)
+    };
+    assert_eq!(
+        rule(2, vec![]),
+        Some(decode::Decoded::Dnat {
+            host_ip: None,
+            protocol: crate::Protocol::Tcp,
+            first: 8080,
+            last: 8080,
+            addr: "10.88.0.5".parse().expect("ip"),
+            port: Some(80),
+        })
+    );
+    assert_eq!(rule(1, vec![]), None, "port over the address");
+    assert_eq!(
+        rule(2, expr("counter", vec![])),
+        None,
+        "an extra expression"
+    );
+}
