@@ -5,7 +5,10 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::decode::{self, Decoded};
+use super::elements;
 use super::maps_read::Elements;
+use super::masq::{self, MasqIndex};
 use super::read::{listed_target, Listed, Read};
 use super::render::{describe, expected_rules, jump_target, wiring_rules};
 use super::{
@@ -44,11 +47,20 @@ impl Nftables {
             !CONTAINER_CHAINS.contains(&chain)
                 || owner_of(chain, comment).is_some_and(|o| ids.contains(o))
         };
+        let mut fast: BTreeMap<Family, Option<Fast>> = BTreeMap::new();
         let mut tables: BTreeMap<Family, Option<Indexed>> = BTreeMap::new();
         let mut verdicts = Vec::with_capacity(plans.len());
         for plan in plans {
             let mut verdict = Verdict::Whole;
             for fam in plan.families.iter().filter(|f| !f.dnats.is_empty()) {
+                let proven = fast
+                    .entry(fam.family)
+                    .or_insert_with(|| self.fast_read(fam.family))
+                    .as_ref()
+                    .is_some_and(|f| f.proves(plan, fam));
+                if proven {
+                    continue;
+                }
                 let table = match tables.entry(fam.family) {
                     Entry::Occupied(t) => t.into_mut(),
                     Entry::Vacant(t) => {
@@ -78,6 +90,83 @@ impl Nftables {
             verdicts.push(verdict);
         }
         Ok(verdicts)
+    }
+}
+
+impl Nftables {
+    /// `fam`'s table over netlink, decoded; `None` (so `nft -j` decides)
+    /// when its wiring is not proven, or the read failed, or the table is
+    /// known to be missing.
+    pub(super) fn fast_read(&self, family: Family) -> Option<Fast> {
+        if self
+            .tables_in
+            .as_ref()
+            .is_some_and(|f| !f.contains(&family))
+        {
+            return None;
+        }
+        let rules = decode::table(family).ok()?;
+        let wired = decode::wiring().iter().all(|(chain, want)| {
+            rules
+                .iter()
+                .any(|r| r.chain == *chain && r.decoded.as_ref() == Some(want))
+        });
+        if !wired {
+            return None;
+        }
+        let lookup = rules.iter().any(|r| r.lookup);
+        let masq_lookup = rules.iter().any(|r| r.masq_lookup);
+        let masq = MasqIndex::new(masq::read(family).ok()?.unwrap_or_default(), masq_lookup);
+        let mut by_owner: BTreeMap<String, Vec<(String, Option<Decoded>)>> = BTreeMap::new();
+        for r in rules {
+            if let Some(id) = r.owner() {
+                let id = id.to_string();
+                by_owner.entry(id).or_default().push((r.chain, r.decoded));
+            }
+        }
+        Some(Fast {
+            elements: Elements::new(elements::elements(family).ok()?, lookup, masq),
+            by_owner,
+        })
+    }
+}
+
+/// One family's rules decoded over netlink (decode.rs), by owner: proves
+/// plans whole without `nft -j`; what it cannot prove goes to [`Indexed`].
+pub(super) struct Fast {
+    by_owner: BTreeMap<String, Vec<(String, Option<Decoded>)>>,
+    elements: Elements,
+}
+
+impl Fast {
+    /// Whether the container's rules (of this attachment) are exactly
+    /// `fam`'s, every one decoded, and its map elements too.
+    pub(super) fn proves(&self, plan: &Plan, fam: &FamilyPlan) -> bool {
+        let id = plan.key.container_id.as_str();
+        let Some(expected) = decode::expected(fam) else {
+            return false;
+        };
+        let listed = self.by_owner.get(id).map(Vec::as_slice).unwrap_or_default();
+        let mut ours = Vec::with_capacity(expected.len());
+        for (chain, decoded) in listed {
+            let Some(d) = decoded else { return false };
+            if d.target().is_none_or(|t| t == fam.container.addr) {
+                ours.push((chain.as_str(), d));
+            }
+        }
+        for (chain, want) in &expected {
+            match ours.iter().position(|(c, d)| c == chain && *d == want) {
+                Some(i) => {
+                    ours.swap_remove(i);
+                }
+                None => return false,
+            }
+        }
+        ours.is_empty()
+            && self
+                .elements
+                .compare(fam, id, &table_name(fam.family))
+                .is_none()
     }
 }
 

@@ -6,7 +6,9 @@
 //! install (its [`Shape`]) and, for DEL's conntrack flush, the protocol and
 //! port a DNAT rule matches. CHECK and `list` compare and describe whole
 //! rules and keep `nft -j` (read.rs): rebuilding nft's JSON from netlink
-//! expressions would duplicate nft.
+//! expressions would duplicate nft. The restore pass first proves plans
+//! whole from a dump decoded strictly into our own rules (decode.rs), and
+//! keeps `nft -j` for what that cannot prove.
 
 use super::maps::MAP;
 use super::masq::MASQ_SET;
@@ -310,7 +312,7 @@ pub(super) fn exprs(list: &[u8]) -> Vec<Expr<'_>> {
 /// `jump <chain>` and `fib daddr type local jump <chain>` as nft encodes
 /// them: an immediate verdict, after a fib address-type lookup into the
 /// register a compare with RTN_LOCAL reads.
-fn shape_of(list: &[Expr<'_>]) -> Shape {
+pub(super) fn shape_of(list: &[Expr<'_>]) -> Shape {
     let jump = |e: &Expr<'_>| {
         if e.name != "immediate" || e.be32(NFTA_IMMEDIATE_DREG) != Some(NFT_REG_VERDICT) {
             return None;

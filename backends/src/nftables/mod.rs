@@ -1,14 +1,15 @@
 //! nftables backend: the upstream `cni_hostport` layout, applied as one
 //! `nft -j` transaction per command. Parts: `add` (what ADD reads, its
 //! transaction and receipt), `del` (DEL and GC, by receipt or from dumps),
-//! `kernel` (our rules over netlink), `render` (the plan as nftables
-//! objects), `read` (`nft -j list table` back into containers, for CHECK
-//! and `list`), `check` (CHECK's comparison, one plan or many per read),
-//! `conditions` (conditionsV4/V6 words into matches), `guard` (the
-//! localnet guard's table), the opt-in maps layout: `maps` (map, lookup,
-//! ADD's element commands), `masq` (its masquerade set), `maps_read`
-//! (CHECK's element index, `list`), `elements` (map and set elements over
-//! netlink); and here the errors and the `Backend` commands.
+//! `kernel` (our rules over netlink), `decode` (the restore pass's strict
+//! netlink decoding), `render` (the plan as nftables objects), `read`
+//! (`nft -j list table` back into containers, for CHECK and `list`),
+//! `check` (CHECK's comparison, one plan or many per read), `conditions`
+//! (conditionsV4/V6 words into matches), `guard` (the localnet guard's
+//! table), the opt-in maps layout: `maps` (map, lookup, ADD's element
+//! commands), `masq` (its masquerade set), `maps_read` (CHECK's element
+//! index, `list`), `elements` (map and set elements over netlink); and
+//! here the errors and the `Backend` commands.
 //!
 //! Where we differ from upstream on purpose: hostports rules are inserted
 //! (newest container wins, as with iptables) and carry that container's
@@ -32,8 +33,11 @@ use crate::{
 mod add;
 mod check;
 mod conditions;
+mod decode;
 mod del;
 mod elements;
+#[cfg(test)]
+mod fast_tests;
 mod guard;
 mod kernel;
 mod maps;
