@@ -76,17 +76,19 @@ impl Nftables {
     /// (one read of the skeleton and of earlier rules per family), each
     /// inserted after the one before it: the last one's rules come first.
     /// Attachments of one container ID are not told apart by their rules'
-    /// comments, and map elements are planned against the map as read
-    /// (two attachments may claim one key, or both create the map): those
-    /// go one transaction each.
+    /// comments, and map and masquerade elements are planned against the
+    /// map and set as read (two attachments may claim one key, or both
+    /// create the map): those go one transaction each.
     pub(super) fn add_all(&self, wanted: &[Wanted<'_>]) -> Result<Vec<Option<Receipt>>, NftError> {
         let ids: BTreeSet<&str> = wanted
             .iter()
             .map(|(p, _)| p.key.container_id.as_str())
             .collect();
-        let elements = wanted
-            .iter()
-            .any(|(p, _)| p.families.iter().any(|f| !f.element_runs().is_empty()));
+        let elements = wanted.iter().any(|(p, _)| {
+            p.families
+                .iter()
+                .any(|f| !f.element_runs().is_empty() || !f.masquerade_elements().is_empty())
+        });
         if wanted.len() > 1 && (ids.len() < wanted.len() || elements) {
             return wanted
                 .iter()

@@ -163,13 +163,15 @@ impl Nftables {
     fn elements_where(&self, doomed: Doomed<'_>) -> Result<Vec<MapDel>, NftError> {
         let mut found = Vec::new();
         for family in [Family::V4, Family::V6] {
-            let Some(elements) = self.read_map(family)? else {
+            let (map, set) = (self.read_map(family)?, self.read_masq(family)?);
+            if map.is_none() && set.is_none() {
                 continue;
-            };
+            }
+            let elements = map.unwrap_or_default();
             let (ours, others): (Vec<Element>, Vec<Element>) = elements
                 .into_iter()
                 .partition(|e| e.owner.as_deref().is_some_and(|o| doomed(o, Some(e.addr))));
-            let masq = masq::read(family)?.unwrap_or_default();
+            let masq = set.unwrap_or_default();
             let (masq_ours, masq_others): (Vec<MasqElement>, Vec<MasqElement>) = masq
                 .into_iter()
                 .partition(|e| e.owner.as_deref().is_some_and(|o| doomed(o, Some(e.daddr))));

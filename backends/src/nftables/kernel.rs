@@ -57,6 +57,7 @@ const NFTA_IMMEDIATE_DATA: u16 = 2;
 const NFT_REG_VERDICT: u32 = 0;
 const NFTA_NAT_REG_ADDR_MIN: u16 = 3;
 const NFTA_LOOKUP_SET: u16 = 1;
+const NFTA_LOOKUP_FLAGS: u16 = 5;
 const NFTA_FIB_DREG: u16 = 1;
 const NFTA_FIB_RESULT: u16 = 2;
 const NFTA_FIB_FLAGS: u16 = 3;
@@ -331,12 +332,46 @@ pub(super) fn shape_of(list: &[Expr<'_>]) -> Shape {
             && fib.be32(NFTA_FIB_DREG) == cmp.be32(NFTA_CMP_SREG)
             && cmp.cmp_value() == Some(&RTN_LOCAL.to_ne_bytes()[..])
     };
+    // Exactly what nft makes of maps.rs's and masq.rs's lookup rules: the
+    // key's loads, a plain (not inverted) lookup, the nat or masq.
     let lookup = |e: &Expr<'_>, set: &str| {
-        e.name == "lookup" && e.attr(NFTA_LOOKUP_SET).map(string).as_deref() == Some(set)
+        e.name == "lookup"
+            && e.attr(NFTA_LOOKUP_SET).map(string).as_deref() == Some(set)
+            && e.be32(NFTA_LOOKUP_FLAGS).unwrap_or(0) == 0
+    };
+    let payload = |e: &Expr<'_>, base: u32| {
+        (e.name == "payload" && e.be32(NFTA_PAYLOAD_BASE) == Some(base))
+            .then(|| e.be32(NFTA_PAYLOAD_OFFSET).zip(e.be32(NFTA_PAYLOAD_LEN)))
+            .flatten()
+    };
+    let proto_dport = |meta: &Expr<'_>, port: &Expr<'_>| {
+        meta.name == "meta"
+            && meta.be32(NFTA_META_KEY) == Some(NFT_META_L4PROTO)
+            && payload(port, NFT_PAYLOAD_TRANSPORT_HEADER) == Some((2, 2))
+    };
+    // saddr then daddr: the one ends where the other starts (12+4, 8+16).
+    let saddr_daddr = |s: &Expr<'_>, d: &Expr<'_>| {
+        let (s, d) = (
+            payload(s, NFT_PAYLOAD_NETWORK_HEADER),
+            payload(d, NFT_PAYLOAD_NETWORK_HEADER),
+        );
+        matches!(
+            (s, d),
+            (Some((12, 4)), Some((16, 4))) | (Some((8, 16)), Some((24, 16)))
+        )
     };
     match list {
-        [.., l, nat] if lookup(l, MAP) && nat.name == "nat" => Shape::MapLookup,
-        [.., l, masq] if lookup(l, MASQ_SET) && masq.name == "masq" => Shape::MasqLookup,
+        [m, p, l, nat] if proto_dport(m, p) && lookup(l, MAP) && nat.name == "nat" => {
+            Shape::MapLookup
+        }
+        [s, d, l, masq]
+            if saddr_daddr(s, d)
+                && lookup(l, MASQ_SET)
+                && masq.name == "masq"
+                && masq.data.is_empty() =>
+        {
+            Shape::MasqLookup
+        }
         [j] => jump(j).map_or(Shape::Other, Shape::Jump),
         [fib, cmp, j] if local(fib, cmp) => jump(j).map_or(Shape::Other, Shape::LocalJump),
         _ => Shape::Other,

@@ -8,7 +8,7 @@
 //! with the map (masq.rs); the two go, with their lookups, when both empty.
 
 use super::kernel::{self, Shape};
-use super::masq;
+use super::masq::{self, MasqElement};
 use super::nf_family_name;
 use super::NftError;
 use super::Nftables;
@@ -238,10 +238,9 @@ impl Nftables {
         }
         let family = fam.family;
         let current = self.read_map(family)?;
-        let current_masq = match current {
-            Some(_) => masq::read(family)?,
-            None => None,
-        };
+        // Read apart from the map: a set left without it (damage) still
+        // has owners to take keys from.
+        let current_masq = self.read_masq(family)?;
         let own_earlier = |addr: IpAddr| earlier.is_some_and(|k| k.owns(Some(addr)));
         let stale = |e: &Element| {
             let key_wanted = want.iter().any(|w| w.same_key(e));
@@ -315,6 +314,19 @@ impl Nftables {
             });
         }
         Ok(())
+    }
+
+    /// The masquerade set's elements over netlink; `None` when the family
+    /// has no set.
+    pub(super) fn read_masq(&self, family: Family) -> Result<Option<Vec<MasqElement>>, NftError> {
+        if self
+            .tables_in
+            .as_ref()
+            .is_some_and(|f| !f.contains(&family))
+        {
+            return Ok(None);
+        }
+        Ok(masq::read(family)?)
     }
 
     /// The map's elements, over netlink (elements.rs: no process); `None`

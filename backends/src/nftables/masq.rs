@@ -94,17 +94,22 @@ pub(super) fn delete_set_cmd(family: Family) -> Value {
 /// `ip saddr . ip daddr @hostports_masq masquerade`, appended to
 /// `masquerading` with no comment: no container's DEL takes it.
 pub(super) fn add_lookup(family: Family) -> Value {
-    let ipx = nf_family_name(family);
-    let field = |f: &str| json!({"payload": {"protocol": ipx, "field": f}});
     json!({"add": {"rule": {
-        "family": ipx,
+        "family": nf_family_name(family),
         "table": TABLE,
         "chain": MASQUERADING,
-        "expr": [
-            {"match": {"op": "==", "left": {"concat": [field("saddr"), field("daddr")]}, "right": format!("@{MASQ_SET}")}},
-            {"masquerade": null},
-        ],
+        "expr": lookup_expr(family),
     }}})
+}
+
+/// The lookup rule's expressions, as nft also lists them.
+pub(super) fn lookup_expr(family: Family) -> Value {
+    let ipx = nf_family_name(family);
+    let field = |f: &str| json!({"payload": {"protocol": ipx, "field": f}});
+    json!([
+        {"match": {"op": "==", "left": {"concat": [field("saddr"), field("daddr")]}, "right": format!("@{MASQ_SET}")}},
+        {"masquerade": null},
+    ])
 }
 
 /// The handles of the lookup rules in `masquerading` (retiring the layout).

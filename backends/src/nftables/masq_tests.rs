@@ -1,6 +1,7 @@
 //! The maps layout's masquerade set against the real kernel, each test in
 //! its own netns.
 
+use super::maps::MAP;
 use super::maps_tests::{damaged, maps, nft_cmd, one};
 use super::masq::{self, MasqElement, MASQ_SET};
 use super::*;
@@ -139,6 +140,28 @@ fn check_fails_without_an_element_or_the_lookup() {
         nft.install(&plan, Some(&Known::default())).expect("repair");
         assert_eq!(nft.check(&plan).expect("check"), Verdict::Whole);
         assert_eq!(masq::lookup_handles(Family::V4).expect("dump").len(), 1);
+
+        // An inverted lookup (masquerading everyone else) is no lookup of
+        // ours, on the netlink fast path and in nft -j alike.
+        let handle = masq::lookup_handles(Family::V4).expect("dump")[0].to_string();
+        nft_cmd(&[
+            "delete",
+            "rule",
+            "ip",
+            TABLE,
+            MASQUERADING,
+            "handle",
+            &handle,
+        ]);
+        let inverted = format!("ip saddr . ip daddr != @{MASQ_SET} masquerade");
+        nft_cmd(&["add", "rule", "ip", TABLE, MASQUERADING, &inverted]);
+        let why = damaged(&nft, &plan);
+        assert!(
+            why.contains("lacks the lookup of set hostports_masq"),
+            "{why}"
+        );
+        let verdicts = nft.check_all(&[&plan]).expect("check all");
+        assert_eq!(verdicts, vec![Verdict::Damaged(why)]);
     })
     .expect("in netns");
 }
@@ -187,6 +210,91 @@ fn a_late_del_keeps_the_newer_owners_elements() {
         assert_eq!(rules.len(), 2, "the other's hairpin and localhost rules");
         assert!(rules.iter().all(|r| r.owner() == Some("rules")));
         assert_eq!(nft.check(&other).expect("check other"), Verdict::Whole);
+    })
+    .expect("in netns");
+}
+
+/// The set read apart from the map: with the map gone (damage), a newer
+/// ADD on the same address still takes the older one's elements, and the
+/// older one's late DEL leaves them.
+#[test]
+fn the_set_without_the_map_still_changes_owner() {
+    if !prerequisites(&["nft"]) {
+        return;
+    }
+    let ns = Netns::new("nft-masq-nomap").expect("netns");
+    let nft = Nftables::from_path().expect("nft");
+    let (a, b) = (
+        one("a", "10.88.0.5/16", 8080),
+        one("b", "10.88.0.5/16", 8081),
+    );
+    ns.run(|| {
+        nft.install(&a, None).expect("add a");
+        let lookup = kernel::rules(Family::V4, Some(HOSTPORTS))
+            .expect("dump")
+            .into_iter()
+            .find(|r| r.shape == kernel::Shape::MapLookup)
+            .expect("map lookup");
+        let handle = lookup.handle.to_string();
+        nft_cmd(&["delete", "rule", "ip", TABLE, HOSTPORTS, "handle", &handle]);
+        nft_cmd(&["delete", "map", "ip", TABLE, MAP]);
+        nft.install(&b, None).expect("add b");
+        let owners: Vec<Option<String>> = masq_elements(Family::V4)
+            .into_iter()
+            .map(|e| e.owner)
+            .collect();
+        assert_eq!(owners, vec![Some("b".to_string()); 2]);
+        nft.del(&a.key, &Known::default(), None)
+            .expect("late del a");
+        assert_eq!(masq_elements(Family::V4).len(), 2, "b's stay");
+        assert_eq!(nft.check(&b).expect("check b"), Verdict::Whole);
+    })
+    .expect("in netns");
+}
+
+/// A restore chunk of maps-layout containers whose masquerade elements
+/// are their only elements (a host-IP mapping): each goes in a transaction
+/// of its own, planned against the set as the one before left it. Here the
+/// first one's re-ADD (snat now off) empties and retires the set, which
+/// the second then needs again: planned together, the second's elements
+/// would go to the set the same transaction deletes.
+#[test]
+fn a_chunk_plans_masquerade_elements_one_container_at_a_time() {
+    if !prerequisites(&["nft"]) {
+        return;
+    }
+    let ns = Netns::new("nft-masq-chunk").expect("netns");
+    let nft = Nftables::from_path().expect("nft");
+    let host_ip_only = |id: &str, ip: &str, snat: bool| {
+        let mut req = maps(golden_request());
+        req.key.container_id = id.into();
+        req.v4 = Some(crate::plan::tests::addr(ip));
+        req.v6 = None;
+        req.snat = snat;
+        req.mappings = vec![crate::plan::tests::mapping(
+            crate::Protocol::Tcp,
+            9090,
+            90,
+            Some("192.0.2.1"),
+        )];
+        let plan = Plan::new(&req);
+        assert!(plan.families[0].element_runs().is_empty());
+        plan
+    };
+    let a = host_ip_only("a", "10.88.0.5/16", true);
+    let a_without_snat = host_ip_only("a", "10.88.0.5/16", false);
+    let b = host_ip_only("b", "10.88.0.6/16", true);
+    ns.run(|| {
+        nft.install(&a, None).expect("add a");
+        nft.install_all(&[(&a_without_snat, Some(&Known::default())), (&b, None)])
+            .expect("one chunk");
+        let owners: Vec<Option<String>> = masq_elements(Family::V4)
+            .into_iter()
+            .map(|e| e.owner)
+            .collect();
+        assert_eq!(owners, vec![Some("b".to_string()); 2]);
+        assert_eq!(nft.check(&a_without_snat).expect("check a"), Verdict::Whole);
+        assert_eq!(nft.check(&b).expect("check b"), Verdict::Whole);
     })
     .expect("in netns");
 }

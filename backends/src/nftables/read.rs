@@ -3,9 +3,9 @@
 //! into containers, mappings and options (`list`, `migrate`, DEL's
 //! conntrack flush).
 
-use super::maps::{parse_map, Element, MAP};
+use super::maps::{lookup_dnat, parse_map, Element};
 use super::maps_read::Elements;
-use super::masq::{parse_set, MasqElement, MasqIndex, MASQ_SET};
+use super::masq::{self, parse_set, MasqElement, MasqIndex};
 use super::nf_family_name;
 use super::owner;
 use super::NftError;
@@ -28,6 +28,7 @@ use nftables::stmt::Match;
 use nftables::stmt::Operator;
 use nftables::stmt::Statement;
 use nftables::stmt::NAT;
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -127,16 +128,17 @@ impl Nftables {
                 read.masq = elements;
             }
             let Some(r) = item.rule else { continue };
-            let looks_up = |chain: &str, set: &str| {
+            // Exactly the lookup rules we write (nft lists them as sent).
+            let looks_up = |chain: &str, expr: serde_json::Value| {
                 r.chain == chain
                     && r.comment.is_none()
-                    && r.expr.get().contains(&format!("\"@{set}\""))
+                    && serde_json::from_str::<serde_json::Value>(r.expr.get()).ok() == Some(expr)
             };
-            if looks_up(HOSTPORTS, MAP) {
+            if looks_up(HOSTPORTS, json!([lookup_dnat(family)])) {
                 read.lookup = true;
                 continue;
             }
-            if looks_up(MASQUERADING, MASQ_SET) {
+            if looks_up(MASQUERADING, masq::lookup_expr(family)) {
                 read.masq_lookup = true;
                 continue;
             }
