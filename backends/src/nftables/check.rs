@@ -96,7 +96,8 @@ impl Nftables {
 impl Nftables {
     /// `fam`'s table over netlink, decoded; `None` (so `nft -j` decides)
     /// when its wiring is not proven, or the read failed, or the table is
-    /// known to be missing.
+    /// known to be missing, or the ruleset changed while it was read (the
+    /// rules, map and set are three dumps: one generation for all).
     pub(super) fn fast_read(&self, family: Family) -> Option<Fast> {
         if self
             .tables_in
@@ -105,6 +106,12 @@ impl Nftables {
         {
             return None;
         }
+        let before = crate::nfnetlink::generation().ok()?;
+        let fast = self.fast_read_at(family)?;
+        (crate::nfnetlink::generation().ok()? == before).then_some(fast)
+    }
+
+    fn fast_read_at(&self, family: Family) -> Option<Fast> {
         let rules = decode::table(family).ok()?;
         let wired = decode::wiring().iter().all(|(chain, want)| {
             rules
