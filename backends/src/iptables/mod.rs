@@ -5,6 +5,7 @@
 mod access;
 pub mod batch;
 mod check;
+mod chunk;
 mod error;
 pub mod guard;
 mod read;
@@ -398,6 +399,19 @@ impl Backend for Iptables {
     ) -> Result<Option<Receipt>, BackendError> {
         self.add_inner(plan)?;
         Ok(None)
+    }
+
+    fn install_all(
+        &self,
+        wanted: &[(&Plan, Option<&Known>)],
+    ) -> Result<Vec<Option<Receipt>>, BackendError> {
+        let plans: Vec<&Plan> = wanted.iter().map(|(plan, _)| *plan).collect();
+        self.add_all(&plans)?;
+        Ok(vec![None; plans.len()])
+    }
+
+    fn install_chunk(&self) -> usize {
+        chunk::INSTALL_CHUNK
     }
 
     fn check(&self, plan: &Plan) -> Result<Verdict, BackendError> {

@@ -1,0 +1,97 @@
+//! Many ADDs in one write per family (`portmap restore` reinstalling a
+//! chunk of containers): one read, one `iptables-restore --noflush` batch
+//! that leaves what the ADDs one by one would (pure, see
+//! [`add_all`]; the writing is [`Iptables::add_all`]).
+
+use std::collections::BTreeMap;
+
+use super::access::read_for_plan;
+use super::batch::{add_own, add_shared, note_shared, own_chain, Writes};
+use super::runner::Runner;
+use super::saved::SavedTable;
+use super::{Iptables, IptablesError};
+use crate::plan::{FamilyPlan, Plan};
+use crate::{ContainerKey, Family};
+
+/// Containers per chunk (see `Backend::install_chunk`): the plugin lock is
+/// held for one chunk's read and write.
+pub const INSTALL_CHUNK: usize = 100;
+
+/// The one batch for `wanted` (one family's part of each plan, in order)
+/// against what `saved` holds. Shared chains and rules are added where the
+/// table, or an earlier plan of the chunk, lacks them; each container
+/// chain is declared (so flushed) where it first appears, and filled with
+/// its entry rules inserted on top where its attachment last appears: a
+/// later ADD of the same attachment would rewrite both.
+pub fn add_all(wanted: &[(&Plan, &FamilyPlan)], saved: &SavedTable) -> String {
+    let last: BTreeMap<&ContainerKey, usize> = wanted
+        .iter()
+        .enumerate()
+        .map(|(i, (plan, _))| (&plan.key, i))
+        .collect();
+    let mut table = saved.clone();
+    let mut out = Writes::default();
+    for (i, (plan, fam)) in wanted.iter().enumerate() {
+        let mut shared = Writes::default();
+        add_shared(plan, fam, &table, &mut shared);
+        note_shared(&mut table, &shared);
+        out.decls.extend(shared.decls);
+        out.lines.extend(shared.lines);
+        let chain = own_chain(plan);
+        if !out.decls.contains(&chain) {
+            out.decls.push(chain);
+        }
+        if last.get(&plan.key) == Some(&i) {
+            // Only the table's own entry rules are deleted: earlier plans
+            // of the same attachment wrote none.
+            add_own(plan, fam, saved, &mut out);
+        }
+    }
+    out.render()
+}
+
+/// One family's runner and its part of each plan of the chunk.
+type FamilyChunk<'p> = (&'p Runner, Vec<(&'p Plan, &'p FamilyPlan)>);
+
+impl Iptables {
+    /// The ADDs of `plans`, in order, in one read and one restore per
+    /// family: all plans' families and tables are read before anything is
+    /// written, each family's batch is atomic. A family that fails leaves
+    /// the families written before it as written (restore's caller then
+    /// installs each plan alone, which rolls back what it must).
+    pub(super) fn add_all(&self, plans: &[&Plan]) -> Result<(), IptablesError> {
+        let mut families: BTreeMap<Family, FamilyChunk> = BTreeMap::new();
+        for plan in plans {
+            for (fam, runner) in self.plan_runners(plan)? {
+                families
+                    .entry(fam.family)
+                    .or_insert_with(|| (runner, Vec::new()))
+                    .1
+                    .push((plan, fam));
+            }
+        }
+        let mut batches = Vec::new();
+        for (runner, wanted) in families.values() {
+            let saved = read_for_plan(runner)?;
+            let guard = match wanted
+                .iter()
+                .find(|(p, _)| p.localnet_container().is_some())
+            {
+                Some((plan, fam)) => Self::guard_read(plan, fam, runner)?
+                    .and_then(|mangle| super::guard::repair(&mangle))
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
+            // The guard first, as for one ADD (see `add_inner`).
+            batches.push((*runner, guard + &add_all(wanted, &saved)));
+        }
+        for (runner, batch) in batches {
+            runner.restore(&batch)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "chunk_tests.rs"]
+mod tests;
