@@ -1,12 +1,13 @@
-//! Many ADDs in one write per family (`portmap restore` reinstalling a
-//! chunk of containers): one read, one `iptables-restore --noflush` batch
-//! that leaves what the ADDs one by one would (pure, see
-//! [`add_all`]; the writing is [`Iptables::add_all`]).
+//! ADDs: one ([`Iptables::add_inner`]), or many in one write per family
+//! (`portmap restore` reinstalling a chunk of containers): one read, one
+//! `iptables-restore --noflush` batch that leaves what the ADDs one by one
+//! would (pure, see [`add_all`]; the writing is [`Iptables::add_all`]).
 
 use std::collections::BTreeMap;
 
-use super::access::read_for_plan;
-use super::batch::{add_own, add_shared, note_shared, own_chain, Writes};
+use super::access::{read_for_plan, Sought};
+use super::batch::{self, add_own, add_shared, note_shared, own_chain, Writes};
+use super::guard;
 use super::runner::Runner;
 use super::saved::SavedTable;
 use super::{Iptables, IptablesError};
@@ -54,6 +55,53 @@ pub fn add_all(wanted: &[(&Plan, &FamilyPlan)], saved: &SavedTable) -> String {
 type FamilyChunk<'p> = (&'p Runner, Vec<(&'p Plan, &'p FamilyPlan)>);
 
 impl Iptables {
+    /// The IPv4 mangle table, where the guard is, when `fam` needs it.
+    pub(super) fn guard_read(
+        plan: &Plan,
+        fam: &FamilyPlan,
+        runner: &Runner,
+    ) -> Result<Option<SavedTable>, IptablesError> {
+        if fam.family != Family::V4 || plan.localnet_container().is_none() {
+            return Ok(None);
+        }
+        let text = runner.save_table(guard::GUARD_TABLE)?;
+        Ok(Some(SavedTable::parse(&text)))
+    }
+
+    pub(super) fn add_inner(&self, plan: &Plan) -> Result<(), IptablesError> {
+        let families = self.plan_families(plan)?;
+        let mut guards = Vec::new();
+        for (fam, runner, _) in &families {
+            guards.push(Self::guard_read(plan, fam, runner)?);
+        }
+        let mut applied: Vec<&Runner> = Vec::new();
+        for ((fam, runner, saved), mangle) in families.iter().zip(guards) {
+            // The guard's section comes first: should nat's part fail,
+            // what stays is the guard alone, which only ever drops what
+            // route_localnet (not yet turned on by this ADD) would let in.
+            let guard = mangle
+                .and_then(|mangle| guard::repair(&mangle))
+                .unwrap_or_default();
+            if let Err(e) = runner.restore(&(guard + &batch::add(plan, fam, saved))) {
+                Self::roll_back(&applied, &plan.key);
+                return Err(e);
+            }
+            applied.push(runner);
+        }
+        Ok(())
+    }
+
+    /// Takes the container out of the families a failed ADD had already
+    /// written (each family is its own batch): a failed ADD leaves none of
+    /// its rules. Should that fail too, the runtime's DEL after the failed
+    /// ADD is what removes them.
+    fn roll_back(applied: &[&Runner], key: &ContainerKey) {
+        let sought = Sought::Container(key);
+        if let Err(e) = Self::del_where(applied, sought, |_| vec![key.clone()]) {
+            eprintln!("portmap: warning: rolling back the failed ADD: {e}");
+        }
+    }
+
     /// The ADDs of `plans`, in order, in one read and one restore per
     /// family: all plans' families and tables are read before anything is
     /// written, each family's batch is atomic. A family that fails leaves
@@ -78,7 +126,7 @@ impl Iptables {
                 .find(|(p, _)| p.localnet_container().is_some())
             {
                 Some((plan, fam)) => Self::guard_read(plan, fam, runner)?
-                    .and_then(|mangle| super::guard::repair(&mangle))
+                    .and_then(|mangle| guard::repair(&mangle))
                     .unwrap_or_default(),
                 None => String::new(),
             };
@@ -93,5 +141,5 @@ impl Iptables {
 }
 
 #[cfg(test)]
-#[path = "chunk_tests.rs"]
+#[path = "add_tests.rs"]
 mod tests;
