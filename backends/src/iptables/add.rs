@@ -3,7 +3,7 @@
 //! `iptables-restore --noflush` batch that leaves what the ADDs one by one
 //! would (pure, see [`add_all`]; the writing is [`Iptables::add_all`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::access::{read_for_plan, Sought};
 use super::batch::{self, add_own, add_shared, note_shared, own_chain, Writes};
@@ -31,22 +31,27 @@ pub fn add_all(wanted: &[(&Plan, &FamilyPlan)], saved: &SavedTable) -> String {
         .map(|(i, (plan, _))| (&plan.key, i))
         .collect();
     let mut table = saved.clone();
+    let mut declared = BTreeSet::new();
+    // Each plan's declarations just before its lines (iptables-restore
+    // takes them anywhere in a table): iptables-nft creates chains in
+    // this order, which `nft list ruleset` shows, as the ADDs one by one.
     let mut out = Writes::default();
     for (i, (plan, fam)) in wanted.iter().enumerate() {
-        let mut shared = Writes::default();
-        add_shared(plan, fam, &table, &mut shared);
-        note_shared(&mut table, &shared);
-        out.decls.extend(shared.decls);
-        out.lines.extend(shared.lines);
+        let mut mine = Writes::default();
+        add_shared(plan, fam, &table, &mut mine);
+        note_shared(&mut table, &mine);
         let chain = own_chain(plan);
-        if !out.decls.contains(&chain) {
-            out.decls.push(chain);
+        if declared.insert(chain.clone()) {
+            mine.decls.push(chain);
         }
         if last.get(&plan.key) == Some(&i) {
             // Only the table's own entry rules are deleted: earlier plans
             // of the same attachment wrote none.
-            add_own(plan, fam, saved, &mut out);
+            add_own(plan, fam, saved, &mut mine);
         }
+        out.lines
+            .extend(mine.decls.iter().map(|d| batch::declaration(d)));
+        out.lines.extend(mine.lines);
     }
     out.render()
 }

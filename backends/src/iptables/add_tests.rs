@@ -21,6 +21,19 @@ fn saved(ns: &Netns, variant: Variant, families: &[Family]) -> String {
             tables.push(ns.exec(&tool, &["-t", "mangle"]).expect("save mangle"));
         }
     }
+    if variant == Variant::Nft {
+        // Chain order as nf_tables keeps it (iptables-nft-save sorts).
+        for family in families {
+            let (fam, names) = match family {
+                Family::V4 => ("ip", &["nat", "mangle"][..]),
+                Family::V6 => ("ip6", &["nat"][..]),
+            };
+            for name in names {
+                let listed = ns.exec("nft", &["-s", "list", "table", fam, name]);
+                tables.push(listed.expect("nft list table"));
+            }
+        }
+    }
     tables
         .iter()
         .flat_map(|t| t.lines())

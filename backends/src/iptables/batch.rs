@@ -217,10 +217,16 @@ pub fn check(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> Option<String
     None
 }
 
+/// `:NAME - [0:0]`: creates the chain, or flushes it with `--noflush`.
+pub(super) fn declaration(chain: &str) -> String {
+    format!(":{chain} - [0:0]")
+}
+
 fn render(decls: &[String], lines: &[String]) -> String {
     let mut out = String::from("*nat\n");
     for d in decls {
-        out.push_str(&format!(":{d} - [0:0]\n"));
+        out.push_str(&declaration(d));
+        out.push('\n');
     }
     for l in lines {
         out.push_str(l);
