@@ -427,8 +427,10 @@ pub trait Backend: Send + Sync {
     ) -> Result<Option<Receipt>, BackendError>;
     /// [`Backend::install`] of many attachments, in this order (a later
     /// one's rules win where they overlap an earlier one's), in as few
-    /// writes as the backend can: one transaction (nftables), else one
-    /// install each. An error may leave some installed (not nftables).
+    /// writes as the backend can: one transaction (nftables), one batch
+    /// per family (iptables), else one install each. An error may leave
+    /// some installed (not nftables; iptables: the families written
+    /// before the one that failed).
     fn install_all(
         &self,
         wanted: &[(&Plan, Option<&Known>)],

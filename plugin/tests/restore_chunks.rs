@@ -1,7 +1,8 @@
 //! `portmap restore` after a flush of ~100 containers, per backend: all
-//! come back (nftables in chunks of one transaction each), a DEL sent
-//! while the restore runs is honoured (its container stays gone), and the
-//! newer of two containers publishing one port still wins after.
+//! come back (in chunks: one transaction each on nftables, one batch per
+//! family each on iptables), a DEL sent while the restore runs is
+//! honoured (its container stays gone), and the newer of two containers
+//! publishing one port still wins after.
 
 mod common;
 

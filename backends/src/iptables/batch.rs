@@ -13,18 +13,41 @@ fn masq_jump() -> String {
     format!("-A POSTROUTING {}", rules::masq_jump_spec())
 }
 
+/// What one ADD or chunk writes: chains to declare, then lines, in order.
+#[derive(Debug, Default)]
+pub(super) struct Writes {
+    pub decls: Vec<String>,
+    pub lines: Vec<String>,
+}
+
+impl Writes {
+    pub fn render(&self) -> String {
+        render(&self.decls, &self.lines)
+    }
+}
+
 /// The ADD batch: shared chains and jumps where missing, the container
 /// chain rewritten, old entry rules replaced by new ones at the top.
 pub fn add(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> String {
-    let chain = rules::container_chain(&plan.key.network, &plan.key.container_id);
-    let mut decls = Vec::new();
-    let mut lines = Vec::new();
+    let mut out = Writes::default();
+    add_shared(plan, fam, saved, &mut out);
+    out.decls.push(own_chain(plan));
+    add_own(plan, fam, saved, &mut out);
+    out.render()
+}
+
+pub(super) fn own_chain(plan: &Plan) -> String {
+    rules::container_chain(&plan.key.network, &plan.key.container_id)
+}
+
+/// The shared chains and rules `plan` needs that `saved` lacks.
+pub(super) fn add_shared(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable, out: &mut Writes) {
     if !saved.has_chain(DNAT_CHAIN) {
-        decls.push(DNAT_CHAIN.to_string());
+        out.decls.push(DNAT_CHAIN.to_string());
     }
     for jump in rules::dnat_jumps() {
         if !saved.has_rule(&jump) {
-            lines.push(jump);
+            out.lines.push(jump);
         }
     }
     if let (MasqMark::Bit(bit), false) = (&plan.mark, fam.masquerade.is_empty()) {
@@ -33,25 +56,55 @@ pub fn add(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> String {
             (MASQ_CHAIN, rules::masq_rule(*bit)),
         ] {
             if !saved.has_chain(name) {
-                decls.push(name.to_string());
+                out.decls.push(name.to_string());
             }
             if !saved.has_rule(&rule) {
-                lines.push(rule);
+                out.lines.push(rule);
             }
         }
         if !saved.has_rule(&masq_jump()) {
-            lines.push(format!("-I POSTROUTING 1 {}", rules::masq_jump_spec()));
+            out.lines
+                .push(format!("-I POSTROUTING 1 {}", rules::masq_jump_spec()));
         }
     }
-    decls.push(chain.clone());
+}
+
+/// The container chain's rules (its declaration, which flushes it, is
+/// the caller's) and its entry rules, replacing those `saved` holds.
+pub(super) fn add_own(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable, out: &mut Writes) {
+    let chain = own_chain(plan);
     for (from, spec) in saved.jumps_to(&chain) {
-        lines.push(format!("-D {from} {spec}"));
+        out.lines.push(format!("-D {from} {spec}"));
     }
-    lines.extend(rules::container_rules(plan, fam));
+    out.lines.extend(rules::container_rules(plan, fam));
     for spec in rules::entry_specs(plan, fam).iter().rev() {
-        lines.push(format!("-I {DNAT_CHAIN} 1 {spec}"));
+        out.lines.push(format!("-I {DNAT_CHAIN} 1 {spec}"));
     }
-    render(&decls, &lines)
+}
+
+/// Records in `saved` what [`add_shared`] wrote (`-A` rules, the
+/// POSTROUTING jump inserted), so the next plan of a chunk sees it.
+pub(super) fn note_shared(saved: &mut SavedTable, written: &Writes) {
+    saved.chains.extend(written.decls.iter().cloned());
+    for line in &written.lines {
+        let rule = split_rule_or_insert(line);
+        if let Some((chain, spec)) = rule {
+            saved
+                .rules
+                .entry(chain.to_string())
+                .or_default()
+                .push(spec.to_string());
+        }
+    }
+}
+
+/// `-A CHAIN spec` or `-I CHAIN 1 spec` as (chain, spec).
+fn split_rule_or_insert(line: &str) -> Option<(&str, &str)> {
+    if let Some(rest) = line.strip_prefix("-I ") {
+        let (chain, rest) = rest.split_once(' ')?;
+        return Some((chain, rest.strip_prefix("1 ")?));
+    }
+    rules::split_rule(line)
 }
 
 /// The DEL batch for a set of containers (one for DEL, many for GC), or
@@ -164,10 +217,16 @@ pub fn check(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> Option<String
     None
 }
 
+/// `:NAME - [0:0]`: creates the chain, or flushes it with `--noflush`.
+pub(super) fn declaration(chain: &str) -> String {
+    format!(":{chain} - [0:0]")
+}
+
 fn render(decls: &[String], lines: &[String]) -> String {
     let mut out = String::from("*nat\n");
     for d in decls {
-        out.push_str(&format!(":{d} - [0:0]\n"));
+        out.push_str(&declaration(d));
+        out.push('\n');
     }
     for l in lines {
         out.push_str(l);

@@ -3,6 +3,7 @@
 //! batch per family and command.
 
 mod access;
+mod add;
 pub mod batch;
 mod check;
 mod error;
@@ -207,53 +208,6 @@ impl Iptables {
         Ok(found)
     }
 
-    /// The IPv4 mangle table, where the guard is, when `fam` needs it.
-    fn guard_read(
-        plan: &Plan,
-        fam: &FamilyPlan,
-        runner: &Runner,
-    ) -> Result<Option<SavedTable>, IptablesError> {
-        if fam.family != Family::V4 || plan.localnet_container().is_none() {
-            return Ok(None);
-        }
-        let text = runner.save_table(guard::GUARD_TABLE)?;
-        Ok(Some(SavedTable::parse(&text)))
-    }
-
-    fn add_inner(&self, plan: &Plan) -> Result<(), IptablesError> {
-        let families = self.plan_families(plan)?;
-        let mut guards = Vec::new();
-        for (fam, runner, _) in &families {
-            guards.push(Self::guard_read(plan, fam, runner)?);
-        }
-        let mut applied: Vec<&Runner> = Vec::new();
-        for ((fam, runner, saved), mangle) in families.iter().zip(guards) {
-            // The guard's section comes first: should nat's part fail,
-            // what stays is the guard alone, which only ever drops what
-            // route_localnet (not yet turned on by this ADD) would let in.
-            let guard = mangle
-                .and_then(|mangle| guard::repair(&mangle))
-                .unwrap_or_default();
-            if let Err(e) = runner.restore(&(guard + &batch::add(plan, fam, saved))) {
-                Self::roll_back(&applied, &plan.key);
-                return Err(e);
-            }
-            applied.push(runner);
-        }
-        Ok(())
-    }
-
-    /// Takes the container out of the families a failed ADD had already
-    /// written (each family is its own batch): a failed ADD leaves none of
-    /// its rules. Should that fail too, the runtime's DEL after the failed
-    /// ADD is what removes them.
-    fn roll_back(applied: &[&Runner], key: &ContainerKey) {
-        let sought = Sought::Container(key);
-        if let Err(e) = Self::del_where(applied, sought, |_| vec![key.clone()]) {
-            eprintln!("portmap: warning: rolling back the failed ADD: {e}");
-        }
-    }
-
     fn check_inner(&self, plan: &Plan) -> Result<Option<String>, IptablesError> {
         for (fam, _, saved) in self.plan_families(plan)? {
             if let Some(missing) = self.compare(plan, fam, &saved) {
@@ -398,6 +352,19 @@ impl Backend for Iptables {
     ) -> Result<Option<Receipt>, BackendError> {
         self.add_inner(plan)?;
         Ok(None)
+    }
+
+    fn install_all(
+        &self,
+        wanted: &[(&Plan, Option<&Known>)],
+    ) -> Result<Vec<Option<Receipt>>, BackendError> {
+        let plans: Vec<&Plan> = wanted.iter().map(|(plan, _)| *plan).collect();
+        self.add_all(&plans)?;
+        Ok(vec![None; plans.len()])
+    }
+
+    fn install_chunk(&self) -> usize {
+        add::INSTALL_CHUNK
     }
 
     fn check(&self, plan: &Plan) -> Result<Verdict, BackendError> {
