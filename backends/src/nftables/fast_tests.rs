@@ -234,15 +234,8 @@ fn a_plan_with_conditions_takes_the_slow_path() {
 /// (which would send to a wrong address) or a trailing expression does not.
 #[test]
 fn only_the_exact_expression_sequence_decodes() {
+    use super::tests::hand_built::{be, expr, value};
     use crate::nfnetlink::{attr, nul_terminated};
-    let be = |v: u32| v.to_be_bytes().to_vec();
-    let value = |v: &[u8]| attr(1, v);
-    let expr = |name: &str, data: Vec<Vec<u8>>| {
-        attr(
-            1,
-            &[attr(1, &nul_terminated(name)), attr(2, &data.concat())].concat(),
-        )
-    };
     let rule = |port_reg: u32, tail: Vec<u8>| {
         let list = [
             expr("meta", vec![attr(1, &be(1)), attr(2, &be(16))]),

@@ -30,6 +30,14 @@ fn masq_elements(family: Family) -> Vec<MasqElement> {
     got
 }
 
+/// Who owns each element of the set.
+fn owners(family: Family) -> Vec<String> {
+    masq_elements(family)
+        .into_iter()
+        .map(|e| e.owner.unwrap_or_default())
+        .collect()
+}
+
 fn element(saddr: &str, daddr: &str, owner: &str) -> MasqElement {
     MasqElement {
         saddr: saddr.parse().expect("addr"),
@@ -190,11 +198,7 @@ fn a_late_del_keeps_the_newer_owners_elements() {
     ns.run(|| {
         nft.install(&a, None).expect("add a");
         nft.install(&b, None).expect("add b");
-        let owners: Vec<Option<String>> = masq_elements(Family::V4)
-            .into_iter()
-            .map(|e| e.owner)
-            .collect();
-        assert_eq!(owners, vec![Some("b".to_string()); 2]);
+        assert_eq!(owners(Family::V4), ["b", "b"]);
         assert_eq!(nft.check(&a).expect("check a"), Verdict::Whole);
 
         nft.del(&a.key, &Known::default(), None)
@@ -239,11 +243,7 @@ fn the_set_without_the_map_still_changes_owner() {
         nft_cmd(&["delete", "rule", "ip", TABLE, HOSTPORTS, "handle", &handle]);
         nft_cmd(&["delete", "map", "ip", TABLE, MAP]);
         nft.install(&b, None).expect("add b");
-        let owners: Vec<Option<String>> = masq_elements(Family::V4)
-            .into_iter()
-            .map(|e| e.owner)
-            .collect();
-        assert_eq!(owners, vec![Some("b".to_string()); 2]);
+        assert_eq!(owners(Family::V4), ["b", "b"]);
         nft.del(&a.key, &Known::default(), None)
             .expect("late del a");
         assert_eq!(masq_elements(Family::V4).len(), 2, "b's stay");
@@ -288,11 +288,7 @@ fn a_chunk_plans_masquerade_elements_one_container_at_a_time() {
         nft.install(&a, None).expect("add a");
         nft.install_all(&[(&a_without_snat, Some(&Known::default())), (&b, None)])
             .expect("one chunk");
-        let owners: Vec<Option<String>> = masq_elements(Family::V4)
-            .into_iter()
-            .map(|e| e.owner)
-            .collect();
-        assert_eq!(owners, vec![Some("b".to_string()); 2]);
+        assert_eq!(owners(Family::V4), ["b", "b"]);
         assert_eq!(nft.check(&a_without_snat).expect("check a"), Verdict::Whole);
         assert_eq!(nft.check(&b).expect("check b"), Verdict::Whole);
     })

@@ -383,15 +383,8 @@ fn ranges_read_back_from_the_kernel_and_close_every_port() {
 /// (NFTA_RANGE_*), as netlink carries it, hand-built.
 #[test]
 fn a_range_expression_reads_as_its_bounds() {
-    use crate::nfnetlink::{attr, nul_terminated};
-    let be = |v: u32| v.to_be_bytes().to_vec();
-    let value = |v: &[u8]| attr(1, v);
-    let expr = |name: &str, data: Vec<Vec<u8>>| {
-        attr(
-            1,
-            &[attr(1, &nul_terminated(name)), attr(2, &data.concat())].concat(),
-        )
-    };
+    use super::tests::hand_built::{be, expr, value};
+    use crate::nfnetlink::attr;
     let list = [
         expr("meta", vec![attr(2, &be(16)), attr(1, &be(1))]),
         expr(
@@ -467,4 +460,26 @@ fn check_all_agrees_with_check_plan_by_plan() {
         all.iter().all(|v| matches!(v, Verdict::Damaged(_))),
         "{all:?}"
     );
+}
+
+/// Hand-built netlink for tests: an expression `name` with `data`
+/// (NFTA_LIST_ELEM of NFTA_EXPR_NAME, NFTA_EXPR_DATA), a u32 in network
+/// order, a nested NFTA_DATA_VALUE.
+pub(super) mod hand_built {
+    use crate::nfnetlink::{attr, nul_terminated};
+
+    pub fn expr(name: &str, data: Vec<Vec<u8>>) -> Vec<u8> {
+        attr(
+            1,
+            &[attr(1, &nul_terminated(name)), attr(2, &data.concat())].concat(),
+        )
+    }
+
+    pub fn be(v: u32) -> Vec<u8> {
+        v.to_be_bytes().to_vec()
+    }
+
+    pub fn value(v: &[u8]) -> Vec<u8> {
+        attr(1, v)
+    }
 }
