@@ -14,34 +14,7 @@ use crate::plan::{FamilyPlan, MasqSource};
 use crate::{Family, Protocol};
 use std::net::{IpAddr, Ipv4Addr};
 
-const NFT_MSG_GETRULE: u16 = 7;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_HANDLE: u16 = 3;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
-/// The handle of the rule before (dumped for all but a chain's first).
-const NFTA_RULE_POSITION: u16 = 6;
-const NFTA_RULE_USERDATA: u16 = 7;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFT_JUMP: u32 = (-3i32) as u32;
-const NFT_REG_VERDICT: u32 = 0;
-const NETWORK: u32 = 1;
-const TRANSPORT: u32 = 2;
-const META_L4PROTO: u32 = 16;
-const CMP_EQ: u32 = 0;
-const CMP_LTE: u32 = 3;
-const CMP_GTE: u32 = 5;
-const NAT_DNAT: u32 = 1;
-/// NF_NAT_RANGE_MAP_IPS, and PROTO_SPECIFIED with a port.
-const NAT_ADDR: u32 = 1;
-const NAT_ADDR_PORT: u32 = 3;
-const FIB_ADDRTYPE: u32 = 3;
-const FIB_DADDR: u32 = 1 << 1;
-const RTN_LOCAL: u32 = 2;
+use super::uapi::*;
 
 /// One of our rules as render.rs makes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,7 +189,7 @@ impl<'e, 'a> Cursor<'e, 'a> {
     /// a bitwise with zero mask and xor, compared with zero).
     fn address(&mut self, family: Family, offset: u32) -> Option<Option<IpAddr>> {
         let len = addr_len(family);
-        let reg = self.payload(NETWORK, offset, len)?;
+        let reg = self.payload(NFT_PAYLOAD_NETWORK_HEADER, offset, len)?;
         if self.rest.first()?.name == "bitwise" {
             let e = self.next()?;
             let zero = |v: Option<&[u8]>| {
@@ -230,10 +203,10 @@ impl<'e, 'a> Cursor<'e, 'a> {
                 && e.get(6).is_none_or(|op| op == [0, 0, 0, 0])
                 && zero(e.value(4))
                 && zero(e.value(5))
-                && zero(self.cmp(reg, CMP_EQ));
+                && zero(self.cmp(reg, NFT_CMP_EQ));
             return ok.then_some(None);
         }
-        address(self.cmp(reg, CMP_EQ)?, family).map(Some)
+        address(self.cmp(reg, NFT_CMP_EQ)?, family).map(Some)
     }
 
     /// `immediate reg <value>`: (register, value).
@@ -295,9 +268,9 @@ fn decode(family: Family, list: &[Expr<'_>]) -> Option<Decoded> {
         "fib" => {
             let fib = c.next()?;
             let ok = fib.is("fib", &[1, 2, 3])
-                && fib.be32(2)? == FIB_ADDRTYPE
-                && fib.be32(3)? == FIB_DADDR
-                && c.cmp(fib.be32(1)?, CMP_EQ)? == RTN_LOCAL.to_ne_bytes();
+                && fib.be32(2)? == NFT_FIB_RESULT_ADDRTYPE
+                && fib.be32(3)? == NFTA_FIB_F_DADDR
+                && c.cmp(fib.be32(1)?, NFT_CMP_EQ)? == RTN_LOCAL.to_ne_bytes();
             return ok.then(|| c.jump().map(Decoded::LocalJump))?;
         }
         _ => {}
@@ -313,31 +286,31 @@ fn decode(family: Family, list: &[Expr<'_>]) -> Option<Decoded> {
         _ => None,
     };
     let meta = c.next()?;
-    if !meta.is("meta", &[1, 2]) || meta.be32(2)? != META_L4PROTO {
+    if !meta.is("meta", &[1, 2]) || meta.be32(2)? != NFT_META_L4PROTO {
         return None;
     }
-    let protocol = match c.cmp(meta.be32(1)?, CMP_EQ)? {
+    let protocol = match c.cmp(meta.be32(1)?, NFT_CMP_EQ)? {
         [6] => Protocol::Tcp,
         [17] => Protocol::Udp,
         [132] => Protocol::Sctp,
         _ => return None,
     };
-    let reg = c.payload(TRANSPORT, 2, 2)?;
+    let reg = c.payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2)?;
     let (first, last) = match c.rest.get(1).map(|e| e.name.as_str()) {
-        Some("cmp") if c.rest.first()?.be32(2)? == CMP_GTE => {
-            let first = port(c.cmp(reg, CMP_GTE)?)?;
-            let last = port(c.cmp(reg, CMP_LTE)?)?;
+        Some("cmp") if c.rest.first()?.be32(2)? == NFT_CMP_GTE => {
+            let first = port(c.cmp(reg, NFT_CMP_GTE)?)?;
+            let last = port(c.cmp(reg, NFT_CMP_LTE)?)?;
             // A range renders only as first < last (`Run::is_range`).
             (first < last).then_some((first, last))?
         }
         _ if c.rest.first()?.name == "range" => {
             let e = c.next()?;
-            let ok = e.is("range", &[1, 2, 3, 4]) && e.be32(1)? == reg && e.be32(2)? == CMP_EQ;
+            let ok = e.is("range", &[1, 2, 3, 4]) && e.be32(1)? == reg && e.be32(2)? == NFT_CMP_EQ;
             let (first, last) = (port(e.value(3)?)?, port(e.value(4)?)?);
             (ok && first < last).then_some((first, last))?
         }
         _ => {
-            let p = port(c.cmp(reg, CMP_EQ)?)?;
+            let p = port(c.cmp(reg, NFT_CMP_EQ)?)?;
             (p, p)
         }
     };
@@ -350,7 +323,7 @@ fn decode(family: Family, list: &[Expr<'_>]) -> Option<Decoded> {
     let nat = c.next()?;
     // nft's own registers: the address in 1, the port in 2 (so neither
     // immediate can have overwritten the other).
-    if !c.rest.is_empty() || nat.be32(1)? != NAT_DNAT || addr_reg != 1 {
+    if !c.rest.is_empty() || nat.be32(1)? != NFT_NAT_DNAT || addr_reg != 1 {
         return None;
     }
     let same =
@@ -358,8 +331,9 @@ fn decode(family: Family, list: &[Expr<'_>]) -> Option<Decoded> {
     let family_ok = nat.be32(2)? == u32::from(nfproto(family));
     let port = match to {
         None => {
-            let ok =
-                nat.is("nat", &[1, 2, 3, 4, 7]) && same(3, 4, addr_reg) && nat.be32(7)? == NAT_ADDR;
+            let ok = nat.is("nat", &[1, 2, 3, 4, 7])
+                && same(3, 4, addr_reg)
+                && nat.be32(7)? == NF_NAT_RANGE_MAP_IPS;
             ok.then_some(None)?
         }
         Some((port_reg, value)) => {
@@ -367,7 +341,7 @@ fn decode(family: Family, list: &[Expr<'_>]) -> Option<Decoded> {
                 && nat.is("nat", &[1, 2, 3, 4, 5, 6, 7])
                 && same(3, 4, addr_reg)
                 && same(5, 6, port_reg)
-                && nat.be32(7)? == NAT_ADDR_PORT;
+                && nat.be32(7)? == NF_NAT_RANGE_MAP_IPS_PORT;
             if !ok {
                 return None;
             }

@@ -10,15 +10,22 @@ use crate::nfnetlink::{self, attr, attrs, nfproto, nul_terminated, NetlinkError}
 use crate::{Family, Protocol};
 use std::net::IpAddr;
 
-const NFT_MSG_GETSETELEM: u16 = 13;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_DATA: u16 = 2;
-const NFTA_SET_ELEM_USERDATA: u16 = 6;
-const NFTA_DATA_VALUE: u16 = 1;
+use super::uapi::*;
+
+/// Whether `<family> cni_hostport` has set (or map) `name`: one netlink
+/// request, so a command on a host without the layout starts no process.
+pub(super) fn has_set(family: Family, name: &str) -> Result<bool, NetlinkError> {
+    let which = [
+        attr(NFTA_SET_TABLE, &nul_terminated(TABLE)),
+        attr(NFTA_SET_NAME, &nul_terminated(name)),
+    ]
+    .concat();
+    match nfnetlink::get(NFT_MSG_GETSET, nfproto(family), &which, &mut |_| {}) {
+        Ok(()) => Ok(true),
+        Err(NetlinkError::Refused(nix::Error::ENOENT)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
 
 /// Every element of `<family> cni_hostport`'s map (none when it is missing).
 pub(super) fn elements(family: Family) -> Result<Vec<Element>, NetlinkError> {

@@ -17,7 +17,7 @@ use super::MASQUERADING;
 use super::TABLE;
 use super::TABLE_COMMENT;
 use crate::exec;
-use crate::nfnetlink::{self, attr, nfproto, nul_terminated, NetlinkError};
+use crate::nfnetlink::NetlinkError;
 use crate::plan::FamilyPlan;
 use crate::{Family, Known, Protocol};
 use serde_json::{json, Value};
@@ -26,9 +26,6 @@ use std::net::IpAddr;
 
 /// The map's name (one per family table).
 pub const MAP: &str = "hostports_map";
-const NFT_MSG_GETSET: u16 = 10;
-const NFTA_SET_TABLE: u16 = 1;
-const NFTA_SET_NAME: u16 = 2;
 
 /// One map element: `protocol . port : addr . to_port`, owned by `owner`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -204,19 +201,9 @@ fn has_lookup(family: Family, chain: &str, shape: Shape) -> Result<bool, NftErro
         .any(|r| r.shape == shape))
 }
 
-/// Whether `<family> cni_hostport` has our map: one netlink request, so
-/// a DEL on a host without the layout starts no process for it.
+/// Whether `<family> cni_hostport` has our map (one netlink request).
 pub(super) fn has_map(family: Family) -> Result<bool, NetlinkError> {
-    let which = [
-        attr(NFTA_SET_TABLE, &nul_terminated(TABLE)),
-        attr(NFTA_SET_NAME, &nul_terminated(MAP)),
-    ]
-    .concat();
-    match nfnetlink::get(NFT_MSG_GETSET, nfproto(family), &which, &mut |_| {}) {
-        Ok(()) => Ok(true),
-        Err(NetlinkError::Refused(nix::Error::ENOENT)) => Ok(false),
-        Err(e) => Err(e),
-    }
+    super::elements::has_set(family, MAP)
 }
 
 impl Nftables {

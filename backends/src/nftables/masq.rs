@@ -11,7 +11,7 @@ use super::kernel::{self, Shape};
 use super::maps::{element_cmd, owned};
 use super::nf_family_name;
 use super::{MASQUERADING, TABLE};
-use crate::nfnetlink::{self, attr, nfproto, nul_terminated, NetlinkError};
+use crate::nfnetlink::NetlinkError;
 use crate::plan::{FamilyPlan, MasqSource};
 use crate::Family;
 use serde_json::{json, Value};
@@ -20,9 +20,6 @@ use std::net::{IpAddr, Ipv4Addr};
 
 /// The set's name (one per family table, made with the map).
 pub const MASQ_SET: &str = "hostports_masq";
-const NFT_MSG_GETSET: u16 = 10;
-const NFTA_SET_TABLE: u16 = 1;
-const NFTA_SET_NAME: u16 = 2;
 
 /// One element: traffic from `saddr` to container `daddr` is masqueraded.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -123,16 +120,7 @@ pub(super) fn lookup_handles(family: Family) -> Result<Vec<u32>, NetlinkError> {
 
 /// Whether `<family> cni_hostport` has the set (one netlink request).
 pub(super) fn has_set(family: Family) -> Result<bool, NetlinkError> {
-    let which = [
-        attr(NFTA_SET_TABLE, &nul_terminated(TABLE)),
-        attr(NFTA_SET_NAME, &nul_terminated(MASQ_SET)),
-    ]
-    .concat();
-    match nfnetlink::get(NFT_MSG_GETSET, nfproto(family), &which, &mut |_| {}) {
-        Ok(()) => Ok(true),
-        Err(NetlinkError::Refused(nix::Error::ENOENT)) => Ok(false),
-        Err(e) => Err(e),
-    }
+    super::elements::has_set(family, MASQ_SET)
 }
 
 /// The set's elements, `None` when the family has no set.

@@ -2,7 +2,7 @@
 //! `nft -j` transaction per command. Parts: `add` (what ADD reads, its
 //! transaction and receipt), `del` (DEL and GC, by receipt or from dumps),
 //! `kernel` (our rules over netlink), `decode` (the restore pass's strict
-//! netlink decoding), `render` (the plan as nftables objects), `read`
+//! netlink decoding; `uapi` holds the netlink constants both use), `render` (the plan as nftables objects), `read`
 //! (`nft -j list table` back into containers, for CHECK and `list`),
 //! `check` (CHECK's comparison, one plan or many per read), `conditions`
 //! (conditionsV4/V6 words into matches), `guard` (the localnet guard's
@@ -51,6 +51,7 @@ mod read;
 mod render;
 #[cfg(test)]
 mod tests;
+mod uapi;
 
 #[cfg(test)]
 use add::skeleton_intact;
