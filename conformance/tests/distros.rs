@@ -108,7 +108,8 @@ fn auto_picks_the_usable_backend_and_the_catalogue_passes(
 
 /// Debian 11 as installed (nft 0.9.8, iptables 1.8.7, glibc 2.31, CNI
 /// plugins 0.9.0): the static binaries through the whole catalogue on
-/// every backend and auto, both setups, with Debian 11's own portmap as
+/// every backend and auto (not nftables-maps: the opt-in maps layout is
+/// not yet tried on nft 0.9.8), both setups, with Debian 11's own portmap as
 /// the reference. The run negotiates CNI 0.4.0 (what 0.9.0 speaks); ours
 /// has no failure; the reference's results are reported.
 #[test]
@@ -132,7 +133,8 @@ fn debian11_runs_the_static_binaries_through_the_catalogue() {
         &container,
         image,
         &format!(
-            "--plugin {BIN_DIR}/portmap --reference /usr/lib/cni/portmap --setup veth --setup chain"
+            "--plugin {BIN_DIR}/portmap --reference /usr/lib/cni/portmap --setup veth --setup chain \
+             --backend nftables --backend iptables-nft --backend iptables-legacy --backend auto"
         ),
     );
     let (code, report, cells) = (run.code, &run.text, &run.cells);
