@@ -69,7 +69,7 @@ impl Iptables {
         if fam.family != Family::V4 || plan.localnet_container().is_none() {
             return Ok(None);
         }
-        let text = runner.save_table(guard::GUARD_TABLE)?;
+        let text = runner.read_table(guard::GUARD_TABLE)?;
         Ok(Some(SavedTable::parse(&text)))
     }
 

@@ -439,7 +439,7 @@ impl Backend for Iptables {
         let Some(v4) = &self.v4 else {
             return Ok(false);
         };
-        let mangle = SavedTable::parse(&v4.save_table(guard::GUARD_TABLE)?);
+        let mangle = SavedTable::parse(&v4.read_table(guard::GUARD_TABLE)?);
         Ok(guard::intact(&mangle))
     }
 }

@@ -14,11 +14,16 @@ pub struct SavedTable {
 }
 
 impl SavedTable {
-    /// Reads the `*nat` section of `iptables-save -t nat` output.
+    /// Reads one table's section of `iptables-save -t <table>` output, or
+    /// `iptables -t <table> -S` (chains as `-P NAME POLICY` and `-N NAME`).
     pub fn parse(text: &str) -> SavedTable {
         let mut t = SavedTable::default();
         for line in text.lines() {
-            if let Some(decl) = line.strip_prefix(':') {
+            let decl = line
+                .strip_prefix(':')
+                .or_else(|| line.strip_prefix("-P "))
+                .or_else(|| line.strip_prefix("-N "));
+            if let Some(decl) = decl {
                 if let Some(name) = decl.split_whitespace().next() {
                     t.chains.push(name.to_string());
                 }
@@ -74,5 +79,15 @@ mod tests {
             t.jumps_to("CNI-DN-abc").collect::<Vec<_>>(),
             vec![("CNI-HOSTPORT-DNAT", "-p tcp -j CNI-DN-abc")]
         );
+    }
+
+    #[test]
+    fn listed_chains_parse_as_saved_ones() {
+        let saved = SavedTable::parse("*mangle\n:PREROUTING ACCEPT [0:0]\n:CNI-HOSTPORT-GUARD - [0:0]\n-A PREROUTING -j CNI-HOSTPORT-GUARD\nCOMMIT\n");
+        let listed = SavedTable::parse(
+            "-P PREROUTING ACCEPT\n-N CNI-HOSTPORT-GUARD\n-A PREROUTING -j CNI-HOSTPORT-GUARD\n",
+        );
+        assert_eq!(listed.chains, saved.chains);
+        assert_eq!(listed.rules, saved.rules);
     }
 }
