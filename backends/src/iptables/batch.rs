@@ -194,7 +194,10 @@ pub fn check(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> Option<String
     let expected = rules::container_rules(plan, fam);
     for (i, line) in expected.iter().enumerate() {
         let (_, spec) = rules::split_rule(line)?;
-        if installed.get(i).map(|s| rules::canonical(s)) != Some(rules::canonical(spec)) {
+        let same = installed
+            .get(i)
+            .is_some_and(|s| s == spec || rules::canonical(s) == rules::canonical(spec));
+        if !same {
             return Some(format!("chain {chain} is missing rule {} `{spec}`", i + 1));
         }
     }
@@ -205,12 +208,16 @@ pub fn check(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> Option<String
             installed[expected.len()]
         ));
     }
-    let entries: Vec<Vec<String>> = saved
-        .jumps_to(&chain)
-        .map(|(_, spec)| rules::canonical(spec))
-        .collect();
+    let entries: Vec<&str> = saved.jumps_to(&chain).map(|(_, spec)| spec).collect();
+    // Canonical forms only when the text differs: a restore pass checks every container.
+    let mut canonical: Option<Vec<Vec<String>>> = None;
     for spec in rules::entry_specs(plan, fam) {
-        if !entries.contains(&rules::canonical(&spec)) {
+        if entries.contains(&spec.as_str()) {
+            continue;
+        }
+        let known =
+            canonical.get_or_insert_with(|| entries.iter().map(|s| rules::canonical(s)).collect());
+        if !known.contains(&rules::canonical(&spec)) {
             return Some(format!("chain {DNAT_CHAIN} is missing entry rule `{spec}`"));
         }
     }

@@ -7,7 +7,7 @@ use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::access::read_for_plan;
-use super::rules::{self, DNAT_CHAIN};
+use super::rules::{self, MASQ_CHAIN, SETMARK_CHAIN};
 use super::saved::SavedTable;
 use super::{Iptables, IptablesError};
 use crate::plan::Plan;
@@ -16,25 +16,39 @@ use crate::{Family, Verdict};
 /// One family's saved nat table, indexed for many plans.
 struct Indexed {
     chains: BTreeSet<String>,
-    /// Chains copied whole into every view: all but the per-container
-    /// chains and CNI-HOSTPORT-DNAT (what every plan's check reads).
-    shared: BTreeMap<String, Vec<String>>,
-    /// The rules of the other chains, by chain.
-    rest: BTreeMap<String, Vec<String>>,
-    /// Rules of the other chains jumping to a chain, by target, in order.
+    /// The shared chains `batch::check` looks for rules in, copied whole
+    /// into every view. Other tools' chains (kube-proxy's thousands of
+    /// rules) are not: a view is a plan's, its cost must not be the table's.
+    read_whole: BTreeMap<String, Vec<String>>,
+    /// The rules of the per-container chains, by chain.
+    own: BTreeMap<String, Vec<String>>,
+    /// Rules of the chains not copied whole that jump to a chain, by
+    /// target, in order.
     jumps: BTreeMap<String, Vec<(String, String)>>,
 }
 
 fn per_container(chain: &str) -> bool {
-    chain == DNAT_CHAIN || chain.starts_with("CNI-DN-") || chain.starts_with("CNI-SN-")
+    chain.starts_with("CNI-DN-") || chain.starts_with("CNI-SN-")
+}
+
+/// The shared chains whose rules `batch::check` asks for by name.
+fn read_whole(chain: &str) -> bool {
+    [
+        "PREROUTING",
+        "OUTPUT",
+        "POSTROUTING",
+        SETMARK_CHAIN,
+        MASQ_CHAIN,
+    ]
+    .contains(&chain)
 }
 
 impl Indexed {
     fn new(saved: SavedTable) -> Indexed {
-        let (mut shared, mut rest, mut jumps) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        let (mut whole, mut own, mut jumps) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
         for (chain, specs) in saved.rules {
-            if !per_container(&chain) {
-                shared.insert(chain, specs);
+            if read_whole(&chain) {
+                whole.insert(chain, specs);
                 continue;
             }
             for spec in &specs {
@@ -45,22 +59,24 @@ impl Indexed {
                         .push((chain.clone(), spec.clone()));
                 }
             }
-            rest.insert(chain, specs);
+            if per_container(&chain) {
+                own.insert(chain, specs);
+            }
         }
         Indexed {
             chains: saved.chains.into_iter().collect(),
-            shared,
-            rest,
+            read_whole: whole,
+            own,
             jumps,
         }
     }
 
     /// What `batch::check` of a container whose chain is `chain` sees:
-    /// whether the chain exists, the shared chains, its own rules and the
-    /// rules jumping to it.
+    /// whether the chain exists, the shared chains it reads, its own rules
+    /// and the rules jumping to it.
     fn view(&self, chain: &str) -> SavedTable {
-        let mut rules = self.shared.clone();
-        if let Some(own) = self.rest.get(chain) {
+        let mut rules = self.read_whole.clone();
+        if let Some(own) = self.own.get(chain) {
             rules.insert(chain.to_string(), own.clone());
         }
         for (from, spec) in self.jumps.get(chain).into_iter().flatten() {

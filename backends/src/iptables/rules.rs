@@ -21,10 +21,20 @@ const COMMENT_MAX: usize = 255;
 /// `CNI-<prefix>` + the first hex digits of sha512(network + container ID),
 /// 28 characters in all (upstream's `FormatChainName`).
 pub fn chain_name(prefix: &str, network: &str, container_id: &str) -> String {
-    let head = format!("CNI-{prefix}");
-    let digest = Sha512::digest(format!("{network}{container_id}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{head}{}", &hex[..CHAIN_NAME_MAX - head.len()])
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut name = format!("CNI-{prefix}");
+    let mut hasher = Sha512::new();
+    hasher.update(network.as_bytes());
+    hasher.update(container_id.as_bytes());
+    // Per digest byte, not `format!`: a restore pass names every container's chain.
+    for b in hasher.finalize() {
+        for nibble in [b >> 4, b & 0xf] {
+            if name.len() < CHAIN_NAME_MAX {
+                name.push(char::from(HEX[usize::from(nibble)]));
+            }
+        }
+    }
+    name
 }
 
 /// Whether a nat chain is one portmap makes (shared or per container),

@@ -279,4 +279,40 @@ fn check_all_agrees_with_check_plan_by_plan() {
     assert_eq!(all, each);
     assert!(matches!(&all[2], Verdict::Damaged(_)), "{all:?}");
     assert_eq!(all[..2], [Verdict::Whole, Verdict::Whole]);
+    // Another tool's chains: one of many rules (not copied into each
+    // plan's view), one holding `second`'s entry rule, moved there from
+    // CNI-HOSTPORT-DNAT: the indexed read still sees what CHECK sees.
+    let ipt_nat = |args: &[&str]| {
+        let mut all = vec!["-t", "nat"];
+        all.extend_from_slice(args);
+        ns.exec("iptables-nft", &all).expect("iptables-nft")
+    };
+    ipt_nat(&["-N", "KUBE-SERVICES"]);
+    for port in ["30001", "30002", "30003"] {
+        ipt_nat(&[
+            "-A",
+            "KUBE-SERVICES",
+            "-p",
+            "tcp",
+            "--dport",
+            port,
+            "-j",
+            "RETURN",
+        ]);
+    }
+    let moved = rules::container_chain(&second.key.network, &second.key.container_id);
+    let listed = ipt_nat(&["-S", rules::DNAT_CHAIN]);
+    let entry = listed
+        .lines()
+        .find(|l| l.ends_with(&moved))
+        .and_then(|l| l.strip_prefix(&format!("-A {} ", rules::DNAT_CHAIN)))
+        .expect("second's entry rule");
+    let words = rules::shell_words(entry);
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    ipt_nat(&["-N", "OTHER-TOOL"]);
+    ipt_nat(&[&["-A", "OTHER-TOOL"], &words[..]].concat());
+    ipt_nat(&[&["-D", rules::DNAT_CHAIN], &words[..]].concat());
+    let (all, each) = verdicts(&ns);
+    assert_eq!(all, each);
+    assert_eq!(all[..2], [Verdict::Whole, Verdict::Whole]);
 }
