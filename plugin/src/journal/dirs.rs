@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::dir::{Dir as NixDir, Type};
@@ -85,6 +85,12 @@ fn refused(path: &Path, what: Refusal) -> JournalError {
     }
 }
 
+/// Asked once: a restore pass checks every entry's directory.
+fn effective_uid() -> u32 {
+    static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *EUID.get_or_init(|| geteuid().as_raw())
+}
+
 fn own(fd: RawFd) -> File {
     // SAFETY: `fd` was just returned by openat and nothing else holds it.
     unsafe { File::from_raw_fd(fd) }
@@ -135,26 +141,16 @@ impl Dir {
     /// made (0700, and its name made durable) when missing and `create`.
     /// `None`: missing. Not checked: see [`Dir::trusted`].
     pub fn sub(&self, name: &str, create: bool) -> Result<Option<Dir>, JournalError> {
-        let path = self.path.join(name);
-        let open = || NixDir::openat(Some(self.fd()), name, dir_flags(), Mode::empty());
-        let opened = match open() {
-            Err(Errno::ENOENT) if create => match mkdirat(Some(self.fd()), name, dir_mode()) {
-                Ok(()) => {
-                    fsync(self.fd()).map_err(|e| dir_error("create", &path, e.into()))?;
-                    open()
-                }
-                Err(Errno::EEXIST) => open(),
-                Err(e) => return Err(dir_error("create", &path, e.into())),
-            },
-            other => other,
-        };
-        match opened {
-            Ok(dir) => Ok(Some(Dir { dir, path })),
-            Err(Errno::ENOENT) => Ok(None),
-            Err(Errno::ENOTDIR | Errno::ELOOP) => {
-                Err(refused(&path, described(self.kind(name) == Kind::Symlink)))
-            }
-            Err(e) => Err(dir_error("open", &path, e.into())),
+        self.at().sub(name, create)
+    }
+
+    /// This directory as other threads may open what is in it.
+    pub fn at(&self) -> At<'_> {
+        At {
+            // SAFETY: the descriptor is `self.dir`'s, open while `self`
+            // lives, which the borrow outlasts.
+            fd: unsafe { BorrowedFd::borrow_raw(self.fd()) },
+            path: &self.path,
         }
     }
 
@@ -162,7 +158,7 @@ impl Dir {
     /// writable by group or others.
     pub fn trusted(self) -> Result<Dir, JournalError> {
         let st = fstat(self.fd()).map_err(|e| dir_error("check", &self.path, e.into()))?;
-        let euid = geteuid().as_raw();
+        let euid = effective_uid();
         if st.st_uid != euid {
             return Err(refused(
                 &self.path,
@@ -189,14 +185,7 @@ impl Dir {
 
     /// What `name` here is, not following it.
     fn kind(&self, name: &str) -> Kind {
-        match fstatat(Some(self.fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
-                SFlag::S_IFDIR => Kind::Dir,
-                SFlag::S_IFLNK => Kind::Symlink,
-                _ => Kind::Other,
-            },
-            Err(_) => Kind::Other,
-        }
+        kind_at(self.fd(), name)
     }
 
     /// The names here and what each is (not `.`, `..` or names that are
@@ -234,12 +223,16 @@ impl Dir {
             Errno::ELOOP => io::Error::other(Refusal::Symlink.to_string()),
             e => e.into(),
         })?;
-        let mut file = own(fd);
-        if !file.metadata()?.is_file() {
+        let file = own(fd);
+        let st = fstat(fd)?;
+        if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
             return Err(io::Error::other("it is not a regular file"));
         }
-        let mut text = Vec::new();
-        file.read_to_end(&mut text)?;
+        // Sized from the one fstat: `File::read_to_end` would stat and
+        // seek again (a restore pass reads every entry).
+        let size = usize::try_from(st.st_size).unwrap_or(0);
+        let mut text = Vec::with_capacity(size + 1);
+        file.take(u64::MAX).read_to_end(&mut text)?;
         Ok(text)
     }
 
@@ -295,6 +288,59 @@ impl Dir {
 
     pub fn sync(&self) -> io::Result<()> {
         fsync(self.fd()).map_err(io::Error::from)
+    }
+}
+
+/// An open directory's descriptor and path: what [`Dir::sub`] needs,
+/// shareable between threads (a `Dir`'s stream is not).
+#[derive(Debug, Clone, Copy)]
+pub struct At<'d> {
+    fd: BorrowedFd<'d>,
+    path: &'d Path,
+}
+
+impl At<'_> {
+    pub fn path(&self) -> &Path {
+        self.path
+    }
+
+    /// See [`Dir::sub`].
+    pub fn sub(&self, name: &str, create: bool) -> Result<Option<Dir>, JournalError> {
+        let fd = self.fd.as_raw_fd();
+        let path = self.path.join(name);
+        let open = || NixDir::openat(Some(fd), name, dir_flags(), Mode::empty());
+        let opened = match open() {
+            Err(Errno::ENOENT) if create => match mkdirat(Some(fd), name, dir_mode()) {
+                Ok(()) => {
+                    fsync(fd).map_err(|e| dir_error("create", &path, e.into()))?;
+                    open()
+                }
+                Err(Errno::EEXIST) => open(),
+                Err(e) => return Err(dir_error("create", &path, e.into())),
+            },
+            other => other,
+        };
+        match opened {
+            Ok(dir) => Ok(Some(Dir { dir, path })),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(Errno::ENOTDIR | Errno::ELOOP) => Err(refused(
+                &path,
+                described(kind_at(fd, name) == Kind::Symlink),
+            )),
+            Err(e) => Err(dir_error("open", &path, e.into())),
+        }
+    }
+}
+
+/// What `name` in directory `fd` is, not following it.
+fn kind_at(fd: RawFd, name: &str) -> Kind {
+    match fstatat(Some(fd), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+            SFlag::S_IFDIR => Kind::Dir,
+            SFlag::S_IFLNK => Kind::Symlink,
+            _ => Kind::Other,
+        },
+        Err(_) => Kind::Other,
     }
 }
 

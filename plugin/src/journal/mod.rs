@@ -445,55 +445,7 @@ impl Journal {
             Ok(None) => return Vec::new(),
             Err(e) => return vec![Err(e)],
         };
-        let ids = match netns.list() {
-            Ok(ids) => ids,
-            Err(e) => return vec![Err(e)],
-        };
-        let mut found: Vec<(PathBuf, Result<Entry, JournalError>)> = Vec::new();
-        for (id, kind) in ids {
-            let path = netns.path().join(&id);
-            let dir = match kind {
-                Kind::Dir => netns
-                    .sub(&id, false)
-                    .and_then(|d| d.map(Dir::trusted).transpose()),
-                Kind::Symlink => Err(JournalError::Unsafe {
-                    path: path.clone(),
-                    what: Refusal::Symlink,
-                }),
-                Kind::Other => continue,
-            };
-            let mut dir = match dir {
-                Ok(Some(dir)) => dir,
-                Ok(None) => continue,
-                Err(e) => {
-                    found.push((path, Err(e)));
-                    continue;
-                }
-            };
-            let names = match dir.list() {
-                Ok(names) => names,
-                Err(e) => {
-                    found.push((path, Err(e)));
-                    continue;
-                }
-            };
-            for (name, _) in names {
-                if name.starts_with('.') || !name.ends_with(".json") {
-                    continue;
-                }
-                let path = dir.path().join(&name);
-                let entry = read_entry(&dir, &name).map_err(|reason| JournalError::Unreadable {
-                    path: path.clone(),
-                    reason,
-                });
-                found.push((path, entry));
-            }
-        }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
-        found
-            .into_iter()
-            .map(|(path, entry)| entry.map(|e| (path, e)))
-            .collect()
+        scan::entries(&mut netns)
     }
 }
 
@@ -510,5 +462,6 @@ fn parse_entry(text: &[u8]) -> Result<Entry, String> {
 }
 
 mod known;
+mod scan;
 #[cfg(test)]
 mod tests;

@@ -463,3 +463,43 @@ fn an_entry_in_todays_format_reads_and_writes_the_same() {
     assert_eq!(read, expected);
     assert_eq!(serde_json::to_value(&expected).expect("json"), fixture);
 }
+
+/// Enough containers for the read to be spread over threads: every entry
+/// once, in name order, the bad ones reported among them.
+#[test]
+fn many_entries_read_as_one_list_in_name_order() {
+    use std::os::unix::fs::symlink;
+    let j = scratch("many");
+    let ids: Vec<String> = (0..150).map(|i| format!("c{i:03}")).collect();
+    for id in &ids {
+        j.write(&Entry::new(
+            "eth0",
+            "",
+            BackendKind::Nftables,
+            request("net", id),
+        ))
+        .expect("write");
+    }
+    std::fs::write(j.dir().join("c077/net:eth1.json"), b"{not json").expect("corrupt");
+    symlink(j.root(), j.dir().join("c140-link")).expect("link");
+    let entries = j.entries();
+    assert_eq!(entries.len(), ids.len() + 2, "{} entries", entries.len());
+    let read: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e.as_ref().ok())
+        .map(|(_, e)| e.request.key.container_id.as_str())
+        .collect();
+    assert_eq!(read, ids, "each once, in name order");
+    let errors: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e.as_ref().err().map(ToString::to_string))
+        .collect();
+    assert!(
+        errors.len() == 2
+            && errors.iter().any(|e| e.contains("c077/net:eth1.json"))
+            && errors
+                .iter()
+                .any(|e| e.contains("c140-link") && e.contains("symlink")),
+        "{errors:?}"
+    );
+}
