@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use portmap_backends::{nfnetlink, select, Backend, BackendKind, Plan, Verdict};
+use portmap_backends::{nfnetlink, select, Backend, BackendError, BackendKind, Plan, Verdict};
 
 use crate::journal::{Entry, Journal};
 
@@ -75,6 +75,22 @@ pub(super) struct Repairs<'p> {
     pub guard: Option<bool>,
 }
 
+/// Every plan's verdict, and whether the localnet guard is whole when a
+/// plan's ADD installs it: two reads (on iptables two processes), side by
+/// side.
+fn read_both(
+    backend: &dyn Backend,
+    plans: &[&Plan],
+) -> (Result<Vec<Verdict>, BackendError>, Option<bool>) {
+    let guarded = plans.iter().any(|p| p.localnet_container().is_some());
+    std::thread::scope(|scope| {
+        let guard = guarded.then(|| scope.spawn(|| backend.localnet_guard().unwrap_or(false)));
+        let verdicts = backend.check_all(plans);
+        let guard = guard.map(|g| g.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        (verdicts, guard)
+    })
+}
+
 /// Checks the entries of `journal` whose backend is `wanted` and
 /// reinstalls what is missing; one line per container it acted on.
 pub(super) fn run(journal: &Journal, dry_run: bool, wanted: &dyn Fn(BackendKind) -> bool) -> Pass {
@@ -117,7 +133,9 @@ pub(super) fn run(journal: &Journal, dry_run: bool, wanted: &dyn Fn(BackendKind)
         };
         let plans: Vec<Plan> = entries.iter().map(|(_, e)| Plan::new(&e.request)).collect();
         let refs: Vec<&Plan> = plans.iter().collect();
-        let verdicts = repairs.backend.check_all(&refs).map_err(|e| e.to_string());
+        let (verdicts, guard) = read_both(repairs.backend.as_ref(), &refs);
+        repairs.guard = guard;
+        let verdicts = verdicts.map_err(|e| e.to_string());
         let mut todo: Vec<(usize, Damage)> = Vec::new();
         for (i, plan) in plans.iter().enumerate() {
             let damage = match &verdicts {
