@@ -1,6 +1,6 @@
-//! Reading every entry of a namespace's journal (restore, gc, status):
-//! one directory and one file per container, so on a large host the
-//! syscalls are the pass's main cost; they are spread over the cores.
+//! Reading every entry of a namespace's journal (restore, watch, GC,
+//! migrate, status): one directory and one file per container, so on a
+//! large host the syscalls are a restore pass's main cost: spread over cores.
 
 use std::path::PathBuf;
 
