@@ -8,6 +8,9 @@ pub mod batch;
 mod check;
 mod error;
 pub mod guard;
+mod netlink;
+#[cfg(test)]
+mod netlink_tests;
 mod read;
 pub mod rules;
 pub mod runner;

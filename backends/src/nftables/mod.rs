@@ -39,7 +39,7 @@ mod elements;
 #[cfg(test)]
 mod fast_tests;
 mod guard;
-mod kernel;
+pub(crate) mod kernel;
 mod maps;
 mod maps_read;
 #[cfg(test)]
@@ -51,7 +51,7 @@ mod read;
 mod render;
 #[cfg(test)]
 mod tests;
-mod uapi;
+pub(crate) mod uapi;
 
 #[cfg(test)]
 use add::skeleton_intact;
