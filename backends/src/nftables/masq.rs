@@ -7,7 +7,6 @@
 //! the same address leaves the newer one's; CHECK accepts any owner (the
 //! element does the same whoever added it), DEL takes only its own.
 
-use super::kernel::{self, Shape};
 use super::maps::{element_cmd, owned};
 use super::nf_family_name;
 use super::{MASQUERADING, TABLE};
@@ -108,16 +107,6 @@ pub(super) fn lookup_expr(family: Family) -> Value {
         {"masquerade": null},
     ])
 }
-
-/// The handles of the lookup rules in `masquerading` (retiring the layout).
-pub(super) fn lookup_handles(family: Family) -> Result<Vec<u32>, NetlinkError> {
-    Ok(kernel::rules(family, Some(MASQUERADING))?
-        .into_iter()
-        .filter(|r| r.shape == Shape::MasqLookup)
-        .map(|r| r.handle)
-        .collect())
-}
-
 /// Whether `<family> cni_hostport` has the set (one netlink request).
 pub(super) fn has_set(family: Family) -> Result<bool, NetlinkError> {
     super::elements::has_set(family, MASQ_SET)
