@@ -13,7 +13,7 @@ use super::check::{per_container, read_whole};
 use super::rules::DNAT_CHAIN;
 use super::saved::SavedTable;
 use crate::nfnetlink::{self, attr, attrs, nfproto, nul_terminated, string};
-use crate::nftables::kernel::{exprs, Expr};
+use crate::nftables::decode::{exprs, Expr};
 use crate::nftables::uapi::*;
 use crate::Family;
 
@@ -80,7 +80,7 @@ fn verdict<'e>(e: &'e Expr<'_>) -> Option<(u32, Option<&'e str>)> {
         return None;
     }
     only(e, &[NFTA_IMMEDIATE_DREG, NFTA_IMMEDIATE_DATA])?;
-    let data = e.attr(NFTA_IMMEDIATE_DATA)?;
+    let data = e.get(NFTA_IMMEDIATE_DATA)?;
     let (_, v) = attrs(data).find(|(k, _)| *k == NFTA_DATA_VERDICT)?;
     let mut code = None;
     let mut chain = None;
@@ -240,8 +240,8 @@ fn port_range(list: &[Expr<'_>], reg: u32) -> Option<(String, usize)> {
         if first.be32(NFTA_RANGE_SREG)? != reg || first.be32(NFTA_RANGE_OP)? != NFT_RANGE_EQ {
             return None;
         }
-        let from = be_u16(first.nested_value(NFTA_RANGE_FROM_DATA)?)?;
-        let to = be_u16(first.nested_value(NFTA_RANGE_TO_DATA)?)?;
+        let from = be_u16(first.value(NFTA_RANGE_FROM_DATA)?)?;
+        let to = be_u16(first.value(NFTA_RANGE_TO_DATA)?)?;
         return Some((format!("{from}:{to}"), 1));
     }
     let op = first.be32(NFTA_CMP_OP)?;
@@ -266,7 +266,7 @@ fn compared_op<'e>(e: &'e Expr<'_>, reg: u32, ops: &[u32]) -> Option<(u32, &'e [
     }
     only(e, &[NFTA_CMP_SREG, NFTA_CMP_OP, NFTA_CMP_DATA])?;
     let op = e.be32(NFTA_CMP_OP)?;
-    (e.be32(NFTA_CMP_SREG)? == reg && ops.contains(&op)).then_some((op, e.cmp_value()?))
+    (e.be32(NFTA_CMP_SREG)? == reg && ops.contains(&op)).then_some((op, e.value(NFTA_CMP_DATA)?))
 }
 
 /// The mask of a bitwise `reg = reg & mask ^ 0` over `len` bytes.
@@ -285,8 +285,8 @@ fn masked(e: &Expr<'_>, reg: u32, len: usize) -> Option<Vec<u8>> {
             NFTA_BITWISE_OP,
         ],
     )?;
-    let mask = e.nested_value(NFTA_BITWISE_MASK)?;
-    let xor = e.nested_value(NFTA_BITWISE_XOR)?;
+    let mask = e.value(NFTA_BITWISE_MASK)?;
+    let xor = e.value(NFTA_BITWISE_XOR)?;
     let plain = e.be32(NFTA_BITWISE_OP).is_none_or(|op| op == 0);
     let ok = plain
         && e.be32(NFTA_BITWISE_SREG)? == reg
@@ -349,9 +349,9 @@ fn verdict_text(e: &Expr<'_>) -> Option<String> {
 fn xt<'e>(e: &'e Expr<'_>) -> Option<(String, u32, &'e [u8])> {
     only(e, &[NFTA_XT_NAME, NFTA_XT_REV, NFTA_XT_INFO])?;
     Some((
-        string(e.attr(NFTA_XT_NAME)?),
+        string(e.get(NFTA_XT_NAME)?),
         e.be32(NFTA_XT_REV)?,
-        e.attr(NFTA_XT_INFO)?,
+        e.get(NFTA_XT_INFO)?,
     ))
 }
 
@@ -503,7 +503,7 @@ fn set_once(slot: &mut Option<String>, value: String) -> Option<()> {
 
 /// `Some` when `e` has no attribute but `allowed`.
 fn only(e: &Expr<'_>, allowed: &[u16]) -> Option<()> {
-    e.keys().all(|k| allowed.contains(&k)).then_some(())
+    e.is_within(e.name(), allowed).then_some(())
 }
 
 fn be_u16(b: &[u8]) -> Option<u16> {

@@ -235,46 +235,32 @@ enum Loaded {
 }
 
 /// One expression of a rule: its name and its attributes.
-pub(crate) struct Expr<'a> {
+pub(super) struct Expr<'a> {
     name: String,
     data: &'a [u8],
 }
 
 impl Expr<'_> {
-    pub(crate) fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub(crate) fn attr(&self, key: u16) -> Option<&[u8]> {
+    fn attr(&self, key: u16) -> Option<&[u8]> {
         attrs(self.data).find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
-    /// The attribute keys this expression carries, in order.
-    pub(crate) fn keys(&self) -> impl Iterator<Item = u16> + '_ {
-        attrs(self.data).map(|(k, _)| k)
-    }
-
     /// A u32 attribute in network order (as the kernel keeps most).
-    pub(crate) fn be32(&self, key: u16) -> Option<u32> {
+    fn be32(&self, key: u16) -> Option<u32> {
         Some(u32::from_be_bytes(
             self.attr(key)?.get(..4)?.try_into().ok()?,
         ))
     }
 
     /// The value a `cmp` compares with (nested NFTA_DATA_VALUE).
-    pub(crate) fn cmp_value(&self) -> Option<&[u8]> {
-        self.nested_value(NFTA_CMP_DATA)
-    }
-
-    /// The NFTA_DATA_VALUE nested in attribute `key`.
-    pub(crate) fn nested_value(&self, key: u16) -> Option<&[u8]> {
-        attrs(self.attr(key)?)
+    fn cmp_value(&self) -> Option<&[u8]> {
+        attrs(self.attr(NFTA_CMP_DATA)?)
             .find(|(k, _)| *k == NFTA_DATA_VALUE)
             .map(|(_, v)| v)
     }
 }
 
-pub(crate) fn exprs(list: &[u8]) -> Vec<Expr<'_>> {
+pub(super) fn exprs(list: &[u8]) -> Vec<Expr<'_>> {
     attrs(list)
         .filter(|(kind, _)| *kind == NFTA_LIST_ELEM)
         .map(|(_, elem)| {

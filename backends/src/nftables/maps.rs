@@ -107,6 +107,14 @@ pub(super) fn owned(key: Value, owner: Option<&String>) -> Value {
     }
 }
 
+/// [`owned`] read back: an element's key and its owner's comment, if any.
+pub(super) fn unowned(elem: &Value) -> Option<(&Value, Option<&str>)> {
+    match elem.get("elem") {
+        Some(e) => Some((e.get("val")?, e.get("comment").and_then(Value::as_str))),
+        None => Some((elem, None)),
+    }
+}
+
 /// `{"<verb>": {"element": <set> + elem}}`: elements added to or deleted
 /// from the map or set `set` (a `map_ref`-shaped object).
 pub(super) fn element_cmd(verb: &str, mut set: Value, elem: Vec<Value>) -> Value {
@@ -148,10 +156,7 @@ fn parse_element(pair: &Value) -> Option<Element> {
     let [k, v] = pair.as_array()?.as_slice() else {
         return None;
     };
-    let (k, owner) = match k.get("elem") {
-        Some(e) => (e.get("val")?, e.get("comment").and_then(Value::as_str)),
-        None => (k, None),
-    };
+    let (k, owner) = unowned(k)?;
     let pair = |c: &Value| -> Option<(Value, u16)> {
         let [a, b] = c.get("concat")?.as_array()?.as_slice() else {
             return None;

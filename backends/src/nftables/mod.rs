@@ -33,13 +33,13 @@ use crate::{
 mod add;
 mod check;
 mod conditions;
-mod decode;
+pub(crate) mod decode;
 mod del;
 mod elements;
 #[cfg(test)]
 mod fast_tests;
 mod guard;
-pub(crate) mod kernel;
+mod kernel;
 mod maps;
 mod maps_read;
 #[cfg(test)]
