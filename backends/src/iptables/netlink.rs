@@ -10,7 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::check::{per_container, read_whole};
-use super::rules::DNAT_CHAIN;
+use super::rules::{is_ours, DNAT_CHAIN};
 use super::saved::SavedTable;
 use crate::nfnetlink::{self, attr, attrs, nfproto, nul_terminated, string};
 use crate::nftables::decode::{exprs, Expr};
@@ -18,6 +18,7 @@ use crate::nftables::uapi::*;
 use crate::Family;
 
 const NAT: &str = "nat";
+const BUILTIN: [&str; 4] = ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"];
 
 /// `family`'s nat table as iptables-nft-save would print the chains a
 /// check reads; `None` when any of it is not ours to render, the kernel
@@ -26,11 +27,13 @@ pub(super) fn read_nat(family: Family) -> Option<SavedTable> {
     let before = nfnetlink::generation().ok()?;
     let chains = nfnetlink::chains(family, NAT).ok()?;
     let mut dumped: Vec<(String, Vec<u8>, bool)> = Vec::new();
+    let mut elsewhere = false;
     let named = attr(NFTA_RULE_TABLE, &nul_terminated(NAT));
     nfnetlink::dump(NFT_MSG_GETRULE, nfproto(family), &named, &mut |body| {
         let (mut chain, mut list, mut udata) = (String::new(), Vec::new(), false);
         for (kind, value) in attrs(body.get(4..).unwrap_or_default()) {
             match kind {
+                NFTA_RULE_TABLE => elsewhere |= string(value) != NAT,
                 NFTA_RULE_CHAIN => chain = string(value),
                 NFTA_RULE_EXPRESSIONS => list = value.to_vec(),
                 // iptables-nft-save prints a user-data comment as a match.
@@ -41,7 +44,7 @@ pub(super) fn read_nat(family: Family) -> Option<SavedTable> {
         dumped.push((chain, list, udata));
     })
     .ok()?;
-    if nfnetlink::generation().ok()? != before {
+    if elsewhere || nfnetlink::generation().ok()? != before {
         return None;
     }
     let mut table = SavedTable {
@@ -49,7 +52,7 @@ pub(super) fn read_nat(family: Family) -> Option<SavedTable> {
         ..SavedTable::default()
     };
     // iptables-nft-save declares the built-in chains, made or not.
-    for builtin in ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"] {
+    for builtin in BUILTIN {
         if !table.has_chain(builtin) {
             table.chains.push(builtin.to_string());
         }
@@ -60,10 +63,15 @@ pub(super) fn read_nat(family: Family) -> Option<SavedTable> {
         if !read && !jump_target(&list).is_some_and(per_container) {
             continue;
         }
-        if udata {
+        let Some(spec) = (!udata).then(|| render(family, &list)).flatten() else {
+            // In the built-in chains the check looks only for our jumps: a
+            // rule jumping nowhere of ours (Docker's MASQUERADE, say) is
+            // none of ours in any encoding. Anywhere else: the save.
+            if BUILTIN.contains(&chain.as_str()) && !jump_target(&list).is_some_and(is_ours) {
+                continue;
+            }
             return None;
-        }
-        let spec = render(family, &list)?;
+        };
         table.rules.entry(chain).or_default().push(spec);
     }
     Some(table)
@@ -206,6 +214,9 @@ fn loaded(family: Family, list: &[Expr<'_>], rule: &mut Rule) -> Option<usize> {
                 _ => (None, next, 1),
             };
             let (negated, value) = compared(cmp, reg)?;
+            if value.len() != len {
+                return None;
+            }
             let text = negate(negated, prefix_text(family, value, mask.as_deref(), full)?);
             match offset {
                 o if o == source => set_once(&mut rule.source, text)?,
@@ -242,7 +253,7 @@ fn port_range(list: &[Expr<'_>], reg: u32) -> Option<(String, usize)> {
         }
         let from = be_u16(first.value(NFTA_RANGE_FROM_DATA)?)?;
         let to = be_u16(first.value(NFTA_RANGE_TO_DATA)?)?;
-        return Some((format!("{from}:{to}"), 1));
+        return port_text(from, to).map(|t| (t, 1));
     }
     let op = first.be32(NFTA_CMP_OP)?;
     let (_, low) = compared_op(first, reg, &[NFT_CMP_EQ, NFT_CMP_GTE])?;
@@ -251,7 +262,12 @@ fn port_range(list: &[Expr<'_>], reg: u32) -> Option<(String, usize)> {
         return Some((low.to_string(), 1));
     }
     let (_, high) = compared_op(list.get(1)?, reg, &[NFT_CMP_LTE])?;
-    Some((format!("{low}:{}", be_u16(high)?), 2))
+    port_text(low, be_u16(high)?).map(|t| (t, 2))
+}
+
+/// `A:B`; iptables prints no port for the whole range (none of ours).
+fn port_text(from: u16, to: u16) -> Option<String> {
+    (from != 0 || to != u16::MAX).then(|| format!("{from}:{to}"))
 }
 
 /// A cmp eq or neq of register `reg`: whether negated, and its value.
@@ -314,11 +330,15 @@ fn prefix_text(family: Family, value: &[u8], mask: Option<&[u8]>, full: usize) -
             usize::try_from(ones).ok()?
         }
     };
+    // iptables prints no `-s`/`-d` for /0.
+    if bits == 0 {
+        return None;
+    }
     let mut bytes = value.to_vec();
     bytes.resize(full, 0);
     let address = match family {
         Family::V4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?)),
-        Family::V6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        Family::V6 => IpAddr::V6(ipv6(<[u8; 16]>::try_from(bytes).ok()?)?),
     };
     Some(format!("{address}/{bits}"))
 }
@@ -331,6 +351,14 @@ fn prefix_byte(ones: u32, i: usize) -> u8 {
         n if n >= 8 => 0xff,
         n => 0xffu8 << (8 - n),
     }
+}
+
+/// An IPv6 address Rust prints as glibc's inet_ntop does: not the
+/// IPv4-compatible `::a.b.c.d` (deprecated; glibc prints it dotted).
+fn ipv6(bytes: [u8; 16]) -> Option<Ipv6Addr> {
+    let a = Ipv6Addr::from(bytes);
+    let compatible = bytes[..12].iter().all(|b| *b == 0) && u128::from(a) > 1;
+    (!compatible).then_some(a)
 }
 
 fn verdict_text(e: &Expr<'_>) -> Option<String> {
@@ -359,7 +387,8 @@ fn xt_match(e: &Expr<'_>) -> Option<String> {
     let (name, rev, info) = xt(e)?;
     match (name.as_str(), rev) {
         ("comment", 0) => {
-            let text = info.get(..256)?.split(|b| *b == 0).next()?;
+            // iptables prints at most 255 bytes (it ends the buffer there).
+            let text = info.get(..255)?.split(|b| *b == 0).next()?;
             let text = std::str::from_utf8(text).ok()?;
             Some(format!("-m comment --comment {}", save_string(text)))
         }
@@ -448,7 +477,7 @@ fn dnat(family: Family, info: &[u8], rev: u32) -> Option<String> {
     let address = match family {
         Family::V4 => Ipv4Addr::from(<[u8; 4]>::try_from(min.get(..4)?).ok()?).to_string(),
         Family::V6 => {
-            let a = Ipv6Addr::from(<[u8; 16]>::try_from(min).ok()?);
+            let a = ipv6(<[u8; 16]>::try_from(min).ok()?)?;
             if ported {
                 format!("[{a}]")
             } else {

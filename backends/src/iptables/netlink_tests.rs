@@ -132,8 +132,43 @@ fn our_rules_render_as_iptables_nft_save_prints_them() {
     ]);
     assert_renders_as_saved(&ns, &[Family::V4]);
 
-    // A rule we do not render where the check reads: the read steps aside.
-    ipt_nat(&["-A", "POSTROUTING", "-o", "eth9", "-j", "MASQUERADE"]);
+    // Docker's masquerade in POSTROUTING: not rendered, and left out (it
+    // jumps nowhere of ours, so it is none of ours); the rest as saved.
+    let docker = [
+        "-s",
+        "172.17.0.0/16",
+        "!",
+        "-o",
+        "docker0",
+        "-j",
+        "MASQUERADE",
+    ];
+    ipt_nat(&[&["-A", "POSTROUTING"], &docker[..]].concat());
+    let fast = ns
+        .run(|| read_nat(Family::V4))
+        .expect("in netns")
+        .expect("rendered");
+    let mut slow = save(&ns, Family::V4);
+    let postrouting = slow.rules.get_mut("POSTROUTING").expect("postrouting");
+    assert_eq!(
+        postrouting.pop().as_deref(),
+        Some(docker.join(" ").as_str())
+    );
+    assert_eq!(read_part(&fast), read_part(&slow));
+
+    // A rule we do not render jumping to one of our chains, where the
+    // check reads: the read steps aside (the save reads it).
+    ipt_nat(&["-A", "POSTROUTING", "-o", "eth9", "-j", "CNI-HOSTPORT-MASQ"]);
     assert!(ns.run(|| read_nat(Family::V4)).expect("in netns").is_none());
+    // IPv6: an IPv4-compatible address, which Rust prints otherwise than
+    // ip6tables-nft-save does (`::1.2.3.4`): the read steps aside.
     assert!(ns.run(|| read_nat(Family::V6)).expect("in netns").is_some());
+    let ip6_nat = |args: &[&str]| {
+        let mut all = vec!["-t", "nat"];
+        all.extend_from_slice(args);
+        ns.exec("ip6tables-nft", &all).expect("ip6tables-nft")
+    };
+    let chain6 = rules::container_chain("goldennet", "golden-1");
+    ip6_nat(&["-A", &chain6, "-d", "::1.2.3.4/128", "-j", "RETURN"]);
+    assert!(ns.run(|| read_nat(Family::V6)).expect("in netns").is_none());
 }
