@@ -160,14 +160,7 @@ fn loaded(family: Family, list: &[Expr<'_>], rule: &mut Rule) -> Option<usize> {
         let reg = load.be32(NFTA_META_DREG)?;
         return match load.be32(NFTA_META_KEY)? {
             NFT_META_L4PROTO => {
-                let (negated, value) = compared(next, reg)?;
-                let name = match value {
-                    [6] => "tcp",
-                    [17] => "udp",
-                    [132] => "sctp",
-                    _ => return None,
-                };
-                set_once(&mut rule.protocol, negate(negated, name.to_string()))?;
+                protocol(next, reg, rule)?;
                 Some(1)
             }
             NFT_META_MARK => {
@@ -201,6 +194,11 @@ fn loaded(family: Family, list: &[Expr<'_>], rule: &mut Rule) -> Option<usize> {
     let offset = load.be32(NFTA_PAYLOAD_OFFSET)?;
     let len = usize::try_from(load.be32(NFTA_PAYLOAD_LEN)?).ok()?;
     match load.be32(NFTA_PAYLOAD_BASE)? {
+        // IPv4's protocol field (iptables 1.8.11; earlier: meta l4proto).
+        NFT_PAYLOAD_NETWORK_HEADER if family == Family::V4 && offset == 9 && len == 1 => {
+            protocol(next, reg, rule)?;
+            Some(1)
+        }
         NFT_PAYLOAD_NETWORK_HEADER => {
             let (source, destination, full) = match family {
                 Family::V4 => (12, 16, 4),
@@ -233,6 +231,18 @@ fn loaded(family: Family, list: &[Expr<'_>], rule: &mut Rule) -> Option<usize> {
         }
         _ => None,
     }
+}
+
+/// `-p <name>` from the compare of a loaded protocol number.
+fn protocol(cmp: &Expr<'_>, reg: u32, rule: &mut Rule) -> Option<()> {
+    let (negated, value) = compared(cmp, reg)?;
+    let name = match value {
+        [6] => "tcp",
+        [17] => "udp",
+        [132] => "sctp",
+        _ => return None,
+    };
+    set_once(&mut rule.protocol, negate(negated, name.to_string()))
 }
 
 /// `N` (one cmp eq), or `A:B` (a range eq, or cmp gte then cmp lte).
@@ -398,6 +408,10 @@ fn xt_match(e: &Expr<'_>) -> Option<String> {
             (ne_u16(info, 0)? == 0 && ne_u16(info, 2)? == 4 && ne_u32(info, 4)? == 0)
                 .then(|| "-m addrtype --dst-type LOCAL".to_string())
         }
+        // xt_tcp: spts, dpts (u16 x 2), option, flg_mask, flg_cmp,
+        // invflags (u8); xt_udp: spts, dpts, invflags (iptables 1.8.7).
+        ("tcp", 0) if info.get(8..12)?.iter().all(|b| *b == 0) => ports_match("tcp", info),
+        ("udp", 0) if *info.get(8)? == 0 => ports_match("udp", info),
         // xt_mark_mtinfo1: mark, mask (u32), invert (u8).
         ("mark", 1) => (*info.get(8)? == 0)
             .then(|| {
@@ -409,6 +423,20 @@ fn xt_match(e: &Expr<'_>) -> Option<String> {
             .flatten(),
         _ => None,
     }
+}
+
+/// `-m <proto> --dport N|A:B` of an xt tcp or udp match: destination
+/// ports only (every source port), as we match them.
+fn ports_match(proto: &str, info: &[u8]) -> Option<String> {
+    if ne_u16(info, 0)? != 0 || ne_u16(info, 2)? != u16::MAX {
+        return None;
+    }
+    let (from, to) = (ne_u16(info, 4)?, ne_u16(info, 6)?);
+    let ports = match from == to {
+        true => from.to_string(),
+        false => port_text(from, to)?,
+    };
+    Some(format!("-m {proto} --dport {ports}"))
 }
 
 /// xt_multiport_v1: flags, count (u8), ports (u16 x 15), pflags (u8 x 15),
