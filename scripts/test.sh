@@ -94,6 +94,9 @@ if [ -n "$images_pid" ]; then
     exit 1
   fi
   bash scripts/build-test-images.sh --only portmap
+  step "Debian 11 and 13 root filesystems for the iptables-nft netlink read test (scripts/tests/userlands.sh)"
+  PORTMAP_TEST_USERLANDS="$(bash scripts/tests/userlands.sh)"
+  export PORTMAP_TEST_USERLANDS
 fi
 step "install-deps under sudo's reset PATH (scripts/tests/install-deps-sudo.sh)"
 bash scripts/tests/install-deps-sudo.sh

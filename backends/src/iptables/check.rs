@@ -1,13 +1,17 @@
 //! `portmap restore`'s check of many plans against one nat read per
-//! family: each family's table indexed once, each plan compared (by the
-//! same `batch::check` CHECK runs) against a view holding just what that
-//! check looks at, so a pass stays linear in the number of containers.
+//! family (iptables-nft: one netlink rule dump, netlink.rs, where it renders
+//! whole; else the family's save): each family's table indexed once, each
+//! plan compared (by the same `batch::check` CHECK runs) against a view
+//! holding just what that check looks at, so a pass stays linear in the
+//! number of containers.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::access::read_for_plan;
+use super::netlink;
 use super::rules::{self, MASQ_CHAIN, SETMARK_CHAIN};
+use super::runner::{Runner, Variant};
 use super::saved::SavedTable;
 use super::{Iptables, IptablesError};
 use crate::plan::Plan;
@@ -27,12 +31,12 @@ struct Indexed {
     jumps: BTreeMap<String, Vec<(String, String)>>,
 }
 
-fn per_container(chain: &str) -> bool {
+pub(super) fn per_container(chain: &str) -> bool {
     chain.starts_with("CNI-DN-") || chain.starts_with("CNI-SN-")
 }
 
 /// The shared chains whose rules `batch::check` asks for by name.
-fn read_whole(chain: &str) -> bool {
+pub(super) fn read_whole(chain: &str) -> bool {
     [
         "PREROUTING",
         "OUTPUT",
@@ -91,6 +95,17 @@ impl Indexed {
     }
 }
 
+/// iptables-nft's table over netlink where it renders whole, else the
+/// family's save (read_for_plan).
+fn read_indexed(runner: &Runner) -> Result<SavedTable, IptablesError> {
+    if runner.variant == Variant::Nft {
+        if let Some(table) = netlink::read_nat(runner.family) {
+            return Ok(table);
+        }
+    }
+    read_for_plan(runner)
+}
+
 impl Iptables {
     /// Every plan against one nat read per family; a plan this backend
     /// cannot check (no tools for a family it maps) is damaged, with why.
@@ -110,7 +125,7 @@ impl Iptables {
             for (fam, runner) in runners {
                 let table = match tables.entry(fam.family) {
                     Entry::Occupied(t) => t.into_mut(),
-                    Entry::Vacant(t) => t.insert(Indexed::new(read_for_plan(runner)?)),
+                    Entry::Vacant(t) => t.insert(Indexed::new(read_indexed(runner)?)),
                 };
                 if let Some(missing) = self.compare(plan, fam, &table.view(&chain)) {
                     verdict = Verdict::Damaged(missing);

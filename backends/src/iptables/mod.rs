@@ -8,6 +8,9 @@ pub mod batch;
 mod check;
 mod error;
 pub mod guard;
+mod netlink;
+#[cfg(test)]
+mod netlink_tests;
 mod read;
 pub mod rules;
 pub mod runner;
@@ -66,6 +69,18 @@ impl Iptables {
             &format!("iptables-{v}"),
             &format!("ip6tables-{v}"),
         )
+    }
+
+    /// iptables-nft from `dir` (`<dir>/iptables-nft-save` and so on), not
+    /// PATH: another userland's tools beside this one's.
+    #[cfg(test)]
+    pub(crate) fn nft_in(dir: &std::path::Path) -> Result<Iptables, IptablesError> {
+        let detected = Detected {
+            variant: Variant::Nft,
+            restore_waits: true,
+        };
+        let base = |b: &str| dir.join(b).display().to_string();
+        Self::with_bases(detected, &base("iptables-nft"), &base("ip6tables-nft"))
     }
 
     fn with_bases(detected: Detected, v4: &str, v6: &str) -> Result<Iptables, IptablesError> {

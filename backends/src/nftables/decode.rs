@@ -106,30 +106,41 @@ fn rule(family: Family, body: &[u8]) -> Option<TableRule> {
     })
 }
 
-/// One expression: its name and its attributes by kind.
-struct Expr<'a> {
+/// One expression: its name and its attributes by kind (iptables/netlink.rs
+/// reads iptables-nft's rules with it too).
+pub(crate) struct Expr<'a> {
     name: String,
     attrs: Vec<(u16, &'a [u8])>,
 }
 
 impl Expr<'_> {
     /// Whether it is `name` with exactly the attribute kinds `keys`.
-    fn is(&self, name: &str, keys: &[u16]) -> bool {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether it is `name` with no attribute kind but `keys` (some may be
+    /// missing: older kernels and tools leave optional ones out).
+    pub(crate) fn is_within(&self, name: &str, keys: &[u16]) -> bool {
+        self.name == name && self.attrs.iter().all(|(k, _)| keys.contains(k))
+    }
+
+    pub(crate) fn is(&self, name: &str, keys: &[u16]) -> bool {
         self.name == name
             && self.attrs.len() == keys.len()
             && keys.iter().all(|k| self.attrs.iter().any(|(a, _)| a == k))
     }
 
-    fn get(&self, key: u16) -> Option<&[u8]> {
+    pub(crate) fn get(&self, key: u16) -> Option<&[u8]> {
         self.attrs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
     }
 
-    fn be32(&self, key: u16) -> Option<u32> {
+    pub(crate) fn be32(&self, key: u16) -> Option<u32> {
         Some(u32::from_be_bytes(self.get(key)?.try_into().ok()?))
     }
 
     /// The single NFTA_DATA_VALUE nested in attribute `key`.
-    fn value(&self, key: u16) -> Option<&[u8]> {
+    pub(crate) fn value(&self, key: u16) -> Option<&[u8]> {
         match attrs(self.get(key)?).collect::<Vec<_>>().as_slice() {
             [(NFTA_DATA_VALUE, v)] => Some(v),
             _ => None,
@@ -137,7 +148,7 @@ impl Expr<'_> {
     }
 }
 
-fn exprs(list: &[u8]) -> Vec<Expr<'_>> {
+pub(crate) fn exprs(list: &[u8]) -> Vec<Expr<'_>> {
     attrs(list)
         .map(|(kind, elem)| {
             let (mut name, mut data, mut extra) = (String::new(), None, kind != NFTA_LIST_ELEM);

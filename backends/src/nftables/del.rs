@@ -120,17 +120,21 @@ impl Nftables {
 }
 
 /// `extra` with the family's element deletions replaced by the removal
-/// of the map and set they empty (and their lookup rules).
+/// of the map and set they empty (and their lookup rules); unchanged
+/// where another rule names them (maps.rs `retire`).
 fn retire_map(
     extra: Vec<serde_json::Value>,
     family: Family,
 ) -> Result<Vec<serde_json::Value>, NftError> {
+    let Some(retired) = retire(family)? else {
+        return Ok(extra);
+    };
     let mine = delete_elements_cmd(family, &[]);
     let same_map = |c: &serde_json::Value| {
         c.pointer("/delete/element/family") == mine.pointer("/delete/element/family")
     };
     let mut kept: Vec<serde_json::Value> = extra.into_iter().filter(|c| !same_map(c)).collect();
-    kept.extend(retire(family)?);
+    kept.extend(retired);
     Ok(kept)
 }
 

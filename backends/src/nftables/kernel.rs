@@ -37,6 +37,10 @@ pub(super) struct KernelRule {
     /// container ID, so this tells one attachment's rules from another's.
     pub(super) target: Option<IpAddr>,
     pub(super) shape: Shape,
+    /// The sets and maps its lookups and dynsets name: while any rule
+    /// but our own lookups names our map or set, the kernel refuses to
+    /// delete it (maps.rs `retire`).
+    pub(super) sets: Vec<String>,
 }
 
 /// What a rule does, as far as ADD must tell the wiring it installs
@@ -166,6 +170,7 @@ pub(super) fn parse_rule(body: &[u8]) -> Option<KernelRule> {
 fn parse_rule_in(body: &[u8], table: &str) -> Option<KernelRule> {
     let (mut chain, mut handle, mut comment) = (None, None, None);
     let (mut port, mut shape, mut target) = (None, Shape::Other, None);
+    let mut sets = Vec::new();
     for (kind, value) in attrs(body.get(4..)?) {
         match kind {
             // Dumps are filtered to our table; notifications are not.
@@ -183,6 +188,7 @@ fn parse_rule_in(body: &[u8], table: &str) -> Option<KernelRule> {
                 port = port_of(&list);
                 shape = shape_of(&list);
                 target = target_of(&list);
+                sets = sets_of(&list);
             }
             _ => {}
         }
@@ -194,7 +200,17 @@ fn parse_rule_in(body: &[u8], table: &str) -> Option<KernelRule> {
         port,
         target,
         shape,
+        sets,
     })
+}
+
+/// The set names of a rule's `lookup` and `dynset` expressions (each
+/// keeps it in attribute 1).
+fn sets_of(list: &[Expr<'_>]) -> Vec<String> {
+    list.iter()
+        .filter(|e| e.name == "lookup" || e.name == "dynset")
+        .filter_map(|e| e.attr(NFTA_LOOKUP_SET).map(string))
+        .collect()
 }
 
 /// The comment in nftnl userdata TLVs; rules and set elements both keep

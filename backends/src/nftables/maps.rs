@@ -107,6 +107,14 @@ pub(super) fn owned(key: Value, owner: Option<&String>) -> Value {
     }
 }
 
+/// [`owned`] read back: an element's key and its owner's comment, if any.
+pub(super) fn unowned(elem: &Value) -> Option<(&Value, Option<&str>)> {
+    match elem.get("elem") {
+        Some(e) => Some((e.get("val")?, e.get("comment").and_then(Value::as_str))),
+        None => Some((elem, None)),
+    }
+}
+
 /// `{"<verb>": {"element": <set> + elem}}`: elements added to or deleted
 /// from the map or set `set` (a `map_ref`-shaped object).
 pub(super) fn element_cmd(verb: &str, mut set: Value, elem: Vec<Value>) -> Value {
@@ -148,10 +156,7 @@ fn parse_element(pair: &Value) -> Option<Element> {
     let [k, v] = pair.as_array()?.as_slice() else {
         return None;
     };
-    let (k, owner) = match k.get("elem") {
-        Some(e) => (e.get("val")?, e.get("comment").and_then(Value::as_str)),
-        None => (k, None),
-    };
+    let (k, owner) = unowned(k)?;
     let pair = |c: &Value| -> Option<(Value, u16)> {
         let [a, b] = c.get("concat")?.as_array()?.as_slice() else {
             return None;
@@ -172,27 +177,35 @@ fn parse_element(pair: &Value) -> Option<Element> {
 /// Removes the map, the masquerade set and their lookup rules (neither
 /// holds an element any more): the layout leaves nothing behind that
 /// upstream's binary could not remove, and `portmap status` stops warning.
-pub(super) fn retire(family: Family) -> Result<Vec<Value>, NftError> {
-    let delete_rule = |chain: &str, handle: u32| {
-        json!({"delete": {"rule": {
-            "family": nf_family_name(family), "table": TABLE, "chain": chain, "handle": handle,
-        }}})
+/// `None` while another rule names the map or set: the kernel would refuse
+/// the delete (EBUSY) and fail the DEL with it, every retry; the layout
+/// then stays, empty, and the DEL deletes elements only.
+pub(super) fn retire(family: Family) -> Result<Option<Vec<Value>>, NftError> {
+    let rules = kernel::rules(family, None)?;
+    let ours = |r: &kernel::KernelRule| {
+        (r.chain == HOSTPORTS && r.shape == Shape::MapLookup)
+            || (r.chain == MASQUERADING && r.shape == Shape::MasqLookup)
     };
-    let mut cmds: Vec<Value> = kernel::rules(family, Some(HOSTPORTS))?
+    let held = rules
         .iter()
-        .filter(|r| r.shape == Shape::MapLookup)
-        .map(|r| delete_rule(HOSTPORTS, r.handle))
+        .any(|r| !ours(r) && r.sets.iter().any(|s| s == MAP || s == masq::MASQ_SET));
+    if held {
+        return Ok(None);
+    }
+    let mut cmds: Vec<Value> = rules
+        .iter()
+        .filter(|r| ours(r))
+        .map(|r| {
+            json!({"delete": {"rule": {
+                "family": nf_family_name(family), "table": TABLE, "chain": r.chain, "handle": r.handle,
+            }}})
+        })
         .collect();
-    cmds.extend(
-        masq::lookup_handles(family)?
-            .into_iter()
-            .map(|h| delete_rule(MASQUERADING, h)),
-    );
     cmds.push(json!({"delete": {"map": map_ref(family)}}));
     if masq::has_set(family)? {
         cmds.push(masq::delete_set_cmd(family));
     }
-    Ok(cmds)
+    Ok(Some(cmds))
 }
 
 fn has_lookup(family: Family, chain: &str, shape: Shape) -> Result<bool, NftError> {
@@ -257,8 +270,10 @@ impl Nftables {
             && empties(gone.len(), new.len(), held.len())
             && empties(gone_masq.len(), new_masq.len(), held_masq.len())
         {
-            extra.extend(retire(family)?);
-            return Ok(());
+            if let Some(retired) = retire(family)? {
+                extra.extend(retired);
+                return Ok(());
+            }
         }
         if !gone.is_empty() {
             extra.push(delete_elements_cmd(family, &gone));

@@ -235,3 +235,44 @@ fn del_removes_only_own_keys_and_the_newest_add_wins() {
     })
     .expect("in netns");
 }
+
+/// A rule of another tool in our table naming the masquerade set: the
+/// kernel refuses to delete the set, so the DEL that empties the layout
+/// deletes elements only and succeeds (it failed with EBUSY at every
+/// retry, wedging the container); the last DEL still takes the table.
+#[test]
+fn a_foreign_rule_naming_the_set_keeps_the_layout_and_the_del_succeeds() {
+    if !prerequisites(&["nft"]) {
+        return;
+    }
+    let ns = Netns::new("nft-maps-foreign-ref").expect("netns");
+    let nft = Nftables::from_path().expect("nft");
+    let a = one("a", "10.88.0.5/16", 8080);
+    let other = {
+        let mut p = one("rules", "10.88.0.7/16", 9090);
+        p.families[0].layout = Layout::Rules;
+        p
+    };
+    ns.run(|| {
+        nft.install(&a, None).expect("add a");
+        nft.install(&other, None).expect("add other");
+        nft_cmd(&["add", "chain", "ip", TABLE, "foreign"]);
+        let set = format!("@{}", super::masq::MASQ_SET);
+        nft_cmd(&[
+            "add", "rule", "ip", TABLE, "foreign", "ip", "saddr", ".", "ip", "daddr", &set,
+            "counter",
+        ]);
+        let closed = nft.del(&a.key, &Known::default(), None).expect("del a");
+        assert_eq!(closed.len(), 1, "{closed:?}");
+        assert!(has_map(Family::V4).expect("netlink"), "the layout stays");
+        assert!(elements(&nft, Family::V4).is_empty(), "a's element went");
+        assert!(super::masq::read(Family::V4)
+            .expect("set")
+            .is_some_and(|e| e.is_empty()));
+        assert_eq!(nft.check(&other).expect("check other"), Verdict::Whole);
+        nft.del(&other.key, &Known::default(), None)
+            .expect("del other");
+        assert!(!kernel::has_chain(Family::V4, HOSTPORTS).expect("netlink"));
+    })
+    .expect("in netns");
+}

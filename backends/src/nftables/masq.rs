@@ -7,8 +7,7 @@
 //! the same address leaves the newer one's; CHECK accepts any owner (the
 //! element does the same whoever added it), DEL takes only its own.
 
-use super::kernel::{self, Shape};
-use super::maps::{element_cmd, owned};
+use super::maps::{element_cmd, owned, unowned};
 use super::nf_family_name;
 use super::{MASQUERADING, TABLE};
 use crate::nfnetlink::NetlinkError;
@@ -108,16 +107,6 @@ pub(super) fn lookup_expr(family: Family) -> Value {
         {"masquerade": null},
     ])
 }
-
-/// The handles of the lookup rules in `masquerading` (retiring the layout).
-pub(super) fn lookup_handles(family: Family) -> Result<Vec<u32>, NetlinkError> {
-    Ok(kernel::rules(family, Some(MASQUERADING))?
-        .into_iter()
-        .filter(|r| r.shape == Shape::MasqLookup)
-        .map(|r| r.handle)
-        .collect())
-}
-
 /// Whether `<family> cni_hostport` has the set (one netlink request).
 pub(super) fn has_set(family: Family) -> Result<bool, NetlinkError> {
     super::elements::has_set(family, MASQ_SET)
@@ -141,10 +130,7 @@ pub(super) fn parse_set(set: &Value) -> Option<Vec<MasqElement>> {
 }
 
 fn parse_elem(e: &Value) -> Option<MasqElement> {
-    let (k, owner) = match e.get("elem") {
-        Some(e) => (e.get("val")?, e.get("comment").and_then(Value::as_str)),
-        None => (e, None),
-    };
+    let (k, owner) = unowned(e)?;
     let [s, d] = k.get("concat")?.as_array()?.as_slice() else {
         return None;
     };

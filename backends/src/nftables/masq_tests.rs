@@ -128,7 +128,7 @@ fn check_fails_without_an_element_or_the_lookup() {
         nft.install(&plan, Some(&Known::default())).expect("repair");
         assert_eq!(nft.check(&plan).expect("check"), Verdict::Whole);
 
-        let handles = masq::lookup_handles(Family::V4).expect("dump");
+        let handles = lookup_handles(Family::V4).expect("dump");
         assert_eq!(handles.len(), 1);
         let handle = handles[0].to_string();
         nft_cmd(&[
@@ -147,11 +147,11 @@ fn check_fails_without_an_element_or_the_lookup() {
         );
         nft.install(&plan, Some(&Known::default())).expect("repair");
         assert_eq!(nft.check(&plan).expect("check"), Verdict::Whole);
-        assert_eq!(masq::lookup_handles(Family::V4).expect("dump").len(), 1);
+        assert_eq!(lookup_handles(Family::V4).expect("dump").len(), 1);
 
         // An inverted lookup (masquerading everyone else) is no lookup of
         // ours, on the netlink fast path and in nft -j alike.
-        let handle = masq::lookup_handles(Family::V4).expect("dump")[0].to_string();
+        let handle = lookup_handles(Family::V4).expect("dump")[0].to_string();
         nft_cmd(&[
             "delete",
             "rule",
@@ -209,7 +209,7 @@ fn a_late_del_keeps_the_newer_owners_elements() {
         nft.install(&other, None).expect("add other");
         nft.del(&b.key, &Known::default(), None).expect("del b");
         assert!(!masq::has_set(Family::V4).expect("netlink"));
-        assert!(masq::lookup_handles(Family::V4).expect("dump").is_empty());
+        assert!(lookup_handles(Family::V4).expect("dump").is_empty());
         let rules = kernel::rules(Family::V4, Some(MASQUERADING)).expect("dump");
         assert_eq!(rules.len(), 2, "the other's hairpin and localhost rules");
         assert!(rules.iter().all(|r| r.owner() == Some("rules")));
@@ -293,4 +293,13 @@ fn a_chunk_plans_masquerade_elements_one_container_at_a_time() {
         assert_eq!(nft.check(&b).expect("check b"), Verdict::Whole);
     })
     .expect("in netns");
+}
+
+/// The handles of the set's lookup rules in `masquerading`.
+fn lookup_handles(family: Family) -> Result<Vec<u32>, crate::nfnetlink::NetlinkError> {
+    Ok(kernel::rules(family, Some(MASQUERADING))?
+        .into_iter()
+        .filter(|r| r.shape == kernel::Shape::MasqLookup)
+        .map(|r| r.handle)
+        .collect())
 }

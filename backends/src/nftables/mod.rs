@@ -33,7 +33,7 @@ use crate::{
 mod add;
 mod check;
 mod conditions;
-mod decode;
+pub(crate) mod decode;
 mod del;
 mod elements;
 #[cfg(test)]
@@ -51,7 +51,7 @@ mod read;
 mod render;
 #[cfg(test)]
 mod tests;
-mod uapi;
+pub(crate) mod uapi;
 
 #[cfg(test)]
 use add::skeleton_intact;

@@ -1,0 +1,576 @@
+//! iptables-nft's nat table read over netlink, for a restore pass's check:
+//! one rule dump per family (`iptables-nft-save` asks the kernel once per
+//! chain: 219 requests at 200 containers), each rule rendered as
+//! iptables-nft-save prints it. Only what we install is rendered: a rule
+//! of any other shape in a chain the check reads (or jumping into one of
+//! a container's chains) makes the read `None`, and the caller runs
+//! iptables-nft-save as before. Rules of other chains that jump elsewhere
+//! are left out, as the indexed check leaves them out (check.rs).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::check::{per_container, read_whole};
+use super::rules::{is_ours, DNAT_CHAIN};
+use super::saved::SavedTable;
+use crate::nfnetlink::{self, attr, attrs, nfproto, nul_terminated, string};
+use crate::nftables::decode::{exprs, Expr};
+use crate::nftables::uapi::*;
+use crate::Family;
+
+const NAT: &str = "nat";
+const BUILTIN: [&str; 4] = ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"];
+
+/// `family`'s nat table as iptables-nft-save would print the chains a
+/// check reads; `None` when any of it is not ours to render, the kernel
+/// does not answer, or a commit came between the chain and rule dumps.
+pub(super) fn read_nat(family: Family) -> Option<SavedTable> {
+    let before = nfnetlink::generation().ok()?;
+    let chains = nfnetlink::chains(family, NAT).ok()?;
+    let mut dumped: Vec<(String, Vec<u8>, bool)> = Vec::new();
+    let mut elsewhere = false;
+    let named = attr(NFTA_RULE_TABLE, &nul_terminated(NAT));
+    nfnetlink::dump(NFT_MSG_GETRULE, nfproto(family), &named, &mut |body| {
+        let (mut chain, mut list, mut udata) = (String::new(), Vec::new(), false);
+        for (kind, value) in attrs(body.get(4..).unwrap_or_default()) {
+            match kind {
+                NFTA_RULE_TABLE => elsewhere |= string(value) != NAT,
+                NFTA_RULE_CHAIN => chain = string(value),
+                NFTA_RULE_EXPRESSIONS => list = value.to_vec(),
+                // iptables-nft-save prints a user-data comment as a match.
+                NFTA_RULE_USERDATA => udata = true,
+                _ => {}
+            }
+        }
+        dumped.push((chain, list, udata));
+    })
+    .ok()?;
+    if elsewhere || nfnetlink::generation().ok()? != before {
+        return None;
+    }
+    let mut table = SavedTable {
+        chains,
+        ..SavedTable::default()
+    };
+    // iptables-nft-save declares the built-in chains, made or not.
+    for builtin in BUILTIN {
+        if !table.has_chain(builtin) {
+            table.chains.push(builtin.to_string());
+        }
+    }
+    for (chain, list, udata) in dumped {
+        let list = exprs(&list);
+        let read = read_whole(&chain) || per_container(&chain) || chain == DNAT_CHAIN;
+        if !read && !jump_target(&list).is_some_and(per_container) {
+            continue;
+        }
+        let Some(spec) = (!udata).then(|| render(family, &list)).flatten() else {
+            // In the built-in chains the check looks only for our jumps: a
+            // rule jumping nowhere of ours (Docker's MASQUERADE, say) is
+            // none of ours in any encoding. Anywhere else: the save.
+            if BUILTIN.contains(&chain.as_str()) && !jump_target(&list).is_some_and(is_ours) {
+                continue;
+            }
+            return None;
+        };
+        table.rules.entry(chain).or_default().push(spec);
+    }
+    Some(table)
+}
+
+/// The chain a rule's verdict jumps or goes to.
+fn jump_target<'e>(list: &'e [Expr<'_>]) -> Option<&'e str> {
+    let (code, chain) = verdict(list.last()?)?;
+    matches!(code, NFT_JUMP | NFT_GOTO).then_some(chain?)
+}
+
+fn verdict<'e>(e: &'e Expr<'_>) -> Option<(u32, Option<&'e str>)> {
+    if e.name() != "immediate" || e.be32(NFTA_IMMEDIATE_DREG)? != NFT_REG_VERDICT {
+        return None;
+    }
+    only(e, &[NFTA_IMMEDIATE_DREG, NFTA_IMMEDIATE_DATA])?;
+    let data = e.get(NFTA_IMMEDIATE_DATA)?;
+    let (_, v) = attrs(data).find(|(k, _)| *k == NFTA_DATA_VERDICT)?;
+    let mut code = None;
+    let mut chain = None;
+    for (k, value) in attrs(v) {
+        match k {
+            NFTA_VERDICT_CODE => code = Some(u32::from_be_bytes(value.get(..4)?.try_into().ok()?)),
+            NFTA_VERDICT_CHAIN => chain = Some(value.split(|b| *b == 0).next()?),
+            _ => return None,
+        }
+    }
+    let chain = chain.map(std::str::from_utf8).transpose().ok()?;
+    Some((code?, chain))
+}
+
+/// What iptables-save prints before the matches, and the matches.
+#[derive(Default)]
+struct Rule {
+    source: Option<String>,
+    destination: Option<String>,
+    protocol: Option<String>,
+    matches: Vec<String>,
+    target: Option<String>,
+}
+
+/// A rule's spec as iptables-nft-save prints it (`-s`, `-d`, `-p`, the
+/// matches in order, the target), or `None` for anything else.
+fn render(family: Family, list: &[Expr<'_>]) -> Option<String> {
+    let mut rule = Rule::default();
+    let mut at = 0;
+    while let Some(e) = list.get(at) {
+        if rule.target.is_some() {
+            return None;
+        }
+        at += 1;
+        match e.name() {
+            "counter" => {}
+            "immediate" => rule.target = Some(verdict_text(e)?),
+            "target" => rule.target = Some(xt_target(family, e)?),
+            "match" => rule.matches.push(xt_match(e)?),
+            "meta" | "payload" => at += loaded(family, &list[at - 1..], &mut rule)?,
+            _ => return None,
+        }
+    }
+    let mut words = Vec::new();
+    for (flag, value) in [
+        ("-s", rule.source),
+        ("-d", rule.destination),
+        ("-p", rule.protocol),
+    ] {
+        if let Some(v) = value {
+            words.push(match v.strip_prefix("! ") {
+                Some(v) => format!("! {flag} {v}"),
+                None => format!("{flag} {v}"),
+            });
+        }
+    }
+    words.extend(rule.matches);
+    words.extend(rule.target);
+    Some(words.join(" "))
+}
+
+/// A load (`list[0]`, meta or payload) and the expressions that test it,
+/// into `rule`: how many expressions after the load it took.
+fn loaded(family: Family, list: &[Expr<'_>], rule: &mut Rule) -> Option<usize> {
+    let load = list.first()?;
+    let next = list.get(1)?;
+    if load.name() == "meta" {
+        only(load, &[NFTA_META_DREG, NFTA_META_KEY])?;
+        let reg = load.be32(NFTA_META_DREG)?;
+        return match load.be32(NFTA_META_KEY)? {
+            NFT_META_L4PROTO => {
+                protocol(next, reg, rule)?;
+                Some(1)
+            }
+            NFT_META_MARK => {
+                let mask = masked(next, reg, 4)?;
+                let (negated, value) = compared(list.get(2)?, reg)?;
+                // The mark register holds host byte order (payloads: network).
+                let (mark, mask) = (ne_u32(value, 0)?, ne_u32(&mask, 0)?);
+                if value.len() != 4 {
+                    return None;
+                }
+                if negated || mark & !mask != 0 {
+                    return None;
+                }
+                rule.matches
+                    .push(format!("-m mark --mark {}", mark_text(mark, mask)));
+                Some(2)
+            }
+            _ => None,
+        };
+    }
+    only(
+        load,
+        &[
+            NFTA_PAYLOAD_DREG,
+            NFTA_PAYLOAD_BASE,
+            NFTA_PAYLOAD_OFFSET,
+            NFTA_PAYLOAD_LEN,
+        ],
+    )?;
+    let reg = load.be32(NFTA_PAYLOAD_DREG)?;
+    let offset = load.be32(NFTA_PAYLOAD_OFFSET)?;
+    let len = usize::try_from(load.be32(NFTA_PAYLOAD_LEN)?).ok()?;
+    match load.be32(NFTA_PAYLOAD_BASE)? {
+        // IPv4's protocol field (iptables 1.8.11; earlier: meta l4proto).
+        NFT_PAYLOAD_NETWORK_HEADER if family == Family::V4 && offset == 9 && len == 1 => {
+            protocol(next, reg, rule)?;
+            Some(1)
+        }
+        NFT_PAYLOAD_NETWORK_HEADER => {
+            let (source, destination, full) = match family {
+                Family::V4 => (12, 16, 4),
+                Family::V6 => (8, 24, 16),
+            };
+            if len == 0 || len > full {
+                return None;
+            }
+            let (mask, cmp, used) = match next.name() {
+                "bitwise" => (Some(masked(next, reg, len)?), list.get(2)?, 2),
+                _ => (None, next, 1),
+            };
+            let (negated, value) = compared(cmp, reg)?;
+            if value.len() != len {
+                return None;
+            }
+            let text = negate(negated, prefix_text(family, value, mask.as_deref(), full)?);
+            match offset {
+                o if o == source => set_once(&mut rule.source, text)?,
+                o if o == destination => set_once(&mut rule.destination, text)?,
+                _ => return None,
+            }
+            Some(used)
+        }
+        NFT_PAYLOAD_TRANSPORT_HEADER if offset == 2 && len == 2 => {
+            let proto = rule.protocol.clone().filter(|p| p == "tcp" || p == "udp")?;
+            let (ports, used) = port_range(&list[1..], reg)?;
+            rule.matches.push(format!("-m {proto} --dport {ports}"));
+            Some(used)
+        }
+        _ => None,
+    }
+}
+
+/// `-p <name>` from the compare of a loaded protocol number.
+fn protocol(cmp: &Expr<'_>, reg: u32, rule: &mut Rule) -> Option<()> {
+    let (negated, value) = compared(cmp, reg)?;
+    let name = match value {
+        [6] => "tcp",
+        [17] => "udp",
+        [132] => "sctp",
+        _ => return None,
+    };
+    set_once(&mut rule.protocol, negate(negated, name.to_string()))
+}
+
+/// `N` (one cmp eq), or `A:B` (a range eq, or cmp gte then cmp lte).
+fn port_range(list: &[Expr<'_>], reg: u32) -> Option<(String, usize)> {
+    let first = list.first()?;
+    if first.name() == "range" {
+        only(
+            first,
+            &[
+                NFTA_RANGE_SREG,
+                NFTA_RANGE_OP,
+                NFTA_RANGE_FROM_DATA,
+                NFTA_RANGE_TO_DATA,
+            ],
+        )?;
+        if first.be32(NFTA_RANGE_SREG)? != reg || first.be32(NFTA_RANGE_OP)? != NFT_RANGE_EQ {
+            return None;
+        }
+        let from = be_u16(first.value(NFTA_RANGE_FROM_DATA)?)?;
+        let to = be_u16(first.value(NFTA_RANGE_TO_DATA)?)?;
+        return port_text(from, to).map(|t| (t, 1));
+    }
+    let op = first.be32(NFTA_CMP_OP)?;
+    let (_, low) = compared_op(first, reg, &[NFT_CMP_EQ, NFT_CMP_GTE])?;
+    let low = be_u16(low)?;
+    if op == NFT_CMP_EQ {
+        return Some((low.to_string(), 1));
+    }
+    let (_, high) = compared_op(list.get(1)?, reg, &[NFT_CMP_LTE])?;
+    port_text(low, be_u16(high)?).map(|t| (t, 2))
+}
+
+/// `A:B`; iptables prints no port for the whole range (none of ours).
+fn port_text(from: u16, to: u16) -> Option<String> {
+    (from != 0 || to != u16::MAX).then(|| format!("{from}:{to}"))
+}
+
+/// A cmp eq or neq of register `reg`: whether negated, and its value.
+fn compared<'e>(e: &'e Expr<'_>, reg: u32) -> Option<(bool, &'e [u8])> {
+    let (op, value) = compared_op(e, reg, &[NFT_CMP_EQ, NFT_CMP_NEQ])?;
+    Some((op == NFT_CMP_NEQ, value))
+}
+
+fn compared_op<'e>(e: &'e Expr<'_>, reg: u32, ops: &[u32]) -> Option<(u32, &'e [u8])> {
+    if e.name() != "cmp" {
+        return None;
+    }
+    only(e, &[NFTA_CMP_SREG, NFTA_CMP_OP, NFTA_CMP_DATA])?;
+    let op = e.be32(NFTA_CMP_OP)?;
+    (e.be32(NFTA_CMP_SREG)? == reg && ops.contains(&op)).then_some((op, e.value(NFTA_CMP_DATA)?))
+}
+
+/// The mask of a bitwise `reg = reg & mask ^ 0` over `len` bytes.
+fn masked(e: &Expr<'_>, reg: u32, len: usize) -> Option<Vec<u8>> {
+    if e.name() != "bitwise" {
+        return None;
+    }
+    only(
+        e,
+        &[
+            NFTA_BITWISE_SREG,
+            NFTA_BITWISE_DREG,
+            NFTA_BITWISE_LEN,
+            NFTA_BITWISE_MASK,
+            NFTA_BITWISE_XOR,
+            NFTA_BITWISE_OP,
+        ],
+    )?;
+    let mask = e.value(NFTA_BITWISE_MASK)?;
+    let xor = e.value(NFTA_BITWISE_XOR)?;
+    let plain = e.be32(NFTA_BITWISE_OP).is_none_or(|op| op == 0);
+    let ok = plain
+        && e.be32(NFTA_BITWISE_SREG)? == reg
+        && e.be32(NFTA_BITWISE_DREG)? == reg
+        && usize::try_from(e.be32(NFTA_BITWISE_LEN)?).ok()? == len
+        && mask.len() == len
+        && xor.len() == len
+        && xor.iter().all(|b| *b == 0);
+    ok.then(|| mask.to_vec())
+}
+
+/// `address/prefix` of a compared value (`mask`: its bitwise mask).
+fn prefix_text(family: Family, value: &[u8], mask: Option<&[u8]>, full: usize) -> Option<String> {
+    let bits = match mask {
+        None => value.len() * 8,
+        Some(mask) => {
+            let ones: u32 = mask.iter().map(|b| b.count_ones()).sum();
+            let contiguous = mask
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == prefix_byte(ones, i));
+            if !contiguous || value.iter().zip(mask).any(|(v, m)| v & !m != 0) {
+                return None;
+            }
+            usize::try_from(ones).ok()?
+        }
+    };
+    // iptables prints no `-s`/`-d` for /0.
+    if bits == 0 {
+        return None;
+    }
+    let mut bytes = value.to_vec();
+    bytes.resize(full, 0);
+    let address = match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        Family::V6 => IpAddr::V6(ipv6(<[u8; 16]>::try_from(bytes).ok()?)?),
+    };
+    Some(format!("{address}/{bits}"))
+}
+
+/// Byte `i` of a mask of `ones` leading one bits.
+fn prefix_byte(ones: u32, i: usize) -> u8 {
+    let before = u32::try_from(i).unwrap_or(u32::MAX).saturating_mul(8);
+    match ones.saturating_sub(before) {
+        0 => 0,
+        n if n >= 8 => 0xff,
+        n => 0xffu8 << (8 - n),
+    }
+}
+
+/// An IPv6 address Rust prints as glibc's inet_ntop does: not the
+/// IPv4-compatible `::a.b.c.d` (deprecated; glibc prints it dotted).
+fn ipv6(bytes: [u8; 16]) -> Option<Ipv6Addr> {
+    let a = Ipv6Addr::from(bytes);
+    let compatible = bytes[..12].iter().all(|b| *b == 0) && u128::from(a) > 1;
+    (!compatible).then_some(a)
+}
+
+fn verdict_text(e: &Expr<'_>) -> Option<String> {
+    let (code, chain) = verdict(e)?;
+    Some(match (code, chain) {
+        (NFT_JUMP, Some(c)) => format!("-j {c}"),
+        (NFT_GOTO, Some(c)) => format!("-g {c}"),
+        (NF_ACCEPT, None) => "-j ACCEPT".into(),
+        (NF_DROP, None) => "-j DROP".into(),
+        (NFT_RETURN, None) => "-j RETURN".into(),
+        _ => return None,
+    })
+}
+
+/// An xt expression's name, revision and info blob (host byte order).
+fn xt<'e>(e: &'e Expr<'_>) -> Option<(String, u32, &'e [u8])> {
+    only(e, &[NFTA_XT_NAME, NFTA_XT_REV, NFTA_XT_INFO])?;
+    Some((
+        string(e.get(NFTA_XT_NAME)?),
+        e.be32(NFTA_XT_REV)?,
+        e.get(NFTA_XT_INFO)?,
+    ))
+}
+
+fn xt_match(e: &Expr<'_>) -> Option<String> {
+    let (name, rev, info) = xt(e)?;
+    match (name.as_str(), rev) {
+        ("comment", 0) => {
+            // iptables prints at most 255 bytes (it ends the buffer there).
+            let text = info.get(..255)?.split(|b| *b == 0).next()?;
+            let text = std::str::from_utf8(text).ok()?;
+            Some(format!("-m comment --comment {}", save_string(text)))
+        }
+        ("multiport", 1) => multiport(info),
+        // xt_addrtype_info_v1: source, dest (u16), flags (u32); LOCAL = 1 << 2.
+        ("addrtype", 1) => {
+            (ne_u16(info, 0)? == 0 && ne_u16(info, 2)? == 4 && ne_u32(info, 4)? == 0)
+                .then(|| "-m addrtype --dst-type LOCAL".to_string())
+        }
+        // xt_tcp: spts, dpts (u16 x 2), option, flg_mask, flg_cmp,
+        // invflags (u8); xt_udp: spts, dpts, invflags (iptables 1.8.7).
+        ("tcp", 0) if info.get(8..12)?.iter().all(|b| *b == 0) => ports_match("tcp", info),
+        ("udp", 0) if *info.get(8)? == 0 => ports_match("udp", info),
+        // xt_mark_mtinfo1: mark, mask (u32), invert (u8).
+        ("mark", 1) => (*info.get(8)? == 0)
+            .then(|| {
+                Some(format!(
+                    "-m mark --mark {}",
+                    mark_text(ne_u32(info, 0)?, ne_u32(info, 4)?)
+                ))
+            })
+            .flatten(),
+        _ => None,
+    }
+}
+
+/// `-m <proto> --dport N|A:B` of an xt tcp or udp match: destination
+/// ports only (every source port), as we match them.
+fn ports_match(proto: &str, info: &[u8]) -> Option<String> {
+    if ne_u16(info, 0)? != 0 || ne_u16(info, 2)? != u16::MAX {
+        return None;
+    }
+    let (from, to) = (ne_u16(info, 4)?, ne_u16(info, 6)?);
+    let ports = match from == to {
+        true => from.to_string(),
+        false => port_text(from, to)?,
+    };
+    Some(format!("-m {proto} --dport {ports}"))
+}
+
+/// xt_multiport_v1: flags, count (u8), ports (u16 x 15), pflags (u8 x 15),
+/// invert (u8); destination ports only, as we match them.
+fn multiport(info: &[u8]) -> Option<String> {
+    const DESTINATION: u8 = 1;
+    let (flags, count) = (*info.first()?, usize::from(*info.get(1)?));
+    if flags != DESTINATION || *info.get(47)? != 0 || count == 0 || count > 15 {
+        return None;
+    }
+    let mut words = Vec::new();
+    let mut i = 0;
+    while i < count {
+        let port = ne_u16(info, 2 + 2 * i)?;
+        if *info.get(32 + i)? != 0 {
+            i += 1;
+            words.push(format!(
+                "{port}:{}",
+                ne_u16(info, 2 + 2 * i).filter(|_| i < count)?
+            ));
+        } else {
+            words.push(port.to_string());
+        }
+        i += 1;
+    }
+    Some(format!("-m multiport --dports {}", words.join(",")))
+}
+
+fn xt_target(family: Family, e: &Expr<'_>) -> Option<String> {
+    let (name, rev, info) = xt(e)?;
+    match (name.as_str(), rev) {
+        ("DNAT", 1 | 2) => dnat(family, info, rev),
+        // IPv4: nf_nat_ipv4_multi_range_compat with one empty range;
+        // IPv6: an empty nf_nat_range.
+        ("MASQUERADE", 0) => {
+            let empty = match family {
+                Family::V4 => ne_u32(info, 0)? == 1 && info.get(4..20)?.iter().all(|b| *b == 0),
+                Family::V6 => info.get(..40)?.iter().all(|b| *b == 0),
+            };
+            empty.then(|| "-j MASQUERADE".to_string())
+        }
+        // xt_mark_tginfo2: mark, mask.
+        ("MARK", 2) => Some(format!(
+            "-j MARK --set-xmark {:#x}/{:#x}",
+            ne_u32(info, 0)?,
+            ne_u32(info, 4)?
+        )),
+        _ => None,
+    }
+}
+
+/// nf_nat_range (rev 1) / nf_nat_range2 (rev 2): flags (u32), min and max
+/// address (16 bytes each), min and max port (be16), rev 2's base port.
+/// One address, at most one port range, no other flag: as we DNAT.
+fn dnat(family: Family, info: &[u8], rev: u32) -> Option<String> {
+    const MAP_IPS: u32 = 1;
+    const PROTO_SPECIFIED: u32 = 2;
+    let flags = ne_u32(info, 0)?;
+    let (min, max) = (info.get(4..20)?, info.get(20..36)?);
+    let (low, high) = (be_u16(info.get(36..38)?)?, be_u16(info.get(38..40)?)?);
+    let base_zero = rev == 1 || info.get(40..42)?.iter().all(|b| *b == 0);
+    if min != max || !base_zero || flags & !PROTO_SPECIFIED != MAP_IPS {
+        return None;
+    }
+    let ported = flags & PROTO_SPECIFIED != 0;
+    let address = match family {
+        Family::V4 => Ipv4Addr::from(<[u8; 4]>::try_from(min.get(..4)?).ok()?).to_string(),
+        Family::V6 => {
+            let a = ipv6(<[u8; 16]>::try_from(min).ok()?)?;
+            if ported {
+                format!("[{a}]")
+            } else {
+                a.to_string()
+            }
+        }
+    };
+    let port = match (ported, low == high) {
+        (false, _) => String::new(),
+        (true, true) => format!(":{low}"),
+        (true, false) => format!(":{low}-{high}"),
+    };
+    Some(format!("-j DNAT --to-destination {address}{port}"))
+}
+
+/// iptables' `xtables_save_string`: bare when only `[A-Za-z0-9_-]`, else
+/// quoted with `"`, `\` and `'` escaped.
+fn save_string(text: &str) -> String {
+    let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !text.is_empty() && text.chars().all(bare) {
+        return text.to_string();
+    }
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        if matches!(c, '"' | '\\' | '\'') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+fn mark_text(mark: u32, mask: u32) -> String {
+    match mask {
+        u32::MAX => format!("{mark:#x}"),
+        _ => format!("{mark:#x}/{mask:#x}"),
+    }
+}
+
+fn negate(negated: bool, text: String) -> String {
+    match negated {
+        true => format!("! {text}"),
+        false => text,
+    }
+}
+
+/// Sets `slot` unless a rule sets it twice (not one of ours).
+fn set_once(slot: &mut Option<String>, value: String) -> Option<()> {
+    slot.is_none().then(|| *slot = Some(value))
+}
+
+/// `Some` when `e` has no attribute but `allowed`.
+fn only(e: &Expr<'_>, allowed: &[u16]) -> Option<()> {
+    e.is_within(e.name(), allowed).then_some(())
+}
+
+fn be_u16(b: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes(b.try_into().ok()?))
+}
+
+fn ne_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn ne_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
