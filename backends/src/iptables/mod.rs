@@ -15,6 +15,7 @@ mod read;
 pub mod rules;
 pub mod runner;
 pub mod saved;
+mod xt;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
