@@ -1,7 +1,8 @@
 //! A real firewalld (Debian's package) and a private dbus-daemon, in a
 //! test's "host" network namespace plus a private mount namespace of
 //! their own: /run is a tmpfs there (with /run/netns bound back in, so
-//! CNI_NETNS paths still resolve), /etc/firewalld a copy with the wanted
+//! CNI_NETNS paths still resolve, and /run/xtables.lock, so firewalld's
+//! iptables and ours take one lock), /etc/firewalld a copy with the wanted
 //! FirewallBackend=, /sys a fresh sysfs of that namespace, and
 //! modprobe/rmmod stubs (`--complete-reload` unloads netfilter modules,
 //! which the whole machine shares). The bus socket lives in the test's
@@ -20,10 +21,17 @@ const SETUP: &str = r#"set -eu
 D=$1; BACKEND=$2; LEGACY=$3
 mkdir -p "$D/keep"
 mount --rbind /run/netns "$D/keep"
+# The xtables lock too: firewalld's iptables-restore and ours must take the
+# same one, as on a host (two legacy writers apart fail each other's commit).
+touch /run/xtables.lock "$D/xtables.lock"
+mount --bind /run/xtables.lock "$D/xtables.lock"
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/netns
 mount --rbind "$D/keep" /run/netns
 umount -l "$D/keep"
+touch /run/xtables.lock
+mount --bind "$D/xtables.lock" /run/xtables.lock
+umount -l "$D/xtables.lock"
 cp -a /etc/firewalld "$D/etc"
 sed -i "s/^FirewallBackend=.*/FirewallBackend=$BACKEND/" "$D/etc/firewalld.conf"
 mount --bind "$D/etc" /etc/firewalld
