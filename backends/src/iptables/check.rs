@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::access::read_for_plan;
 use super::netlink;
-use super::rules::{self, MASQ_CHAIN, SETMARK_CHAIN};
+use super::rules::{self, DNAT_CHAIN, MASQ_CHAIN, SETMARK_CHAIN};
 use super::runner::{Runner, Variant};
 use super::saved::SavedTable;
 use super::{Iptables, IptablesError};
@@ -45,6 +45,12 @@ pub(super) fn read_whole(chain: &str) -> bool {
         MASQ_CHAIN,
     ]
     .contains(&chain)
+}
+
+/// Whether the check reads a chain's rules at all (whole or its own): the
+/// rest matters only for its jumps into a container's chain.
+pub(super) fn read_by_check(chain: &str) -> bool {
+    read_whole(chain) || per_container(chain) || chain == DNAT_CHAIN
 }
 
 impl Indexed {

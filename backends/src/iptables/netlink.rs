@@ -10,12 +10,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::check::{per_container, read_whole};
-use super::rules::{is_ours, DNAT_CHAIN};
+use super::check::{per_container, read_by_check};
+use super::rules::is_ours;
 use super::saved::SavedTable;
 use super::xt::{mark_text, xt_match, xt_target};
 use crate::nfnetlink::{self, attr, attrs, nfproto, nul_terminated, string};
-use crate::nftables::decode::{exprs, Expr};
+use crate::nftables::decode::{exprs, verdict, Expr};
 use crate::nftables::uapi::*;
 use crate::Family;
 
@@ -61,15 +61,15 @@ pub(super) fn read_nat(family: Family) -> Option<SavedTable> {
     }
     for (chain, list, udata) in dumped {
         let list = exprs(&list);
-        let read = read_whole(&chain) || per_container(&chain) || chain == DNAT_CHAIN;
-        if !read && !jump_target(&list).is_some_and(per_container) {
+        if !read_by_check(&chain) && !jump_target(&list).is_some_and(|c| per_container(&c)) {
             continue;
         }
         let Some(spec) = (!udata).then(|| render(family, &list)).flatten() else {
             // In the built-in chains the check looks only for our jumps: a
             // rule jumping nowhere of ours (Docker's MASQUERADE, say) is
             // none of ours in any encoding. Anywhere else: the save.
-            if BUILTIN.contains(&chain.as_str()) && !jump_target(&list).is_some_and(is_ours) {
+            if BUILTIN.contains(&chain.as_str()) && !jump_target(&list).is_some_and(|c| is_ours(&c))
+            {
                 continue;
             }
             return None;
@@ -80,29 +80,11 @@ pub(super) fn read_nat(family: Family) -> Option<SavedTable> {
 }
 
 /// The chain a rule's verdict jumps or goes to.
-fn jump_target<'e>(list: &'e [Expr<'_>]) -> Option<&'e str> {
-    let (code, chain) = verdict(list.last()?)?;
-    matches!(code, NFT_JUMP | NFT_GOTO).then_some(chain?)
-}
-
-fn verdict<'e>(e: &'e Expr<'_>) -> Option<(u32, Option<&'e str>)> {
-    if e.name() != "immediate" || e.be32(NFTA_IMMEDIATE_DREG)? != NFT_REG_VERDICT {
-        return None;
+fn jump_target(list: &[Expr<'_>]) -> Option<String> {
+    match verdict(list.last()?)? {
+        (NFT_JUMP | NFT_GOTO, chain) => chain,
+        _ => None,
     }
-    only(e, &[NFTA_IMMEDIATE_DREG, NFTA_IMMEDIATE_DATA])?;
-    let data = e.get(NFTA_IMMEDIATE_DATA)?;
-    let (_, v) = attrs(data).find(|(k, _)| *k == NFTA_DATA_VERDICT)?;
-    let mut code = None;
-    let mut chain = None;
-    for (k, value) in attrs(v) {
-        match k {
-            NFTA_VERDICT_CODE => code = Some(u32::from_be_bytes(value.get(..4)?.try_into().ok()?)),
-            NFTA_VERDICT_CHAIN => chain = Some(value.split(|b| *b == 0).next()?),
-            _ => return None,
-        }
-    }
-    let chain = chain.map(std::str::from_utf8).transpose().ok()?;
-    Some((code?, chain))
 }
 
 /// What iptables-save prints before the matches, and the matches.
@@ -170,10 +152,7 @@ fn loaded(family: Family, list: &[Expr<'_>], rule: &mut Rule) -> Option<usize> {
                 let (negated, value) = compared(list.get(2)?, reg)?;
                 // The mark register holds host byte order (payloads: network).
                 let (mark, mask) = (ne_u32(value, 0)?, ne_u32(&mask, 0)?);
-                if value.len() != 4 {
-                    return None;
-                }
-                if negated || mark & !mask != 0 {
+                if value.len() != 4 || negated || mark & !mask != 0 {
                     return None;
                 }
                 rule.matches

@@ -1,9 +1,8 @@
 //! The netlink read renders what iptables-nft-save prints, rule for rule,
 //! in the chains a check reads; anything else makes it step aside.
 
-use super::check::{per_container, read_whole};
+use super::check::read_by_check;
 use super::netlink::read_nat;
-use super::rules::DNAT_CHAIN;
 use super::*;
 use crate::plan::tests::{golden_request, neighbour, ranged_request};
 use crate::MasqMark;
@@ -20,7 +19,7 @@ fn save(ns: &Netns, ipt: &Iptables, family: Family) -> SavedTable {
 fn read_part(t: &SavedTable) -> Vec<(String, Vec<String>)> {
     t.rules
         .iter()
-        .filter(|(c, _)| read_whole(c) || per_container(c) || c.as_str() == DNAT_CHAIN)
+        .filter(|(c, _)| read_by_check(c))
         .map(|(c, r)| (c.clone(), r.clone()))
         .collect()
 }

@@ -230,17 +230,38 @@ impl<'e, 'a> Cursor<'e, 'a> {
     /// `immediate reg 0 jump -> <chain>`, and nothing after.
     fn jump(&mut self) -> Option<String> {
         let e = self.next()?;
-        if !e.is("immediate", &[1, 2]) || e.be32(1)? != NFT_REG_VERDICT || !self.rest.is_empty() {
+        if !self.rest.is_empty() {
             return None;
         }
-        let verdict = match attrs(e.get(2)?).collect::<Vec<_>>().as_slice() {
-            [(NFTA_DATA_VERDICT, v)] => attrs(v).collect::<Vec<_>>(),
-            _ => return None,
-        };
-        match verdict.as_slice() {
-            [(1, code), (2, chain)] if *code == NFT_JUMP.to_be_bytes() => Some(string(chain)),
+        match verdict(e)? {
+            (NFT_JUMP, Some(chain)) => Some(chain),
             _ => None,
         }
+    }
+}
+
+/// `immediate reg 0 <verdict>`: its code and, for jump and goto, the chain
+/// (iptables/netlink.rs reads iptables-nft's verdicts with it too).
+pub(crate) fn verdict(e: &Expr<'_>) -> Option<(u32, Option<String>)> {
+    if !e.is("immediate", &[NFTA_IMMEDIATE_DREG, NFTA_IMMEDIATE_DATA])
+        || e.be32(NFTA_IMMEDIATE_DREG)? != NFT_REG_VERDICT
+    {
+        return None;
+    }
+    let inner = match attrs(e.get(NFTA_IMMEDIATE_DATA)?)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [(NFTA_DATA_VERDICT, v)] => attrs(v).collect::<Vec<_>>(),
+        _ => return None,
+    };
+    let code = |c: &[u8]| Some(u32::from_be_bytes(c.try_into().ok()?));
+    match inner.as_slice() {
+        [(NFTA_VERDICT_CODE, c)] => Some((code(c)?, None)),
+        [(NFTA_VERDICT_CODE, c), (NFTA_VERDICT_CHAIN, chain)] => {
+            Some((code(c)?, Some(string(chain))))
+        }
+        _ => None,
     }
 }
 
