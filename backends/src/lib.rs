@@ -173,6 +173,9 @@ pub struct Request {
     /// entry format stays what earlier releases read and write.
     #[serde(default, skip_serializing_if = "Layout::is_rules")]
     pub layout: Layout,
+    /// iptables only (`iptablesLayout`), journaled like `layout`.
+    #[serde(default, skip_serializing_if = "IptablesLayout::is_rules")]
+    pub iptables_layout: IptablesLayout,
 }
 
 /// How the nftables backend carries single-port mappings: upstream's one
@@ -195,6 +198,38 @@ impl Layout {
             "rules" => Some(Layout::Rules),
             "maps" => Some(Layout::Maps),
             _ => None,
+        }
+    }
+}
+
+/// How the iptables backend dispatches single host ports: upstream's entry
+/// rule per container in `CNI-HOSTPORT-DNAT` (walked rule by rule), or a
+/// port tree of chains (iptables/tree.rs) that upstream's DEL cannot undo.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IptablesLayout {
+    #[default]
+    Rules,
+    Tree,
+}
+
+impl IptablesLayout {
+    pub fn is_rules(&self) -> bool {
+        *self == IptablesLayout::Rules
+    }
+
+    pub fn parse(name: &str) -> Option<IptablesLayout> {
+        match name {
+            "rules" => Some(IptablesLayout::Rules),
+            "tree" => Some(IptablesLayout::Tree),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            IptablesLayout::Rules => "rules",
+            IptablesLayout::Tree => "tree",
         }
     }
 }

@@ -312,5 +312,6 @@ pub fn request_of(
         conditions_v4: vec![],
         conditions_v6: vec![],
         layout: Default::default(),
+        iptables_layout: Default::default(),
     })
 }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::{ContainerAddr, ContainerKey, Family, Layout, MasqMark, Protocol, Request};
+use crate::{
+    ContainerAddr, ContainerKey, Family, IptablesLayout, Layout, MasqMark, Protocol, Request,
+};
 
 /// Who needs masquerading so replies come back through the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +167,8 @@ pub struct Plan {
     /// family: upstream's iptables entry rules list them so, and we stay
     /// byte-compatible.
     pub entry_ports: BTreeMap<Protocol, Vec<u16>>,
+    /// The request's iptables layout (a rendering choice only iptables makes).
+    pub iptables_layout: IptablesLayout,
 }
 
 impl Plan {
@@ -184,6 +188,7 @@ impl Plan {
             mark: req.mark.clone(),
             snat: req.snat,
             entry_ports,
+            iptables_layout: req.iptables_layout,
         }
     }
 
@@ -289,6 +294,7 @@ pub(crate) mod tests {
             conditions_v4: vec![],
             conditions_v6: vec![],
             layout: Default::default(),
+            iptables_layout: Default::default(),
         }
     }
 
@@ -407,6 +413,7 @@ pub(crate) mod tests {
             conditions_v4: vec!["-s".into(), "192.0.2.0/24".into()],
             conditions_v6: vec!["-s".into(), "2001:db8::/32".into()],
             layout: Default::default(),
+            iptables_layout: Default::default(),
             ..golden_request()
         };
         let plan = Plan::new(&req);

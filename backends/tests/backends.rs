@@ -236,6 +236,7 @@ fn request(c: &Container, id: &str, v4: bool, v6: bool, mappings: Vec<PortMappin
         conditions_v4: vec![],
         conditions_v6: vec![],
         layout: Default::default(),
+        iptables_layout: Default::default(),
     }
 }
 
@@ -1202,6 +1203,7 @@ fn golden_request(snat: bool, masq_all: bool, mark_bit: u8) -> Request {
         conditions_v4: vec![],
         conditions_v6: vec![],
         layout: Default::default(),
+        iptables_layout: Default::default(),
     }
 }
 

@@ -121,6 +121,7 @@ fn request(c: &Container, id: &str, ports: &[u16], layout: Layout) -> Request {
         conditions_v4: vec![],
         conditions_v6: vec![],
         layout,
+        iptables_layout: Default::default(),
     }
 }
 

@@ -8,7 +8,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use portmap_backends::select::Choice;
-use portmap_backends::{ContainerKey, Layout, MasqMark, PortMapping, Protocol, Request};
+use portmap_backends::{
+    ContainerKey, IptablesLayout, Layout, MasqMark, PortMapping, Protocol, Request,
+};
 
 use crate::cni::result::{self, container_addrs};
 use crate::cni::{self, CniError, Code, Env};
@@ -32,6 +34,8 @@ struct RawConfig {
     external_set_mark_chain: Option<String>,
     #[serde(rename = "nftablesLayout", default)]
     nftables_layout: Option<String>,
+    #[serde(rename = "iptablesLayout", default)]
+    iptables_layout: Option<String>,
     #[serde(rename = "conditionsV4", default)]
     conditions_v4: Option<Vec<String>>,
     #[serde(rename = "conditionsV6", default)]
@@ -137,6 +141,8 @@ pub struct Config {
     pub conditions_v6: Vec<String>,
     /// `nftablesLayout` (ours): `rules` (default, upstream's) or `maps`.
     pub layout: Layout,
+    /// `iptablesLayout` (ours): `rules` (default, upstream's) or `tree`.
+    pub iptables_layout: IptablesLayout,
     pub mappings: Vec<PortMapping>,
     /// Normalised to the 1.0 shape.
     pub prev_result: Option<Map<String, Value>>,
@@ -272,6 +278,14 @@ pub fn parse(stdin: &[u8]) -> Result<Config, CniError> {
             ))
         })?,
     };
+    let iptables_layout = match raw.iptables_layout.as_deref() {
+        None => IptablesLayout::default(),
+        Some(l) => IptablesLayout::parse(l).ok_or_else(|| {
+            invalid(format!(
+                "unrecognized iptablesLayout {l:?} (expected \"rules\" or \"tree\")"
+            ))
+        })?,
+    };
     let conditions_v4 = conditions("conditionsV4", raw.conditions_v4)?;
     let conditions_v6 = conditions("conditionsV6", raw.conditions_v6)?;
     let mappings = raw
@@ -311,6 +325,7 @@ pub fn parse(stdin: &[u8]) -> Result<Config, CniError> {
         conditions_v4,
         conditions_v6,
         layout,
+        iptables_layout,
         mappings,
         prev_result,
         valid_attachments,
@@ -392,6 +407,7 @@ impl Config {
             conditions_v4: self.conditions_v4.clone(),
             conditions_v6: self.conditions_v6.clone(),
             layout: self.layout,
+            iptables_layout: self.iptables_layout,
         }
     }
 }
@@ -445,6 +461,23 @@ mod tests {
             ..Env::default()
         };
         assert_eq!(c.request(&env).layout, Layout::Maps);
+    }
+
+    #[test]
+    fn the_tree_layout_reaches_the_request_and_a_typo_is_refused() {
+        let c = parse(&with(json!({"iptablesLayout": "tree"}))).expect("valid");
+        assert_eq!(c.iptables_layout, IptablesLayout::Tree);
+        let env = Env {
+            container_id: "c".into(),
+            ..Env::default()
+        };
+        assert_eq!(c.request(&env).iptables_layout, IptablesLayout::Tree);
+        assert_eq!(
+            parse(&with(json!({}))).expect("valid").iptables_layout,
+            IptablesLayout::Rules
+        );
+        let err = parse(&with(json!({"iptablesLayout": "trie"}))).expect_err("refused");
+        assert!(format!("{err:?}").contains("unrecognized iptablesLayout"), "{err:?}");
     }
 
     #[rstest]

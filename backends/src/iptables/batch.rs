@@ -6,6 +6,7 @@
 
 use super::rules::{self, DNAT_CHAIN, MASQ_CHAIN, SETMARK_CHAIN};
 use super::saved::SavedTable;
+use super::tree;
 use crate::plan::{FamilyPlan, Plan};
 use crate::{ContainerKey, MasqMark};
 
@@ -33,6 +34,20 @@ pub fn add(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> String {
     add_shared(plan, fam, saved, &mut out);
     out.decls.push(own_chain(plan));
     add_own(plan, fam, saved, &mut out);
+    // Tree chains a re-ADD leaves empty (its ports changed) go; a chunk
+    // leaves them to the next DEL, which prunes every empty one.
+    let mut deleted: Vec<(String, String)> = saved
+        .jumps_to(&own_chain(plan))
+        .map(|(c, s)| (c.to_string(), s.to_string()))
+        .collect();
+    let added: Vec<(String, String)> = out
+        .lines
+        .iter()
+        .filter_map(|l| split_rule_or_insert(l))
+        .map(|(c, s)| (c.to_string(), s.to_string()))
+        .collect();
+    out.lines
+        .extend(tree::prune(saved, &mut deleted, &added));
     out.render()
 }
 
@@ -67,6 +82,27 @@ pub(super) fn add_shared(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable, out:
                 .push(format!("-I POSTROUTING 1 {}", rules::masq_jump_spec()));
         }
     }
+    add_tree_paths(plan, saved, out);
+}
+
+/// The tree chains and the rules leading to the plan's leaves that
+/// `saved` lacks (tree.rs), each once.
+fn add_tree_paths(plan: &Plan, saved: &SavedTable, out: &mut Writes) {
+    for (proto, port) in tree::ports(plan) {
+        for line in tree::path_rules(proto, port) {
+            let Some((_, spec)) = rules::split_rule(&line) else {
+                continue;
+            };
+            if let Some(chain) = rules::jump_target(spec) {
+                if !saved.has_chain(chain) && !out.decls.iter().any(|d| d == chain) {
+                    out.decls.push(chain.to_string());
+                }
+            }
+            if !saved.has_rule(&line) && !out.lines.contains(&line) {
+                out.lines.push(line);
+            }
+        }
+    }
 }
 
 /// The container chain's rules (its declaration, which flushes it, is
@@ -79,6 +115,9 @@ pub(super) fn add_own(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable, out: &m
     out.lines.extend(rules::container_rules(plan, fam));
     for spec in rules::entry_specs(plan, fam).iter().rev() {
         out.lines.push(format!("-I {DNAT_CHAIN} 1 {spec}"));
+    }
+    for (leaf, spec) in tree::leaf_specs(plan, fam) {
+        out.lines.push(format!("-I {leaf} 1 {spec}"));
     }
 }
 
@@ -125,11 +164,11 @@ pub fn del(keys: &[ContainerKey], saved: &SavedTable) -> Option<String> {
         )
         .collect();
     let mut lines = Vec::new();
-    let mut deleted: Vec<(&str, &str)> = Vec::new();
+    let mut deleted: Vec<(String, String)> = Vec::new();
     for own in &owned {
         for (from, spec) in saved.jumps_to(own) {
             lines.push(format!("-D {from} {spec}"));
-            deleted.push((from, spec));
+            deleted.push((from.to_string(), spec.to_string()));
         }
         if saved.has_chain(own) {
             lines.push(format!("-F {own}"));
@@ -139,6 +178,8 @@ pub fn del(keys: &[ContainerKey], saved: &SavedTable) -> Option<String> {
     if lines.is_empty() {
         return None;
     }
+    lines.extend(tree::prune(saved, &mut deleted, &[]));
+    let gone = |c: &str, s: &str| deleted.iter().any(|(dc, ds)| dc == c && ds == s);
     let others_left = saved
         .chains
         .iter()
@@ -155,11 +196,7 @@ pub fn del(keys: &[ContainerKey], saved: &SavedTable) -> Option<String> {
             }
             // iptables-nft fails the batch (EBUSY) when a chain whose rules
             // were just deleted one by one is flushed too.
-            if saved
-                .rules_of(shared)
-                .iter()
-                .any(|r| !deleted.contains(&(shared, r.as_str())))
-            {
+            if saved.rules_of(shared).iter().any(|r| !gone(shared, r)) {
                 lines.push(format!("-F {shared}"));
             }
             lines.push(format!("-X {shared}"));
@@ -208,7 +245,14 @@ pub fn check(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> Option<String
             installed[expected.len()]
         ));
     }
-    let entries: Vec<&str> = saved.jumps_to(&chain).map(|(_, spec)| spec).collect();
+    if let Some(missing) = check_tree(plan, fam, saved, &chain) {
+        return Some(missing);
+    }
+    let entries: Vec<&str> = saved
+        .jumps_to(&chain)
+        .filter(|(from, _)| !tree::is_tree(from))
+        .map(|(_, spec)| spec)
+        .collect();
     // Canonical forms only when the text differs: a restore pass checks every container.
     let mut canonical: Option<Vec<Vec<String>>> = None;
     for spec in rules::entry_specs(plan, fam) {
@@ -219,6 +263,27 @@ pub fn check(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> Option<String
             canonical.get_or_insert_with(|| entries.iter().map(|s| rules::canonical(s)).collect());
         if !known.contains(&rules::canonical(&spec)) {
             return Some(format!("chain {DNAT_CHAIN} is missing entry rule `{spec}`"));
+        }
+    }
+    None
+}
+
+/// What of the plan's tree (its leaf rules and the rules leading to
+/// them) `saved` lacks.
+fn check_tree(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable, chain: &str) -> Option<String> {
+    for (proto, port) in tree::ports(plan) {
+        for rule in tree::path_rules(proto, port) {
+            if !saved.has_rule(&rule) {
+                return Some(format!("rule `{rule}` is missing"));
+            }
+        }
+    }
+    for (leaf, spec) in tree::leaf_specs(plan, fam) {
+        let found = saved.jumps_to(chain).any(|(from, s)| {
+            from == leaf && (s == spec || rules::canonical(s) == rules::canonical(&spec))
+        });
+        if !found {
+            return Some(format!("chain {leaf} is missing rule `{spec}`"));
         }
     }
     None

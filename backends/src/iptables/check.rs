@@ -13,6 +13,7 @@ use super::netlink;
 use super::rules::{self, DNAT_CHAIN, MASQ_CHAIN, SETMARK_CHAIN};
 use super::runner::{Runner, Variant};
 use super::saved::SavedTable;
+use super::tree;
 use super::{Iptables, IptablesError};
 use crate::plan::Plan;
 use crate::{Family, Verdict};
@@ -50,7 +51,7 @@ pub(super) fn read_whole(chain: &str) -> bool {
 /// Whether the check reads a chain's rules at all (whole or its own): the
 /// rest matters only for its jumps into a container's chain.
 pub(super) fn read_by_check(chain: &str) -> bool {
-    read_whole(chain) || per_container(chain) || chain == DNAT_CHAIN
+    read_whole(chain) || per_container(chain) || chain == DNAT_CHAIN || tree::is_tree(chain)
 }
 
 impl Indexed {
@@ -89,8 +90,21 @@ impl Indexed {
         if let Some(own) = self.own.get(chain) {
             rules.insert(chain.to_string(), own.clone());
         }
+        let mut leaves = BTreeSet::new();
         for (from, spec) in self.jumps.get(chain).into_iter().flatten() {
             if from != chain {
+                rules.entry(from.clone()).or_default().push(spec.clone());
+            }
+            if tree::is_leaf(from) {
+                leaves.insert(from.clone());
+            }
+        }
+        // The tree rules leading to its leaves: a few per leaf, whatever
+        // the number of containers.
+        let mut path: BTreeSet<String> = leaves.iter().cloned().collect();
+        path.extend(leaves.iter().flat_map(|l| tree::ancestors(l)));
+        for target in &path {
+            for (from, spec) in self.jumps.get(target).into_iter().flatten() {
                 rules.entry(from.clone()).or_default().push(spec.clone());
             }
         }

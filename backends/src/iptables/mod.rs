@@ -15,6 +15,7 @@ mod read;
 pub mod rules;
 pub mod runner;
 pub mod saved;
+pub mod tree;
 mod xt;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -305,7 +306,8 @@ impl Iptables {
         let own = rules::container_chain(&key.network, &key.container_id);
         let old = rules::old_snat_chain(&key.network, &key.container_id);
         let others = chains.iter().any(|c| c.starts_with("CNI-DN-") && *c != own);
-        if !others || chains.contains(&old) {
+        // A tree's leaf rules are outside CNI-HOSTPORT-DNAT.
+        if !others || chains.contains(&old) || chains.iter().any(|c| tree::is_tree(c)) {
             return None;
         }
         let listed = match runner.list_chain(rules::DNAT_CHAIN)? {

@@ -36,8 +36,10 @@ pub(super) fn containers(
 /// (network, container ID, container chain) of every entry rule.
 pub(super) fn entries(saved: &SavedTable) -> Vec<(String, String, String)> {
     let mut out: Vec<(String, String, String)> = saved
-        .rules_of(rules::DNAT_CHAIN)
+        .rules
         .iter()
+        .filter(|(chain, _)| *chain == rules::DNAT_CHAIN || tree::is_leaf(chain))
+        .flat_map(|(_, specs)| specs)
         .filter_map(|spec| {
             let words = rules::shell_words(spec);
             let comment = after(&words, "--comment")?;
@@ -128,22 +130,23 @@ fn read_options(family: Family, saved: &SavedTable, chain: &str, options: &mut I
             }
         }
     }
-    // Entry rules hold the conditions: anything beyond the words we write.
+    // Entry and leaf rules hold the conditions: anything beyond the words
+    // we write.
     for (_, spec) in saved
         .jumps_to(chain)
-        .filter(|(c, _)| *c == rules::DNAT_CHAIN)
+        .filter(|(c, _)| *c == rules::DNAT_CHAIN || tree::is_leaf(c))
     {
         let words = rules::shell_words(spec);
         let mut rest = words.iter();
         while let Some(w) = rest.next() {
             match w.as_str() {
-                "-p" | "--comment" | "--dports" | "--destination-ports" | "-j" => {
+                "-p" | "--comment" | "--dports" | "--destination-ports" | "--dport" | "-j" => {
                     rest.next();
                 }
                 "-m" => {
                     if !matches!(
                         rest.next().map(String::as_str),
-                        Some("comment" | "multiport")
+                        Some("comment" | "multiport" | "tcp" | "udp" | "sctp")
                     ) {
                         options.conditions = true;
                     }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use sha2::{Digest, Sha512};
 
 use crate::plan::{FamilyPlan, MasqSource, Plan, Run};
-use crate::{Family, MasqMark};
+use crate::{Family, IptablesLayout, MasqMark};
 
 pub const DNAT_CHAIN: &str = "CNI-HOSTPORT-DNAT";
 pub const SETMARK_CHAIN: &str = "CNI-HOSTPORT-SETMARK";
@@ -170,7 +170,12 @@ pub fn entry_specs(plan: &Plan, fam: &FamilyPlan) -> Vec<String> {
     let conditions: String = fam.conditions.iter().map(|c| format!("{c} ")).collect();
     let mut specs = Vec::new();
     for (proto, ports) in &plan.entry_ports {
-        for list in multiport_lists(ports) {
+        // The tree layout leaves entry rules only the runs (tree.rs).
+        let ports = match plan.iptables_layout {
+            IptablesLayout::Rules => ports.clone(),
+            IptablesLayout::Tree => super::tree::split(ports).0,
+        };
+        for list in multiport_lists(&ports) {
             specs.push(format!(
                 "-p {proto} -m comment --comment {comment} -m multiport --dports {list} {conditions}-j {chain}",
             ));

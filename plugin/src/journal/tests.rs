@@ -21,6 +21,7 @@ fn request(network: &str, id: &str) -> Request {
         conditions_v4: vec![],
         conditions_v6: vec![],
         layout: Default::default(),
+        iptables_layout: Default::default(),
     }
 }
 
@@ -457,6 +458,7 @@ fn an_entry_in_todays_format_reads_and_writes_the_same() {
             conditions_v4: vec!["-s".into(), "10.0.0.0/8".into()],
             conditions_v6: vec![],
             layout: Default::default(),
+            iptables_layout: Default::default(),
         },
     );
     let read: Entry = serde_json::from_value(fixture.clone()).expect("today's entry reads");
