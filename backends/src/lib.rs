@@ -437,6 +437,48 @@ pub struct InstalledOptions {
     /// nftables: some mappings are elements of our map (the maps layout),
     /// which upstream's binary cannot delete.
     pub map_elements: bool,
+    /// iptables: some mappings are leaf rules of the port tree (the tree
+    /// layout), which upstream's binary cannot delete.
+    pub tree_leaves: bool,
+}
+
+/// The layout `portmap migrate --layout` puts one backend's containers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutChoice {
+    Nftables(Layout),
+    Iptables(IptablesLayout),
+}
+
+impl LayoutChoice {
+    /// `req` in this layout (the other backend's layout as it was).
+    pub fn apply(self, req: Request) -> Request {
+        match self {
+            LayoutChoice::Nftables(layout) => Request { layout, ..req },
+            LayoutChoice::Iptables(iptables_layout) => Request {
+                iptables_layout,
+                ..req
+            },
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LayoutChoice::Nftables(Layout::Rules)
+            | LayoutChoice::Iptables(IptablesLayout::Rules) => "rules",
+            LayoutChoice::Nftables(Layout::Maps) => "maps",
+            LayoutChoice::Iptables(IptablesLayout::Tree) => "tree",
+        }
+    }
+
+    /// Whether a container listed with `options` is one this layout
+    /// could take: conditions keep a container in rules whatever the
+    /// layout on nftables, and cannot be read back from iptables rules.
+    pub(crate) fn movable(self, options: &InstalledOptions) -> bool {
+        match self {
+            LayoutChoice::Nftables(_) => !options.conditions || options.map_elements,
+            LayoutChoice::Iptables(_) => !options.conditions,
+        }
+    }
 }
 
 /// The one seam: both firewalls implement this.

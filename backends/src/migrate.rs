@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use crate::{
     Attachment, Backend, BackendError, BackendKind, ContainerAddr, ContainerKey, Family,
-    InstalledContainer, Known, Layout, Plan, PortMapping, Request, Verdict,
+    InstalledContainer, Known, LayoutChoice, Plan, PortMapping, Request, Verdict,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +81,7 @@ pub fn migrate(
     sources: &[Box<dyn Backend>],
     journaled: &[Attachment],
     network: Option<&str>,
-    layout: Layout,
+    layout: Option<LayoutChoice>,
     dry_run: bool,
 ) -> Report {
     let mut report = Report::default();
@@ -177,12 +177,13 @@ fn move_one(
     source: &dyn Backend,
     c: &InstalledContainer,
     known: &Known,
-    layout: Layout,
+    layout: Option<LayoutChoice>,
     dry_run: bool,
 ) -> Result<Moved, MigrateError> {
-    let req = Request {
-        layout,
-        ..request_of(c, None, target, crate::host::connected_prefix)?
+    let req = request_of(c, None, target, crate::host::connected_prefix)?;
+    let req = match layout {
+        Some(l) => l.apply(req),
+        None => req,
     };
     let moved = Moved {
         network: req.key.network.clone(),

@@ -8,8 +8,8 @@ use portmap_backends::nftables::{Nftables, MAP, MASQ_SET};
 use portmap_backends::plan::Plan;
 use portmap_backends::relayout::relayout;
 use portmap_backends::{
-    host, Attachment, Backend, ContainerAddr, ContainerKey, Known, Layout, MasqMark, PortMapping,
-    Protocol, Request, Verdict,
+    host, Attachment, Backend, ContainerAddr, ContainerKey, Known, Layout, LayoutChoice, MasqMark,
+    PortMapping, Protocol, Request, Verdict,
 };
 use portmap_conformance::netns::{prerequisites, Netns};
 use portmap_conformance::topology::{Container, Topology, HOST_V4, HOST_V6};
@@ -172,7 +172,15 @@ fn reused_ip_newest_add_wins_and_a_late_del_keeps_it() {
 fn relaid(f: &Fixture, journaled: &[Attachment], layout: Layout) -> Vec<String> {
     let report = f
         .host()
-        .run(|| relayout(&f.nft, journaled, None, layout, false))
+        .run(|| {
+            relayout(
+                &f.nft,
+                journaled,
+                None,
+                LayoutChoice::Nftables(layout),
+                false,
+            )
+        })
         .expect("netns");
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     report.moved.into_iter().map(|m| m.container_id).collect()

@@ -477,7 +477,10 @@ mod tests {
             IptablesLayout::Rules
         );
         let err = parse(&with(json!({"iptablesLayout": "trie"}))).expect_err("refused");
-        assert!(format!("{err:?}").contains("unrecognized iptablesLayout"), "{err:?}");
+        assert!(
+            format!("{err:?}").contains("unrecognized iptablesLayout"),
+            "{err:?}"
+        );
     }
 
     #[rstest]

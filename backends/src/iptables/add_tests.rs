@@ -54,6 +54,14 @@ fn request(id: &str, octet: u8, port: u16) -> Request {
     req
 }
 
+/// `req` in the port tree layout (tree.rs).
+fn tree(req: Request) -> Request {
+    Request {
+        iptables_layout: crate::IptablesLayout::Tree,
+        ..req
+    }
+}
+
 fn tools(variant: Variant) -> bool {
     let v = variant.as_str();
     prerequisites(&[
@@ -85,6 +93,9 @@ fn chunk_equals_one_by_one(variant: Variant, present: &[Plan]) {
         Plan::new(&request("many-0", 10, 20010)),
         Plan::new(&other_mark),
         Plan::new(&request("second", 6, 20206)),
+        Plan::new(&tree(request("tree-1", 70, 23000))),
+        Plan::new(&tree(request("tree-2", 71, 23000))),
+        Plan::new(&tree(request("tree-1", 70, 23100))),
     ]);
     let v = variant.as_str();
     let n = present.len();
@@ -127,6 +138,12 @@ fn chunk_equals_one_by_one(variant: Variant, present: &[Plan]) {
         "many-0 moved"
     );
     assert!(got.contains("0x4000/0x4000") && got.contains("-j CNI-HOSTPORT-GUARD"));
+    let leaf_23000 = got
+        .lines()
+        .find(|l| l.starts_with("-A CNI-HOSTPORT-TCP-59D "))
+        .expect("a leaf rule for 23000");
+    assert!(leaf_23000.contains("tree-2"), "{leaf_23000}");
+    assert!(got.contains("-A CNI-HOSTPORT-TCP-5A3 -p tcp -m tcp --dport 23100 "));
 
     all.run(|| {
         // What a later plan of the same attachment replaced is not there.

@@ -46,8 +46,7 @@ pub fn add(plan: &Plan, fam: &FamilyPlan, saved: &SavedTable) -> String {
         .filter_map(|l| split_rule_or_insert(l))
         .map(|(c, s)| (c.to_string(), s.to_string()))
         .collect();
-    out.lines
-        .extend(tree::prune(saved, &mut deleted, &added));
+    out.lines.extend(tree::prune(saved, &mut deleted, &added));
     out.render()
 }
 

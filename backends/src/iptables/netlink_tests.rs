@@ -108,12 +108,20 @@ fn renders_as_saved(ipt: &Iptables, label: &str) {
         r.snat = false;
         Plan::new(&r)
     };
+    // The port tree's chains (tree.rs): range matches, leaf comments.
+    let tree = {
+        let mut r = ranged_request();
+        r.key.container_id = "tree".into();
+        r.iptables_layout = crate::IptablesLayout::Tree;
+        Plan::new(&r)
+    };
     let plans = [
         Plan::new(&golden_request()),
         ranged,
         masq_all,
         no_snat,
         neighbour("n1", 9),
+        tree,
     ];
     let ns = Netns::new(&format!("ipt-netlink-{label}")).expect("netns");
     ns.run(|| {

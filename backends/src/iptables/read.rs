@@ -13,6 +13,7 @@ pub(super) fn containers(
     for (family, saved) in tables {
         for (network, id, chain) in entries(saved) {
             let (mappings, options) = by_id.entry((id, network)).or_default();
+            options.tree_leaves |= saved.jumps_to(&chain).any(|(c, _)| tree::is_leaf(c));
             mappings.extend(mappings_of_chain(*family, saved, &chain));
             read_options(*family, saved, &chain, options);
         }

@@ -55,7 +55,9 @@ pub fn leaf(proto: Protocol, port: u16) -> String {
 fn depth(chain: &str) -> Option<usize> {
     let rest = chain.strip_prefix(TREE_PREFIX)?;
     let (proto, digits) = rest.split_once('-').unwrap_or((rest, ""));
-    let hex = digits.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase());
+    let hex = digits
+        .chars()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase());
     (ROOTS.contains(&proto) && hex && digits.len() <= LEAF_DEPTH).then_some(digits.len())
 }
 
@@ -175,10 +177,7 @@ pub fn prune(
     let mut lines = Vec::new();
     for (_, chain) in tree {
         let gone = |c: &str, s: &str| deleted.iter().any(|(dc, ds)| dc == c && ds == s);
-        let left = saved
-            .rules_of(chain)
-            .iter()
-            .any(|spec| !gone(chain, spec))
+        let left = saved.rules_of(chain).iter().any(|spec| !gone(chain, spec))
             || added.iter().any(|(c, _)| c == chain);
         if left {
             continue;

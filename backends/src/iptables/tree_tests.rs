@@ -22,7 +22,11 @@ fn chains_are_named_by_the_ports_hex_digits() {
     );
     assert_eq!(
         ancestors("CNI-HOSTPORT-TCP-4E2"),
-        ["CNI-HOSTPORT-TCP-4E", "CNI-HOSTPORT-TCP-4", "CNI-HOSTPORT-TCP"]
+        [
+            "CNI-HOSTPORT-TCP-4E",
+            "CNI-HOSTPORT-TCP-4",
+            "CNI-HOSTPORT-TCP"
+        ]
     );
     for (chain, tree, is_a_leaf) in [
         ("CNI-HOSTPORT-TCP", true, false),
@@ -33,7 +37,11 @@ fn chains_are_named_by_the_ports_hex_digits() {
         ("CNI-HOSTPORT-MASQ", false, false),
         ("CNI-DN-4E2", false, false),
     ] {
-        assert_eq!((is_tree(chain), is_leaf(chain)), (tree, is_a_leaf), "{chain}");
+        assert_eq!(
+            (is_tree(chain), is_leaf(chain)),
+            (tree, is_a_leaf),
+            "{chain}"
+        );
     }
 }
 
@@ -90,7 +98,10 @@ fn applied(saved: &SavedTable, batch: &str) -> SavedTable {
             t.rules.entry(chain.into()).or_default().push(spec.into());
         } else if let Some(rest) = line.strip_prefix("-I ") {
             let (chain, spec) = rest.split_once(" 1 ").expect("-I C 1 spec");
-            t.rules.entry(chain.into()).or_default().insert(0, spec.into());
+            t.rules
+                .entry(chain.into())
+                .or_default()
+                .insert(0, spec.into());
         } else if let Some(rest) = line.strip_prefix("-D ") {
             let (chain, spec) = rest.split_once(' ').expect("-D C spec");
             let specs = t.rules.get_mut(chain).expect("deleted from a chain");
@@ -99,8 +110,14 @@ fn applied(saved: &SavedTable, batch: &str) -> SavedTable {
         } else if let Some(chain) = line.strip_prefix("-F ") {
             t.rules.remove(chain);
         } else if let Some(chain) = line.strip_prefix("-X ") {
-            assert!(t.rules_of(chain).is_empty(), "-X {chain} of a chain with rules");
-            assert!(t.jumps_to(chain).next().is_none(), "-X {chain} still jumped to");
+            assert!(
+                t.rules_of(chain).is_empty(),
+                "-X {chain} of a chain with rules"
+            );
+            assert!(
+                t.jumps_to(chain).next().is_none(),
+                "-X {chain} still jumped to"
+            );
             t.chains.retain(|c| c != chain);
         }
     }
@@ -119,7 +136,9 @@ fn add_builds_the_paths_check_sees_them_and_del_prunes_what_it_empties() {
     // Every tree rule beside the leaf rules is one a path needs.
     for (chain, specs) in &after_add.rules {
         if is_tree(chain) && !is_leaf(chain) {
-            assert!(specs.iter().all(|s| s.contains("--dport") && s.contains("-j CNI-HOSTPORT-")));
+            assert!(specs
+                .iter()
+                .all(|s| s.contains("--dport") && s.contains("-j CNI-HOSTPORT-")));
         }
     }
 
@@ -131,7 +150,10 @@ fn add_builds_the_paths_check_sees_them_and_del_prunes_what_it_empties() {
     other.key.container_id = "other".into();
     let other = Plan::new(&other);
     let ofam = other.family(crate::Family::V4).expect("v4");
-    let both = applied(&after_add, &super::super::batch::add(&other, ofam, &after_add));
+    let both = applied(
+        &after_add,
+        &super::super::batch::add(&other, ofam, &after_add),
+    );
     let chain_other = rules::container_chain("goldennet", "other");
     let (leaf_chain, _) = &leaf_specs(&other, ofam)[0];
     assert_eq!(
@@ -151,12 +173,15 @@ fn add_builds_the_paths_check_sees_them_and_del_prunes_what_it_empties() {
 
     // DEL of one keeps the other's paths; DEL of both leaves no tree.
     let key = plan.key.clone();
-    let one_left = applied(&both, &super::super::batch::del(&[key.clone()], &both).expect("batch"));
+    let one_left = applied(
+        &both,
+        &super::super::batch::del(std::slice::from_ref(&key), &both).expect("batch"),
+    );
     assert_eq!(super::super::batch::check(&other, ofam, &one_left), None);
     assert!(one_left.has_chain(leaf_chain));
     let gone = applied(
         &one_left,
-        &super::super::batch::del(&[other.key.clone()], &one_left).expect("batch"),
+        &super::super::batch::del(std::slice::from_ref(&other.key), &one_left).expect("batch"),
     );
     assert!(
         gone.chains.iter().all(|c| !c.starts_with("CNI-")),

@@ -265,6 +265,25 @@ fn mapping_advice(all: &[InstalledContainer], picked: BackendKind) -> Vec<String
              portmap migrate --to nftables --layout rules"
         ));
     }
+    let in_tree: Vec<BackendKind> = all
+        .iter()
+        .filter(|c| c.options.tree_leaves)
+        .map(|c| c.backend)
+        .collect();
+    if !in_tree.is_empty() {
+        let target = match in_tree.iter().all(|b| *b == in_tree[0]) {
+            true => in_tree[0].name(),
+            false => "iptables",
+        };
+        out.push(format!(
+            "warning: {} container(s) have mappings as leaves of the iptables port tree \
+             (iptablesLayout \"tree\"), which upstream's portmap cannot delete (its DEL deletes \
+             entry rules in CNI-HOSTPORT-DNAT only, then fails on the chain a leaf still \
+             jumps to): before switching to upstream's binary, run \
+             portmap migrate --to {target} --layout rules",
+            in_tree.len()
+        ));
+    }
     if per_backend.iter().any(|(b, _)| *b == BackendKind::Nftables) {
         out.push(format!(
             "note: upstream portmap before v1.5 (Debian's 1.1.1 among them) knows only iptables \
@@ -394,6 +413,25 @@ mod tests {
             mapping_advice(&[], BackendKind::Nftables),
             ["mappings: none installed"]
         );
+    }
+
+    #[test]
+    fn advice_warns_while_a_tree_holds_leaves_and_names_the_variant() {
+        let mut leafy = container(BackendKind::IptablesLegacy, "a");
+        leafy.options.tree_leaves = true;
+        let all = [leafy, container(BackendKind::IptablesLegacy, "b")];
+        let lines = mapping_advice(&all, BackendKind::IptablesLegacy);
+        let warning = lines
+            .iter()
+            .find(|l| l.contains("port tree"))
+            .expect("a tree warning");
+        assert!(warning.starts_with("warning: 1 container(s) have mappings as leaves"));
+        assert!(
+            warning.ends_with("portmap migrate --to iptables-legacy --layout rules"),
+            "{warning}"
+        );
+        let lines = mapping_advice(&all[1..], BackendKind::IptablesLegacy);
+        assert!(lines.iter().all(|l| !l.contains("port tree")), "{lines:?}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use portmap_backends::iptables::{Iptables, Variant};
 use portmap_backends::select::{self, cleanup_backends, Choice};
-use portmap_backends::{migrate, relayout, Layout};
+use portmap_backends::{migrate, relayout, LayoutChoice};
 use portmap_backends::{nfnetlink, Backend};
 
 use super::Target;
@@ -32,13 +32,9 @@ fn target_backend(to: Target) -> Result<Box<dyn Backend>, String> {
 pub(super) fn migrate_to(
     to: Target,
     network: Option<&str>,
-    layout: Option<Layout>,
+    layout: Option<LayoutChoice>,
     dry_run: bool,
 ) -> ExitCode {
-    if layout.is_some() && to != Target::Nftables {
-        eprintln!("portmap: migrate: --layout applies to --to nftables only");
-        return ExitCode::FAILURE;
-    }
     let target = match target_backend(to) {
         Ok(t) => t,
         Err(e) => {
@@ -65,7 +61,7 @@ pub(super) fn migrate_to(
         &cleanup_backends(),
         &journaled,
         network,
-        layout.unwrap_or_default(),
+        layout,
         dry_run,
     );
     let relaid = layout.map(|l| {
@@ -100,18 +96,15 @@ pub(super) fn migrate_to(
         );
     }
     if let Some((l, r)) = relaid {
-        let name = match l {
-            Layout::Rules => "rules",
-            Layout::Maps => "maps",
-        };
+        let (name, backend) = (l.name(), target.name());
         for m in &r.moved {
             println!(
-                "{verb} {}: nftables layout -> {name} ({} mappings)",
+                "{verb} {}: {backend} layout -> {name} ({} mappings)",
                 m.container_id, m.mappings
             );
         }
         println!(
-            "{} {} container(s) to the nftables {name} layout, {} failed",
+            "{} {} container(s) to the {backend} {name} layout, {} failed",
             verb,
             r.moved.len(),
             r.failed.len()
@@ -142,7 +135,7 @@ pub(super) fn migrate_to(
 fn journal_moves(
     journal: &Journal,
     moved: &[migrate::Moved],
-    layout: Option<Layout>,
+    layout: Option<LayoutChoice>,
 ) -> Result<(), JournalError> {
     for (_, mut entry) in journal.entries().into_iter().flatten() {
         let id = &entry.request.key.container_id;
@@ -153,7 +146,7 @@ fn journal_moves(
         {
             entry.backend = m.to;
             if let Some(layout) = layout {
-                entry.request.layout = layout;
+                entry.request = layout.apply(entry.request);
             }
             journal.write(&entry)?;
             // The old backend's receipt names rules that are gone.

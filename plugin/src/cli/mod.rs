@@ -89,10 +89,12 @@ enum Sub {
         /// moving such containers to iptables, whose chain names hash it.
         #[arg(long)]
         network: Option<String>,
-        /// With --to nftables: the layout every nftables mapping should
-        /// have afterwards: `maps` (single ports as map elements) or
-        /// `rules` (upstream's, which upstream's binary can delete). Each
-        /// container that is not in it is re-installed in one transaction.
+        /// The layout every mapping of the target backend should have
+        /// afterwards: `rules` (upstream's, which upstream's binary can
+        /// delete), with --to nftables `maps` (single ports as map
+        /// elements), with --to iptables* `tree` (single ports dispatched
+        /// through the port tree's chains). Each container that is not in
+        /// it is re-installed in one transaction (one restore per family).
         #[arg(long, value_enum)]
         layout: Option<LayoutArg>,
         /// Only print what would move.
@@ -118,8 +120,10 @@ enum Sub {
 enum LayoutArg {
     /// one rule per mapping (upstream's layout)
     Rules,
-    /// single-port mappings as elements of map hostports_map
+    /// single-port mappings as elements of map hostports_map (nftables)
     Maps,
+    /// single-port mappings as leaves of the port tree (iptables)
+    Tree,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -162,10 +166,25 @@ pub fn main() -> ExitCode {
             layout,
             dry_run,
         } => {
-            let layout = layout.map(|l| match l {
-                LayoutArg::Rules => portmap_backends::Layout::Rules,
-                LayoutArg::Maps => portmap_backends::Layout::Maps,
-            });
+            use portmap_backends::{IptablesLayout, Layout, LayoutChoice};
+            let layout = match (layout, to == Target::Nftables) {
+                (None, _) => None,
+                (Some(LayoutArg::Rules), true) => Some(LayoutChoice::Nftables(Layout::Rules)),
+                (Some(LayoutArg::Maps), true) => Some(LayoutChoice::Nftables(Layout::Maps)),
+                (Some(LayoutArg::Rules), false) => {
+                    Some(LayoutChoice::Iptables(IptablesLayout::Rules))
+                }
+                (Some(LayoutArg::Tree), false) => {
+                    Some(LayoutChoice::Iptables(IptablesLayout::Tree))
+                }
+                (Some(LayoutArg::Maps), false) | (Some(LayoutArg::Tree), true) => {
+                    eprintln!(
+                        "portmap: migrate: --layout maps applies to --to nftables, \
+                         --layout tree to --to iptables (and its variants)"
+                    );
+                    return ExitCode::FAILURE;
+                }
+            };
             migrate_to(to, network.as_deref(), layout, dry_run)
         }
         Sub::Install { dest, name } => install(&dest, &name),
