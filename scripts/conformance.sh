@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: build release binaries and run the conformance matrix
 # (every scenario x nftables, nftables-maps (our opt-in maps layout),
-# iptables-nft, iptables-legacy, auto, with
+# iptables-nft, iptables-nft-tree (our opt-in port tree), iptables-legacy,
+# auto, with
 # containers attached both by the built-in veth setup and by a real
 # bridge + host-local CNI chain) with real traffic in network namespaces,
 # against our portmap and, side by side, the upstream reference binary

@@ -51,7 +51,8 @@ struct Subjects {
     /// matrix and the interop scenarios, or in the same benchmark run.
     #[arg(long)]
     reference: Option<PathBuf>,
-    /// nftables, nftables-maps (nftablesLayout "maps"), iptables-nft, iptables-legacy or auto (repeatable;
+    /// nftables, nftables-maps (nftablesLayout "maps"), iptables-nft, iptables-nft-tree
+    /// (iptablesLayout "tree"), iptables-legacy or auto (repeatable;
     /// default: all for run, the first three for bench).
     #[arg(long = "backend")]
     backends: Vec<String>,

@@ -16,16 +16,19 @@ pub enum Axis {
     /// ignores the key).
     NftablesMaps,
     IptablesNft,
+    /// iptables-nft with `"iptablesLayout": "tree"` (ours only, as maps).
+    IptablesNftTree,
     IptablesLegacy,
     /// No `backend` key: the plugin chooses among this host's own tools.
     Auto,
 }
 
 impl Axis {
-    pub const ALL: [Axis; 5] = [
+    pub const ALL: [Axis; 6] = [
         Axis::Nftables,
         Axis::NftablesMaps,
         Axis::IptablesNft,
+        Axis::IptablesNftTree,
         Axis::IptablesLegacy,
         Axis::Auto,
     ];
@@ -35,6 +38,7 @@ impl Axis {
             Axis::Nftables => "nftables",
             Axis::NftablesMaps => "nftables-maps",
             Axis::IptablesNft => "iptables-nft",
+            Axis::IptablesNftTree => "iptables-nft-tree",
             Axis::IptablesLegacy => "iptables-legacy",
             Axis::Auto => "auto",
         }
@@ -65,13 +69,13 @@ impl Axis {
     pub fn backend_key(self) -> Option<&'static str> {
         match self {
             Axis::Nftables | Axis::NftablesMaps => Some("nftables"),
-            Axis::IptablesNft | Axis::IptablesLegacy => Some("iptables"),
+            Axis::IptablesNft | Axis::IptablesNftTree | Axis::IptablesLegacy => Some("iptables"),
             Axis::Auto => None,
         }
     }
 
     /// `cfg` with this axis's keys: `backend` (none for auto) and, for
-    /// nftables-maps, `nftablesLayout`.
+    /// nftables-maps and iptables-nft-tree, the layout.
     pub fn keyed(self, mut cfg: serde_json::Value) -> serde_json::Value {
         if let Some(b) = self.backend_key() {
             cfg["backend"] = serde_json::json!(b);
@@ -79,7 +83,17 @@ impl Axis {
         if self == Axis::NftablesMaps {
             cfg["nftablesLayout"] = serde_json::json!("maps");
         }
+        if self == Axis::IptablesNftTree {
+            cfg["iptablesLayout"] = serde_json::json!("tree");
+        }
         cfg
+    }
+
+    /// Whether the axis is an opt-in layout of ours, which upstream's
+    /// binary ignores (its cells would repeat the plain axis) and whose
+    /// containers its DEL cannot remove.
+    pub fn is_our_layout(self) -> bool {
+        matches!(self, Axis::NftablesMaps | Axis::IptablesNftTree)
     }
 }
 

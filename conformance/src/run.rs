@@ -67,11 +67,15 @@ pub fn run_cell(spec: &CellSpec<'_>, axis: Axis, scenario: &Scenario) -> Cell {
     }
 }
 
-/// The maps layout is our option (upstream ignores `nftablesLayout`):
-/// the reference binary's own cells on that axis would repeat nftables'.
+/// The maps and tree layouts are our options (upstream ignores the
+/// keys): the reference binary's own cells there would repeat the plain axis'.
 fn maps_is_ours(ctx: &Ctx) -> Option<String> {
-    (ctx.axis == Axis::NftablesMaps && ctx.binary == crate::matrix::REFERENCE)
-        .then(|| "nftablesLayout \"maps\" is ours (upstream ignores it)".to_string())
+    (ctx.axis.is_our_layout() && ctx.binary == crate::matrix::REFERENCE).then(|| {
+        format!(
+            "the {} layout is ours (upstream ignores it)",
+            ctx.axis.name()
+        )
+    })
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -151,20 +151,10 @@ fn other_sections(report: &bench::Report) {
         };
         assert_eq!(r.mappings, want, "{r:?}");
     }
-    // The maps layout's row is nftables' only.
-    assert_eq!(report.dataplane.len(), 20);
+    // Every backend has its indexed layout's row (maps, tree).
+    assert_eq!(report.dataplane.len(), 24);
     for backend in backends {
         for state in State::ALL {
-            if state == State::MapContainers && backend != "nftables" {
-                assert!(
-                    !report
-                        .dataplane
-                        .iter()
-                        .any(|r| r.backend == backend && r.state == state),
-                    "{backend} has a maps row"
-                );
-                continue;
-            }
             for target in [Target::Unpublished, Target::Published] {
                 let r = report
                     .dataplane
@@ -177,7 +167,7 @@ fn other_sections(report: &bench::Report) {
                 let installed = match state {
                     State::Empty => 0,
                     State::Mappings => 50,
-                    State::Containers | State::MapContainers => 4,
+                    State::Containers | State::IndexedContainers => 4,
                 };
                 assert_eq!((r.installed, r.batches, r.conns), (installed, 3, 20));
             }

@@ -105,7 +105,15 @@ fn cell(
         "client-multus"
     )]
     scenario: &str,
-    #[values("nftables", "nftables-maps", "iptables-nft", "iptables-legacy", "auto")] backend: &str,
+    #[values(
+        "nftables",
+        "nftables-maps",
+        "iptables-nft",
+        "iptables-nft-tree",
+        "iptables-legacy",
+        "auto"
+    )]
+    backend: &str,
     #[values(Setup::Veth, Setup::Chain)] setup: Setup,
 ) {
     if !prerequisites(&[

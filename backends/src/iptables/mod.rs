@@ -289,8 +289,9 @@ impl Iptables {
     /// `iptables-save` translates the whole nat table back in 33 ms) and,
     /// over netlink, which chains exist; the ports to flush come from the
     /// entry rules. `None` when the whole read is needed: legacy, no
-    /// netlink answer or no `iptables` tool, an old layout's chain, or the
-    /// last container out (the shared chains go too).
+    /// netlink answer or no `iptables` tool, an old layout's chain, a port
+    /// tree (its leaf rules are in chains of their own), or the last
+    /// container out (the shared chains go too).
     fn del_reading_entries(
         &self,
         runner: &Runner,
@@ -306,7 +307,6 @@ impl Iptables {
         let own = rules::container_chain(&key.network, &key.container_id);
         let old = rules::old_snat_chain(&key.network, &key.container_id);
         let others = chains.iter().any(|c| c.starts_with("CNI-DN-") && *c != own);
-        // A tree's leaf rules are outside CNI-HOSTPORT-DNAT.
         if !others || chains.contains(&old) || chains.iter().any(|c| tree::is_tree(c)) {
             return None;
         }

@@ -4,8 +4,8 @@
 //! to a container's listener. States, each its own host namespace set up
 //! once, measured in interleaved rounds: the probe's single mapping
 //! alone ("empty"), beside one container of 5,000 mappings, beside 1,000
-//! containers of one mapping each, and (nftables) the same 1,000 in the
-//! maps layout.
+//! containers of one mapping each, and the same 1,000 in the backend's
+//! opt-in indexed layout (nftables: maps; iptables: the port tree).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -53,8 +53,9 @@ pub enum State {
     Empty,
     Mappings,
     Containers,
-    /// The same containers with `"nftablesLayout": "maps"` (nftables only).
-    MapContainers,
+    /// The same containers in the backend's indexed layout:
+    /// `"nftablesLayout": "maps"`, `"iptablesLayout": "tree"`.
+    IndexedContainers,
 }
 
 impl State {
@@ -62,7 +63,7 @@ impl State {
         State::Empty,
         State::Mappings,
         State::Containers,
-        State::MapContainers,
+        State::IndexedContainers,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,13 +71,16 @@ impl State {
             State::Empty => "empty",
             State::Mappings => "mappings",
             State::Containers => "containers",
-            State::MapContainers => "containers-maps",
+            State::IndexedContainers => "containers-indexed",
         }
     }
+}
 
-    /// Whether `axis` measures this state (the maps layout is nftables').
-    fn on(self, axis: Axis) -> bool {
-        self != State::MapContainers || axis == Axis::Nftables
+/// The config key and value of `axis`'s indexed layout, and its name.
+pub fn indexed_layout(backend: &str) -> (&'static str, &'static str) {
+    match backend == Axis::Nftables.name() {
+        true => ("nftablesLayout", "maps"),
+        false => ("iptablesLayout", "tree"),
     }
 }
 
@@ -196,7 +200,14 @@ impl<'a> Host<'a> {
         ];
         let client = world.topo.remote()?;
         let probe = json!([{"hostPort": PROBE_PORT, "containerPort": 80, "protocol": "tcp"}]);
-        let cfg = world.config_with(world.sandbox.prev_result(true, false), probe);
+        let mut cfg = world.config_with(world.sandbox.prev_result(true, false), probe);
+        // In the indexed state the probe is an element (a leaf) too: a
+        // rule of its own would sit in front of the lookup, and the
+        // published port would measure that rule, not the layout.
+        let layout = indexed_layout(axis.name());
+        if state == State::IndexedContainers {
+            cfg[layout.0] = json!(layout.1);
+        }
         world.call(&ours, "ADD", "dp-probe", &cfg, None)?;
         let sizes = &opts.dataplane;
         let installed = match state {
@@ -211,8 +222,8 @@ impl<'a> Host<'a> {
                 world.install(&ours, 0, sizes.containers)?;
                 sizes.containers
             }
-            State::MapContainers => {
-                world.install_in(&ours, 0, sizes.containers, Some("maps"))?;
+            State::IndexedContainers => {
+                world.install_in(&ours, 0, sizes.containers, Some(layout))?;
                 sizes.containers
             }
         };
@@ -264,7 +275,6 @@ pub(crate) fn run(
     let sizes = &opts.dataplane;
     let hosts = State::ALL
         .iter()
-        .filter(|s| s.on(axis))
         .map(|&s| Host::new(opts, axis, env, s))
         .collect::<Result<Vec<_>, _>>()?;
     let targets = [Target::Unpublished, Target::Published];

@@ -304,21 +304,21 @@ impl<'a> World<'a> {
         self.install_in(binary, from, to, None)
     }
 
-    /// [`World::install`] with the config's `nftablesLayout` set to `layout`.
+    /// [`World::install`] with `layout` (config key, value) set in the config.
     pub fn install_in(
         &self,
         binary: &Binary<'_>,
         from: usize,
         to: usize,
-        layout: Option<&str>,
+        layout: Option<(&str, &str)>,
     ) -> Result<(), BenchError> {
         for i in from..to {
             if i % 100 == 0 {
                 self.progress(&format!("installing containers {i}/{to}"));
             }
             let mut cfg = self.config(i, one_mapping(i));
-            if let Some(layout) = layout {
-                cfg["nftablesLayout"] = json!(layout);
+            if let Some((key, value)) = layout {
+                cfg[key] = json!(value);
             }
             self.call(binary, "ADD", &container_id(i), &cfg, None)?;
         }

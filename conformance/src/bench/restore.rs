@@ -165,8 +165,8 @@ fn reinstall(world: &World<'_>, ours: &Binary<'_>, n: usize) -> Result<Reinstall
     };
     match world.axis {
         Axis::Nftables | Axis::NftablesMaps => flush("nft", &["flush", "ruleset"])?,
-        Axis::IptablesNft | Axis::IptablesLegacy => {
-            let variant = if world.axis == Axis::IptablesNft {
+        Axis::IptablesNft | Axis::IptablesNftTree | Axis::IptablesLegacy => {
+            let variant = if matches!(world.axis, Axis::IptablesNft | Axis::IptablesNftTree) {
                 "nft"
             } else {
                 "legacy"

@@ -89,7 +89,7 @@ pub fn plot_dataplane(rows: &[DataplaneRow], path: &Path) -> Result<(), String> 
             State::Empty => "empty (probe only)".to_string(),
             State::Mappings => format!("{installed} mappings"),
             State::Containers => format!("{installed} containers"),
-            State::MapContainers => format!("{installed} containers (maps)"),
+            State::IndexedContainers => format!("{installed} containers (maps/tree)"),
         }
     };
     let max_us = rows.iter().map(|r| r.median_us).fold(1.0, f64::max) * 1.2;

@@ -151,7 +151,11 @@ fn state_label(r: &DataplaneRow) -> String {
         State::Empty => "empty".to_string(),
         State::Mappings => format!("{} mappings", r.installed),
         State::Containers => format!("{} containers", r.installed),
-        State::MapContainers => format!("{} ctrs (maps)", r.installed),
+        State::IndexedContainers => format!(
+            "{} ctrs ({})",
+            r.installed,
+            crate::bench::dataplane::indexed_layout(&r.backend).1
+        ),
     }
 }
 

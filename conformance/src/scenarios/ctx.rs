@@ -30,7 +30,7 @@ impl Firewall {
     fn expected(axis: Axis, offered: Tools, tools: &ToolDir, host: &Netns) -> Firewall {
         match axis {
             Axis::Nftables | Axis::NftablesMaps => Firewall::Nftables,
-            Axis::IptablesNft => Firewall::Iptables(IptablesVariant::Nft),
+            Axis::IptablesNft | Axis::IptablesNftTree => Firewall::Iptables(IptablesVariant::Nft),
             Axis::IptablesLegacy => Firewall::Iptables(IptablesVariant::Legacy),
             Axis::Auto => {
                 let nft = tools.path().join("nft");

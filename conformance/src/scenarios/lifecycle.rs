@@ -45,6 +45,12 @@ pub(super) fn needs_reference(ctx: &Ctx) -> Option<String> {
                 .to_string(),
         );
     }
+    if ctx.axis == Axis::IptablesNftTree {
+        return Some(
+            "upstream's DEL fails on a chain a tree leaf jumps to (portmap migrate --layout rules first)"
+                .to_string(),
+        );
+    }
     if ctx.firewall != Firewall::Nftables {
         return None;
     }
