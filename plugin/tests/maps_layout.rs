@@ -164,39 +164,10 @@ fn upstream_beside_a_maps_container() {
     let theirs = rig.topo.container("c1", 6).expect("container");
     let _s0 = EchoServer::start(&ours_c.ns, "c0", 80).expect("echo");
     let _s1 = EchoServer::start(&theirs.ns, "c1", 80).expect("echo");
-    rig.must(
-        &ours(),
-        "ADD",
-        "ctr-ours",
-        Some(&ours_c),
-        &maps_config(&ours_c, 8080, "maps"),
-    );
     let mut up_cfg = maps_config(&theirs, 8081, "maps");
     up_cfg.as_object_mut().map(|o| o.remove("backend"));
-    rig.must(&upstream, "ADD", "ctr-up", Some(&theirs), &up_cfg);
-    assert_eq!(rig.answers(8080).as_deref(), Some("c0"));
-    assert_eq!(rig.answers(8081).as_deref(), Some("c1"));
-    rig.must(&upstream, "DEL", "ctr-up", Some(&theirs), &up_cfg);
-    assert_eq!(rig.answers(8081), None);
-    assert_eq!(
-        rig.answers(8080).as_deref(),
-        Some("c0"),
-        "upstream's DEL kept ours"
-    );
-    rig.must(&upstream, "ADD", "ctr-up", Some(&theirs), &up_cfg);
-    rig.must(
-        &ours(),
-        "DEL",
-        "ctr-ours",
-        Some(&ours_c),
-        &maps_config(&ours_c, 8080, "maps"),
-    );
-    assert_eq!(rig.answers(8080), None);
-    assert_eq!(
-        rig.answers(8081).as_deref(),
-        Some("c1"),
-        "our DEL kept upstream's"
-    );
+    let ours_cfg = maps_config(&ours_c, 8080, "maps");
+    common::ours_beside_upstream(&rig, (&ours_c, &ours_cfg), (&theirs, &up_cfg));
     rig.must(&upstream, "DEL", "ctr-up", Some(&theirs), &up_cfg);
 }
 

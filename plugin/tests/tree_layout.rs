@@ -216,25 +216,7 @@ fn upstream_beside_a_tree_container(#[case] variant: &str) {
     let ours_cfg = tree_config(&ours_c, &[8080], "tree");
     let mut up_cfg = tree_config(&theirs, &[8081], "tree");
     up_cfg.as_object_mut().map(|o| o.remove("backend"));
-    rig.must(&ours(), "ADD", "ctr-ours", Some(&ours_c), &ours_cfg);
-    rig.must(&upstream, "ADD", "ctr-up", Some(&theirs), &up_cfg);
-    assert_eq!(rig.answers(8080).as_deref(), Some("c0"));
-    assert_eq!(rig.answers(8081).as_deref(), Some("c1"));
-    rig.must(&upstream, "DEL", "ctr-up", Some(&theirs), &up_cfg);
-    assert_eq!(rig.answers(8081), None);
-    assert_eq!(
-        rig.answers(8080).as_deref(),
-        Some("c0"),
-        "upstream's DEL kept ours"
-    );
-    rig.must(&upstream, "ADD", "ctr-up", Some(&theirs), &up_cfg);
-    rig.must(&ours(), "DEL", "ctr-ours", Some(&ours_c), &ours_cfg);
-    assert_eq!(rig.answers(8080), None);
-    assert_eq!(
-        rig.answers(8081).as_deref(),
-        Some("c1"),
-        "our DEL kept upstream's"
-    );
+    common::ours_beside_upstream(&rig, (&ours_c, &ours_cfg), (&theirs, &up_cfg));
 
     // Switching back to upstream's binary: migrate first, then its DEL.
     rig.must(&ours(), "ADD", "ctr-ours", Some(&ours_c), &ours_cfg);

@@ -268,3 +268,34 @@ pub fn delete_map_element(rig: &Rig, key: &str) {
         )
         .expect("nft delete element");
 }
+
+/// Ours (`ours_cfg`: ctr-ours on c0, hostPort 8080) beside upstream's
+/// binary (`up_cfg` without `backend`: ctr-up on c1, 8081): both answer,
+/// upstream's DEL keeps ours, our DEL keeps upstream's (re-added). Leaves
+/// upstream's container installed.
+pub fn ours_beside_upstream(
+    rig: &Rig,
+    (ours_c, ours_cfg): (&Container, &Value),
+    (theirs, up_cfg): (&Container, &Value),
+) {
+    let upstream = PathBuf::from(UPSTREAM);
+    rig.must(&ours(), "ADD", "ctr-ours", Some(ours_c), ours_cfg);
+    rig.must(&upstream, "ADD", "ctr-up", Some(theirs), up_cfg);
+    assert_eq!(rig.answers(8080).as_deref(), Some("c0"));
+    assert_eq!(rig.answers(8081).as_deref(), Some("c1"));
+    rig.must(&upstream, "DEL", "ctr-up", Some(theirs), up_cfg);
+    assert_eq!(rig.answers(8081), None);
+    assert_eq!(
+        rig.answers(8080).as_deref(),
+        Some("c0"),
+        "upstream's DEL kept ours"
+    );
+    rig.must(&upstream, "ADD", "ctr-up", Some(theirs), up_cfg);
+    rig.must(&ours(), "DEL", "ctr-ours", Some(ours_c), ours_cfg);
+    assert_eq!(rig.answers(8080), None);
+    assert_eq!(
+        rig.answers(8081).as_deref(),
+        Some("c1"),
+        "our DEL kept upstream's"
+    );
+}
