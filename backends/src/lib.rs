@@ -470,13 +470,14 @@ impl LayoutChoice {
         }
     }
 
-    /// Whether a container listed with `options` is one this layout
-    /// could take: conditions keep a container in rules whatever the
-    /// layout on nftables, and cannot be read back from iptables rules.
+    /// Whether relayout should try a container listed with `options`:
+    /// conditions keep a container in upstream's layout (nftables) or
+    /// cannot be read back (iptables), so it is left alone, unless it is
+    /// in the opt-in layout already: then it is tried and fails, said.
     pub(crate) fn movable(self, options: &InstalledOptions) -> bool {
         match self {
             LayoutChoice::Nftables(_) => !options.conditions || options.map_elements,
-            LayoutChoice::Iptables(_) => !options.conditions,
+            LayoutChoice::Iptables(_) => !options.conditions || options.tree_leaves,
         }
     }
 }
@@ -641,5 +642,43 @@ mod tests {
         .with([b]);
         assert!(moved.owns(Some(b)));
         assert_eq!(Known::default().with([a]), Known::default());
+    }
+}
+
+#[cfg(test)]
+mod layout_choice_tests {
+    use super::*;
+
+    #[test]
+    fn relayout_tries_what_it_can_read_back_or_must_report() {
+        let plain = InstalledOptions::default();
+        let conditions = InstalledOptions {
+            conditions: true,
+            ..plain.clone()
+        };
+        let leaves = InstalledOptions {
+            tree_leaves: true,
+            ..conditions.clone()
+        };
+        let back = LayoutChoice::Iptables(IptablesLayout::Rules);
+        assert!(back.movable(&plain));
+        assert!(!back.movable(&conditions), "stays in upstream's layout");
+        assert!(
+            back.movable(&leaves),
+            "a tree it cannot move is a failure, said"
+        );
+        let req = Request {
+            iptables_layout: IptablesLayout::Tree,
+            ..crate::plan::tests::golden_request()
+        };
+        assert_eq!(
+            back.apply(req.clone()).iptables_layout,
+            IptablesLayout::Rules
+        );
+        let maps = LayoutChoice::Nftables(Layout::Maps).apply(req);
+        assert_eq!(
+            (maps.layout, maps.iptables_layout),
+            (Layout::Maps, IptablesLayout::Tree)
+        );
     }
 }

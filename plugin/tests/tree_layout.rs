@@ -232,3 +232,25 @@ fn upstream_beside_a_tree_container(#[case] variant: &str) {
     let left = nat(&rig, variant);
     assert!(!left.contains("CNI-DN-"), "{left}");
 }
+
+/// A tree container with conditions cannot be read back into a request:
+/// `migrate --layout rules` fails and says why, rather than skipping it
+/// (upstream's DEL would then fail on it for ever).
+#[test]
+fn migrating_a_tree_container_with_conditions_fails_aloud() {
+    let Some((rig, _)) = rig_for("legacy") else {
+        return;
+    };
+    let c = rig.topo.container("c0", 5).expect("container");
+    let mut cfg = tree_config(&c, &[8080], "tree");
+    cfg["conditionsV4"] = json!(["-s", "10.88.0.0/16"]);
+    rig.must(&ours(), "ADD", "ctr-a", Some(&c), &cfg);
+    let before = nat(&rig, "legacy");
+    assert!(before.contains(LEAF_8080), "{before}");
+    let out = rig.cli(&["migrate", "--to", "iptables-legacy", "--layout", "rules"]);
+    assert_eq!(out.exit, Some(1), "{}", out.summary());
+    assert!(out.stderr.contains("match conditions"), "{}", out.summary());
+    assert_eq!(nat(&rig, "legacy"), before);
+    rig.must(&ours(), "DEL", "ctr-a", Some(&c), &cfg);
+    assert!(!nat(&rig, "legacy").contains("CNI-"));
+}

@@ -226,7 +226,9 @@ fn protocol(cmp: &Expr<'_>, reg: u32, rule: &mut Rule) -> Option<()> {
     set_once(&mut rule.protocol, negate(negated, name.to_string()))
 }
 
-/// `N` (one cmp eq), or `A:B` (a range eq, or cmp gte then cmp lte).
+/// `N` (one cmp eq), or `A:B` (a range eq, or cmp gte then cmp lte; a
+/// range from 0 is a cmp lte alone, one to 65535 a cmp gte alone: the
+/// port tree's first and last nodes).
 fn port_range(list: &[Expr<'_>], reg: u32) -> Option<(String, usize)> {
     let first = list.first()?;
     if first.name() == "range" {
@@ -246,14 +248,19 @@ fn port_range(list: &[Expr<'_>], reg: u32) -> Option<(String, usize)> {
         let to = be_u16(first.value(NFTA_RANGE_TO_DATA)?)?;
         return port_text(from, to).map(|t| (t, 1));
     }
-    let op = first.be32(NFTA_CMP_OP)?;
-    let (_, low) = compared_op(first, reg, &[NFT_CMP_EQ, NFT_CMP_GTE])?;
-    let low = be_u16(low)?;
-    if op == NFT_CMP_EQ {
-        return Some((low.to_string(), 1));
+    let (op, bound) = compared_op(first, reg, &[NFT_CMP_EQ, NFT_CMP_GTE, NFT_CMP_LTE])?;
+    let bound = be_u16(bound)?;
+    match op {
+        NFT_CMP_EQ => Some((bound.to_string(), 1)),
+        NFT_CMP_LTE => port_text(0, bound).map(|t| (t, 1)),
+        _ => match list
+            .get(1)
+            .and_then(|e| compared_op(e, reg, &[NFT_CMP_LTE]))
+        {
+            Some((_, high)) => port_text(bound, be_u16(high)?).map(|t| (t, 2)),
+            None => port_text(bound, u16::MAX).map(|t| (t, 1)),
+        },
     }
-    let (_, high) = compared_op(list.get(1)?, reg, &[NFT_CMP_LTE])?;
-    port_text(low, be_u16(high)?).map(|t| (t, 2))
 }
 
 /// `A:B`; iptables prints no port for the whole range (none of ours).

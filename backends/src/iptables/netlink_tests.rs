@@ -108,11 +108,20 @@ fn renders_as_saved(ipt: &Iptables, label: &str) {
         r.snat = false;
         Plan::new(&r)
     };
-    // The port tree's chains (tree.rs): range matches, leaf comments.
+    // The port tree's chains (tree.rs): range matches, leaf comments;
+    // ports under 4096 and over 61439 make ranges from 0 and to 65535.
     let tree = {
         let mut r = ranged_request();
         r.key.container_id = "tree".into();
         r.iptables_layout = crate::IptablesLayout::Tree;
+        for port in [80, 65000] {
+            r.mappings.push(crate::plan::tests::mapping(
+                crate::Protocol::Tcp,
+                port,
+                80,
+                None,
+            ));
+        }
         Plan::new(&r)
     };
     let plans = [

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use portmap_backends::iptables::{Iptables, Variant};
 use portmap_backends::select::{self, cleanup_backends, Choice};
-use portmap_backends::{migrate, relayout, LayoutChoice};
+use portmap_backends::{migrate, relayout, LayoutChoice, Request};
 use portmap_backends::{nfnetlink, Backend};
 
 use super::Target;
@@ -145,9 +145,16 @@ fn journal_moves(
             .find(|m| &m.container_id == id && &m.network == network && m.from == entry.backend)
         {
             entry.backend = m.to;
-            if let Some(layout) = layout {
-                entry.request = layout.apply(entry.request);
-            }
+            // As installed: a move without --layout re-creates the
+            // container in upstream's layouts.
+            entry.request = match layout {
+                Some(layout) => layout.apply(entry.request),
+                None => Request {
+                    layout: Default::default(),
+                    iptables_layout: Default::default(),
+                    ..entry.request
+                },
+            };
             journal.write(&entry)?;
             // The old backend's receipt names rules that are gone.
             journal.write_receipt(&entry.request.key, &entry.ifname, None)?;
