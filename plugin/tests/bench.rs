@@ -102,15 +102,15 @@ fn small_bench_measures_every_cell_and_counts_processes() {
     let doc = bench_report::json(&report, bench::machine(), 3);
     assert_eq!(doc["results"].as_array().map(Vec::len), Some(samples.len()));
     assert_eq!(doc["mappings"].as_array().map(Vec::len), Some(12));
-    assert_eq!(doc["dataplane"].as_array().map(Vec::len), Some(20));
+    assert_eq!(doc["dataplane"].as_array().map(Vec::len), Some(24));
     assert_eq!(doc["restore"]["passes"].as_array().map(Vec::len), Some(6));
     assert_eq!(doc["restore"]["watch"].as_array().map(Vec::len), Some(3));
-    // Per backend: 1 + 2 + 2 + 2 mapping lines, 4 data plane, 1 + 2
-    // restore/watch; nftables 2 more data plane (the maps layout) and the
-    // reinstall after a flush.
+    // Per backend: 1 + 2 + 2 + 2 mapping lines, 6 data plane (three
+    // states beside the empty one, the maps or tree layout's among them),
+    // 1 + 2 restore/watch; nftables the reinstall after a flush.
     let targets = doc["targets"].as_array().map_or(0, Vec::len);
     let latency_targets = bench_report::latency_targets(&samples).len();
-    assert_eq!(targets, latency_targets + 3 * (7 + 4 + 3) + 3, "{doc:#}");
+    assert_eq!(targets, latency_targets + 3 * (7 + 6 + 3) + 1, "{doc:#}");
     let tables = bench_report::tables(&report);
     for title in [
         "== latency",
